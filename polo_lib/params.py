@@ -1,0 +1,367 @@
+"""Typed, frozen experiment params: a params file < overrides, validated before anything loads.
+
+Field names follow the upstream APIs (Unsloth `from_pretrained`, PEFT `LoraConfig`,
+TRL `SFTConfig`), so their documentation explains ours. A params file is the experiment:
+
+    cfg = params.load("cpu", epochs=2)                 # params/cpu.yaml, then overrides
+    cfg = params.load("params/cpu.yaml", overrides={"training.learning_rate": 1e-4})
+
+Every unknown key, wrong type and out-of-range value is reported at once, naming the
+file, the key, the value, what is allowed, and the closest valid key for a typo.
+"""
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import types
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from . import paths
+from .errors import ParamsError, bullet_list
+
+DEFAULT_FILLERS = ["In simple terms, ", "쉽게 말해서, ", "간단히 말하면, ", "다시 말해서, "]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class ModelParams(_Section):
+    model_name: str = Field(min_length=1)  # a local name (polo_lib.local_models), a path or a hub id
+    max_seq_length: int = Field(1024, ge=16, le=131072)
+    load_in_4bit: bool = True
+    dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
+    # Refuse to load when the memory estimate is clearly over what the device has free.
+    memory_check: bool = True
+
+
+class LoraParams(_Section):
+    r: int = Field(16, ge=1, le=1024)
+    lora_alpha: int = Field(32, ge=1)
+    lora_dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    bias: Literal["none", "all", "lora_only"] = "none"
+    use_rslora: bool = False
+    # "unsloth" offloads activations on GPU (~30% less VRAM); CPU runs use plain recomputation or none.
+    use_gradient_checkpointing: Literal["unsloth", "true", "false"] = "unsloth"
+
+    @model_validator(mode="after")
+    def _modules_not_empty(self):
+        if not self.target_modules:
+            raise ValueError("target_modules: must name at least one module, e.g. [q_proj, v_proj]")
+        return self
+
+
+class TrainingParams(_Section):
+    num_train_epochs: float = Field(5, gt=0, le=1000)
+    max_steps: int = Field(-1, ge=-1)  # > 0 overrides num_train_epochs (TRL semantics)
+    per_device_train_batch_size: int = Field(1, ge=1, le=4096)
+    per_device_eval_batch_size: int = Field(1, ge=1, le=4096)
+    gradient_accumulation_steps: int = Field(4, ge=1, le=4096)
+    learning_rate: float = Field(2e-4, gt=0, lt=1)
+    warmup_steps: float = Field(0.0, ge=0)  # < 1: a fraction of all steps (transformers 5)
+    lr_scheduler_type: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
+    weight_decay: float = Field(0.01, ge=0, lt=1)
+    max_grad_norm: float = Field(1.0, gt=0)
+    optim: str = "auto"  # auto: adamw_8bit on a GPU, adamw_torch on CPU
+    logging_steps: int = Field(1, ge=1)
+    eval_steps: int = Field(100, ge=1)
+    save_steps: int = Field(100, ge=1)
+    save_total_limit: int = Field(3, ge=1)
+    early_stopping_patience: int | None = Field(3, ge=1)  # None: no early stopping
+    early_stopping_threshold: float = Field(0.001, ge=0)  # absolute eval_loss improvement
+    seed: int = Field(3407, ge=0)
+    save_merged_16bit: bool = False
+
+    @model_validator(mode="after")
+    def _early_stopping_needs_aligned_saves(self):
+        # EarlyStoppingCallback + load_best_model_at_end need a checkpoint at every evaluation.
+        if self.early_stopping_patience is not None and self.save_steps != self.eval_steps:
+            raise ValueError(
+                f"save_steps ({self.save_steps}) must equal eval_steps ({self.eval_steps}) when "
+                "early_stopping_patience is set: the best model is reloaded from the checkpoint "
+                "saved at an evaluation. Set both to the same value.")
+        return self
+
+
+class DataParams(_Section):
+    raw_file: str = "data/raw/yolo_v1.json"  # relative to the repo root
+    processed_name: str = Field("yolo_v1", pattern=r"^[A-Za-z0-9._-]+$")
+    filler_phrases: tuple[str, ...] = tuple(DEFAULT_FILLERS)
+    validation_fraction: float = Field(0.1, gt=0, lt=0.5)
+    test_fraction: float = Field(0.1, gt=0, lt=0.5)
+    split_seed: int = Field(3407, ge=0)
+    # Examples longer than max_seq_length: TRL would truncate them silently. fail or drop, never cut.
+    over_length: Literal["fail", "drop"] = "fail"
+
+
+class EvaluationParams(_Section):
+    split: Literal["validation", "test", "train"] = "test"
+    limit: int | None = Field(None, ge=1)  # None: every example of the split
+    max_new_tokens: int = Field(256, ge=1, le=8192)
+    batch_size: int = Field(8, ge=1, le=1024)
+    do_sample: bool = False  # greedy by default: comparable across runs
+    temperature: float = Field(1.0, gt=0, le=5)
+    top_p: float = Field(1.0, gt=0, le=1)
+
+
+class RunParams(_Section):
+    # auto: continue run_id from its latest checkpoint; never: start fresh; or a checkpoint path.
+    resume: str = "auto"
+    init_adapter: str | None = None  # a run id or adapter path to start training from
+
+
+class Params(_Section):
+    """The whole experiment. `name` is the params file's stem, `source` its path."""
+
+    name: str = "custom"
+    source: str | None = None
+    model: ModelParams
+    lora: LoraParams = LoraParams()
+    training: TrainingParams = TrainingParams()
+    data: DataParams = DataParams()
+    evaluation: EvaluationParams = EvaluationParams()
+    run: RunParams = RunParams()
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(self.model_dump_json())
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+
+    def table(self):
+        """The resolved params as a pandas table (section, key, value) for a notebook to show."""
+        import pandas as pd
+
+        rows = [{"section": s, "key": k, "value": v} for s, body in self.to_dict().items()
+                if isinstance(body, dict) for k, v in body.items()]
+        return pd.DataFrame(rows).set_index(["section", "key"])
+
+    def short_hash(self) -> str:
+        """8 hex digits of the resolved params (name and source excluded): same experiment, same hash."""
+        body = {k: v for k, v in self.to_dict().items() if k not in ("name", "source")}
+        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:8]
+
+
+SECTIONS: dict[str, type[_Section]] = {
+    "model": ModelParams, "lora": LoraParams, "training": TrainingParams,
+    "data": DataParams, "evaluation": EvaluationParams, "run": RunParams,
+}
+TOP_LEVEL = ("name", "source", *SECTIONS)
+
+# Short names a notebook or `polo run --set` may use for the knobs users reach for most.
+# Every leaf field name that is unique across sections works too (learning_rate, lora_alpha...).
+ALIASES = {
+    "epochs": "training.num_train_epochs",
+    "lora_r": "lora.r",
+    "split": "evaluation.split",
+    "limit": "evaluation.limit",
+    "eval_batch_size": "evaluation.batch_size",
+}
+
+
+def _leaf_paths() -> dict[str, str]:
+    """Unique leaf name -> dotted path, e.g. learning_rate -> training.learning_rate."""
+    seen: dict[str, list[str]] = {}
+    for section, cls in SECTIONS.items():
+        for field in cls.model_fields:
+            seen.setdefault(field, []).append(f"{section}.{field}")
+    return {name: where[0] for name, where in seen.items() if len(where) == 1}
+
+
+def all_keys() -> list[str]:
+    """Every dotted key a params file or override may set."""
+    return [f"{s}.{f}" for s, cls in SECTIONS.items() for f in cls.model_fields]
+
+
+def _suggest(key: str, candidates: list[str]) -> str:
+    leaf = key.rsplit(".", 1)[-1]
+    for probe in (key, leaf):
+        match = difflib.get_close_matches(probe, candidates, n=1, cutoff=0.6)
+        if match:
+            return f" Did you mean '{match[0]}'?"
+    return ""
+
+
+def _split_unknown(data: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """(data without unknown keys, a problem per unknown key): validation still runs on the
+    rest, so a file with a typo and a bad value reports both at once."""
+    known, problems = {}, []
+    for key, value in data.items():
+        if key not in TOP_LEVEL:
+            problems.append(f"unknown key '{key}'.{_suggest(key, list(TOP_LEVEL))}"
+                            f" Sections: {', '.join(SECTIONS)}.")
+            continue
+        if key in SECTIONS and isinstance(value, Mapping):
+            fields = list(SECTIONS[key].model_fields)
+            for sub in value:
+                if sub not in fields:
+                    problems.append(f"unknown key '{key}.{sub}'.{_suggest(str(sub), fields)}")
+            value = {k: v for k, v in value.items() if k in fields}
+        known[key] = value
+    return known, problems
+
+
+def _validate(data: Mapping[str, Any], origin: str, problems: list[str],
+              overridden: frozenset[str] = frozenset()) -> Params:
+    """Params from a parsed mapping; raises one ParamsError with `problems` and every validation error."""
+    known, unknown = _split_unknown(data)
+    problems = [*problems, *(f"{origin}: {p}" for p in unknown)]
+    try:
+        cfg = Params.model_validate(known)
+    except ValidationError as e:
+        for loc, problem in _format_validation_error(e):
+            problems.append(f"{'override' if loc in overridden else origin}: {problem}")
+    if problems:
+        raise ParamsError(f"{len(problems)} problem(s) in params:\n{bullet_list(problems)}")
+    return cfg
+
+
+def _format_validation_error(err: ValidationError) -> list[tuple[str, str]]:
+    """(dotted key, message naming key, value and what is allowed) per error."""
+    problems = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"] if not isinstance(p, int)) or "(top level)"
+        value = e.get("input")
+        shown = "" if isinstance(value, Mapping) else f" = {value!r}"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "missing":
+            problems.append((loc, f"'{loc}' is missing: add it to the file or pass it as an override"))
+        else:
+            problems.append((loc, f"'{loc}'{shown}: {msg}"))
+    return problems
+
+
+def resolve_file(params_file: str | Path) -> Path:
+    """A name in params/ ('cpu'), a file name ('cpu.yaml') or a path."""
+    p = Path(params_file)
+    candidates = [paths.resolve_project_path(p)] if p.suffix in (".yaml", ".yml") else []
+    candidates += [paths.PARAMS_DIR / f"{params_file}.yaml", paths.PARAMS_DIR / str(params_file)]
+    if p.is_absolute() or len(p.parts) > 1:
+        candidates.insert(0, Path.cwd() / p if not p.is_absolute() else p)
+    for c in candidates:
+        if c.is_file():
+            return c.resolve()
+    available = sorted(f.stem for f in paths.PARAMS_DIR.glob("*.yaml"))
+    hint = _suggest(str(params_file), available)
+    raise ParamsError(f"params file '{params_file}' not found.{hint} "
+                      f"Use a name in params/ ({', '.join(available)}) or a path to a .yaml file.")
+
+
+def _set_dotted(data: dict, dotted: str, value: Any) -> None:
+    section, _, field = dotted.partition(".")
+    data.setdefault(section, {})
+    if not isinstance(data[section], dict):
+        data[section] = {}
+    data[section][field] = value
+
+
+def normalize_overrides(overrides: Mapping[str, Any] | None) -> tuple[dict[str, Any], list[str]]:
+    """Map short names (epochs, learning_rate) to dotted keys; None means 'from the file'."""
+    leaves, out, problems = _leaf_paths(), {}, []
+    valid = all_keys()
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        if key in ALIASES:
+            dotted = ALIASES[key]
+        elif "." in key:
+            dotted = key
+        elif key in leaves:
+            dotted = leaves[key]
+        else:
+            hint = _suggest(key, [*ALIASES, *leaves])
+            problems.append(f"unknown override '{key}'.{hint}")
+            continue
+        if dotted not in valid:
+            problems.append(f"unknown override '{key}'.{_suggest(dotted, valid)}")
+            continue
+        out[dotted] = value
+    return out, problems
+
+
+def load(params_file: str | Path, overrides: Mapping[str, Any] | None = None, **shortcuts: Any) -> Params:
+    """Load a params file, apply overrides (dotted keys or short names), validate everything.
+
+    `shortcuts` are notebook-style knobs (epochs=5, learning_rate=None...): None means keep the
+    file's value. Raises ParamsError listing every problem, naming the file.
+    """
+    path = resolve_file(params_file)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ParamsError(f"{_display(path)}: not valid YAML ({e}). Fix the syntax.") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ParamsError(f"{_display(path)}: expected a mapping of sections "
+                          f"({', '.join(SECTIONS)}), got {type(data).__name__}.")
+    merged, override_problems = normalize_overrides({**(overrides or {}), **shortcuts})
+    for dotted, value in merged.items():
+        _set_dotted(data, dotted, value)
+    data.setdefault("name", path.stem)
+    data["source"] = str(path)
+    return _validate(data, _display(path), [f"overrides: {p}" for p in override_problems],
+                     frozenset(merged))
+
+
+def from_dict(data: Mapping[str, Any], origin: str = "params") -> Params:
+    """Validate an already-parsed mapping (e.g. a run folder's params.yaml)."""
+    return _validate(data, origin, [])
+
+
+def load_resolved(path: str | Path) -> Params:
+    """Read a resolved params.yaml written by `save` (name and source kept as recorded)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path}: no such params file.")
+    return from_dict(yaml.safe_load(path.read_text(encoding="utf-8")) or {}, origin=_display(path))
+
+
+def save(cfg: Params, path: str | Path) -> Path:
+    """Write the resolved params as YAML, atomically; `load_resolved` reads back an equal Params."""
+    from .atomic import atomic_write_text
+    return atomic_write_text(Path(path), cfg.to_yaml())
+
+
+# Names a notebook's parameters cell may define that are not params fields.
+NOTEBOOK_NAMES = {"params_file", "run_id", "run_ids", "sweep_id"}
+_IPYTHON_NAMES = {"In", "Out", "get_ipython", "exit", "quit", "open"}
+
+
+def from_notebook(namespace: Mapping[str, Any]) -> Params:
+    """Resolve params from a notebook's globals: `params_file` < every knob set in the namespace.
+
+    papermill only warns about an unknown `-p` name and injects it anyway; here any plain
+    value in the namespace that is neither a knob nor a notebook name is an error, so
+    `-p epoch 5` fails instead of silently training the file's epochs.
+    """
+    knobs, problems = {}, []
+    leaves = _leaf_paths()
+    for name, value in namespace.items():
+        if name.startswith("_") or name in _IPYTHON_NAMES or name in NOTEBOOK_NAMES:
+            continue
+        if isinstance(value, (types.ModuleType, types.FunctionType, type)) or callable(value):
+            continue
+        if name in ALIASES or name in leaves:
+            knobs[name] = value
+        else:
+            hint = _suggest(name, sorted({*ALIASES, *leaves, *NOTEBOOK_NAMES}))
+            problems.append(f"unknown notebook parameter '{name}' = {value!r}.{hint}")
+    if problems:
+        raise ParamsError(f"{len(problems)} problem(s) in notebook parameters:\n{bullet_list(problems)}")
+    if "params_file" not in namespace:
+        raise ParamsError("the notebook's parameters cell must define params_file")
+    return load(namespace["params_file"], **knobs)
+
+
+def _display(path: Path) -> str:
+    try:
+        return str(path.relative_to(paths.PROJ_ROOT))
+    except ValueError:
+        return str(path)

@@ -1,0 +1,31 @@
+"""Figures (matplotlib): returned to the notebook to show inline, saved by the caller's path."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import matplotlib.pyplot as plt
+
+
+def token_length_histogram(lengths: Mapping[str, Sequence[int]], max_seq_length: int):
+    """Token lengths per split with the max_seq_length line: what would be truncated, at a glance."""
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    for split, values in lengths.items():
+        if values:
+            ax.hist(values, bins=20, alpha=0.6, label=f"{split} ({len(values)})")
+    ax.axvline(max_seq_length, color="red", linestyle="--", label=f"max_seq_length = {max_seq_length}")
+    ax.set_xlabel("tokens per example (chat template applied)")
+    ax.set_ylabel("examples")
+    ax.legend()
+    fig.tight_layout()
+    plt.close(fig)  # the notebook shows the returned figure once, not again at the end of the cell
+    return fig
+
+
+def save(fig, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
+    fig.savefig(tmp, dpi=120)
+    tmp.replace(path)
+    return path
