@@ -73,7 +73,7 @@ class TrainingParams(_Section):
     eval_steps: int = Field(100, ge=1)
     save_steps: int = Field(100, ge=1)
     save_total_limit: int = Field(3, ge=1)
-    early_stopping_patience: int | None = Field(3, ge=1)  # None: no early stopping
+    early_stopping_patience: int = Field(3, ge=0)  # evaluations without improvement; 0: off
     early_stopping_threshold: float = Field(0.001, ge=0)  # absolute eval_loss improvement
     seed: int = Field(3407, ge=0)
     save_merged_16bit: bool = False
@@ -81,7 +81,7 @@ class TrainingParams(_Section):
     @model_validator(mode="after")
     def _early_stopping_needs_aligned_saves(self):
         # EarlyStoppingCallback + load_best_model_at_end need a checkpoint at every evaluation.
-        if self.early_stopping_patience is not None and self.save_steps != self.eval_steps:
+        if self.early_stopping_patience and self.save_steps != self.eval_steps:
             raise ValueError(
                 f"save_steps ({self.save_steps}) must equal eval_steps ({self.eval_steps}) when "
                 "early_stopping_patience is set: the best model is reloaded from the checkpoint "

@@ -1,0 +1,35 @@
+"""Shared fixtures. Unsloth is imported first (it patches transformers/trl/peft on import), and
+every test writes into temporary outputs; the local model cache is shared across sessions
+(outputs/models, git-ignored) so the SmolLM2 conversion happens once per machine."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from polo_lib import paths
+
+# Before anything imports transformers.
+os.environ.setdefault("POLO_MODEL_CACHE", str(paths.PROJ_ROOT / "outputs" / "models"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")          # no test may reach the hub
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from polo_lib.model import import_unsloth  # noqa: E402
+
+import_unsloth()
+
+
+@pytest.fixture(autouse=True)
+def isolated_outputs(tmp_path, monkeypatch):
+    """Runs and processed data of a test go to its own tmp folder, never the repo's."""
+    monkeypatch.setenv("POLO_OUTPUTS", str(tmp_path / "outputs"))
+    monkeypatch.setenv("POLO_PROCESSED_DIR", str(tmp_path / "processed"))
+    return tmp_path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir() -> Path:
+    """The tiny random Llama (built once per session into the shared cache)."""
+    from polo_lib import local_models
+
+    return Path(local_models.resolve("tiny-llama"))

