@@ -303,7 +303,7 @@ def prepare(data_params, tokenizer, max_seq_length: int) -> Prepared:
         "split_ids": {s: [e["id"] for e in ex] for s, ex in examples.items()},
         "dropped_over_length": dropped,
         "max_seq_length": max_seq_length,
-        "tokenizer": getattr(tokenizer, "name_or_path", type(tokenizer).__name__),
+        "tokenizer": Path(str(getattr(tokenizer, "name_or_path", type(tokenizer).__name__))).name,
         "token_lengths": {s: length_stats(n) for s, n in lengths.items()},
         "split_seed": data_params.split_seed,
     }

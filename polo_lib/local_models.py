@@ -387,6 +387,7 @@ def _atomic_build(out_dir: Path, write: Callable[[Path], dict[str, Any]]) -> Pat
     """
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temp_dirs(out_dir)
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
@@ -415,6 +416,18 @@ def _atomic_build(out_dir: Path, write: Callable[[Path], dict[str, Any]]) -> Pat
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _remove_stale_temp_dirs(out_dir: Path, max_age_s: float = 3600.0) -> None:
+    # A killed build leaves its temp folder (up to ~540 MB for SmolLM2). A build takes
+    # seconds, so one untouched for an hour belongs to no live process.
+    now = time.time()
+    for stale in out_dir.parent.glob(f".{out_dir.name}.tmp-*"):
+        try:
+            if now - stale.stat().st_mtime > max_age_s:
+                shutil.rmtree(stale, ignore_errors=True)
+        except OSError:
+            pass
 
 
 def _sha256(path: Path) -> str:

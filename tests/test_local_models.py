@@ -328,3 +328,14 @@ def test_resolve_smollm2_uses_the_cache_without_rebuilding(smollm2_cache, monkey
     assert lm.resolve("smollm2-135m-instruct") == str(smollm2_cache / lm.SMOLLM2)
     assert time.perf_counter() - t0 < 0.1
     assert marker.stat().st_mtime_ns == mtime
+
+
+def test_stale_temp_folder_of_a_killed_build_is_removed(tmp_path):
+    stale = tmp_path / ".tiny-llama.tmp-999-deadbeef"
+    stale.mkdir()
+    old = time.time() - 2 * 3600  # seconds: older than the 1 h limit
+    os.utime(stale, (old, old))
+    fresh = tmp_path / ".tiny-llama.tmp-998-cafecafe"  # may belong to a live build: kept
+    fresh.mkdir()
+    lm.build_tiny_llama(tmp_path / "tiny-llama", TEXTS)
+    assert not stale.exists() and fresh.exists()
