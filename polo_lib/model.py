@@ -1,9 +1,36 @@
-"""Load the base model through Unsloth, apply LoRA, count parameters, estimate memory."""
+"""Load the base model through Unsloth, apply LoRA, count parameters, estimate memory.
+
+Unsloth must be imported before transformers/trl/peft (it patches them on import): every
+entry point here calls `import_unsloth()` first.
+"""
 from __future__ import annotations
 
+import logging
 import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
 
 from . import local_models, paths
+from .errors import ModelError
+
+log = logging.getLogger(__name__)
+
+GiB = 1024 ** 3
+
+# Architecture of the GPU recipe's model, so a CPU machine without the hub can still
+# estimate its memory and trainable share (values from Llama-3.2-3B's config.json).
+KNOWN_CONFIGS: dict[str, dict[str, Any]] = {
+    "unsloth/Llama-3.2-3B-Instruct-bnb-4bit": {
+        "model_type": "llama", "hidden_size": 3072, "intermediate_size": 8192,
+        "num_hidden_layers": 28, "num_attention_heads": 24, "num_key_value_heads": 8,
+        "head_dim": 128, "vocab_size": 128256, "tie_word_embeddings": True,
+        "max_position_embeddings": 131072,
+    },
+}
+KNOWN_CONFIGS["unsloth/Llama-3.2-3B-Instruct"] = KNOWN_CONFIGS["unsloth/Llama-3.2-3B-Instruct-bnb-4bit"]
+KNOWN_CONFIGS["meta-llama/Llama-3.2-3B-Instruct"] = KNOWN_CONFIGS["unsloth/Llama-3.2-3B-Instruct-bnb-4bit"]
 
 
 def import_unsloth():
@@ -15,9 +42,295 @@ def import_unsloth():
     return unsloth
 
 
+# ------------------------------------------------------------------- device
+
+def device_info() -> dict[str, Any]:
+    """What will run the model: name, memory total/free in bytes, bf16 support."""
+    import psutil
+    import torch
+
+    if torch.cuda.is_available():
+        free, total = torch.cuda.mem_get_info()
+        return {"device": "cuda", "name": torch.cuda.get_device_name(0), "memory_total": total,
+                "memory_free": free, "bf16": torch.cuda.is_bf16_supported(), "count": torch.cuda.device_count()}
+    vm = psutil.virtual_memory()
+    return {"device": "cpu", "name": _cpu_name(), "memory_total": vm.total, "memory_free": vm.available,
+            "bf16": False, "count": 1, "threads": torch.get_num_threads()}
+
+
+def _cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+    return platform.processor() or platform.machine()
+
+
+def resolve_dtype(dtype: str, device: dict[str, Any]):
+    """'auto': bf16 on GPUs that have it, fp16 on older ones (T4), fp32 on CPU.
+
+    On CPU Unsloth would pick bfloat16, which measured 6-25x slower than float32 here.
+    """
+    import torch
+
+    if dtype != "auto":
+        return getattr(torch, dtype)
+    if device["device"] == "cpu":
+        return torch.float32
+    return torch.bfloat16 if device["bf16"] else torch.float16
+
+
+# ------------------------------------------------------------------- config
+
+def load_config(model_name: str):
+    """The model's config without its weights: local folder, known offline config, or the hub."""
+    import_unsloth()
+    from transformers import AutoConfig, LlamaConfig
+
+    if model_name in KNOWN_CONFIGS and not os.path.isdir(model_name):
+        # No hub round trip (and no minutes of retries offline): the architecture is recorded.
+        return LlamaConfig(**{k: v for k, v in KNOWN_CONFIGS[model_name].items() if k != "model_type"})
+    where = local_models.resolve(model_name)
+    try:
+        return AutoConfig.from_pretrained(where)
+    except Exception as e:
+        raise ModelError(f"model_name '{model_name}': cannot read its config ({type(e).__name__}: {e}). "
+                         "Check the name, the path, or your network for a hub id.") from None
+
+
+def _meta_model(config):
+    """The architecture on the meta device: exact shapes, no memory."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config)
+
+
+def lora_shapes(config, target_modules) -> tuple[int, dict[str, int], dict[str, int]]:
+    """(total params, params per target module type, LoRA params per type for r=1)."""
+    meta = _meta_model(config)
+    total = sum(p.numel() for p in meta.parameters())
+    per_type: dict[str, int] = {t: 0 for t in target_modules}
+    lora_r1: dict[str, int] = {t: 0 for t in target_modules}
+    for name, module in meta.named_modules():
+        leaf = name.rsplit(".", 1)[-1]
+        if leaf in per_type and hasattr(module, "in_features"):
+            per_type[leaf] += module.weight.numel()
+            lora_r1[leaf] += module.in_features + module.out_features
+    missing = [t for t, n in per_type.items() if n == 0]
+    if missing:
+        available = sorted({n.rsplit(".", 1)[-1] for n, m in meta.named_modules() if hasattr(m, "in_features")})
+        raise ModelError(f"lora.target_modules {missing} not found in the model; its linear layers are: "
+                         f"{', '.join(available)}. Fix lora.target_modules.")
+    return total, per_type, lora_r1
+
+
+# ------------------------------------------------------------------- memory
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes needed for training, by part, against what the device has free."""
+    parts: dict[str, int]
+    available: int
+    device: str
+
+    @property
+    def total(self) -> int:
+        return sum(self.parts.values())
+
+    @property
+    def fits(self) -> bool:
+        return self.total <= 0.9 * self.available  # 10% headroom for the allocator and CUDA context
+
+    def table(self) -> pd.DataFrame:
+        rows = [{"part": k, "GiB": round(v / GiB, 3)} for k, v in self.parts.items()]
+        rows += [{"part": "total", "GiB": round(self.total / GiB, 3)},
+                 {"part": f"free on {self.device}", "GiB": round(self.available / GiB, 3)}]
+        return pd.DataFrame(rows).set_index("part")
+
+
+def estimate_memory(cfg, device: dict[str, Any] | None = None, config=None) -> MemoryEstimate:
+    """Weights at the applied precision + LoRA + grads + optimizer states + activations + logits.
+
+    A rough upper bound (Korthikanti et al. 2022 for activations), good enough to refuse a
+    setting that clearly cannot fit before minutes are spent loading.
+    """
+    device = device or device_info()
+    config = config or load_config(cfg.model.model_name)
+    total, per_type, lora_r1 = lora_shapes(config, cfg.lora.target_modules)
+    on_gpu = device["device"] == "cuda"
+    four_bit = cfg.model.load_in_4bit and on_gpu
+    dtype_bytes = resolve_dtype(cfg.model.dtype, device).itemsize
+    hidden, layers = config.hidden_size, config.num_hidden_layers
+    vocab = config.vocab_size
+    embed = vocab * hidden * (1 if getattr(config, "tie_word_embeddings", False) else 2)
+    linear = total - embed
+    weights = int(linear * 0.5 + embed * 2) if four_bit else total * dtype_bytes  # NF4: 4 bits a weight
+    lora = sum(lora_r1.values()) * cfg.lora.r
+    optimizer_bytes = 2 if _optim(cfg.training.optim, device) == "adamw_8bit" else 8  # two Adam moments
+    batch, seq = cfg.training.per_device_train_batch_size, cfg.model.max_seq_length
+    checkpointing = cfg.lora.use_gradient_checkpointing != "false"
+    act_bytes = 2 if on_gpu else dtype_bytes
+    if checkpointing:  # one hidden state per layer kept, one layer recomputed at a time
+        activations = batch * seq * hidden * act_bytes * layers + batch * seq * hidden * 17 * act_bytes
+    else:  # 34·sbh bytes per layer at 16-bit (Korthikanti; SDPA keeps no s×s scores), scaled to the dtype
+        activations = int(batch * seq * hidden * 34 * layers * act_bytes / 2)
+    logits = batch * seq * vocab * 4 * 2  # fp32 logits and their gradient
+    parts = {"weights": int(weights), "lora": lora * 4, "gradients": lora * 4,
+             "optimizer": lora * optimizer_bytes, "activations": int(activations), "logits": logits}
+    return MemoryEstimate(parts, int(device["memory_free"]), device["device"])
+
+
+def check_memory(estimate: MemoryEstimate, enabled: bool = True) -> MemoryEstimate:
+    """Refuse a setting that clearly will not fit, saying what to lower."""
+    if enabled and not estimate.fits:
+        raise ModelError(
+            f"training needs about {estimate.total / GiB:.1f} GiB but {estimate.device} has "
+            f"{estimate.available / GiB:.1f} GiB free ({', '.join(f'{k} {v / GiB:.1f}' for k, v in estimate.parts.items())} GiB). "
+            "Lower training.per_device_train_batch_size (raise gradient_accumulation_steps to keep the "
+            "effective batch), lower model.max_seq_length, set model.load_in_4bit: true on a GPU, or "
+            "set model.memory_check: false to try anyway.")
+    return estimate
+
+
+def _optim(optim: str, device: dict[str, Any]) -> str:
+    if optim != "auto":
+        return optim
+    return "adamw_8bit" if device["device"] == "cuda" else "adamw_torch"
+
+
+def resolve_optim(optim: str, device: dict[str, Any] | None = None) -> str:
+    """'auto': 8-bit AdamW on a GPU (bitsandbytes, 1/4 of the state memory); torch AdamW on CPU."""
+    return _optim(optim, device or device_info())
+
+
+# ------------------------------------------------------------------- loading
+
+@dataclass
+class LoadedModel:
+    """The LoRA-wrapped model, its tokenizer, and what was asked vs what was applied."""
+    model: Any
+    tokenizer: Any
+    applied: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+
+    def applied_table(self) -> pd.DataFrame:
+        rows = [{"setting": k, "asked": v["asked"], "applied": v["applied"]}
+                for k, v in self.applied.items() if isinstance(v, dict) and "asked" in v]
+        return pd.DataFrame(rows).set_index("setting")
+
+    def _repr_html_(self) -> str:
+        notes = "".join(f"<li>{n}</li>" for n in self.notes)
+        return self.applied_table()._repr_html_() + (f"<ul>{notes}</ul>" if notes else "")
+
+    def __repr__(self) -> str:
+        return f"{self.applied_table()}\n" + "\n".join(self.notes)
+
+
 def load_tokenizer(model_params):
     """The model's own tokenizer (and chat template), without loading the weights."""
     import_unsloth()
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(local_models.resolve(model_params.model_name))
+    where = local_models.resolve(model_params.model_name)
+    try:
+        return AutoTokenizer.from_pretrained(where)
+    except OSError as e:
+        raise ModelError(f"model_name '{model_params.model_name}': cannot load its tokenizer ({e}). "
+                         "A hub id needs the internet; offline, use params_file 'cpu' "
+                         "(smollm2-135m-instruct) or a local path.") from None
+
+
+def load(cfg, device: dict[str, Any] | None = None) -> LoadedModel:
+    """Base model through FastLanguageModel.from_pretrained, then LoRA via get_peft_model.
+
+    On a CPU, 4-bit is not available: Unsloth falls back to 16/32-bit; the fallback is
+    recorded (asked vs applied) and shown, never silent.
+    """
+    import_unsloth()
+    import torch
+    from unsloth import FastLanguageModel
+
+    device = device or device_info()
+    on_gpu = device["device"] == "cuda"
+    dtype = resolve_dtype(cfg.model.dtype, device)
+    where = local_models.resolve(cfg.model.model_name)
+    notes = []
+    four_bit = cfg.model.load_in_4bit and on_gpu
+    if cfg.model.load_in_4bit and not on_gpu:
+        notes.append("load_in_4bit was asked, but bitsandbytes 4-bit needs a CUDA GPU: "
+                     f"loading {str(dtype).removeprefix('torch.')} weights instead.")
+    try:
+        model, tokenizer = FastLanguageModel.from_pretrained(
+            model_name=where, max_seq_length=cfg.model.max_seq_length, dtype=dtype,
+            load_in_4bit=four_bit)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"model_name '{cfg.model.model_name}': could not load ({type(e).__name__}: {e}).") from None
+    applied_4bit = bool(getattr(model, "is_loaded_in_4bit", False)) or any(
+        "4bit" in type(m).__name__ for m in model.modules())
+    checkpointing = {"unsloth": "unsloth" if on_gpu else True, "true": True, "false": False}[
+        cfg.lora.use_gradient_checkpointing]
+    lora_shapes(model.config, cfg.lora.target_modules)  # a clear error for a missing target module
+    model = FastLanguageModel.get_peft_model(
+        model, r=cfg.lora.r, lora_alpha=cfg.lora.lora_alpha, lora_dropout=cfg.lora.lora_dropout,
+        target_modules=list(cfg.lora.target_modules), bias=cfg.lora.bias,
+        use_gradient_checkpointing=checkpointing, random_state=cfg.training.seed,
+        use_rslora=cfg.lora.use_rslora, max_seq_length=cfg.model.max_seq_length)
+    model_dtype = next(p.dtype for p in model.parameters() if not p.requires_grad)
+    applied = {
+        "load_in_4bit": {"asked": cfg.model.load_in_4bit, "applied": applied_4bit},
+        "dtype": {"asked": cfg.model.dtype, "applied": str(model_dtype).removeprefix("torch.")},
+        "device": {"asked": "auto", "applied": f"{device['device']} ({device['name']})"},
+        "gradient_checkpointing": {"asked": cfg.lora.use_gradient_checkpointing, "applied": str(checkpointing)},
+        "model_path": where,
+    }
+    for n in notes:
+        log.warning(n)
+    torch.manual_seed(cfg.training.seed)
+    return LoadedModel(model, tokenizer, applied, notes)
+
+
+# ---------------------------------------------------------------- parameters
+
+def parameter_table(model) -> pd.DataFrame:
+    """Total and trainable parameters, per LoRA target module type, with their bytes.
+
+    4-bit weights are stored two to a byte: bitsandbytes reports half the count, so
+    totals are counted from element sizes as stored.
+    """
+    total = trainable = total_bytes = trainable_bytes = 0
+    per_type: dict[str, list[int]] = {}
+    for name, p in model.named_parameters():
+        n, b = p.numel(), p.numel() * p.element_size()
+        total, total_bytes = total + n, total_bytes + b
+        if p.requires_grad:
+            trainable, trainable_bytes = trainable + n, trainable_bytes + b
+            parts = name.split(".")
+            module = next((parts[i - 1] for i, s in enumerate(parts) if s.startswith("lora_")), "other")
+            entry = per_type.setdefault(f"LoRA on {module}", [0, 0])
+            entry[0] += n
+            entry[1] += b
+    rows = [{"group": "total", "parameters": total, "bytes": total_bytes},
+            {"group": "trainable", "parameters": trainable, "bytes": trainable_bytes}]
+    rows += [{"group": k, "parameters": v[0], "bytes": v[1]} for k, v in sorted(per_type.items())]
+    df = pd.DataFrame(rows).set_index("group")
+    df["share_%"] = (100 * df["parameters"] / total).round(4)
+    df["MiB"] = (df["bytes"] / 2 ** 20).round(2)
+    return df
+
+
+def recipe_parameter_table(cfg, config=None) -> pd.DataFrame:
+    """Trainable share for a params recipe from the architecture alone (no weights, no GPU)."""
+    config = config or load_config(cfg.model.model_name)
+    total, per_type, lora_r1 = lora_shapes(config, cfg.lora.target_modules)
+    lora = {t: n * cfg.lora.r for t, n in lora_r1.items()}
+    rows = [{"group": "total (base + LoRA)", "parameters": total + sum(lora.values())},
+            {"group": "trainable", "parameters": sum(lora.values())}]
+    rows += [{"group": f"LoRA on {t}", "parameters": n} for t, n in lora.items()]
+    df = pd.DataFrame(rows).set_index("group")
+    df["share_%"] = (100 * df["parameters"] / (total + sum(lora.values()))).round(4)
+    return df
