@@ -330,7 +330,7 @@ def save(cfg: Params, path: str | Path) -> Path:
 
 
 # Names a notebook's parameters cell may define that are not params fields.
-NOTEBOOK_NAMES = {"params_file", "run_id", "run_ids", "sweep_id"}
+NOTEBOOK_NAMES = {"params_file", "run_id", "run_ids", "sweep_id", "overrides"}
 _IPYTHON_NAMES = {"In", "Out", "get_ipython", "exit", "quit", "open"}
 
 
@@ -357,7 +357,10 @@ def from_notebook(namespace: Mapping[str, Any]) -> Params:
         raise ParamsError(f"{len(problems)} problem(s) in notebook parameters:\n{bullet_list(problems)}")
     if "params_file" not in namespace:
         raise ParamsError("the notebook's parameters cell must define params_file")
-    return load(namespace["params_file"], **knobs)
+    overrides = namespace.get("overrides") or {}  # dotted keys, passed by `polo run --set`
+    if not isinstance(overrides, Mapping):
+        raise ParamsError(f"notebook parameter 'overrides' must be a mapping of dotted keys, got {overrides!r}")
+    return load(namespace["params_file"], overrides=overrides, **knobs)
 
 
 def _display(path: Path) -> str:

@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 import matplotlib.pyplot as plt
 
@@ -29,3 +32,23 @@ def save(fig, path: str | Path) -> Path:
     fig.savefig(tmp, dpi=120)
     tmp.replace(path)
     return path
+
+
+def loss_curve(log: "pd.DataFrame", title: str = "loss"):
+    """Train loss per logging step and eval loss per evaluation, on one axis."""
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    train = log.dropna(subset=["loss"]) if "loss" in log else log.iloc[0:0]
+    evals = log.dropna(subset=["eval_loss"]) if "eval_loss" in log else log.iloc[0:0]
+    if len(train):
+        ax.plot(train["step"], train["loss"], label="train loss", color="tab:blue")
+    if len(evals):
+        ax.plot(evals["step"], evals["eval_loss"], "o-", label="eval loss", color="tab:orange")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(title)
+    if len(train) or len(evals):
+        ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig

@@ -1,0 +1,102 @@
+"""`polo`: run the notebooks headless into one run folder (papermill), and look at runs.
+
+    polo run cpu --set epochs=1 --set training.learning_rate=5e-4
+    polo run params/my.yaml --stages prepare,train --run-id 20261130-...-cpu-1a2b3c4d
+
+Params and overrides are validated before any notebook starts; each stage's executed
+notebook is saved in the run folder; a failing stage marks the run failed and names the
+executed notebook and cell.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Any, Sequence
+
+import yaml
+
+from . import params as params_lib
+from . import paths, runs
+from .errors import ParamsError, PoloError
+
+STAGES = {"prepare": "prepare_data.ipynb", "train": "train.ipynb", "evaluate": "evaluate.ipynb"}
+
+
+def available_stages() -> list[str]:
+    return [s for s, nb in STAGES.items() if (paths.NOTEBOOKS_DIR / nb).is_file()]
+
+
+def parse_sets(items: Sequence[str]) -> dict[str, Any]:
+    """`key=value` pairs; values parsed as YAML (1e-4 -> float, true -> bool, [a, b] -> list)."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ParamsError(f"--set '{item}': expected key=value, e.g. --set learning_rate=1e-4")
+        parsed = yaml.safe_load(value) if value.strip() else ""
+        if isinstance(parsed, str):  # YAML 1.1 reads 1e-4 as a string
+            try:
+                parsed = float(parsed) if any(c in parsed for c in ".eE") else int(parsed)
+            except ValueError:
+                pass
+        out[key.strip()] = parsed
+    return out
+
+
+def run_pipeline(params_file: str, overrides: dict[str, Any] | None = None,
+                 stages: Sequence[str] | None = None, run_id: str | None = None,
+                 log=print) -> runs.Run:
+    """Validate, open the run folder, then execute each stage's notebook into it."""
+    import papermill as pm
+
+    stages = list(stages or available_stages())
+    unknown = [s for s in stages if s not in available_stages()]
+    if unknown:
+        raise PoloError(f"unknown stage(s) {unknown}; available: {', '.join(available_stages())}")
+    cfg = params_lib.load(params_file, overrides=overrides)  # raises on any problem, before any work
+    dotted, _ = params_lib.normalize_overrides(overrides or {})
+    run = runs.open_run(cfg, run_id)
+    log(f"run {run.id}\n  folder: {run.path}")
+    parameters = {"params_file": str(params_lib.resolve_file(params_file)), "run_id": run.id,
+                  "overrides": dotted}
+    for i, stage in enumerate(stages, 1):
+        notebook = STAGES[stage]
+        out = run.notebooks / notebook
+        log(f"[{i}/{len(stages)}] {stage}: {notebook}")
+        start = time.perf_counter()
+        try:
+            pm.execute_notebook(str(paths.NOTEBOOKS_DIR / notebook), str(out), parameters=parameters,
+                                kernel_name="python3", cwd=str(paths.NOTEBOOKS_DIR), progress_bar=True)
+        except pm.PapermillExecutionError as e:
+            where = f"{out}, cell {e.exec_count}"
+            run.fail(f"{e.ename}: {e.evalue}", where)
+            raise PoloError(f"stage '{stage}' failed: {e.ename}: {e.evalue}\n  see {where}") from None
+        log(f"  {stage} done in {time.perf_counter() - start:.0f} s")
+    run.update_manifest(status="finished")
+    return run
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="polo", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_run = sub.add_parser("run", help="run notebooks headless into one run folder")
+    p_run.add_argument("params", help="a name in params/ (cpu, default, smoke) or a path to a .yaml file")
+    p_run.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a param: learning_rate=1e-4, epochs=2, training.max_steps=10")
+    p_run.add_argument("--stages", default=None,
+                       help=f"comma-separated, in order (default: {','.join(available_stages())})")
+    p_run.add_argument("--run-id", default=None, help="continue this run instead of starting a new one")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "run":
+            stages = [s.strip() for s in args.stages.split(",")] if args.stages else None
+            run_pipeline(args.params, parse_sets(args.sets), stages, args.run_id)
+    except PoloError as e:
+        print(f"{type(e).__name__}: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

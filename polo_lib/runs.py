@@ -1,0 +1,261 @@
+"""Run folders: one per experiment, never overwritten, holding everything about it.
+
+outputs/runs/<run_id>/  params.yaml, manifest.json, notebooks/, checkpoints/, adapter/,
+logs/, eval/, plots/, summary.json, report.md. run_id = UTC time + params name + short hash.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from . import params as params_lib
+from . import paths
+from .atomic import atomic_write_json
+from .errors import RunError
+
+PACKAGES = ("torch", "unsloth", "unsloth_zoo", "trl", "transformers", "peft", "datasets", "accelerate",
+            "papermill", "bitsandbytes")
+SUBFOLDERS = ("notebooks", "checkpoints", "adapter", "logs", "eval", "plots")
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class Run:
+    id: str
+    path: Path
+
+    checkpoints = property(lambda self: self.path / "checkpoints")
+    adapter = property(lambda self: self.path / "adapter")
+    logs = property(lambda self: self.path / "logs")
+    eval = property(lambda self: self.path / "eval")
+    plots = property(lambda self: self.path / "plots")
+    notebooks = property(lambda self: self.path / "notebooks")
+    manifest_path = property(lambda self: self.path / "manifest.json")
+    params_path = property(lambda self: self.path / "params.yaml")
+
+    def manifest(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.manifest_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {}
+
+    def update_manifest(self, **changes: Any) -> dict[str, Any]:
+        """Merge `changes` (one level deep for dicts) and rewrite manifest.json atomically."""
+        data = self.manifest()
+        for key, value in changes.items():
+            if isinstance(value, dict) and isinstance(data.get(key), dict):
+                data[key] = {**data[key], **value}
+            else:
+                data[key] = value
+        data["updated"] = _now()
+        atomic_write_json(self.manifest_path, data)
+        return data
+
+    summary_path = property(lambda self: self.path / "summary.json")
+
+    def summary(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.summary_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {}
+
+    def update_summary(self, **sections: Any) -> dict[str, Any]:
+        """summary.json: headline figures by section (training, evaluation), machine-readable."""
+        data = {"run_id": self.id, **self.summary(), **sections}
+        atomic_write_json(self.summary_path, data)
+        return data
+
+    def start_stage(self, stage: str) -> None:
+        stages = self.manifest().get("stages", {})
+        stages[stage] = {"status": "running", "start": _now()}
+        self.update_manifest(stages=stages, status="running", error=None)
+
+    def finish_stage(self, stage: str) -> dict[str, Any]:
+        stages = self.manifest().get("stages", {})
+        entry = stages.get(stage, {"start": _now()})
+        end = datetime.now(timezone.utc)
+        entry.update(status="finished", end=end.isoformat(timespec="seconds"),
+                     seconds=round((end - datetime.fromisoformat(entry["start"])).total_seconds(), 1))
+        stages[stage] = entry
+        return self.update_manifest(stages=stages, status="finished")
+
+    def fail(self, error: str, where: str | None = None) -> None:
+        stages = self.manifest().get("stages", {})
+        for entry in stages.values():
+            if entry.get("status") == "running":
+                entry.update(status="failed", end=_now())
+        self.update_manifest(stages=stages, status="failed", error={"message": error, "where": where})
+
+    def params(self):
+        return params_lib.load_resolved(self.params_path)
+
+    def _repr_html_(self) -> str:
+        return f"<b>run</b> <code>{self.id}</code><br>folder: <code>{self.path}</code>"
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+
+def new_run_id(cfg) -> str:
+    """UTC time + params name + hash of the resolved params; a suffix if that folder exists."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    base = f"{stamp}-{cfg.name}-{cfg.short_hash()}"
+    run_id, n = base, 1
+    while (paths.runs_dir() / run_id).exists():
+        n += 1
+        run_id = f"{base}-{n}"
+    return run_id
+
+
+def get_run(run_id: str) -> Run:
+    path = paths.runs_dir() / run_id
+    if not (path / "params.yaml").is_file():
+        known = sorted(p.name for p in paths.runs_dir().glob("*") if p.is_dir())[-5:] if paths.runs_dir().exists() else []
+        raise RunError(f"run '{run_id}' not found in {paths.runs_dir()}. "
+                       f"Latest runs: {', '.join(known) or 'none'}. Pass run_id=None to start a new run.")
+    return Run(run_id, path)
+
+
+def _check_writable(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise RunError(f"cannot write to {folder} ({e.strerror}). Point POLO_OUTPUTS at a writable "
+                       "folder or fix the permissions.") from None
+
+
+def open_run(cfg, run_id: str | None = None, stage: str | None = None) -> Run:
+    """A new run folder (run_id None), or the existing run `run_id` with the same params.
+
+    The resolved params are written before any work starts. Continuing a run with different
+    params is refused: a run folder describes one experiment.
+    """
+    if run_id is None:
+        _check_writable(paths.runs_dir())
+        run_id = new_run_id(cfg)
+        run = Run(run_id, paths.runs_dir() / run_id)
+        run.path.mkdir(parents=True)
+        for sub in SUBFOLDERS:
+            (run.path / sub).mkdir()
+        params_lib.save(cfg, run.params_path)
+        atomic_write_json(run.manifest_path, _initial_manifest(run, cfg))
+    else:
+        run = get_run(run_id)
+        _check_writable(run.path)
+        saved = run.params()
+        differ = _differences(saved.to_dict(), cfg.to_dict())
+        if differ:
+            raise RunError(f"run {run_id} was made with other params ({'; '.join(differ[:8])}). "
+                           "Continue it with the same params, or start a new run (run_id=None).")
+    if stage:
+        run.start_stage(stage)
+        _watch_notebook_errors(run)
+    return run
+
+
+def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key in sorted(set(a) | set(b)):
+        if key in ("name", "source"):
+            continue
+        va, vb = a.get(key), b.get(key)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += _differences(va, vb, f"{prefix}{key}.")
+        elif va != vb:
+            out.append(f"{prefix}{key}: {va!r} in the run, {vb!r} now")
+    return out
+
+
+def _initial_manifest(run: Run, cfg) -> dict[str, Any]:
+    from .model import device_info
+
+    device = device_info()
+    return {
+        "run_id": run.id, "params_name": cfg.name, "params_source": cfg.source,
+        "params_hash": cfg.short_hash(), "status": "created", "created": _now(), "updated": _now(),
+        "seed": cfg.training.seed, "git": git_state(), "versions": package_versions(),
+        "python": platform.python_version(), "platform": platform.platform(),
+        "device": {k: v for k, v in device.items()}, "stages": {}, "error": None,
+    }
+
+
+def git_state() -> dict[str, Any]:
+    """Commit and dirty flag of the repo this package runs from (None outside a git checkout)."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=paths.PROJ_ROOT, capture_output=True, text=True,
+                              timeout=10, check=True).stdout.strip()
+    try:
+        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+
+
+def package_versions() -> dict[str, str | None]:
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def _watch_notebook_errors(run: Run) -> None:
+    """In a notebook, a cell that raises marks the run failed with the error and the cell."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    ip = get_ipython()
+    if ip is None:
+        return
+
+    def on_cell(result) -> None:
+        error = result.error_in_exec or result.error_before_exec
+        if error is not None:
+            cell = (getattr(result.info, "raw_cell", "") or "").strip().splitlines()
+            where = f"cell {result.execution_count}: {cell[0] if cell else ''}"
+            run.fail(f"{type(error).__name__}: {error}", where)
+
+    # One watcher per kernel: replace a previous run's.
+    for cb in list(ip.events.callbacks["post_run_cell"]):
+        if getattr(cb, "_polo_watcher", False):
+            ip.events.unregister("post_run_cell", cb)
+    on_cell._polo_watcher = True  # type: ignore[attr-defined]
+    ip.events.register("post_run_cell", on_cell)
+
+
+def latest_run(status: str | None = "finished") -> Run:
+    """The newest run folder, optionally with a given status."""
+    root = paths.runs_dir()
+    for path in sorted(root.glob("*"), reverse=True) if root.exists() else []:
+        if (path / "params.yaml").is_file():
+            run = Run(path.name, path)
+            if status is None or run.manifest().get("status") == status:
+                return run
+    raise RunError(f"no {status or ''} run in {root}: train one first (notebooks/train.ipynb or `make demo`).")
+
+
+
+def track_stage(cfg, run_id: str | None, stage: str) -> Run | None:
+    """For notebooks that may run alone (no run folder) or as a stage of `polo run` (run_id set)."""
+    return open_run(cfg, run_id, stage=stage) if run_id else None
+
+
+def end_stage(run: Run | None, stage: str) -> Run | None:
+    if run is not None:
+        run.finish_stage(stage)
+    return run

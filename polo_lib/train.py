@@ -1,0 +1,428 @@
+"""Supervised fine-tuning with TRL's SFTTrainer (patched by Unsloth), on the answers only.
+
+The pieces a notebook calls, in order: `build(lm, dataset, cfg, run)` derives the chat
+markers, checks every example keeps answer tokens and returns a `Session`; `sample` shows
+generations; `fit(session)` trains (live loss chart, CSV + TensorBoard logs, checkpoints,
+early stopping, resume); `finish(session)` saves the adapter and the loss plot.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from . import model as model_lib
+from . import plots
+from .atomic import atomic_write_text
+from .errors import DataError, ModelError, RunError
+
+log = logging.getLogger(__name__)
+
+LOG_COLUMNS = ["step", "epoch", "loss", "eval_loss", "learning_rate", "grad_norm", "tokens_per_s"]
+
+
+# ------------------------------------------------------------------ markers
+
+@dataclass(frozen=True)
+class Markers:
+    """Text that opens a user turn and an assistant turn in this tokenizer's chat template."""
+    instruction: str
+    response: str
+
+
+_SENTINELS = ("QQQ_SYSTEM_111", "QQQ_USER_222", "QQQ_ASSISTANT_333", "QQQ_USER_444")
+
+
+def derive_markers(tokenizer) -> Markers:
+    """Render a sample conversation with the tokenizer's own template and read the markers off it.
+
+    response = what stands between the end of a user turn and an assistant answer;
+    instruction = what stands between the end of an assistant turn and the next user message.
+    Never hard-coded per model: a wrong marker masks every label and training "works" at loss 0.
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        raise ModelError(f"tokenizer '{getattr(tokenizer, 'name_or_path', '?')}' has no chat template: "
+                         "use an instruct/chat model, or set tokenizer.chat_template.")
+    s, u1, a1, u2 = _SENTINELS
+
+    def render(messages, add_generation_prompt=False) -> str:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+    system = {"role": "system", "content": s}
+    try:
+        one_turn = render([system, {"role": "user", "content": u1}])
+        with_answer = render([system, {"role": "user", "content": u1}, {"role": "assistant", "content": a1}])
+        two_turns = render([system, {"role": "user", "content": u1}, {"role": "assistant", "content": a1},
+                            {"role": "user", "content": u2}])
+        prompt = render([system, {"role": "user", "content": u1}], add_generation_prompt=True)
+    except Exception as e:  # templates raise their own errors (e.g. role alternation)
+        raise ModelError(f"the chat template cannot render system/user/assistant turns: {e}") from None
+    user_end = one_turn[one_turn.index(u1) + len(u1):]
+    between_ua = with_answer[with_answer.index(u1) + len(u1):with_answer.index(a1)]
+    response = between_ua[len(user_end):] if between_ua.startswith(user_end) else between_ua
+    generation = prompt[len(one_turn):] if prompt.startswith(one_turn) else ""
+    answer_end = with_answer[with_answer.index(a1) + len(a1):]
+    between_au = two_turns[two_turns.index(a1) + len(a1):two_turns.index(u2)]
+    instruction = between_au[len(answer_end.rstrip("\n")):] if between_au.startswith(answer_end.rstrip("\n")) else between_au
+    instruction = instruction.lstrip("\n") if instruction.strip() else instruction
+    if generation.strip() and generation.strip() != response.strip():
+        response = generation  # the generation prompt is what inference will see: trust it
+    if not response.strip() or not instruction.strip():
+        raise ModelError(f"could not derive the chat markers from the template "
+                         f"(instruction={instruction!r}, response={response!r}): it has no visible "
+                         "user/assistant headers, so answer-only training cannot find the answers.")
+    return Markers(instruction=instruction, response=response)
+
+
+def label_counts(examples, tokenizer, markers: Markers) -> list[int]:
+    """Answer tokens kept per example after response-only masking, by Unsloth's own masker."""
+    from unsloth.chat_templates import train_on_responses_only
+
+    masker = train_on_responses_only(None, instruction_part=markers.instruction, response_part=markers.response,
+                                     tokenizer=tokenizer, return_function=True)
+    ids = [tokenizer(tokenizer.apply_chat_template(m, tokenize=False), add_special_tokens=False)["input_ids"]
+           for m in examples["messages"]]
+    labels = masker({"input_ids": ids})["labels"]
+    return [sum(1 for x in row if x != -100) for row in labels]
+
+
+def check_labels(split: str, ids: list[str], counts: list[int], markers: Markers) -> None:
+    """Fail naming every example that would train on nothing (a marker mismatch)."""
+    empty = [i for i, n in zip(ids, counts) if n == 0]
+    if empty:
+        raise DataError(
+            f"{len(empty)} of {len(ids)} {split} example(s) keep no answer token after response-only "
+            f"masking: {', '.join(empty)}. The markers {markers.instruction!r} / {markers.response!r} "
+            "do not match how these examples are rendered; check the tokenizer's chat template.")
+
+
+# ------------------------------------------------------------------- config
+
+def sft_config(cfg, run, device: dict[str, Any]):
+    """SFTConfig from the params (TRL field names), precision and optimizer from the device."""
+    from trl import SFTConfig
+
+    t = cfg.training
+    on_gpu = device["device"] == "cuda"
+    early = t.early_stopping_patience > 0
+    return SFTConfig(
+        output_dir=str(run.checkpoints),
+        num_train_epochs=t.num_train_epochs, max_steps=t.max_steps,
+        per_device_train_batch_size=t.per_device_train_batch_size,
+        per_device_eval_batch_size=t.per_device_eval_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        learning_rate=t.learning_rate, warmup_steps=t.warmup_steps, lr_scheduler_type=t.lr_scheduler_type,
+        weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm,
+        optim=model_lib.resolve_optim(t.optim, device),
+        fp16=on_gpu and not device["bf16"], bf16=on_gpu and device["bf16"], use_cpu=not on_gpu,
+        logging_steps=t.logging_steps, logging_first_step=True,
+        eval_strategy="steps", eval_steps=t.eval_steps,
+        save_strategy="steps", save_steps=t.save_steps, save_total_limit=t.save_total_limit,
+        load_best_model_at_end=early, metric_for_best_model="eval_loss", greater_is_better=False,
+        seed=t.seed, data_seed=t.seed, max_length=cfg.model.max_seq_length,
+        include_num_input_tokens_seen="non_padding",
+        report_to="none",  # TensorBoard is added as a callback writing into the run's logs/
+        dataset_num_proc=None, packing=False, disable_tqdm=False,
+    )
+
+
+# ------------------------------------------------------------------ logging
+
+class _LogRecorder:
+    """Collects trainer logs into rows: CSV (atomically rewritten) and the live chart."""
+
+    def __init__(self, csv_path: Path, live: bool, keep_until_step: int = 0):
+        self.csv_path = csv_path
+        self.rows: list[dict[str, Any]] = []
+        if keep_until_step and csv_path.exists():  # resuming: keep what the checkpoint covers
+            self.rows = [r for r in read_train_log(csv_path).to_dict("records") if r["step"] <= keep_until_step]
+        self.live = live
+        self.handle = None
+        self._last = None  # (time, tokens) at the previous training log
+
+    def on_log(self, state, logs: dict[str, Any]) -> None:
+        now = time.perf_counter()
+        row = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4)}
+        if "loss" in logs:
+            tokens = state.num_input_tokens_seen
+            rate = None
+            if self._last and now > self._last[0] and tokens > self._last[1]:
+                rate = (tokens - self._last[1]) / (now - self._last[0])
+            self._last = (now, tokens)
+            row.update(loss=logs["loss"], learning_rate=logs.get("learning_rate"),
+                       grad_norm=logs.get("grad_norm"), tokens_per_s=rate and round(rate, 1))
+        elif "eval_loss" in logs:
+            row.update(eval_loss=logs["eval_loss"])
+        else:
+            return
+        self.rows.append(row)
+        self.write()
+        if self.live:
+            self.redraw()
+
+    def frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.rows, columns=LOG_COLUMNS)
+
+    def write(self) -> None:
+        buf = io.StringIO()
+        self.frame().to_csv(buf, index=False)
+        atomic_write_text(self.csv_path, buf.getvalue())
+
+    def redraw(self) -> None:
+        """One figure updated in place (IPython display handle), not one figure per step."""
+        from IPython.display import display
+
+        fig = plots.loss_curve(self.frame())
+        if self.handle is None:
+            self.handle = display(fig, display_id=True)
+        else:
+            self.handle.update(fig)
+
+
+def read_train_log(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path) if Path(path).exists() else pd.DataFrame(columns=LOG_COLUMNS)
+
+
+def _callbacks(recorder: _LogRecorder, cfg, run):
+    from torch.utils.tensorboard import SummaryWriter
+    from transformers import EarlyStoppingCallback, TrainerCallback
+    from transformers.integrations import TensorBoardCallback
+
+    class RecorderCallback(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.is_world_process_zero and logs:
+                recorder.on_log(state, logs)
+
+    callbacks = [RecorderCallback(),
+                 TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(run.logs / "tensorboard")))]
+    if cfg.training.early_stopping_patience > 0:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.training.early_stopping_patience,
+                                               early_stopping_threshold=cfg.training.early_stopping_threshold))
+    return callbacks
+
+
+# ------------------------------------------------------------------- resume
+
+def _valid_checkpoint(path: Path) -> bool:
+    return (path / "trainer_state.json").is_file()
+
+
+def checkpoints(run) -> list[Path]:
+    """Checkpoints of a run, oldest first (by step number)."""
+    found = [p for p in run.checkpoints.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
+
+
+def resolve_resume(run, resume: str) -> Path | None:
+    """'auto': the latest good checkpoint of this run (skipping damaged ones, with a warning) or
+    none; 'never': start fresh, refused if the run already has checkpoints; else a checkpoint path."""
+    existing = checkpoints(run)
+    if resume == "never":
+        if existing:
+            raise RunError(f"run {run.id} already has checkpoints ({', '.join(p.name for p in existing)}); "
+                           "starting it fresh would mix two trainings in one folder. Start a new run "
+                           "(run_id=None) or continue this one with resume='auto'.")
+        return None
+    if resume == "auto":
+        for p in reversed(existing):
+            if _valid_checkpoint(p):
+                return p
+            log.warning("checkpoint %s is damaged (no trainer_state.json); trying the one before it", p)
+        if existing:
+            raise RunError(f"run {run.id}: every checkpoint is damaged (no trainer_state.json in "
+                           f"{', '.join(p.name for p in existing)}). Start a new run, or delete them and "
+                           "resume='never'.")
+        return None
+    path = Path(resume).expanduser()
+    if not path.is_absolute():
+        path = run.checkpoints / resume
+    if not path.is_dir() or not _valid_checkpoint(path):
+        raise RunError(f"resume='{resume}': {path} is not a checkpoint (a folder with trainer_state.json). "
+                       f"This run has: {', '.join(p.name for p in existing) or 'none'}.")
+    return path
+
+
+# ------------------------------------------------------------------ session
+
+@dataclass
+class Session:
+    """A trainer ready to run, and what was checked on the way."""
+    trainer: Any
+    lm: Any
+    cfg: Any
+    run: Any
+    markers: Markers
+    recorder: _LogRecorder
+    resume_from: Path | None
+    checks: pd.DataFrame
+    result: dict[str, Any] = field(default_factory=dict)
+
+    def _repr_html_(self) -> str:
+        return self.checks._repr_html_()
+
+
+def build(lm, dataset, cfg, run, live: bool | None = None, callbacks: list | None = None) -> Session:
+    """SFTTrainer on the train split, evaluated on validation, loss on answers only.
+
+    Fails before training when the chat markers are missing, when any example would keep
+    no answer token, or when resuming is impossible.
+    """
+    from trl import SFTTrainer
+    from unsloth.chat_templates import train_on_responses_only
+
+    device = model_lib.device_info()
+    resume_from = resolve_resume(run, cfg.run.resume)
+    markers = derive_markers(lm.tokenizer)
+    train_ds, eval_ds = dataset["train"], dataset["validation"]
+    counts = {}
+    for split, ds in (("train", train_ds), ("validation", eval_ds)):
+        counts[split] = label_counts(ds, lm.tokenizer, markers)
+        check_labels(split, ds["id"], counts[split], markers)
+    keep = ["messages"]
+    trainer = SFTTrainer(
+        model=lm.model, processing_class=lm.tokenizer, args=sft_config(cfg, run, device),
+        train_dataset=train_ds.select_columns(keep), eval_dataset=eval_ds.select_columns(keep))
+    trainer = train_on_responses_only(trainer, instruction_part=markers.instruction,
+                                      response_part=markers.response)
+    if len(trainer.train_dataset) != len(train_ds):  # TRL drops fully masked examples by itself
+        raise DataError(f"the trainer kept {len(trainer.train_dataset)} of {len(train_ds)} training examples "
+                        "after masking; some would train on nothing. Check the chat markers.")
+    if live is None:
+        live = _in_notebook()
+    step = int(resume_from.name.split("-")[-1]) if resume_from else 0
+    recorder = _LogRecorder(run.logs / "train_log.csv", live=live, keep_until_step=step)
+    for cb in _callbacks(recorder, cfg, run) + list(callbacks or []):
+        trainer.add_callback(cb)
+    checks = pd.DataFrame([
+        {"check": "instruction marker", "value": repr(markers.instruction)},
+        {"check": "response marker", "value": repr(markers.response)},
+        {"check": "train examples / min answer tokens", "value": f"{len(train_ds)} / {min(counts['train'])}"},
+        {"check": "validation examples / min answer tokens", "value": f"{len(eval_ds)} / {min(counts['validation'])}"},
+        {"check": "steps planned", "value": str(_planned_steps(cfg, len(train_ds)))},
+        {"check": "optimizer / precision", "value": f"{getattr(trainer.args.optim, 'value', trainer.args.optim)} / "
+                                                    f"{'bf16' if trainer.args.bf16 else 'fp16' if trainer.args.fp16 else 'fp32'}"},
+        {"check": "resume from", "value": str(resume_from.name) if resume_from else "fresh start"},
+    ]).set_index("check")
+    return Session(trainer, lm, cfg, run, markers, recorder, resume_from, checks)
+
+
+def _planned_steps(cfg, n_train: int) -> int:
+    t = cfg.training
+    if t.max_steps > 0:
+        return t.max_steps
+    per_epoch = math.ceil(math.ceil(n_train / t.per_device_train_batch_size) / t.gradient_accumulation_steps)
+    return math.ceil(per_epoch * t.num_train_epochs)
+
+
+def _in_notebook() -> bool:
+    try:
+        from IPython import get_ipython
+        return get_ipython() is not None and "IPKernelApp" in get_ipython().config
+    except ImportError:
+        return False
+
+
+def fit(session: Session) -> pd.DataFrame:
+    """Train (resuming when the session says so); returns the headline figures as a table."""
+    run, trainer = session.run, session.trainer
+    start = time.perf_counter()
+    run.update_manifest(training={"status": "running", "resume_from": str(session.resume_from or "")})
+    if session.resume_from is None:
+        trainer.evaluate()  # eval_loss at step 0: the base model's, so "did it improve" has a baseline
+    output = trainer.train(resume_from_checkpoint=str(session.resume_from) if session.resume_from else None)
+    seconds = time.perf_counter() - start
+    state = trainer.state
+    log_df = session.recorder.frame()
+    losses = log_df["loss"].dropna()
+    evals = log_df["eval_loss"].dropna()
+    early = [cb for cb in trainer.callback_handler.callbacks if type(cb).__name__ == "EarlyStoppingCallback"]
+    stopped_early = bool(early) and state.global_step < state.max_steps and \
+        early[0].early_stopping_patience_counter >= session.cfg.training.early_stopping_patience
+    rates = log_df["tokens_per_s"].dropna()
+    counts = model_lib.parameter_table(session.lm.model)
+    session.result = {
+        "trainable_params": int(counts.loc["trainable", "parameters"]),
+        "total_params": int(counts.loc["total", "parameters"]),
+        "trainable_%": float(counts.loc["trainable", "share_%"]),
+        "steps": state.global_step, "max_steps": state.max_steps, "epochs": round(state.epoch or 0, 3),
+        "loss_first": float(losses.iloc[0]) if len(losses) else None,
+        "loss_last": float(losses.iloc[-1]) if len(losses) else None,
+        "eval_loss_first": float(evals.iloc[0]) if len(evals) else None,
+        "eval_loss_best": float(state.best_metric) if state.best_metric is not None else (
+            float(evals.min()) if len(evals) else None),
+        "best_checkpoint": Path(state.best_model_checkpoint).name if state.best_model_checkpoint else None,
+        "early_stopped": stopped_early,
+        "early_stopped_at_step": state.global_step if stopped_early else None,
+        "tokens_per_s": round(float(rates.median()), 1) if len(rates) else None,
+        "train_seconds": round(seconds, 1), "train_runtime": output.metrics.get("train_runtime"),
+        "resumed_from": session.resume_from.name if session.resume_from else None,
+    }
+    run.update_manifest(training={"status": "finished", **session.result})
+    return pd.DataFrame([session.result]).T.rename(columns={0: "value"})
+
+
+def finish(session: Session) -> pd.DataFrame:
+    """Save the adapter (+ tokenizer), optionally the merged 16-bit model, and plots/loss.png."""
+    run, lm = session.run, session.lm
+    lm.model.save_pretrained(str(run.adapter))
+    lm.tokenizer.save_pretrained(str(run.adapter))
+    saved = {"adapter": str(run.adapter)}
+    if session.cfg.training.save_merged_16bit:
+        merged = run.path / "merged_16bit"
+        lm.model.save_pretrained_merged(str(merged), lm.tokenizer, save_method="merged_16bit")
+        saved["merged_16bit"] = str(merged)
+    fig = plots.loss_curve(session.recorder.frame(), title=f"run {run.id}")
+    saved["loss_plot"] = str(plots.save(fig, run.plots / "loss.png"))
+    run.update_manifest(artifacts=saved)
+    run.update_summary(training=session.result)
+    return pd.DataFrame([saved]).T.rename(columns={0: "path"})
+
+
+# ---------------------------------------------------------------- samples
+
+def generate(lm, messages_list: list[list[dict[str, str]]], max_new_tokens: int = 128,
+             batch_size: int = 4) -> list[str]:
+    """Greedy answers for chats (system + user), batched with left padding, stopping at EOS."""
+    import torch
+    from unsloth import FastLanguageModel
+
+    tok, model = lm.tokenizer, lm.model
+    FastLanguageModel.for_inference(model)
+    side = tok.padding_side
+    tok.padding_side = "left"
+    outputs = []
+    try:
+        for i in range(0, len(messages_list), batch_size):
+            prompts = [tok.apply_chat_template(m, tokenize=False, add_generation_prompt=True)
+                       for m in messages_list[i:i + batch_size]]
+            enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+            with torch.no_grad():
+                out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                     pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+            outputs += tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    finally:
+        tok.padding_side = side
+        FastLanguageModel.for_training(model)
+    return [o.strip() for o in outputs]
+
+
+def sample(lm, split, n: int = 3, max_new_tokens: int = 128) -> pd.DataFrame:
+    """Generations for the first n examples of a split (id, original, reference, output)."""
+    rows = split.select(range(min(n, len(split))))
+    prompts = [m[:-1] for m in rows["messages"]]  # drop the reference answer
+    outputs = generate(lm, prompts, max_new_tokens=max_new_tokens)
+    return pd.DataFrame({"id": rows["id"], "original": rows["original"],
+                         "reference": rows["simplified"], "output": outputs}).set_index("id")
+
+
+def side_by_side(before: pd.DataFrame, after: pd.DataFrame) -> pd.DataFrame:
+    table = before.rename(columns={"output": "before training"})
+    table["after training"] = after["output"]
+    return table

@@ -1,0 +1,169 @@
+"""Training on the tiny model with real Unsloth + TRL: masking guard, resume, early stopping, memory."""
+import math
+
+import pandas as pd
+import pytest
+from transformers import AutoTokenizer, TrainerCallback
+
+from polo_lib import data, model, params, runs, train
+from polo_lib.errors import DataError, ModelError, RunError
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def smoke(tiny_model_dir):
+    """smoke params with its processed dataset written into this test's folder."""
+    def make(**overrides):
+        cfg = params.load("smoke", overrides=overrides)
+        tok = model.load_tokenizer(cfg.model)
+        data.save(data.prepare(cfg.data, tok, cfg.model.max_seq_length), cfg.data)
+        return cfg, data.load_processed(cfg.data)
+    return make
+
+
+LLAMA3_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
+    "{{ m['content'] }}<|eot_id|>{% endfor %}{% if add_generation_prompt %}"
+    "<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}")
+
+
+@pytest.mark.parametrize("template,instruction,response", [
+    (None, "<|user|>\n", "<|assistant|>\n"),  # the tiny model's own template
+    (LLAMA3_TEMPLATE, "<|start_header_id|>user<|end_header_id|>\n\n",
+     "<|start_header_id|>assistant<|end_header_id|>\n\n"),
+    ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}", "<|im_start|>user\n", "<|im_start|>assistant\n"),
+])
+def test_markers_come_from_the_tokenizers_own_template(tiny_model_dir, template, instruction, response):
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    if template:
+        tok.chat_template = template
+    assert train.derive_markers(tok) == train.Markers(instruction, response)
+
+
+def test_a_tokenizer_without_template_is_refused(tiny_model_dir):
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tok.chat_template = None
+    with pytest.raises(ModelError, match="has no chat template"):
+        train.derive_markers(tok)
+
+
+def test_marker_guard_names_examples_that_keep_no_label(smoke):
+    """A wrong marker masks every label; TRL would then drop the examples or train at loss 0."""
+    cfg, ds = smoke()
+    tok = model.load_tokenizer(cfg.model)
+    good = train.derive_markers(tok)
+    counts = train.label_counts(ds["train"], tok, good)
+    assert min(counts) > 10
+    wrong = train.Markers(instruction=good.instruction, response="<|system|>\n")
+    bad = train.label_counts(ds["train"], tok, wrong)
+    with pytest.raises(DataError, match=r"keep no answer token .*1\.1"):
+        train.check_labels("train", ds["train"]["id"], [0] * len(bad) if max(bad) else bad, wrong)
+    assert train.label_counts(ds["train"], tok, train.Markers(good.instruction, "<|assistant|>\nX")) != counts
+
+
+def test_parameter_table_sums_and_matches_the_recipe(smoke):
+    cfg, _ = smoke()
+    lm = model.load(cfg)
+    table = model.parameter_table(lm.model)
+    lora_rows = table[table.index.str.startswith("LoRA on")]
+    assert lora_rows["parameters"].sum() == table.loc["trainable", "parameters"]
+    assert set(lora_rows.index) == {f"LoRA on {m}" for m in cfg.lora.target_modules}
+    assert table.loc["total", "parameters"] == sum(p.numel() for p in lm.model.parameters())
+    assert math.isclose(table.loc["trainable", "share_%"],
+                        100 * table.loc["trainable", "parameters"] / table.loc["total", "parameters"], abs_tol=1e-3)
+    recipe = model.recipe_parameter_table(cfg)
+    assert recipe.loc["trainable", "parameters"] == table.loc["trainable", "parameters"]
+
+
+def test_cpu_load_records_the_4bit_fallback(smoke):
+    cfg, _ = smoke(**{"model.load_in_4bit": True})
+    lm = model.load(cfg)
+    assert lm.applied["load_in_4bit"] == {"asked": True, "applied": False}
+    assert "needs a CUDA GPU" in lm.notes[0]
+
+
+def test_missing_target_module_is_named(smoke):
+    cfg, _ = smoke(**{"lora.target_modules": ["q_proj", "qkv_proj"]})
+    with pytest.raises(ModelError, match=r"\['qkv_proj'\] not found.*q_proj"):
+        model.load(cfg)
+
+
+def test_memory_refusal_says_what_to_lower(smoke):
+    cfg, _ = smoke(**{"per_device_train_batch_size": 4096, "max_seq_length": 131072})
+    estimate = model.estimate_memory(cfg)
+    assert not estimate.fits
+    with pytest.raises(ModelError, match="per_device_train_batch_size.*max_seq_length.*memory_check: false"):
+        model.check_memory(estimate)
+    assert model.check_memory(estimate, enabled=False) is estimate
+    small = model.estimate_memory(params.load("smoke"))
+    assert small.fits and small.total < estimate.total
+
+
+class StopAt(TrainerCallback):
+    """Ends training after a given step, like a crash right after a checkpoint."""
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kw):
+        if state.global_step >= self.step:
+            control.should_training_stop = True
+
+
+def train_once(cfg, ds, run, callbacks=None):
+    lm = model.load(cfg)
+    session = train.build(lm, ds, cfg, run, live=False, callbacks=callbacks)
+    train.fit(session)
+    return session
+
+
+def test_resumed_run_matches_uninterrupted_run(smoke):
+    """A crash costs time, not results: resuming from a checkpoint ends where an
+    uninterrupted run ends, step for step, on CPU."""
+    cfg, ds = smoke()
+    whole = runs.open_run(cfg)
+    train_once(cfg, ds, whole)
+    broken = runs.open_run(cfg)
+    train_once(cfg, ds, broken, callbacks=[StopAt(3)])
+    assert [p.name for p in train.checkpoints(broken)] == ["checkpoint-3"]
+    resumed = train_once(cfg, ds, broken)
+    assert resumed.resume_from.name == "checkpoint-3"
+    a = train.read_train_log(whole.logs / "train_log.csv")
+    b = train.read_train_log(broken.logs / "train_log.csv")
+    assert list(a["step"]) == list(b["step"])
+    pd.testing.assert_series_equal(a["loss"], b["loss"], rtol=1e-5)
+    pd.testing.assert_series_equal(a["eval_loss"], b["eval_loss"], rtol=1e-5)
+
+
+def test_fresh_start_in_a_run_with_checkpoints_is_refused(smoke):
+    cfg, ds = smoke()
+    run = runs.open_run(cfg)
+    train_once(cfg, ds, run, callbacks=[StopAt(3)])
+    never = params.load("smoke", overrides={"run.resume": "never"})
+    with pytest.raises(RunError, match="already has checkpoints .*Start a new run"):
+        train.resolve_resume(run, never.run.resume)
+
+
+def test_a_damaged_checkpoint_falls_back_to_the_previous_one(smoke, caplog):
+    cfg, ds = smoke()
+    run = runs.open_run(cfg)
+    train_once(cfg, ds, run)
+    latest = train.checkpoints(run)[-1]
+    (latest / "trainer_state.json").unlink()
+    assert train.resolve_resume(run, "auto") == train.checkpoints(run)[-2]
+    assert "damaged" in caplog.text
+    for ckpt in train.checkpoints(run):
+        (ckpt / "trainer_state.json").unlink(missing_ok=True)
+    with pytest.raises(RunError, match="every checkpoint is damaged"):
+        train.resolve_resume(run, "auto")
+
+
+def test_early_stopping_fires_on_a_plateau(smoke):
+    """A learning rate too small to move the loss: no eval improves by the threshold, so the
+    trainer stops after `patience` evaluations instead of running all steps."""
+    cfg, ds = smoke(**{"max_steps": 20, "learning_rate": 1e-9, "eval_steps": 2, "save_steps": 2,
+                       "early_stopping_patience": 2, "early_stopping_threshold": 0.01})
+    session = train_once(cfg, ds, runs.open_run(cfg))
+    assert session.result["early_stopped"] is True
+    assert session.result["steps"] == 6  # evals at 2 (best), 4 and 6 (no improvement) -> stop

@@ -1,0 +1,99 @@
+"""The train notebook end to end through papermill (and `polo run`), on the tiny model."""
+import json
+
+import pandas as pd
+import papermill as pm
+import pytest
+import torch
+
+from polo_lib import cli, data, model, params, paths, runs
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def pipeline_run(tiny_model_dir):
+    return cli.run_pipeline("smoke", stages=["prepare", "train"], log=lambda *a: None)
+
+
+def test_polo_run_leaves_a_complete_run_folder(pipeline_run):
+    run = pipeline_run
+    for name in ("params.yaml", "manifest.json", "summary.json", "notebooks/prepare_data.ipynb",
+                 "notebooks/train.ipynb", "adapter/adapter_model.safetensors", "adapter/adapter_config.json",
+                 "adapter/tokenizer_config.json", "logs/train_log.csv", "plots/loss.png"):
+        assert (run.path / name).is_file(), name
+    assert list((run.logs / "tensorboard").glob("events.out.tfevents.*"))
+    assert list(run.checkpoints.glob("checkpoint-*"))
+    manifest = run.manifest()
+    assert manifest["status"] == "finished" and manifest["git"]["commit"]
+    assert set(manifest["stages"]) == {"prepare", "train"}
+    assert all(s["status"] == "finished" for s in manifest["stages"].values())
+    assert manifest["model"]["load_in_4bit"] == {"asked": False, "applied": False}
+    assert manifest["versions"]["unsloth"] and manifest["versions"]["trl"]
+    assert params.load_resolved(run.params_path) == params.load("smoke")
+    log = pd.read_csv(run.logs / "train_log.csv")
+    losses = log["loss"].dropna()
+    assert len(losses) == 6 and losses.iloc[-3:].mean() < losses.iloc[:3].mean()  # the loss fell
+    evals = log["eval_loss"].dropna()
+    assert log.loc[log["eval_loss"].notna(), "step"].iloc[0] == 0  # a baseline before training
+    assert evals.min() < evals.iloc[0]
+    summary = run.summary()["training"]
+    assert summary["steps"] == 6 and 0 < summary["trainable_%"] < 5
+    executed = json.loads((run.notebooks / "train.ipynb").read_text(encoding="utf-8"))
+    assert any("image/png" in o.get("data", {}) for c in executed["cells"] for o in c.get("outputs", []))
+
+
+def test_the_adapter_reloads_with_plain_peft_and_with_unsloth(pipeline_run, tiny_model_dir):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(pipeline_run.adapter)
+    prompt = tok.apply_chat_template([{"role": "user", "content": "What is YOLO?"}], tokenize=False,
+                                     add_generation_prompt=True)
+    ids = tok(prompt, return_tensors="pt", add_special_tokens=False)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    with torch.no_grad():
+        base_logits = base(**ids).logits
+    tuned = PeftModel.from_pretrained(base, str(pipeline_run.adapter))
+    with torch.no_grad():
+        tuned_logits = tuned(**ids).logits
+        out = tuned.generate(**ids, max_new_tokens=5, do_sample=False, pad_token_id=tok.pad_token_id)
+    assert not torch.allclose(base_logits, tuned_logits)  # the adapter changes the model
+    assert out.shape[1] > ids["input_ids"].shape[1]
+
+    from unsloth import FastLanguageModel
+    lm, utok = FastLanguageModel.from_pretrained(model_name=str(pipeline_run.adapter), max_seq_length=256,
+                                                 load_in_4bit=False, dtype=torch.float32)
+    FastLanguageModel.for_inference(lm)
+    with torch.no_grad():
+        out = lm.generate(**ids, max_new_tokens=5, do_sample=False, pad_token_id=utok.pad_token_id)
+    assert out.shape[1] > ids["input_ids"].shape[1]
+
+
+def test_papermill_parameters_reach_the_trainer(tmp_path, tiny_model_dir):
+    """`papermill train.ipynb out.ipynb -p max_steps 4` must train 4 steps, not the file's 6."""
+    cfg = params.load("smoke")
+    data.save(data.prepare(cfg.data, model.load_tokenizer(cfg.model), cfg.model.max_seq_length), cfg.data)
+    pm.execute_notebook(str(paths.NOTEBOOKS_DIR / "train.ipynb"), str(tmp_path / "out.ipynb"),
+                        parameters={"params_file": "smoke", "max_steps": 4, "learning_rate": 1e-3},
+                        kernel_name="python3", cwd=str(paths.NOTEBOOKS_DIR), progress_bar=False)
+    run = runs.latest_run()
+    assert run.params().training.max_steps == 4 and run.params().training.learning_rate == 1e-3
+    assert run.summary()["training"]["steps"] == 4
+
+
+def test_a_failing_stage_marks_the_run_failed_and_names_the_cell(tiny_model_dir):
+    with pytest.raises(cli.PoloError, match=r"(?s)stage .train. failed: DataError.*no processed dataset.*train.ipynb, cell"):
+        cli.run_pipeline("smoke", stages=["train"], log=lambda *a: None)
+    run = runs.latest_run(status=None)
+    manifest = run.manifest()
+    assert manifest["status"] == "failed"
+    assert "no processed dataset" in manifest["error"]["message"]
+    assert "train.ipynb" in manifest["error"]["where"]
+    assert manifest["stages"]["train"]["status"] == "failed"
+
+
+def test_polo_run_rejects_unknown_overrides_before_any_work(capsys):
+    assert cli.main(["run", "smoke", "--set", "learnig_rate=1e-4"]) == 2
+    assert "Did you mean" in capsys.readouterr().err
+    assert not paths.runs_dir().exists()
