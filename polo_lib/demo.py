@@ -24,6 +24,13 @@ def summary_lines(run) -> list[str]:
             f"trainable: {t['trainable_params']:,} of {t['total_params']:,} parameters ({t['trainable_%']:.2f}%)",
             f"training speed: {t['tokens_per_s']} tokens/s over {t['steps']} steps",
         ]
+    evaluation = summary.get("evaluation")
+    if evaluation:
+        lines.append(f"evaluation on {evaluation['examples']} {evaluation['split']} paragraphs (base -> tuned):")
+        for key, base in evaluation["base"].items():
+            tuned = evaluation["tuned"].get(key)
+            fmt = (lambda v: "n/a" if v is None else f"{v:.3f}")
+            lines.append(f"  {key:<20} {fmt(base):>8} -> {fmt(tuned):>8}")
     stages = manifest.get("stages", {})
     lines.append("time per stage: " + ", ".join(f"{k} {v.get('seconds', '?')} s" for k, v in stages.items()))
     return lines

@@ -14,7 +14,6 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
-import types
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
@@ -332,9 +331,10 @@ def save(cfg: Params, path: str | Path) -> Path:
 # Names a notebook's parameters cell may define that are not params fields.
 NOTEBOOK_NAMES = {"params_file", "run_id", "run_ids", "sweep_id", "overrides"}
 _IPYTHON_NAMES = {"In", "Out", "get_ipython", "exit", "quit", "open"}
+_PLAIN = (str, int, float, bool, type(None), list, tuple, dict)  # what papermill can inject
 
 
-def from_notebook(namespace: Mapping[str, Any]) -> Params:
+def from_notebook(namespace: Mapping[str, Any], default_file: str | Path | None = None) -> Params:
     """Resolve params from a notebook's globals: `params_file` < every knob set in the namespace.
 
     papermill only warns about an unknown `-p` name and injects it anyway; here any plain
@@ -346,7 +346,7 @@ def from_notebook(namespace: Mapping[str, Any]) -> Params:
     for name, value in namespace.items():
         if name.startswith("_") or name in _IPYTHON_NAMES or name in NOTEBOOK_NAMES:
             continue
-        if isinstance(value, (types.ModuleType, types.FunctionType, type)) or callable(value):
+        if not isinstance(value, _PLAIN):  # modules, functions, a Run, a DataFrame: not parameters
             continue
         if name in ALIASES or name in leaves:
             knobs[name] = value
@@ -355,12 +355,13 @@ def from_notebook(namespace: Mapping[str, Any]) -> Params:
             problems.append(f"unknown notebook parameter '{name}' = {value!r}.{hint}")
     if problems:
         raise ParamsError(f"{len(problems)} problem(s) in notebook parameters:\n{bullet_list(problems)}")
-    if "params_file" not in namespace:
-        raise ParamsError("the notebook's parameters cell must define params_file")
+    params_file = namespace.get("params_file") or default_file
+    if params_file is None:
+        raise ParamsError("the notebook's parameters cell must set params_file")
     overrides = namespace.get("overrides") or {}  # dotted keys, passed by `polo run --set`
     if not isinstance(overrides, Mapping):
         raise ParamsError(f"notebook parameter 'overrides' must be a mapping of dotted keys, got {overrides!r}")
-    return load(namespace["params_file"], overrides=overrides, **knobs)
+    return load(params_file, overrides=overrides, **knobs)
 
 
 def _display(path: Path) -> str:

@@ -52,3 +52,24 @@ def loss_curve(log: "pd.DataFrame", title: str = "loss"):
     fig.tight_layout()
     plt.close(fig)
     return fig
+
+
+def metrics_chart(table: "pd.DataFrame", title: str = "base vs tuned"):
+    """One small bar pair per metric (rows of `table`, columns = models): each on its own scale."""
+    names = list(table.index)
+    cols = 4
+    rows = max(1, -(-len(names) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols, 2.2 * rows), squeeze=False)
+    colors = ["tab:gray", "tab:green", "tab:blue", "tab:orange"]
+    for ax, name in zip(axes.flat, names):
+        values = table.loc[name]
+        ax.bar(range(len(values)), [0 if v != v else v for v in values],
+               color=colors[:len(values)], tick_label=list(table.columns))
+        ax.set_title(name, fontsize=9)
+        ax.tick_params(labelsize=8)
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    fig.suptitle(title)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig

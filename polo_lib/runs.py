@@ -17,7 +17,7 @@ from typing import Any
 
 from . import params as params_lib
 from . import paths
-from .atomic import atomic_write_json
+from .atomic import atomic_write_json, atomic_write_text
 from .errors import RunError
 
 PACKAGES = ("torch", "unsloth", "unsloth_zoo", "trl", "transformers", "peft", "datasets", "accelerate",
@@ -137,11 +137,13 @@ def _check_writable(folder: Path) -> None:
                        "folder or fix the permissions.") from None
 
 
-def open_run(cfg, run_id: str | None = None, stage: str | None = None) -> Run:
+def open_run(cfg, run_id: str | None = None, stage: str | None = None,
+             may_differ: tuple[str, ...] = ()) -> Run:
     """A new run folder (run_id None), or the existing run `run_id` with the same params.
 
     The resolved params are written before any work starts. Continuing a run with different
-    params is refused: a run folder describes one experiment.
+    params is refused: a run folder describes one experiment. Sections in `may_differ`
+    (the evaluate stage's `evaluation`) may change; the values used are recorded per stage.
     """
     if run_id is None:
         _check_writable(paths.runs_dir())
@@ -156,14 +158,22 @@ def open_run(cfg, run_id: str | None = None, stage: str | None = None) -> Run:
         run = get_run(run_id)
         _check_writable(run.path)
         saved = run.params()
-        differ = _differences(saved.to_dict(), cfg.to_dict())
+        differ = [d for d in _differences(saved.to_dict(), cfg.to_dict())
+                  if d.split(".", 1)[0] not in may_differ]
         if differ:
             raise RunError(f"run {run_id} was made with other params ({'; '.join(differ[:8])}). "
                            "Continue it with the same params, or start a new run (run_id=None).")
     if stage:
         run.start_stage(stage)
+        for section in may_differ:
+            run.update_manifest(**{f"{stage}_params": {section: cfg.to_dict()[section]}})
         _watch_notebook_errors(run)
     return run
+
+
+def find_run(run_id: str | None) -> Run:
+    """A run by id, or (None) the latest finished one."""
+    return get_run(run_id) if run_id else latest_run("finished")
 
 
 def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
@@ -259,3 +269,65 @@ def end_stage(run: Run | None, stage: str) -> Run | None:
     if run is not None:
         run.finish_stage(stage)
     return run
+
+
+def _md_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            v = f"{v:.4g}"
+        return str(v).replace("|", "\\|").replace("\n", " ")
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(r.get(c, "")) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def write_report(run: Run) -> Path:
+    """report.md from the run folder alone: params, loss curve, metrics, examples, warnings."""
+    manifest, summary = run.manifest(), run.summary()
+    out = [f"# Run {run.id}", ""]
+    git = manifest.get("git") or {}
+    device = manifest.get("device") or {}
+    out += [f"- status: **{manifest.get('status', '?')}**, created {manifest.get('created', '?')}",
+            f"- params: `{manifest.get('params_name', '?')}` (hash {manifest.get('params_hash', '?')})",
+            f"- code: commit `{(git.get('commit') or '?')[:12]}`{' (dirty)' if git.get('dirty') else ''}",
+            f"- device: {device.get('device', '?')} ({device.get('name', '?')})", ""]
+    stages = manifest.get("stages") or {}
+    if stages:
+        out += ["## Stages", "", _md_table([{"stage": k, **v} for k, v in stages.items()],
+                                           ["stage", "status", "seconds", "start", "end"]), ""]
+    warnings = list(manifest.get("model_notes") or [])
+    training = summary.get("training") or {}
+    if training:
+        out += ["## Training", "", _md_table([{"figure": k, "value": v} for k, v in training.items()],
+                                             ["figure", "value"]), ""]
+        if training.get("early_stopped"):
+            warnings.append(f"early stopping fired at step {training.get('early_stopped_at_step')}; "
+                            f"the best checkpoint ({training.get('best_checkpoint')}) was kept")
+    if (run.plots / "loss.png").is_file():
+        out += ["![loss curve](plots/loss.png)", ""]
+    metrics_path = run.eval / "metrics.json"
+    if metrics_path.is_file():
+        body = json.loads(metrics_path.read_text(encoding="utf-8"))
+        rows = [{"metric": k, **v} for k, v in body.get("metrics", {}).items()]
+        out += [f"## Evaluation ({body.get('split')}, {body.get('examples')} examples)", "",
+                _md_table(rows, ["metric", "base", "tuned", "delta", "tuned_better"]), ""]
+        if (run.plots / "metrics.png").is_file():
+            out += ["![metrics](plots/metrics.png)", ""]
+        if (run.eval / "examples.md").is_file():
+            out += ["Examples side by side: [eval/examples.md](eval/examples.md)", ""]
+    try:
+        cfg = run.params()
+        stats_path = paths.processed_dir() / cfg.data.processed_name / "stats.json"
+        if stats_path.is_file():
+            dropped = json.loads(stats_path.read_text(encoding="utf-8")).get("dropped_over_length", {})
+            n = sum(len(v) for v in dropped.values())
+            if n:
+                warnings.append(f"{n} example(s) over max_seq_length were dropped: {dropped}")
+        out += ["## Params", "", _md_table([{"key": f"{s}.{k}", "value": v} for s, body in cfg.to_dict().items()
+                                           if isinstance(body, dict) for k, v in body.items()], ["key", "value"]), ""]
+    except Exception as e:  # a damaged params.yaml is itself worth reporting
+        warnings.append(f"params.yaml could not be read: {e}")
+    if manifest.get("error"):
+        warnings.append(f"failed: {manifest['error'].get('message')} ({manifest['error'].get('where')})")
+    out += ["## Warnings", ""] + ([f"- {w}" for w in warnings] or ["- none"]) + [""]
+    return atomic_write_text(run.path / "report.md", "\n".join(out))

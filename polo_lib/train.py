@@ -387,39 +387,14 @@ def finish(session: Session) -> pd.DataFrame:
 
 # ---------------------------------------------------------------- samples
 
-def generate(lm, messages_list: list[list[dict[str, str]]], max_new_tokens: int = 128,
-             batch_size: int = 4) -> list[str]:
-    """Greedy answers for chats (system + user), batched with left padding, stopping at EOS."""
-    import torch
-    from unsloth import FastLanguageModel
-
-    tok, model = lm.tokenizer, lm.model
-    FastLanguageModel.for_inference(model)
-    side = tok.padding_side
-    tok.padding_side = "left"
-    outputs = []
-    try:
-        for i in range(0, len(messages_list), batch_size):
-            prompts = [tok.apply_chat_template(m, tokenize=False, add_generation_prompt=True)
-                       for m in messages_list[i:i + batch_size]]
-            enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-            with torch.no_grad():
-                out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                     pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-            outputs += tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-    finally:
-        tok.padding_side = side
-        FastLanguageModel.for_training(model)
-    return [o.strip() for o in outputs]
-
-
 def sample(lm, split, n: int = 3, max_new_tokens: int = 128) -> pd.DataFrame:
-    """Generations for the first n examples of a split (id, original, reference, output)."""
+    """Greedy generations for the first n examples of a split (id, original, reference, output)."""
+    from .evaluate import chats_of, generate
+
     rows = split.select(range(min(n, len(split))))
-    prompts = [m[:-1] for m in rows["messages"]]  # drop the reference answer
-    outputs = generate(lm, prompts, max_new_tokens=max_new_tokens)
+    outputs = generate(lm, chats_of(rows), max_new_tokens=max_new_tokens)
     return pd.DataFrame({"id": rows["id"], "original": rows["original"],
-                         "reference": rows["simplified"], "output": outputs}).set_index("id")
+                         "reference": rows["simplified"], "output": [g.text for g in outputs]}).set_index("id")
 
 
 def side_by_side(before: pd.DataFrame, after: pd.DataFrame) -> pd.DataFrame:
