@@ -45,6 +45,10 @@ LOCAL_MODELS: tuple[str, ...] = (SMOLLM2, TINY_LLAMA)
 # Written last into a built folder: its presence is what "built" means.
 MARKER_NAME = ".polo_complete.json"
 
+# Cache folder per local model; bump the suffix when a builder changes what it writes,
+# so an old cache is not taken for the new model.
+CACHE_FOLDERS = {SMOLLM2: SMOLLM2, TINY_LLAMA: f"{TINY_LLAMA}-v2"}
+
 # SmolLM2's ChatML template as shipped in the GGUF metadata (tokenizer.chat_template) and in
 # the hub's tokenizer_config.json. Only used if neither transformers nor the GGUF carry one.
 SMOLLM2_CHAT_TEMPLATE = (
@@ -144,7 +148,7 @@ def ensure_local_model(name: str) -> Path:
     """The cache folder of a local model, built first if its marker is missing."""
     if name not in LOCAL_MODELS:
         raise ModelError(f"{name!r} is not a local model. {_local_names_hint()}")
-    out_dir = paths.model_cache_dir() / name
+    out_dir = paths.model_cache_dir() / CACHE_FOLDERS[name]
     if is_built(out_dir):
         return out_dir
     if name == SMOLLM2:
@@ -295,8 +299,47 @@ def _strings_under_keys(node: Any, keys: tuple[str, ...]) -> Iterable[str]:
             yield from _strings_under_keys(item, keys)
 
 
+# A few seconds of full-parameter language modelling on the dataset's texts: a purely random
+# model cannot be steered by LoRA alone (its frozen random head keeps logits near uniform),
+# so tests could not show that fine-tuning changes what it writes.
+PRETRAIN_STEPS = 300
+PRETRAIN_BATCH = 16
+PRETRAIN_LR = 3e-3
+
+
+def _pretrain(model, tokenizer, texts: Sequence[str], seed: int) -> dict[str, float]:
+    """Causal-LM training on `texts`, deterministic for a seed; returns first/last loss."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    encoded = [tokenizer(t, add_special_tokens=False)["input_ids"][:126] for t in texts]
+    encoded = [[tokenizer.bos_token_id, *ids, tokenizer.eos_token_id] for ids in encoded if ids]
+    opt = torch.optim.AdamW(model.parameters(), lr=PRETRAIN_LR, weight_decay=0.0)
+    model.train()
+    first = last = float("nan")
+    for step in range(PRETRAIN_STEPS):
+        idx = torch.randint(len(encoded), (PRETRAIN_BATCH,), generator=gen).tolist()
+        batch = [encoded[i] for i in idx]
+        width = max(len(b) for b in batch)
+        ids = torch.full((len(batch), width), tokenizer.pad_token_id)
+        labels = torch.full((len(batch), width), -100)
+        for row, b in enumerate(batch):
+            ids[row, :len(b)] = torch.tensor(b)
+            labels[row, :len(b)] = torch.tensor(b)
+        loss = model(input_ids=ids, attention_mask=(labels != -100).long(), labels=labels).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        first = loss.item() if step == 0 else first
+        last = loss.item()
+    model.eval()
+    return {"first": round(first, 3), "last": round(last, 3), "steps": PRETRAIN_STEPS}
+
+
 def build_tiny_llama(out_dir: Path, texts: Sequence[str], seed: int = 0) -> Path:
-    """Build a tiny random Llama + byte-level BPE tokenizer at `out_dir` in about a second.
+    """Build a tiny Llama + byte-level BPE tokenizer at `out_dir` in a few seconds.
+
+    Random weights, then a few seconds of language modelling on `texts` (see _pretrain).
 
     It is a real LlamaForCausalLM (the architecture Unsloth patches), so tests exercise the
     same loading, LoRA, masking and generation code as SmolLM2 and the GPU models. The
@@ -323,6 +366,7 @@ def build_tiny_llama(out_dir: Path, texts: Sequence[str], seed: int = 0) -> Path
         )
         torch.manual_seed(seed)
         model = LlamaForCausalLM(config).to(torch.float32)
+        pretrain_loss = _pretrain(model, tokenizer, texts, seed)
         model.generation_config = GenerationConfig(
             bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id,
@@ -336,6 +380,7 @@ def build_tiny_llama(out_dir: Path, texts: Sequence[str], seed: int = 0) -> Path
             "texts": len(texts),
             "texts_sha256": hashlib.sha256("\x00".join(texts).encode("utf-8")).hexdigest(),
             "parameters": sum(p.numel() for p in model.parameters()),
+            "pretrain_loss": pretrain_loss,
             "vocab_size": len(tokenizer),
         }
 

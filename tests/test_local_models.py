@@ -179,7 +179,7 @@ def test_tiny_llama_model_size_and_generation(tiny_dir):
 def test_resolve_tiny_llama_builds_once_from_raw_data(model_cache):
     assert (paths.RAW_DIR / "yolo_v1.json").is_file()
     first = Path(lm.resolve("tiny-llama"))
-    assert first == model_cache / "tiny-llama"
+    assert first == model_cache / lm.CACHE_FOLDERS["tiny-llama"]
     marker = first / lm.MARKER_NAME
     info = json.loads(marker.read_text())
     assert info["texts"] > len(lm.TINY_EXTRA_TEXTS)
