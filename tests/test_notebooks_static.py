@@ -23,7 +23,7 @@ def python_source(cell) -> str:
 
 def test_the_four_notebooks_exist():
     names = {p.stem for p in NOTEBOOKS}
-    assert {"prepare_data"} <= names
+    assert {"prepare_data", "train", "evaluate"} <= names
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
