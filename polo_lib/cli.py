@@ -46,15 +46,25 @@ def parse_sets(items: Sequence[str]) -> dict[str, Any]:
 
 def run_pipeline(params_file: str, overrides: dict[str, Any] | None = None,
                  stages: Sequence[str] | None = None, run_id: str | None = None,
-                 log=print) -> runs.Run:
-    """Validate, open the run folder, then execute each stage's notebook into it."""
+                 name: str | None = None, preflight: bool = True, log=print) -> runs.Run:
+    """Validate (params, then the preflight checks), open the run folder, then execute each
+    stage's notebook into it. `name` replaces the params name in the run id (queue variants)."""
     import papermill as pm
+
+    from . import preflight as preflight_lib
 
     stages = list(stages or available_stages())
     unknown = [s for s in stages if s not in available_stages()]
     if unknown:
         raise PoloError(f"unknown stage(s) {unknown}; available: {', '.join(available_stages())}")
     cfg = params_lib.load(params_file, overrides=overrides)  # raises on any problem, before any work
+    if name:
+        cfg = cfg.model_copy(update={"name": name})
+    if preflight and "train" in stages and run_id is None:
+        report = preflight_lib.run_checks(params_file, overrides)
+        if not report.ok:
+            raise PoloError("preflight failed, nothing was started:\n" +
+                            "\n".join(f"  {f}" for f in report.failures()))
     dotted, _ = params_lib.normalize_overrides(overrides or {})
     run = runs.open_run(cfg, run_id)
     log(f"run {run.id}\n  folder: {run.path}")
@@ -87,11 +97,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_run.add_argument("--stages", default=None,
                        help=f"comma-separated, in order (default: {','.join(available_stages())})")
     p_run.add_argument("--run-id", default=None, help="continue this run instead of starting a new one")
+    p_run.add_argument("--no-preflight", action="store_true", help="skip the checks before training")
+    p_pre = sub.add_parser("preflight", help="check params, files, model, data, template and memory; train nothing")
+    p_pre.add_argument("params")
+    p_pre.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
+    p_queue = sub.add_parser("queue", help="run a queue of variants (or a chained pipeline) from a YAML file")
+    p_queue.add_argument("file")
+    p_list = sub.add_parser("list", help="every run in outputs/runs, failed and damaged ones included")
+    p_list.add_argument("--status", default=None, help="only runs with this status (finished, failed, ...)")
+    p_report = sub.add_parser("report", help="regenerate a run's report.md from its folder")
+    p_report.add_argument("run_id")
     args = parser.parse_args(argv)
     try:
         if args.command == "run":
             stages = [s.strip() for s in args.stages.split(",")] if args.stages else None
-            run_pipeline(args.params, parse_sets(args.sets), stages, args.run_id)
+            run_pipeline(args.params, parse_sets(args.sets), stages, args.run_id, preflight=not args.no_preflight)
+        elif args.command == "preflight":
+            from .preflight import run_checks
+
+            report = run_checks(args.params, parse_sets(args.sets))
+            print(report)
+            return 0 if report.ok else 1
+        elif args.command == "queue":
+            from .queues import run_queue
+
+            table, folder = run_queue(args.file)
+            print(table.to_string(index=False))
+            print(f"\nresults: {folder / 'results.csv'}\nreport:  {folder / 'report.md'}")
+            return 0 if (table["status"] == "finished").all() else 1
+        elif args.command == "list":
+            import pandas as pd
+
+            with pd.option_context("display.width", 200, "display.max_columns", 20):
+                print(runs.registry(args.status).to_string())
+        elif args.command == "report":
+            print(runs.write_report(runs.get_run(args.run_id)))
     except PoloError as e:
         print(f"{type(e).__name__}: {e}", file=sys.stderr)
         return 2

@@ -280,6 +280,8 @@ def load(cfg, device: dict[str, Any] | None = None) -> LoadedModel:
         target_modules=list(cfg.lora.target_modules), bias=cfg.lora.bias,
         use_gradient_checkpointing=checkpointing, random_state=cfg.training.seed,
         use_rslora=cfg.lora.use_rslora, max_seq_length=cfg.model.max_seq_length)
+    if cfg.run.init_adapter:
+        notes.append(f"LoRA weights start from {load_init_adapter(model, cfg.run.init_adapter)}")
     model_dtype = next(p.dtype for p in model.parameters() if not p.requires_grad)
     applied = {
         "load_in_4bit": {"asked": cfg.model.load_in_4bit, "applied": applied_4bit},
@@ -292,6 +294,43 @@ def load(cfg, device: dict[str, Any] | None = None) -> LoadedModel:
         log.warning(n)
     torch.manual_seed(cfg.training.seed)
     return LoadedModel(model, tokenizer, applied, notes)
+
+
+def init_adapter_path(init_adapter: str):
+    """A run id (its adapter/) or a folder holding adapter_model.safetensors."""
+    from pathlib import Path
+
+    candidates = [paths.runs_dir() / init_adapter / "adapter", Path(init_adapter).expanduser(),
+                  paths.resolve_project_path(init_adapter)]
+    for c in candidates:
+        if (c / "adapter_model.safetensors").is_file():
+            return c
+    raise ModelError(f"run.init_adapter '{init_adapter}': neither a run id with an adapter in "
+                     f"{paths.runs_dir()} nor a folder with adapter_model.safetensors. Train that run first.")
+
+
+def load_init_adapter(peft_model, init_adapter: str):
+    """Copy a previous run's LoRA weights into a freshly wrapped model (chained stages).
+
+    The LoRA shapes must match (same r and target modules); a mismatch is an error, not a
+    partial load.
+    """
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    where = init_adapter_path(init_adapter)
+    weights = load_file(str(where / "adapter_model.safetensors"))
+    own = {k for k in peft_model.state_dict() if "lora_" in k}
+    try:
+        result = set_peft_model_state_dict(peft_model, weights)
+    except RuntimeError as e:  # shape mismatch: another r or model
+        raise ModelError(f"run.init_adapter '{init_adapter}' does not fit this model's LoRA "
+                         f"(same lora.r and target_modules needed): {str(e).splitlines()[0]}") from None
+    missing = [k for k in getattr(result, "missing_keys", []) if "lora_" in k]
+    if missing or not own:
+        raise ModelError(f"run.init_adapter '{init_adapter}': {len(missing)} LoRA weights of this model are "
+                         f"not in {where} (e.g. {missing[:2]}); use the same lora.target_modules.")
+    return where
 
 
 # ---------------------------------------------------------------- parameters

@@ -73,3 +73,33 @@ def metrics_chart(table: "pd.DataFrame", title: str = "base vs tuned"):
     fig.tight_layout()
     plt.close(fig)
     return fig
+
+
+def loss_overlay(logs: Mapping[str, "pd.DataFrame"]):
+    """Eval loss (markers) and train loss (thin lines) of several runs on one chart."""
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for i, (name, log) in enumerate(logs.items()):
+        color = f"C{i % 10}"
+        train = log.dropna(subset=["loss"])
+        evals = log.dropna(subset=["eval_loss"])
+        ax.plot(train["step"], train["loss"], color=color, alpha=0.4, linewidth=1)
+        ax.plot(evals["step"], evals["eval_loss"], "o-", color=color, label=name)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (lines: train, markers: eval)")
+    if logs:
+        ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def bars(values: "pd.Series", title: str):
+    """One bar per run for a metric."""
+    fig, ax = plt.subplots(figsize=(8, 0.5 + 0.4 * len(values)))
+    ax.barh([str(i) for i in values.index], values.fillna(0).values, color="tab:green")
+    ax.set_title(title)
+    ax.tick_params(labelsize=7)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig

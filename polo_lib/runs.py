@@ -331,3 +331,55 @@ def write_report(run: Run) -> Path:
         warnings.append(f"failed: {manifest['error'].get('message')} ({manifest['error'].get('where')})")
     out += ["## Warnings", ""] + ([f"- {w}" for w in warnings] or ["- none"]) + [""]
     return atomic_write_text(run.path / "report.md", "\n".join(out))
+
+
+REGISTRY_COLUMNS = ["run_id", "params", "status", "created", "steps", "epochs", "loss_first", "loss_last",
+                    "eval_loss_first", "eval_loss_best", "early_stopped", "tokens_per_s", "trainable_%",
+                    "chrf_base", "chrf_tuned", "train_seconds", "problem"]
+
+
+def _registry_row(path: Path) -> dict[str, Any]:
+    row: dict[str, Any] = {"run_id": path.name, "problem": None}
+    problems = []
+    try:
+        manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
+        row.update(params=manifest.get("params_name"), status=manifest.get("status"),
+                   created=manifest.get("created"))
+        if manifest.get("status") == "failed" and manifest.get("error"):
+            problems.append(f"failed: {manifest['error'].get('message', '')[:120]}")
+    except FileNotFoundError:
+        row["status"] = "damaged"
+        problems.append("no manifest.json")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
+        row["status"] = "damaged"
+        problems.append(f"manifest.json unreadable ({type(e).__name__})")
+    summary_path = path / "summary.json"
+    if summary_path.exists():
+        try:
+            summary = json.loads(summary_path.read_text(encoding="utf-8"))
+            t = summary.get("training") or {}
+            row.update({k: t.get(k) for k in ("steps", "epochs", "loss_first", "loss_last", "eval_loss_first",
+                                              "eval_loss_best", "early_stopped", "tokens_per_s", "trainable_%")})
+            row["train_seconds"] = t.get("train_seconds")
+            e = summary.get("evaluation") or {}
+            row["chrf_base"] = (e.get("base") or {}).get("chrf")
+            row["chrf_tuned"] = (e.get("tuned") or {}).get("chrf")
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
+            row["status"] = "damaged"
+            problems.append(f"summary.json unreadable ({type(e).__name__})")
+    row["problem"] = "; ".join(problems) or None
+    return row
+
+
+def registry(status: str | None = None):
+    """Every run in outputs/runs/ as a DataFrame, newest last. Failed, running and damaged
+    runs are listed (status, problem), never a crash."""
+    import pandas as pd
+
+    root = paths.runs_dir()
+    rows = [_registry_row(p) for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".")] \
+        if root.exists() else []
+    df = pd.DataFrame(rows, columns=REGISTRY_COLUMNS)
+    if status is not None:
+        df = df[df["status"] == status]
+    return df.set_index("run_id")

@@ -148,3 +148,12 @@ def test_from_notebook_rejects_a_typod_papermill_parameter():
 def test_from_notebook_applies_the_knobs():
     cfg = params.from_notebook({"params_file": "smoke", "run_id": None, "epochs": 3, "learning_rate": None})
     assert cfg.training.num_train_epochs == 3 and cfg.name == "smoke"
+
+
+@pytest.mark.parametrize("path", sorted((paths.PARAMS_DIR / "queues").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_queue_file_and_its_variants_validate(path):
+    from polo_lib import queues
+
+    q = queues.load(path)
+    for item in q.items:
+        params.load(q.base, overrides={**q.common, **item.overrides})

@@ -1,0 +1,133 @@
+"""Check an experiment before it costs anything: params, files, model, data, template, memory.
+
+The seeds lost hours to a configuration that was silently not active and to relative paths
+that broke; each check here says what will really apply and stops a run that cannot work.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import pandas as pd
+
+from . import data, local_models, model, params, paths
+from .errors import PoloError
+
+OK, WARN, FAIL = "ok", "warn", "fail"
+
+
+@dataclass
+class Report:
+    rows: list[dict[str, str]]
+
+    @property
+    def ok(self) -> bool:
+        return all(r["status"] != FAIL for r in self.rows)
+
+    def table(self) -> pd.DataFrame:
+        return pd.DataFrame(self.rows, columns=["check", "status", "detail"]).set_index("check")
+
+    def failures(self) -> list[str]:
+        return [f"{r['check']}: {r['detail']}" for r in self.rows if r["status"] == FAIL]
+
+    def _repr_html_(self) -> str:
+        return self.table()._repr_html_()
+
+    def __str__(self) -> str:
+        width = max(len(r["check"]) for r in self.rows)
+        return "\n".join(f"{r['status']:>4}  {r['check']:<{width}}  {r['detail']}" for r in self.rows)
+
+
+def run_checks(params_file: str, overrides: dict[str, Any] | None = None) -> Report:
+    """Every check, even after a failure where the next one can still run, so one pass shows all."""
+    rows: list[dict[str, str]] = []
+
+    def check(name: str, fn: Callable[[], tuple[str, str]]):
+        try:
+            status, detail = fn()
+        except PoloError as e:
+            status, detail = FAIL, str(e)
+        except Exception as e:  # a library error is still a failed check, named
+            status, detail = FAIL, f"{type(e).__name__}: {e}"
+        rows.append({"check": name, "status": status, "detail": detail})
+        return status != FAIL
+
+    state: dict[str, Any] = {}
+
+    def load_params():
+        state["cfg"] = params.load(params_file, overrides=overrides)
+        cfg = state["cfg"]
+        return OK, f"{cfg.source} (hash {cfg.short_hash()})"
+
+    if not check("params", load_params):
+        return Report(rows)
+    cfg = state["cfg"]
+
+    def outputs():
+        from .runs import _check_writable
+        _check_writable(paths.runs_dir())
+        return OK, f"{paths.runs_dir()} is writable"
+
+    def raw_data():
+        records = data.load_raw(cfg.data.raw_file)
+        return OK, f"{len(records)} valid records in {cfg.data.raw_file}"
+
+    def model_found():
+        where = local_models.resolve(cfg.model.model_name)
+        kind = "hub id (downloaded on first use)" if where == cfg.model.model_name and "/" in where \
+            and not paths.resolve_project_path(where).exists() else f"local folder {where}"
+        return OK, kind
+
+    def architecture():
+        config = model.load_config(cfg.model.model_name)
+        state["config"] = config
+        total, per_type, lora_r1 = model.lora_shapes(config, cfg.lora.target_modules)
+        trainable = sum(lora_r1.values()) * cfg.lora.r
+        return OK, (f"{config.model_type}, {total / 1e6:.1f}M parameters; LoRA r={cfg.lora.r} on "
+                    f"{', '.join(cfg.lora.target_modules)}: {trainable:,} trainable "
+                    f"({100 * trainable / (total + trainable):.2f}%)")
+
+    def precision():
+        device = model.device_info()
+        state["device"] = device
+        dtype = str(model.resolve_dtype(cfg.model.dtype, device)).removeprefix("torch.")
+        if cfg.model.load_in_4bit and device["device"] != "cuda":
+            return WARN, (f"load_in_4bit asked, but this machine has no CUDA GPU: {dtype} weights will load "
+                          "(set load_in_4bit: false to say so)")
+        applied = "4-bit NF4" if cfg.model.load_in_4bit else dtype
+        return OK, f"{applied} on {device['device']} ({device['name']}), optimizer {model.resolve_optim(cfg.training.optim, device)}"
+
+    def memory():
+        estimate = model.estimate_memory(cfg, device=state.get("device"), config=state.get("config"))
+        model.check_memory(estimate, enabled=cfg.model.memory_check)
+        status = OK if estimate.fits else WARN
+        return status, f"~{estimate.total / 2**30:.1f} GiB needed, {estimate.available / 2**30:.1f} GiB free"
+
+    def template_and_lengths():
+        from . import train
+
+        tokenizer = model.load_tokenizer(cfg.model)
+        markers = train.derive_markers(tokenizer)
+        prepared = data.prepare(cfg.data, tokenizer, cfg.model.max_seq_length)
+        worst = []
+        for split in ("train", "validation"):
+            ds = {"messages": [e["messages"] for e in prepared.examples[split]]}
+            counts = train.label_counts(ds, tokenizer, markers)
+            train.check_labels(split, [e["id"] for e in prepared.examples[split]], counts, markers)
+            worst.append(min(counts))
+        longest = max(max(v) for v in prepared.lengths.values() if v)
+        dropped = sum(len(v) for v in prepared.dropped.values())
+        detail = (f"markers {markers.instruction!r} / {markers.response!r}; every example keeps answer tokens "
+                  f"(min {min(worst)}); longest example {longest} of max_seq_length {cfg.model.max_seq_length}")
+        if dropped:
+            return WARN, detail + f"; {dropped} over-length example(s) will be dropped"
+        return OK, detail
+
+    check("outputs folder", outputs)
+    check("raw data", raw_data)
+    if check("model", model_found):
+        check("architecture and LoRA targets", architecture)
+        check("precision and device", precision)
+        check("memory", memory)
+        check("chat template, masking, lengths", template_and_lengths)
+    return Report(rows)

@@ -1,0 +1,146 @@
+"""Runs as a workflow: registry, reports, preflight, queues, chained stages, compare_runs."""
+import json
+import shutil
+
+import papermill as pm
+import pytest
+import torch
+import yaml
+
+from polo_lib import cli, compare, model, params, paths, preflight, queues, runs
+from polo_lib.errors import ParamsError
+
+pytestmark = pytest.mark.slow
+QUIET = {"log": lambda *a: None}
+
+
+def test_run_ids_are_time_params_and_hash_and_never_reused():
+    cfg = params.load("smoke")
+    a, b = runs.open_run(cfg), runs.open_run(cfg)
+    assert a.id != b.id and a.id.split("-")[2:4] == ["smoke", cfg.short_hash()]
+    assert (a.path / "params.yaml").is_file() and a.manifest()["status"] == "created"
+
+
+def test_registry_lists_failed_running_and_damaged_runs():
+    cfg = params.load("smoke")
+    ok, failed, running, damaged = (runs.open_run(cfg) for _ in range(4))
+    ok.update_manifest(status="finished")
+    ok.update_summary(training={"eval_loss_best": 1.5, "steps": 6})
+    failed.fail("DataError: bad", "train.ipynb, cell 4")
+    running.start_stage("train")
+    (damaged.path / "summary.json").write_text("{not json", encoding="utf-8")
+    shutil.rmtree(runs.open_run(cfg).path / "params.yaml", ignore_errors=True)
+    reg = runs.registry()
+    assert reg.loc[ok.id, "status"] == "finished" and reg.loc[ok.id, "eval_loss_best"] == 1.5
+    assert reg.loc[failed.id, "status"] == "failed" and "DataError: bad" in reg.loc[failed.id, "problem"]
+    assert reg.loc[running.id, "status"] == "running"
+    assert reg.loc[damaged.id, "status"] == "damaged" and "summary.json unreadable" in reg.loc[damaged.id, "problem"]
+    assert list(runs.registry("finished").index) == [ok.id]
+
+
+def test_polo_list_and_report_work_from_the_folder_alone(capsys):
+    cfg = params.load("smoke")
+    run = runs.open_run(cfg)
+    run.update_summary(training={"loss_first": 3.0, "loss_last": 2.0, "early_stopped": True,
+                                 "early_stopped_at_step": 4, "best_checkpoint": "checkpoint-2"})
+    assert cli.main(["report", run.id]) == 0
+    report = (run.path / "report.md").read_text(encoding="utf-8")
+    assert f"# Run {run.id}" in report and "| loss_last | 2 |" in report
+    assert "early stopping fired at step 4" in report and "training.learning_rate" in report
+    assert cli.main(["list"]) == 0 and run.id in capsys.readouterr().out
+
+
+def test_preflight_passes_for_smoke_and_reports_every_check(tiny_model_dir):
+    report = preflight.run_checks("smoke")
+    assert report.ok, str(report)
+    assert {"params", "raw data", "model", "memory", "chat template, masking, lengths"} <= set(report.table().index)
+    assert "'<|assistant|>\\n'" in report.table().loc["chat template, masking, lengths", "detail"]
+
+
+def test_preflight_catches_a_missing_target_module(tiny_model_dir):
+    report = preflight.run_checks("smoke", {"lora.target_modules": ["q_proj", "c_attn"]})
+    assert not report.ok
+    assert "c_attn" in report.table().loc["architecture and LoRA targets", "detail"]
+    assert cli.main(["preflight", "smoke", "--set", "lora.target_modules=[q_proj, c_attn]"]) == 1
+
+
+def test_preflight_catches_a_template_without_markers(tiny_model_dir, tmp_path):
+    broken = tmp_path / "broken-template"
+    shutil.copytree(tiny_model_dir, broken)
+    config = json.loads((broken / "tokenizer_config.json").read_text(encoding="utf-8"))
+    config["chat_template"] = "{% for m in messages %}{{ m['content'] }}\n{% endfor %}"
+    (broken / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
+    (broken / "chat_template.jinja").unlink(missing_ok=True)
+    report = preflight.run_checks("smoke", {"model.model_name": str(broken)})
+    assert not report.ok
+    assert "could not derive the chat markers" in report.table().loc["chat template, masking, lengths", "detail"]
+
+
+def test_preflight_says_4bit_will_not_apply_on_cpu(tiny_model_dir):
+    report = preflight.run_checks("smoke", {"model.load_in_4bit": True})
+    row = report.table().loc["precision and device"]
+    assert row["status"] == "warn" and "no CUDA GPU" in row["detail"]
+
+
+def write_queue(tmp_path, body):
+    path = tmp_path / "queue.yaml"
+    path.write_text(yaml.safe_dump(body), encoding="utf-8")
+    return path
+
+
+def test_queue_records_a_failing_variant_and_goes_on(tiny_model_dir, tmp_path):
+    path = write_queue(tmp_path, {"base": "smoke", "stages": ["prepare", "train"], "set": {"max_steps": 3},
+                                  "variants": [{"name": "a", "set": {"learning_rate": 5e-3}},
+                                               {"name": "bad", "set": {"lora_dropout": 1.5}},
+                                               {"name": "b", "set": {"learning_rate": 1e-3}},
+                                               {"name": "c", "set": {"lora_r": 4}}]})
+    table, folder = queues.run_queue(path, **QUIET)
+    assert list(table["status"]) == ["finished", "failed", "finished", "finished"]
+    assert "lora_dropout" in table.loc[1, "error"]
+    assert (folder / "results.csv").is_file() and (folder / "report.md").is_file()
+    assert table.loc[0, "run_id"].split("-")[2:4] == ["smoke", "a"]
+
+    # compare_runs over the three finished runs, through papermill
+    out = tmp_path / "compare.ipynb"
+    pm.execute_notebook(str(paths.NOTEBOOKS_DIR / "compare_runs.ipynb"), str(out), kernel_name="python3",
+                        cwd=str(paths.NOTEBOOKS_DIR), progress_bar=False)
+    executed = json.loads(out.read_text(encoding="utf-8"))
+    text = json.dumps(executed)
+    assert all(r in text for r in table["run_id"].dropna())
+    assert sum("image/png" in o.get("data", {}) for c in executed["cells"] for o in c.get("outputs", [])) >= 2
+    chosen = compare.select()
+    diff = compare.params_diff(chosen)
+    assert {"training.learning_rate", "lora.r"} <= set(diff.index)
+    assert compare.best(compare.metrics_table(chosen), "eval_loss_best").name in set(table["run_id"])
+
+
+def test_queue_file_mistakes_are_reported_before_any_run(tmp_path):
+    path = write_queue(tmp_path, {"base": "smoke", "variant": [], "stages": "train"})
+    with pytest.raises(ParamsError, match=r"(?s)unknown key 'variant'. Did you mean 'variants'.*exactly one of"):
+        queues.load(path)
+    assert not paths.runs_dir().exists()
+
+
+def test_pipeline_stage_two_starts_from_stage_one_adapter(tiny_model_dir, tmp_path):
+    path = write_queue(tmp_path, {"base": "smoke", "stages": ["prepare", "train"], "set": {"max_steps": 3},
+                                  "pipeline": [{"name": "stage1"}, {"name": "stage2", "set": {"learning_rate": 1e-3}}]})
+    table, _ = queues.run_queue(path, **QUIET)
+    assert list(table["status"]) == ["finished", "finished"]
+    first, second = table["run_id"]
+    assert runs.get_run(second).params().run.init_adapter == first
+    assert any("start from" in n for n in runs.get_run(second).manifest()["model_notes"])
+    # the weights stage 2 starts from are exactly stage 1's saved adapter
+    from safetensors.torch import load_file
+
+    saved = load_file(str(runs.get_run(first).adapter / "adapter_model.safetensors"))
+    lm = model.load(params.load("smoke", overrides={"run.init_adapter": first}))
+    state = {k: v for k, v in lm.model.state_dict().items() if "lora_" in k}
+    assert len(state) == len(saved)
+    for key, value in saved.items():
+        own = next(v for k, v in state.items() if k.replace(".default", "") == key)
+        assert torch.equal(own, value), key
+
+
+def test_init_adapter_that_does_not_exist_is_named(tiny_model_dir):
+    with pytest.raises(model.ModelError, match="init_adapter 'no-such-run'"):
+        model.load(params.load("smoke", overrides={"run.init_adapter": "no-such-run"}))
