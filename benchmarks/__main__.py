@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import socket
 import statistics
@@ -51,9 +52,54 @@ def bench_generation(params_file: str, repeats: int, examples: int, max_new_toke
             "ratio_batched_over_single": round(medians["batched"] / medians["one_at_a_time"], 2)}
 
 
+DIRECT = """
+import os, sys, time
+from polo_lib.model import import_unsloth
+import_unsloth()
+from polo_lib import data, model, params, runs, train
+cfg = params.load(sys.argv[1])
+run = runs.open_run(cfg, stage="train")
+tok = model.load_tokenizer(cfg.model)
+data.save(data.prepare(cfg.data, tok, cfg.model.max_seq_length), cfg.data)
+lm = model.load(cfg)
+session = train.build(lm, data.load_processed(cfg.data), cfg, run, live=False)
+train.fit(session)
+train.finish(session)
+run.finish_stage("train")
+"""
+
+
+def bench_overhead(params_file: str, repeats: int) -> dict:
+    """`polo run PARAMS --stages prepare,train` vs the same library calls in one plain process.
+
+    Both start a fresh interpreter (as a user would); polo adds the preflight checks, one
+    Jupyter kernel per notebook and the notebooks' display work.
+    """
+    import subprocess
+    import tempfile
+
+    root = Path(__file__).resolve().parent.parent
+    python = sys.executable
+    commands = {
+        "polo_run": [python, "-m", "polo_lib.cli", "run", params_file, "--stages", "prepare,train"],
+        "direct": [python, "-c", DIRECT, params_file],
+    }
+    seconds: dict[str, list[float]] = {k: [] for k in commands}
+    for _ in range(repeats):
+        for name, cmd in commands.items():  # alternated
+            with tempfile.TemporaryDirectory() as tmp:
+                env = {**os.environ, "POLO_OUTPUTS": f"{tmp}/outputs", "POLO_PROCESSED_DIR": f"{tmp}/processed"}
+                start = time.perf_counter()
+                subprocess.run(cmd, cwd=root, env=env, check=True, capture_output=True)
+                seconds[name].append(time.perf_counter() - start)
+    med = {k: round(statistics.median(v), 2) for k, v in seconds.items()}
+    return {"params": params_file, "repeats": repeats, "median_seconds": med, "all_runs": seconds,
+            "overhead_seconds": round(med["polo_run"] - med["direct"], 2)}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks")
-    parser.add_argument("which", nargs="*", default=["generation"], choices=["generation"])
+    parser.add_argument("which", nargs="*", default=["generation", "overhead"], choices=["generation", "overhead"])
     parser.add_argument("--params", default="cpu")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--examples", type=int, default=4)
@@ -67,6 +113,8 @@ def main(argv=None) -> int:
     if "generation" in args.which:
         result["generation"] = bench_generation(args.params, args.repeats, args.examples,
                                                 args.max_new_tokens, args.batch_size)
+    if "overhead" in args.which:
+        result["overhead"] = bench_overhead("smoke", args.repeats)
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = f"{datetime.now(timezone.utc):%Y-%m-%d}-{result['machine']['host']}"
     (RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
@@ -81,6 +129,14 @@ def main(argv=None) -> int:
                   f"| batched (batch {g['batch_size']}) | {g['tokens_per_s']['batched']} |",
                   f"| one at a time | {g['tokens_per_s']['one_at_a_time']} |",
                   f"| ratio | {g['ratio_batched_over_single']}x |", ""]
+    if "overhead" in result:
+        o = result["overhead"]
+        lines += ["## Workspace overhead: `polo run` vs the same calls in a plain process", "",
+                  f"params `{o['params']}` (prepare + train), fresh process each, median of {o['repeats']} alternated", "",
+                  "| path | seconds |", "|---|---|",
+                  f"| polo run (preflight + papermill, one kernel per notebook) | {o['median_seconds']['polo_run']} |",
+                  f"| direct library calls | {o['median_seconds']['direct']} |",
+                  f"| overhead | {o['overhead_seconds']} |", ""]
     (RESULTS / f"{stem}.md").write_text("\n".join(lines), encoding="utf-8")
     print("\n".join(lines))
     return 0

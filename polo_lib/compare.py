@@ -9,8 +9,19 @@ from . import plots, runs
 from .errors import RunError
 
 
-def select(run_ids: Sequence[str] | None = None, status: str = "finished") -> list[runs.Run]:
-    """The given runs, or every run with `status` (oldest first)."""
+def select(run_ids: Sequence[str] | str | None = None, status: str = "finished") -> list[runs.Run]:
+    """The given runs, or every run with `status` (oldest first).
+
+    `papermill -p run_ids ...` passes a string: a YAML/JSON list or comma-separated ids work.
+    """
+    from .errors import show_briefly_in_notebooks
+
+    show_briefly_in_notebooks()
+    if isinstance(run_ids, str):
+        import yaml
+
+        parsed = yaml.safe_load(run_ids)
+        run_ids = parsed if isinstance(parsed, list) else [r.strip() for r in run_ids.split(",") if r.strip()]
     if run_ids:
         return [runs.get_run(r) for r in run_ids]
     reg = runs.registry(status)

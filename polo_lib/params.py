@@ -341,6 +341,9 @@ def from_notebook(namespace: Mapping[str, Any], default_file: str | Path | None 
     value in the namespace that is neither a knob nor a notebook name is an error, so
     `-p epoch 5` fails instead of silently training the file's epochs.
     """
+    from .errors import show_briefly_in_notebooks
+
+    show_briefly_in_notebooks()
     knobs, problems = {}, []
     leaves = _leaf_paths()
     for name, value in namespace.items():

@@ -87,6 +87,7 @@ class Run:
         entry.update(status="finished", end=end.isoformat(timespec="seconds"),
                      seconds=round((end - datetime.fromisoformat(entry["start"])).total_seconds(), 1))
         stages[stage] = entry
+        self.update_summary(stage_seconds={k: v.get("seconds") for k, v in stages.items()})
         return self.update_manifest(stages=stages, status="finished")
 
     def fail(self, error: str, where: str | None = None) -> None:

@@ -37,6 +37,11 @@ def test_a_typod_parameter_stops_the_notebook_before_any_work(tmp_path):
         run_notebook("prepare_data.ipynb", tmp_path / "out.ipynb", params_file="smoke", max_seq_lenght=512)
     assert "ParamsError" in e.value.ename and "Did you mean 'max_seq_length'" in e.value.evalue
     assert not paths.processed_dir().exists()
+    # the user sees one readable message, not a traceback through pydantic
+    executed = json.loads((tmp_path / "out.ipynb").read_text(encoding="utf-8"))
+    errors = [o for c in executed["cells"] for o in c.get("outputs", []) if o["output_type"] == "error"]
+    assert len(errors) == 1 and len(errors[0]["traceback"]) == 1
+    assert errors[0]["traceback"][0].startswith("ParamsError: 1 problem(s)")
 
 
 def test_a_failed_prepare_keeps_the_previous_processed_data(tmp_path, tiny_model_dir):

@@ -2,6 +2,7 @@
 import math
 
 import pandas as pd
+import torch
 import pytest
 from transformers import AutoTokenizer, TrainerCallback
 
@@ -167,3 +168,18 @@ def test_early_stopping_fires_on_a_plateau(smoke):
     session = train_once(cfg, ds, runs.open_run(cfg))
     assert session.result["early_stopped"] is True
     assert session.result["steps"] == 6  # evals at 2 (best), 4 and 6 (no improvement) -> stop
+
+
+def test_merged_16bit_export_when_params_ask(smoke):
+    """save_merged_16bit: a plain transformers model folder, LoRA folded in, loadable without PEFT."""
+    from transformers import AutoModelForCausalLM
+
+    cfg, ds = smoke(max_steps=2, save_merged_16bit=True)
+    run = runs.open_run(cfg)
+    session = train_once(cfg, ds, run)
+    saved = train.finish(session)
+    merged = run.path / "merged_16bit"
+    assert str(merged) == saved.loc["merged_16bit", "path"]
+    m = AutoModelForCausalLM.from_pretrained(merged)
+    assert not any("lora" in n for n, _ in m.named_parameters())
+    assert next(m.parameters()).dtype in (torch.float16, torch.bfloat16)
