@@ -117,7 +117,10 @@ def main(argv=None) -> int:
         result["overhead"] = bench_overhead("smoke", args.repeats)
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = f"{datetime.now(timezone.utc):%Y-%m-%d}-{result['machine']['host']}"
-    (RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    path = RESULTS / f"{stem}.json"
+    if path.exists():  # the same day and machine: keep the benchmarks not rerun now
+        result = {**json.loads(path.read_text(encoding="utf-8")), **result}
+    path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     lines = [f"# Benchmarks {result['date']}", "", f"Machine: {result['machine']['cpu']}, "
              f"{result['machine']['device']} ({result['machine']['device_name']}), {result['machine']['threads']} threads", ""]
     if "generation" in result:
