@@ -86,33 +86,19 @@ def select(dataset, split: str, limit: int | None):
 
 
 def load_base(cfg):
-    """The base model alone, as FastLanguageModel loads it, without LoRA."""
-    model_lib.import_unsloth()
-    from unsloth import FastLanguageModel
-
+    """The base model alone, as training loads it, without LoRA."""
     device = model_lib.device_info()
     where = model_lib.local_models.resolve(cfg.model.model_name)
-    m, tok = FastLanguageModel.from_pretrained(
-        model_name=where, max_seq_length=cfg.model.max_seq_length,
-        dtype=model_lib.resolve_dtype(cfg.model.dtype, device),
-        load_in_4bit=cfg.model.load_in_4bit and device["device"] == "cuda")
-    return model_lib.LoadedModel(m, tok, {})
+    return model_lib.LoadedModel(*model_lib.from_pretrained(where, cfg, device), {})
 
 
 def load_tuned(cfg, run):
     """Base + the run's saved adapter (adapter/), as a user would load it."""
-    model_lib.import_unsloth()
-    from unsloth import FastLanguageModel
-
     if not (run.adapter / "adapter_config.json").is_file():
         raise RunError(f"run {run.id} has no adapter in {run.adapter}: train it first "
                        "(notebooks/train.ipynb with this run_id, or `polo run`).")
     device = model_lib.device_info()
-    m, tok = FastLanguageModel.from_pretrained(
-        model_name=str(run.adapter), max_seq_length=cfg.model.max_seq_length,
-        dtype=model_lib.resolve_dtype(cfg.model.dtype, device),
-        load_in_4bit=cfg.model.load_in_4bit and device["device"] == "cuda")
-    return model_lib.LoadedModel(m, tok, {})
+    return model_lib.LoadedModel(*model_lib.from_pretrained(str(run.adapter), cfg, device), {})
 
 
 def _free(lm) -> None:

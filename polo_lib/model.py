@@ -245,31 +245,44 @@ def load_tokenizer(model_params):
                          "(smollm2-135m-instruct) or a local path.") from None
 
 
+def from_pretrained(name_or_path: str, cfg, device: dict[str, Any]):
+    """FastLanguageModel.from_pretrained with the params' length, dtype and 4-bit (GPU only).
+
+    One place for training, evaluation (base, and base + a saved adapter folder) and benchmarks,
+    so every path loads the model the same way.
+    """
+    import_unsloth()
+    from unsloth import FastLanguageModel
+
+    try:
+        return FastLanguageModel.from_pretrained(
+            model_name=name_or_path, max_seq_length=cfg.model.max_seq_length,
+            dtype=resolve_dtype(cfg.model.dtype, device),
+            load_in_4bit=cfg.model.load_in_4bit and device["device"] == "cuda")
+    except (OSError, ValueError) as e:
+        raise ModelError(f"model_name '{cfg.model.model_name}': could not load {name_or_path} "
+                         f"({type(e).__name__}: {e}).") from None
+
+
 def load(cfg, device: dict[str, Any] | None = None) -> LoadedModel:
     """Base model through FastLanguageModel.from_pretrained, then LoRA via get_peft_model.
 
     On a CPU, 4-bit is not available: Unsloth falls back to 16/32-bit; the fallback is
     recorded (asked vs applied) and shown, never silent.
     """
-    import_unsloth()
     import torch
-    from unsloth import FastLanguageModel
 
     device = device or device_info()
     on_gpu = device["device"] == "cuda"
     dtype = resolve_dtype(cfg.model.dtype, device)
-    where = local_models.resolve(cfg.model.model_name)
     notes = []
-    four_bit = cfg.model.load_in_4bit and on_gpu
     if cfg.model.load_in_4bit and not on_gpu:
         notes.append("load_in_4bit was asked, but bitsandbytes 4-bit needs a CUDA GPU: "
                      f"loading {str(dtype).removeprefix('torch.')} weights instead.")
-    try:
-        model, tokenizer = FastLanguageModel.from_pretrained(
-            model_name=where, max_seq_length=cfg.model.max_seq_length, dtype=dtype,
-            load_in_4bit=four_bit)
-    except (OSError, ValueError) as e:
-        raise ModelError(f"model_name '{cfg.model.model_name}': could not load ({type(e).__name__}: {e}).") from None
+    where = local_models.resolve(cfg.model.model_name)
+    model, tokenizer = from_pretrained(where, cfg, device)
+    from unsloth import FastLanguageModel
+
     applied_4bit = bool(getattr(model, "is_loaded_in_4bit", False)) or any(
         "4bit" in type(m).__name__ for m in model.modules())
     checkpointing = {"unsloth": "unsloth" if on_gpu else True, "true": True, "false": False}[
