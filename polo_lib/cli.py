@@ -66,7 +66,8 @@ def run_pipeline(params_file: str, overrides: dict[str, Any] | None = None,
             raise PoloError("preflight failed, nothing was started:\n" +
                             "\n".join(f"  {f}" for f in report.failures()))
     dotted, _ = params_lib.normalize_overrides(overrides or {})
-    run = runs.open_run(cfg, run_id)
+    # Evaluating an existing run again may change how (limit, decoding), never what was trained.
+    run = runs.open_run(cfg, run_id, may_differ=("evaluation",) if stages == ["evaluate"] else ())
     log(f"run {run.id}\n  folder: {run.path}")
     parameters = {"params_file": str(params_lib.resolve_file(params_file)), "run_id": run.id,
                   "overrides": dotted}

@@ -29,6 +29,12 @@ def test_evaluate_stage_writes_everything_into_the_run(tiny_model_dir):
     assert "## Evaluation" in report and "plots/loss.png" in report and "chrf" in report
     assert run.manifest()["stages"]["evaluate"]["status"] == "finished"
 
+    # evaluate the same run again with other evaluation settings: allowed, and recorded
+    again = cli.run_pipeline("smoke", overrides={"evaluation.limit": 1}, stages=["evaluate"], run_id=run.id,
+                             log=lambda *a: None)
+    assert again.id == run.id and len((run.eval / "predictions.jsonl").read_text().splitlines()) == 1
+    assert run.manifest()["evaluate_params"]["evaluation"]["limit"] == 1
+
 
 def test_tuned_model_beats_base_on_what_it_learned(tiny_model_dir):
     """The pipeline measures a real change: after training on the training paragraphs, the tiny
