@@ -25,6 +25,14 @@ PACKAGES = ("torch", "unsloth", "unsloth_zoo", "trl", "transformers", "peft", "d
 SUBFOLDERS = ("notebooks", "checkpoints", "adapter", "logs", "eval", "plots")
 
 
+def _read_json(path: Path) -> dict[str, Any]:
+    """A run file's content; {} before it is first written."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -44,10 +52,7 @@ class Run:
     params_path = property(lambda self: self.path / "params.yaml")
 
     def manifest(self) -> dict[str, Any]:
-        try:
-            return json.loads(self.manifest_path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return {}
+        return _read_json(self.manifest_path)
 
     def update_manifest(self, **changes: Any) -> dict[str, Any]:
         """Merge `changes` (one level deep for dicts) and rewrite manifest.json atomically."""
@@ -64,10 +69,7 @@ class Run:
     summary_path = property(lambda self: self.path / "summary.json")
 
     def summary(self) -> dict[str, Any]:
-        try:
-            return json.loads(self.summary_path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return {}
+        return _read_json(self.summary_path)
 
     def update_summary(self, **sections: Any) -> dict[str, Any]:
         """summary.json: headline figures by section (training, evaluation), machine-readable."""
