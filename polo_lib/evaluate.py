@@ -136,13 +136,6 @@ def predict(run, cfg, dataset) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("id")
 
 
-def read_predictions(run) -> pd.DataFrame:
-    path = run.eval / "predictions.jsonl"
-    if not path.is_file():
-        raise RunError(f"run {run.id} has no {path.name}: run the evaluate notebook first.")
-    return pd.read_json(path, lines=True, dtype={"id": str}).set_index("id")
-
-
 def speed_table(predictions: pd.DataFrame) -> pd.DataFrame:
     """New tokens, seconds and tokens/s per model over the split."""
     rows = []

@@ -64,8 +64,8 @@ def run_checks(params_file: str, overrides: dict[str, Any] | None = None) -> Rep
     cfg = state["cfg"]
 
     def outputs():
-        from .runs import _check_writable
-        _check_writable(paths.runs_dir())
+        from .runs import check_writable
+        check_writable(paths.runs_dir())
         return OK, f"{paths.runs_dir()} is writable"
 
     def raw_data():

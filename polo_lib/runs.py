@@ -129,7 +129,7 @@ def get_run(run_id: str) -> Run:
     return Run(run_id, path)
 
 
-def _check_writable(folder: Path) -> None:
+def check_writable(folder: Path) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe = folder / f".write-test-{os.getpid()}"
@@ -149,7 +149,7 @@ def open_run(cfg, run_id: str | None = None, stage: str | None = None,
     (the evaluate stage's `evaluation`) may change; the values used are recorded per stage.
     """
     if run_id is None:
-        _check_writable(paths.runs_dir())
+        check_writable(paths.runs_dir())
         run_id = new_run_id(cfg)
         run = Run(run_id, paths.runs_dir() / run_id)
         run.path.mkdir(parents=True)
@@ -159,7 +159,7 @@ def open_run(cfg, run_id: str | None = None, stage: str | None = None,
         atomic_write_json(run.manifest_path, _initial_manifest(run, cfg))
     else:
         run = get_run(run_id)
-        _check_writable(run.path)
+        check_writable(run.path)
         saved = run.params()
         differ = [d for d in _differences(saved.to_dict(), cfg.to_dict())
                   if d.split(".", 1)[0] not in may_differ]
@@ -320,9 +320,10 @@ def write_report(run: Run) -> Path:
             out += ["Examples side by side: [eval/examples.md](eval/examples.md)", ""]
     try:
         cfg = run.params()
-        stats_path = paths.processed_dir() / cfg.data.processed_name / "stats.json"
-        if stats_path.is_file():
-            dropped = json.loads(stats_path.read_text(encoding="utf-8")).get("dropped_over_length", {})
+        from .data import load_stats, processed_path
+
+        if (processed_path(cfg.data) / "stats.json").is_file():
+            dropped = load_stats(cfg.data).get("dropped_over_length", {})
             n = sum(len(v) for v in dropped.values())
             if n:
                 warnings.append(f"{n} example(s) over max_seq_length were dropped: {dropped}")
