@@ -108,6 +108,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_list.add_argument("--status", default=None, help="only runs with this status (finished, failed, ...)")
     p_report = sub.add_parser("report", help="regenerate a run's report.md from its folder")
     p_report.add_argument("run_id")
+    # --- sweeps (polo_lib/sweeps.py)
+    p_sweep = sub.add_parser("sweep", help="hyperparameter sweep (Optuna, or Ray Tune): each trial a run folder")
+    p_sweep.add_argument("file", nargs="?", help="a sweep file: a name in sweeps/ (smoke, cpu_lr) or a path")
+    p_sweep.add_argument("--resume", default=None, metavar="SWEEP_ID", help="continue an interrupted sweep")
+    p_sweep.add_argument("--engine", default="optuna", choices=["optuna", "ray"],
+                         help="optuna: trials in this process; ray: Ray Tune, one trial per GPU or per N CPUs")
+    p_sweep.add_argument("--address", default=None, help="ray: an existing cluster (e.g. auto or HOST:6379)")
     args = parser.parse_args(argv)
     try:
         if args.command == "run":
@@ -131,6 +138,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             with pd.option_context("display.width", 200, "display.max_columns", 20):
                 print(runs.registry(args.status).to_string())
+        elif args.command == "sweep":
+            from .sweeps import run_sweep
+
+            if args.address and args.engine != "ray":
+                raise PoloError("--address is for --engine ray")
+            result = run_sweep(args.file, resume=args.resume, engine=args.engine, address=args.address)
+            import pandas as pd
+
+            with pd.option_context("display.width", 200, "display.max_columns", 20, "display.max_colwidth", 60):
+                print(result.table.drop(columns=["error"], errors="ignore").to_string(index=False))
+            best = result.best
+            print(f"\nbest: trial {best['trial']}, run {best['run_id']}, objective {best['value']:.4g}"
+                  if best else "\nbest: none (no trial finished)")
+            return 0 if best else 1
         elif args.command == "report":
             print(runs.write_report(runs.get_run(args.run_id)))
     except PoloError as e:
