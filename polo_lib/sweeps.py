@@ -830,7 +830,12 @@ def run_ray(sweep: Sweep, sweep_id: str, folder: Path, address: str | None, log)
         # No dashboard: a sweep needs none, and it costs memory and a port on a shared machine.
         init = dict(include_dashboard=False, runtime_env={"env_vars": _env_for_workers()},
                     log_to_driver=False, configure_logging=True, logging_level="warning")
-        ray.init(address=address, **init) if address else ray.init(**init)
+        try:
+            ray.init(address=address, **init) if address else ray.init(**init)
+        except (ConnectionError, RuntimeError, OSError, ValueError) as e:
+            raise RunError(f"Ray could not start ({type(e).__name__}: {e}). "
+                           + ("Check that the cluster at --address is up (`ray status` on its head node)."
+                              if address else "Use --engine optuna on this machine.")) from None
     log(f"  ray: {'cluster ' + address if address else 'local instance'}, resources {ray.cluster_resources()}")
     searcher = OptunaSearch(space=functools.partial(_define_space, space=spec.space), metric="objective",
                             mode="min" if sweep.direction == "minimize" else "max", sampler=make_sampler(spec))

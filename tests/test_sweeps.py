@@ -1,0 +1,166 @@
+"""Sweeps: the file is checked against params before any trial; trials are real run folders on the
+tiny model; a failing trial is a row, not the end; an interrupted sweep resumes; the pruner stops
+a bad trial; Ray Tune runs the same trials on a local instance."""
+import json
+
+import pytest
+import yaml
+
+from polo_lib import cli, paths, runs, sweeps
+from polo_lib.errors import ParamsError, RunError
+
+QUIET = {"log": lambda *a: None}
+# Every trial: 2-4 steps on the tiny model, evaluations without checkpoints to compare.
+FAST = {"max_steps": 4, "eval_steps": 2, "save_steps": 2, "early_stopping_patience": 0}
+
+
+def write_sweep(tmp_path, name="t", **body):
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({"base": "smoke", "set": FAST, **body}), encoding="utf-8")
+    return path
+
+
+# ------------------------------------------------------------------ validation (fast)
+
+def test_every_problem_in_a_sweep_file_is_reported_at_once_before_anything_is_written(tmp_path):
+    path = write_sweep(tmp_path, n_trials=3, samplr={"type": "tpe"}, space={
+        "learnig_rate": {"type": "log_float", "low": 1e-4, "high": 1e-2},    # typo
+        "lora_r": {"type": "float", "low": 4, "high": 16},                   # an int field
+        "lora_dropout": {"type": "float", "low": 0.0, "high": 1.5},          # out of range for params
+        "lr_scheduler_type": {"type": "categorical", "choices": ["linear", "cosin"]},
+    }, objective={"metric": "chrf", "direction": "minimize"})
+    with pytest.raises(ParamsError) as e:
+        sweeps.run_sweep(path, **QUIET)
+    msg = str(e.value)
+    assert "unknown key 'samplr'. Did you mean 'sampler'?" in msg
+    # the first pass stops at the file's own keys; fix it and the params-level problems all show
+    path = write_sweep(tmp_path, n_trials=3, space=yaml.safe_load(path.read_text())["space"],
+                       objective={"metric": "chrf", "direction": "minimize"})
+    with pytest.raises(ParamsError) as e:
+        sweeps.run_sweep(path, **QUIET)
+    msg = str(e.value)
+    assert "unknown override 'learnig_rate'. Did you mean 'learning_rate'?" in msg
+    assert "space.lora_r: lora.r is an integer field; use type: int or categorical" in msg
+    assert "space.lora_dropout = 1.5" in msg and "less than 1" in msg
+    assert "space.lr_scheduler_type = 'cosin'" in msg
+    assert "objective.direction minimize for 'chrf', but higher is better for it: use maximize" in msg
+    assert not (paths.outputs_dir() / "sweeps").exists() and not paths.runs_dir().exists()
+
+
+def test_objective_names_resolve_to_summary_figures_with_their_direction(tmp_path):
+    space = {"learning_rate": {"type": "log_float", "low": 1e-4, "high": 1e-2}}
+    loss = sweeps.load(write_sweep(tmp_path, "a", n_trials=1, space=space))
+    chrf = sweeps.load(write_sweep(tmp_path, "b", n_trials=1, space=space, objective={"metric": "chrf"}))
+    assert (loss.metric, loss.direction, loss.needs_evaluation) == ("training.eval_loss_best", "minimize", False)
+    assert (chrf.metric, chrf.direction, chrf.needs_evaluation) == ("evaluation.tuned.chrf", "maximize", True)
+    with pytest.raises(ParamsError, match="'chrff' is not a figure of summary.json. Did you mean 'chrf'"):
+        sweeps.load(write_sweep(tmp_path, "c", n_trials=1, space=space, objective={"metric": "chrff"}))
+    with pytest.raises(ParamsError, match="sampler grid needs a finite grid: give learning_rate a step"):
+        sweeps.load(write_sweep(tmp_path, "d", n_trials=1, space=space, sampler={"type": "grid"}))
+    with pytest.raises(ParamsError, match="no evaluation comes before the end to prune on"):
+        sweeps.load(write_sweep(tmp_path, "e", n_trials=1, space=space, set={**FAST, "eval_steps": 4, "save_steps": 4}))
+
+
+def test_the_shipped_sweep_files_validate():
+    for path in sorted(sweeps.SWEEPS_DIR.glob("*.yaml")):
+        sweep = sweeps.load(path)
+        assert sweep.spec.n_trials >= 1 and not sweep.data_varies, path.name
+
+
+# ------------------------------------------------------------------ trials (slow)
+
+@pytest.mark.slow
+def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(tmp_path, tiny_model_dir, capsys):
+    """4 max_seq_length values on a grid with over_length: fail. The tiny model's examples are
+    310-547 tokens, so the 256 trial fails at the data's own length check (a DataError naming
+    the examples) while the 3 others train; the sweep goes on and reports 3 + 1."""
+    path = write_sweep(tmp_path, "lengths", n_trials=4, set={**FAST, "max_steps": 2, "over_length": "fail"},
+                       space={"max_seq_length": {"type": "categorical", "choices": [1024, 768, 640, 256]}},
+                       sampler={"type": "grid", "seed": 0}, pruner={"type": "none"})
+    assert cli.main(["sweep", str(path)]) == 0
+    out = capsys.readouterr().out
+    folder = next((paths.outputs_dir() / "sweeps").iterdir())
+    table = sweeps.results_table(sweeps.load_study(folder.name)).set_index("params_max_seq_length")
+    assert sorted(table["status"]) == ["failed", "finished", "finished", "finished"]
+    failed = table.loc[256]
+    assert failed["status"] == "failed" and "DataError" in failed["error"]
+    assert "exceed max_seq_length=256" in failed["error"]
+    assert table.loc[[1024, 768, 640], "objective"].notna().all()
+    reg = runs.registry()
+    assert reg.loc[failed["run_id"], "status"] == "failed"            # the run folder says so too
+    assert "exceed max_seq_length=256" in reg.loc[failed["run_id"], "problem"]
+    assert set(reg.loc[table["run_id"], "params"]) == {f"lengths-t{i:03d}" for i in range(4)}
+    best = table["objective"].idxmin()
+    assert f"run {table.loc[best, 'run_id']}" in out
+    assert (folder / "results.csv").is_file() and (folder / "plots" / "history.png").is_file()
+    assert (folder / "plots" / "importance.png").is_file()
+    report = (folder / "report.md").read_text(encoding="utf-8")
+    assert "3 finished" in report and "1 failed" in report and table.loc[best, "run_id"] in report
+    saved = runs.get_run(table.loc[best, "run_id"]).params()
+    assert saved.model.max_seq_length == best and saved.training.max_steps == 2   # the trial's params, resolved
+
+
+@pytest.mark.slow
+def test_an_interrupted_sweep_resumes_and_runs_only_the_remaining_trials(tmp_path, tiny_model_dir):
+    path = write_sweep(tmp_path, "resume", n_trials=3, set={**FAST, "max_steps": 2}, pruner={"type": "none"},
+                       space={"learning_rate": {"type": "log_float", "low": 1e-4, "high": 1e-2}},
+                       sampler={"type": "random", "seed": 1})
+
+    def ctrl_c_after_two(study, trial):
+        if len(study.trials) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(RunError, match="interrupted after 2 trial.*polo sweep --resume") as e:
+        sweeps.run_sweep(path, callbacks=[ctrl_c_after_two], **QUIET)
+    sweep_id = str(e.value).split()[1]
+    first = sweeps.results_table(sweeps.load_study(sweep_id))
+    assert list(first["status"]) == ["finished", "finished"]
+    result = sweeps.run_sweep(resume=sweep_id, **QUIET)
+    assert list(result.table["trial"]) == [0, 1, 2] and (result.table["status"] == "finished").all()
+    assert list(result.table["run_id"][:2]) == list(first["run_id"])  # the first two were not run again
+    assert len(runs.registry()) == 3
+    again = sweeps.run_sweep(resume=sweep_id, **QUIET)                  # nothing left: nothing runs
+    assert len(again.table) == 3 and len(runs.registry()) == 3
+
+
+@pytest.mark.slow
+def test_the_pruner_stops_a_trial_whose_first_eval_loss_is_worst(tmp_path, tiny_model_dir):
+    """A crafted grid: a learning rate that learns (5e-3), then one that cannot move the weights
+    (1e-9): at the first report (step 2) its eval loss is above the finished trial's, so the
+    median pruner stops it there."""
+    path = write_sweep(tmp_path, "prune", n_trials=2, space={
+        "learning_rate": {"type": "categorical", "choices": [5e-3, 1e-9]}},
+        sampler={"type": "grid", "seed": 1}, pruner={"type": "median", "n_startup_trials": 1})
+    result = sweeps.run_sweep(path, **QUIET)
+    table = result.table.set_index("params_learning_rate")
+    assert list(result.table["params_learning_rate"]) == [5e-3, 1e-9], "the grid order this test relies on"
+    assert table.loc[5e-3, "status"] == "finished" and table.loc[1e-9, "status"] == "pruned"
+    pruned = runs.get_run(table.loc[1e-9, "run_id"])
+    assert pruned.manifest()["status"] == "pruned" and pruned.manifest()["pruned_at_step"] == 2
+    assert pruned.summary()["training"]["steps"] == 2 and pruned.summary()["sweep"]["status"] == "pruned"
+    assert runs.registry().loc[pruned.id, "status"] == "pruned"
+    study = sweeps.load_study(result.sweep_id)
+    assert study.trials[1].intermediate_values[2] > study.trials[0].intermediate_values[2]
+
+
+@pytest.mark.slow
+def test_ray_runs_two_trials_on_a_local_instance_into_the_same_folders(tmp_path, tiny_model_dir):
+    pytest.importorskip("ray")
+    path = write_sweep(tmp_path, "ray", n_trials=2, set={**FAST, "max_steps": 2},
+                       space={"learning_rate": {"type": "log_float", "low": 1e-4, "high": 1e-2}},
+                       pruner={"type": "none"}, ray={"cpus_per_trial": 1})
+    try:
+        result = sweeps.run_sweep(path, engine="ray", **QUIET)
+    except RunError as e:
+        if "Ray could not start" in str(e):
+            pytest.skip(f"Ray cannot start on this machine: {e}")
+        raise
+    table = result.table
+    assert len(table) == 2 and (table["status"] == "finished").all(), table.to_string()
+    assert table["objective"].notna().all() and result.best["run_id"] in set(table["run_id"])
+    reg = runs.registry()
+    for run_id in table["run_id"]:
+        assert reg.loc[run_id, "status"] == "finished" and reg.loc[run_id, "params"].startswith("ray-t")
+        summary = json.loads((paths.runs_dir() / run_id / "summary.json").read_text())
+        assert summary["sweep"]["value"] == pytest.approx(table.set_index("run_id").loc[run_id, "objective"])
+    assert (result.folder / "plots" / "history.png").is_file() and (result.folder / "ray").is_dir()
