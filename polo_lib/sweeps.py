@@ -774,34 +774,57 @@ def _env_for_workers() -> dict[str, str]:
     return env
 
 
-def _ray_trainable(config: dict[str, Any], sweep_body: dict[str, Any], sweep_id: str):
-    """One Ray Tune trial, in a Ray worker: Unsloth first, then the same run_trial as optuna."""
+def _ray_trainable(config: dict[str, Any], sweep_body: dict[str, Any], sweep_id: str, folder: str):
+    """One Ray Tune trial, in a Ray worker: Unsloth first, then the same run_trial as optuna.
+
+    The trial's outcome goes to <sweep folder>/ray_trials/<number>.json at every evaluation and at
+    the end: a trial that ASHA stops is ended by Ray mid-training, and its last file says so.
+    """
     from .model import import_unsloth
 
     import_unsloth()
     from ray import tune
 
     sweep = validate(sweep_body, origin="sweep.yaml")
-    trial_id = tune.get_context().get_trial_id()
-    number = int(trial_id.rsplit("_", 1)[-1])
+    number = _ray_trial_number(tune.get_context())
+    record = Path(folder) / "ray_trials" / f"{number}.json"
+    sign = 1.0 if sweep.direction == "minimize" else -1.0
+    values = {k: config[k] for k in sweep.spec.space}
+    evaluations: list[tuple[int, float]] = []
 
-    def report(run, step, eval_loss):  # ASHA decides; a stopped trial's worker is ended by Ray
-        tune.report({"eval_loss": eval_loss, "objective": None, "step": step, "run_id": run.id, "status": "running"})
+    def save(outcome: TrialOutcome) -> None:
+        from .atomic import atomic_write_json
+        atomic_write_json(record, {"number": number, "params": values, **outcome.__dict__})
+
+    def report(run, step, eval_loss):  # ASHA decides: a stopped trial's worker is ended by Ray
+        evaluations.append((step, eval_loss))
+        save(TrialOutcome(status="running", run_id=run.id, evaluations=evaluations))
+        # objective: the searcher records intermediate values in the study's direction
+        tune.report({"eval_loss": eval_loss, "objective": sign * eval_loss, "step": step})
         return False
 
-    values = {k: config[k] for k in sweep.spec.space}
     try:
         cfg = trial_params(sweep, values, number)
     except ParamsError as e:
         outcome = TrialOutcome(status="failed", error=f"ParamsError: {' '.join(str(e).split())}"[:500])
     else:
         outcome = run_trial(sweep, cfg, sweep_id, number, report, prepare=False)
-    last = outcome.evaluations[-1][1] if outcome.evaluations else None
-    tune.report({"eval_loss": last, "objective": outcome.value, "run_id": outcome.run_id, "status": outcome.status,
-                 "error": outcome.error, "seconds": outcome.seconds, "step": outcome.evaluations[-1][0]
-                 if outcome.evaluations else 0})
-    if outcome.status == "failed":
-        raise TrialFailed(outcome.error)
+    save(outcome)
+    if outcome.status != "finished":
+        raise TrialFailed(f"trial {number}: {outcome.error}")
+    tune.report({"eval_loss": outcome.evaluations[-1][1] if outcome.evaluations else float("nan"),
+                 "objective": outcome.value, "step": outcome.evaluations[-1][0] if outcome.evaluations else 0})
+
+
+def _ray_trial_number(context) -> int:
+    """0-based creation order of a Ray trial: Tune names its folder <trainable>_<id>_<counter>_<config>."""
+    import re
+
+    trial_id, name = context.get_trial_id(), Path(context.get_trial_dir()).name
+    found = re.search(rf"_{re.escape(trial_id)}_(\d+)", name)
+    if not found:
+        raise RunError(f"cannot read the trial number from Ray's trial folder name {name!r}")
+    return int(found.group(1)) - 1
 
 
 def ray_resources(spec: SweepFile) -> dict[str, float]:
@@ -843,7 +866,7 @@ def run_ray(sweep: Sweep, sweep_id: str, folder: Path, address: str | None, log)
                               grace_period=spec.ray.grace_period, reduction_factor=spec.ray.reduction_factor,
                               max_t=10 ** 6) if spec.pruner.type != "none" else None
     trainable = tune.with_resources(
-        tune.with_parameters(_ray_trainable, sweep_body={**spec.to_dict()}, sweep_id=sweep_id), ray_resources(spec))
+        tune.with_parameters(_ray_trainable, sweep_body=spec.to_dict(), sweep_id=sweep_id, folder=str(folder)), ray_resources(spec))
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=spec.n_trials,
@@ -857,8 +880,15 @@ def run_ray(sweep: Sweep, sweep_id: str, folder: Path, address: str | None, log)
             ray.shutdown()
     study = _study(sweep, sweep_id, folder, resume=False)
     dists = distributions(spec.space)
-    for result in sorted(grid, key=lambda r: str((r.metrics or {}).get("trial_id", ""))):
-        _add_ray_trial(study, result, dists, sweep)
+    records = {int(p.stem): json.loads(p.read_text(encoding="utf-8")) for p in (folder / "ray_trials").glob("*.json")}
+    for result in grid:  # a trial that died before its first record (e.g. the worker crashed)
+        if result.error is not None and not any(r.get("params") == {k: (result.config or {}).get(k) for k in spec.space}
+                                                for r in records.values()):
+            n = max(records, default=-1) + 1
+            records[n] = {"number": n, "status": "failed", "params": {k: (result.config or {}).get(k) for k in spec.space},
+                          "error": f"{type(result.error).__name__}: {result.error}"[:500]}
+    for n in sorted(records):
+        _add_ray_trial(study, records[n], dists, sweep)
     return study
 
 
@@ -867,39 +897,29 @@ def _define_space(trial, space):
     return None
 
 
-def _add_ray_trial(study, result, dists, sweep: Sweep) -> None:
-    """Record one Ray result in study.db as an Optuna trial (state, value, intermediate values)."""
+def _add_ray_trial(study, record: dict[str, Any], dists, sweep: Sweep) -> None:
+    """Record one Ray trial (its ray_trials/<n>.json) in study.db as an Optuna trial."""
     import optuna
     from optuna.trial import TrialState
 
-    metrics = result.metrics or {}
-    history = result.metrics_dataframe if result.metrics_dataframe is not None else pd.DataFrame()
-    config = result.config or {}
-    params = {k: config[k] for k in dists if k in config}
-    status = metrics.get("status")
-    run_id = metrics.get("run_id")
-    if status in (None, "running") and run_id:  # ASHA stopped it between two evaluations
+    status, run_id = record.get("status"), record.get("run_id")
+    if status == "running":  # ASHA stopped it: Ray ended the worker between two evaluations
         status = "pruned"
-        if (paths.runs_dir() / run_id).is_dir():
+        if run_id and (paths.runs_dir() / run_id / "params.yaml").is_file():
             run = runs.get_run(run_id)
-            run.update_manifest(status="pruned")
-            run.update_summary(sweep={"status": "pruned", "by": "ASHA"})
-    elif status is None:
-        status = "failed"
+            step = record["evaluations"][-1][0] if record.get("evaluations") else None
+            run.update_manifest(status="pruned", pruned_at_step=step, pruned_by="ASHA")
+            run.update_summary(sweep={"sweep_id": study.study_name, "trial": record["number"], "status": "pruned",
+                                      "pruned_at_step": step, "by": "ASHA"})
     state = {"finished": TrialState.COMPLETE, "pruned": TrialState.PRUNED}.get(status, TrialState.FAIL)
     sign = 1.0 if sweep.direction == "minimize" else -1.0
-    intermediate = {}
-    if "eval_loss" in history and "step" in history:
-        for _, row in history[history["status"] == "running"].iterrows() if "status" in history else []:
-            if pd.notna(row["eval_loss"]):
-                intermediate[int(row["step"])] = sign * float(row["eval_loss"])
-    error = metrics.get("error") or (f"{type(result.error).__name__}: {result.error}"[:500] if result.error else None)
+    params = {k: v for k, v in (record.get("params") or {}).items() if k in dists}
     trial = optuna.trial.create_trial(
         params=params, distributions={k: dists[k] for k in params}, state=state,
-        value=metrics.get("objective") if state == TrialState.COMPLETE else None,
-        intermediate_values=intermediate,
-        user_attrs={"run_id": run_id, "seconds": metrics.get("seconds") or metrics.get("time_total_s"),
-                    "error": error if state == TrialState.FAIL else None, "engine": "ray"})
+        value=record.get("value") if state == TrialState.COMPLETE else None,
+        intermediate_values={int(step): sign * float(loss) for step, loss in record.get("evaluations") or []},
+        user_attrs={"run_id": run_id, "seconds": record.get("seconds"), "engine": "ray",
+                    "error": record.get("error") if state == TrialState.FAIL else None})
     study.add_trial(trial)
 
 
