@@ -501,6 +501,10 @@ def new_sweep_id(spec: SweepFile) -> str:
 
 
 def get_sweep(sweep_id: str) -> tuple[Sweep, Path]:
+    """A sweep's validated file and folder, from its resolved sweep.yaml."""
+    from .errors import show_briefly_in_notebooks
+
+    show_briefly_in_notebooks()
     folder = sweeps_dir() / sweep_id
     if not (folder / "sweep.yaml").is_file():
         known = sorted(p.name for p in sweeps_dir().glob("*") if p.is_dir())[-5:] if sweeps_dir().exists() else []
@@ -543,30 +547,53 @@ def best_trial(study) -> dict[str, Any] | None:
     return {"trial": best.number, "run_id": best.user_attrs.get("run_id"), "value": best.value, "params": best.params}
 
 
-def save_plots(study, folder: Path) -> dict[str, str]:
-    """Optuna's history and importance plots (matplotlib) as PNG; a plot that cannot be drawn
-    (importance needs 2 finished trials with different params) is named with the reason."""
+def _figure(draw, study):
     import warnings
 
     import matplotlib.pyplot as plt
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "experimental" warnings of optuna's matplotlib backend
+        ax = draw(study)
+    fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
+    fig.set_size_inches(7, 4)
+    fig.tight_layout()
+    plt.close(fig)  # the notebook shows the returned figure once
+    return fig
+
+
+def history_figure(study):
+    """Objective per trial and the best so far (optuna.visualization.matplotlib)."""
     import optuna.visualization.matplotlib as ovm
 
+    return _figure(ovm.plot_optimization_history, study)
+
+
+def importance_figure(study):
+    """How much of the objective each param explains (Optuna's default evaluator, PED-ANOVA);
+    needs 2 finished trials whose params differ."""
+    import optuna.visualization.matplotlib as ovm
+
+    return _figure(ovm.plot_param_importances, study)
+
+
+def save_plots(study, folder: Path) -> dict[str, str]:
+    """plots/history.png and plots/importance.png; a plot that cannot be drawn is named with
+    the reason instead (importance with fewer than 2 finished trials)."""
     from . import plots
 
     made = {}
-    for name, draw in (("history", ovm.plot_optimization_history), ("importance", ovm.plot_param_importances)):
+    for name, draw in (("history", history_figure), ("importance", importance_figure)):
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # "experimental" warnings of optuna's matplotlib backend
-                ax = draw(study)
-            fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
-            fig.set_size_inches(7, 4)
-            fig.tight_layout()
-            made[name] = str(plots.save(fig, folder / "plots" / f"{name}.png"))
-            plt.close(fig)
+            made[name] = str(plots.save(draw(study), folder / "plots" / f"{name}.png"))
         except (ValueError, RuntimeError, ZeroDivisionError) as e:
             made[name] = f"not drawn: {e}"
     return made
+
+
+def trial_runs(table: pd.DataFrame) -> list[runs.Run]:
+    """The run folders of a results table's trials (a trial that failed before its folder has none)."""
+    return [runs.get_run(r) for r in table["run_id"] if isinstance(r, str) and (paths.runs_dir() / r).is_dir()]
 
 
 def write_results(study, sweep: Sweep, folder: Path, engine: str, wall_seconds: float | None = None) -> pd.DataFrame:

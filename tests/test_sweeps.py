@@ -3,6 +3,7 @@ tiny model; a failing trial is a row, not the end; an interrupted sweep resumes;
 a bad trial; Ray Tune runs the same trials on a local instance."""
 import json
 
+import papermill as pm
 import pytest
 import yaml
 
@@ -98,6 +99,12 @@ def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(tmp_path, tiny_model_
     assert "3 finished" in report and "1 failed" in report and table.loc[best, "run_id"] in report
     saved = runs.get_run(table.loc[best, "run_id"]).params()
     assert saved.model.max_seq_length == best and saved.training.max_steps == 2   # the trial's params, resolved
+    # the notebook shows the same table and best trial, headless
+    out_nb = tmp_path / "sweep_results.ipynb"
+    pm.execute_notebook(str(paths.NOTEBOOKS_DIR / "sweep_results.ipynb"), str(out_nb), kernel_name="python3",
+                        parameters={"sweep_id": folder.name}, cwd=str(paths.NOTEBOOKS_DIR), progress_bar=False)
+    shown = out_nb.read_text(encoding="utf-8")
+    assert table.loc[best, "run_id"] in shown and "exceed max_seq_length=256" in shown
 
 
 @pytest.mark.slow
