@@ -115,6 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_sweep.add_argument("--engine", default="optuna", choices=["optuna", "ray"],
                          help="optuna: trials in this process; ray: Ray Tune, one trial per GPU or per N CPUs")
     p_sweep.add_argument("--address", default=None, help="ray: an existing cluster (e.g. auto or HOST:6379)")
+    p_sweep.add_argument("--n-trials", type=int, default=None, help="replace the file's n_trials (e.g. a quick try)")
     args = parser.parse_args(argv)
     try:
         if args.command == "run":
@@ -143,7 +144,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             if args.address and args.engine != "ray":
                 raise PoloError("--address is for --engine ray")
-            result = run_sweep(args.file, resume=args.resume, engine=args.engine, address=args.address)
+            result = run_sweep(args.file, resume=args.resume, engine=args.engine, address=args.address,
+                               n_trials=args.n_trials)
             import pandas as pd
 
             with pd.option_context("display.width", 200, "display.max_columns", 20, "display.max_colwidth", 60):

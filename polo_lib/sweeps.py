@@ -36,7 +36,7 @@ import math
 import os
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Any, Callable, Literal, Union
@@ -531,7 +531,8 @@ def results_table(study) -> pd.DataFrame:
                      "last_eval_loss": t.intermediate_values[max(t.intermediate_values)]
                      if t.intermediate_values else None,
                      "seconds": t.user_attrs.get("seconds"),
-                     "started": t.datetime_start.isoformat(timespec="seconds") if t.datetime_start else None,
+                     "started": t.user_attrs.get("started") or (  # ray trials: recorded by the worker
+                         t.datetime_start.isoformat(timespec="seconds") if t.datetime_start else None),
                      "error": t.user_attrs.get("error")})
     return pd.DataFrame(rows, columns=None if rows else ["trial", "run_id", "status", "objective", "seconds"])
 
@@ -691,10 +692,12 @@ def counted_trials(study) -> int:
 
 
 def run_sweep(sweep_file: str | Path | None = None, resume: str | None = None, engine: str = "optuna",
-              address: str | None = None, callbacks: list | None = None, log=print) -> SweepResult:
+              address: str | None = None, callbacks: list | None = None, n_trials: int | None = None,
+              log=print) -> SweepResult:
     """Validate the sweep file (or reopen sweep `resume`), then run the trials still to run.
 
-    `callbacks` are Optuna study callbacks (optuna engine), called after each trial.
+    `n_trials` replaces the file's (recorded in the sweep folder's sweep.yaml); `callbacks` are
+    Optuna study callbacks (optuna engine), called after each trial.
     """
     if engine not in ENGINES:
         raise ParamsError(f"engine '{engine}': use one of {', '.join(ENGINES)}")
@@ -703,10 +706,16 @@ def run_sweep(sweep_file: str | Path | None = None, resume: str | None = None, e
     if resume:
         sweep, folder = get_sweep(resume)
         sweep_id = resume
+        if n_trials is not None:
+            raise ParamsError("--n-trials applies to a new sweep; a resumed sweep keeps its own")
         if engine != "optuna":
             raise ParamsError("--resume runs with the optuna engine; a Ray sweep is started again instead")
     else:
         sweep = load(sweep_file)
+        if n_trials is not None:
+            if n_trials < 1:
+                raise ParamsError(f"--n-trials {n_trials}: give at least 1")
+            sweep = replace(sweep, spec=sweep.spec.model_copy(update={"n_trials": n_trials}))
         if engine == "ray" and sweep.data_varies:
             raise ParamsError(f"{sweep.spec.source}: the space changes the processed data "
                               f"({', '.join(d for d in sweep.dotted.values() if d.startswith(('data.', 'model.')))}); "
@@ -818,10 +827,11 @@ def _ray_trainable(config: dict[str, Any], sweep_body: dict[str, Any], sweep_id:
     sign = 1.0 if sweep.direction == "minimize" else -1.0
     values = {k: config[k] for k in sweep.spec.space}
     evaluations: list[tuple[int, float]] = []
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
 
     def save(outcome: TrialOutcome) -> None:
         from .atomic import atomic_write_json
-        atomic_write_json(record, {"number": number, "params": values, **outcome.__dict__})
+        atomic_write_json(record, {"number": number, "params": values, "started": started, **outcome.__dict__})
 
     def report(run, step, eval_loss):  # ASHA decides: a stopped trial's worker is ended by Ray
         evaluations.append((step, eval_loss))
@@ -945,7 +955,7 @@ def _add_ray_trial(study, record: dict[str, Any], dists, sweep: Sweep) -> None:
         params=params, distributions={k: dists[k] for k in params}, state=state,
         value=record.get("value") if state == TrialState.COMPLETE else None,
         intermediate_values={int(step): sign * float(loss) for step, loss in record.get("evaluations") or []},
-        user_attrs={"run_id": run_id, "seconds": record.get("seconds"), "engine": "ray",
+        user_attrs={"run_id": run_id, "seconds": record.get("seconds"), "engine": "ray", "started": record.get("started"),
                     "error": record.get("error") if state == TrialState.FAIL else None})
     study.add_trial(trial)
 
