@@ -702,7 +702,7 @@ def run_sweep(sweep_file: str | Path | None = None, resume: str | None = None, e
     if engine not in ENGINES:
         raise ParamsError(f"engine '{engine}': use one of {', '.join(ENGINES)}")
     if (sweep_file is None) == (resume is None):
-        raise ParamsError("give a sweep file, or --resume SWEEP_ID to continue a sweep, not both")
+        raise ParamsError("give exactly one of: a sweep file (polo sweep cpu_lr), or --resume SWEEP_ID to continue a sweep")
     if resume:
         sweep, folder = get_sweep(resume)
         sweep_id = resume
