@@ -163,7 +163,7 @@ def run_tokenizer(run):
     return AutoTokenizer.from_pretrained(str(run.adapter))
 
 
-def check_generates(model, tokenizer, max_new_tokens: int = 24) -> dict[str, Any]:
+def check_generates(model, tokenizer, max_new_tokens: int = 8) -> dict[str, Any]:
     """Greedy answer to the Easy prompt from a reloaded export; an empty answer fails the export."""
     import torch
 

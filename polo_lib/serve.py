@@ -33,7 +33,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from . import evaluate, export
+from . import evaluate, export, prompts
 from .errors import ModelError, PoloError
 
 log = logging.getLogger(__name__)
@@ -332,3 +332,54 @@ def serve(run_id: str, host: str = "127.0.0.1", port: int = 8000, merged: bool =
         uvicorn.run(create_app(backend), host=host, port=port, log_level="info")
     finally:
         backend.close()
+
+
+# ---------------------------------------------------------------- measuring a running server
+
+def load_test(base_url: str, concurrency: int, rounds: int = 2, max_tokens: int = 64,
+              raw_file: str = "data/raw/yolo_v1.json") -> dict[str, Any]:
+    """Latency and tokens/s of a running server with `concurrency` clients sending Easy prompts.
+
+    Each round sends `concurrency` requests at once (YOLO paragraphs, greedy, max_tokens) and
+    waits for all; a first request warms the server up and is not counted.
+    """
+    import concurrent.futures as cf
+    import statistics
+
+    import httpx
+
+    from .data import group_paragraphs, load_raw
+
+    paragraphs = [p.original for p in group_paragraphs(load_raw(raw_file))]
+    url = base_url.rstrip("/") + "/v1/chat/completions"
+
+    def ask(i: int) -> tuple[float, int]:
+        body = {"messages": prompts.build_messages(paragraphs[i % len(paragraphs)]), "max_tokens": max_tokens}
+        start = time.perf_counter()
+        r = httpx.post(url, json=body, timeout=600)
+        r.raise_for_status()
+        return time.perf_counter() - start, r.json()["usage"]["completion_tokens"]
+
+    ask(0)
+    latencies, tokens, wall = [], 0, 0.0
+    with cf.ThreadPoolExecutor(concurrency) as pool:
+        for r in range(rounds):
+            start = time.perf_counter()
+            results = list(pool.map(ask, range(r * concurrency, (r + 1) * concurrency)))
+            wall += time.perf_counter() - start
+            latencies += [s for s, _ in results]
+            tokens += sum(n for _, n in results)
+    return {"concurrency": concurrency, "requests": len(latencies), "max_tokens": max_tokens,
+            "latency_s_median": round(statistics.median(latencies), 2), "latency_s_max": round(max(latencies), 2),
+            "completion_tokens": tokens, "tokens_per_s": round(tokens / wall, 1),
+            "tokens_per_s_per_request": round(tokens / sum(latencies), 1)}
+
+
+if __name__ == "__main__":  # python -m polo_lib.serve load-test http://127.0.0.1:8000 1 8
+    import json
+    import sys
+
+    if len(sys.argv) < 4 or sys.argv[1] != "load-test":
+        sys.exit("usage: python -m polo_lib.serve load-test BASE_URL CONCURRENCY [CONCURRENCY ...]")
+    for c in sys.argv[3:]:
+        print(json.dumps(load_test(sys.argv[2], int(c))))

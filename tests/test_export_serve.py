@@ -279,3 +279,54 @@ def test_polo_export_cli_resolves_latest_and_reports_problems(tiny_run, monkeypa
     with pytest.raises(SystemExit):
         cli.main(["export", "latest", "--format", "onnx"])
     assert json.loads((tiny_run.path / "manifest.json").read_text(encoding="utf-8"))["exports"]["adapter"]
+
+
+def test_polo_serve_command_serves_a_run_until_stopped(tiny_run, tmp_path):
+    """The user's command: `polo serve <run>` in its own process answers, then stops on SIGINT."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    port = free_port()
+    env = {**os.environ, "POLO_OUTPUTS": str(tiny_run.path.parent.parent)}
+    polo = Path(sys.executable).parent / "polo"
+    log = (tmp_path / "serve.log").open("w")
+    proc = subprocess.Popen([str(polo), "serve", tiny_run.id, "--port", str(port)], env=env,
+                            stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "polo serve did not come up in 120 s"
+            time.sleep(0.5)
+        r = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", timeout=60,
+                       json={"messages": prompts.build_messages(PARAGRAPH), "max_tokens": 6})
+        assert r.status_code == 200 and r.json()["model"] == f"polo-easy-{tiny_run.id}"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+    assert f"serving run {tiny_run.id}" in (tmp_path / "serve.log").read_text()
+
+
+def test_docker_compose_trains_on_a_gpu_and_serves_the_latest_run():
+    import yaml
+
+    from polo_lib import paths
+
+    compose = yaml.safe_load((paths.PROJ_ROOT / "docker-compose.yml").read_text(encoding="utf-8"))
+    train, serve_ = compose["services"]["train"], compose["services"]["serve"]
+    assert train["command"][:2] == ["polo", "run"] and "default" in train["command"][2]
+    assert train["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+    assert serve_["command"][:2] == ["polo", "serve"] and "latest" in serve_["command"][2]
+    assert serve_["command"][3:5] == ["--host", "0.0.0.0"]
+    assert all("./outputs:/app/outputs" in s["volumes"] for s in (train, serve_))
+    dockerfile = (paths.PROJ_ROOT / "Dockerfile").read_text(encoding="utf-8")
+    assert "FROM nvidia/cuda:" in dockerfile and '.[gpu,serve]' in dockerfile
