@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import json
+import shutil
 import socket
 
 import httpx
@@ -98,6 +99,14 @@ def test_adapter_and_merged_exports_reload_and_keep_the_adapter(tiny_run):
     m, t, b = (last_logits(x, tok, text) for x in (merged_model, tuned.model, base.model))
     assert (m - t).abs().max() < 0.25 * (t - b).abs().max(), ((m - t).abs().max(), (t - b).abs().max())
 
+    # `polo serve --merged` serves that export, prompted by the run's own tokenizer
+    backend = serve.load_backend(tiny_run, merged=True)
+    try:
+        assert backend.render(prompts.build_messages(PARAGRAPH)) == text
+        assert evaluate.generate(backend.lm, [prompts.build_messages(PARAGRAPH)], max_new_tokens=4)[0].new_tokens > 0
+    finally:
+        backend.close()
+
 
 def test_export_refusals_leave_nothing_half_written(tiny_run):
     first = export.export(tiny_run, "adapter", overwrite=True)
@@ -114,6 +123,10 @@ def test_export_refusals_leave_nothing_half_written(tiny_run):
         export.export(tiny_run, "gguf", gguf_types=["f16"])
     assert not export.export_dir(tiny_run, "gguf").exists()
     assert not [p for p in (tiny_run.path / "export").iterdir() if p.name.startswith(".")]
+    adapter_only = runs.open_run(tiny_run.params())
+    shutil.copytree(tiny_run.adapter, adapter_only.adapter, dirs_exist_ok=True)
+    with pytest.raises(ModelError, match="no merged export"):
+        serve.load_backend(adapter_only, merged=True)
     untrained = runs.open_run(tiny_run.params())
     with pytest.raises(RunError, match="has no adapter"):
         export.export(untrained, "merged")
