@@ -120,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_serve.add_argument("--port", type=int, default=8000)
     p_serve.add_argument("--merged", action="store_true", help="serve export/merged instead of base + adapter")
     p_serve.add_argument("--max-batch-size", type=int, default=8, help="requests generated together")
-    p_serve.add_argument("--batch-wait-ms", type=float, default=20, help="how long a batch waits for company")
+    p_serve.add_argument("--batch-wait-ms", type=float, default=50, help="how long a batch waits for company")
     p_serve.add_argument("--max-tokens-limit", type=int, default=1024, help="largest max_tokens a request may ask")
     p_chat = sub.add_parser("chat", help="Gradio app: chat, base vs tuned, explain a paragraph")
     p_chat.add_argument("run_id", help="a run id, or 'latest'")

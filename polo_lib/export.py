@@ -315,7 +315,7 @@ def _build_gguf(run, out: Path, gguf_types: Sequence[str]) -> dict[str, Any]:
         merge_into(run, scratch)
         checks = {}
         tokenizer = run_tokenizer(run)
-        for outtype in tqdm_types(gguf_types):
+        for outtype in _progress(gguf_types):
             path = convert_to_gguf(scratch, out / f"{run.id}-{outtype}.gguf", outtype)
             meta = gguf_metadata(path)
             _same_template(run, meta["chat_template"], meta["eos_token_id"], path.name)
@@ -329,7 +329,7 @@ def _build_gguf(run, out: Path, gguf_types: Sequence[str]) -> dict[str, Any]:
     return checks
 
 
-def tqdm_types(types: Sequence[str]):
+def _progress(types: Sequence[str]):
     from tqdm.auto import tqdm
 
     return tqdm(types, desc="GGUF", unit="file")

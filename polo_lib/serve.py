@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_TOKENS = 256       # OpenAI leaves it to the server; ~128 Hangul syllables on SmolLM2
 MAX_TOKENS_LIMIT = 1024        # per request; the prompt + answer must also fit max_seq_length
 MAX_BATCH_SIZE = 8             # rows generated together; 8 x 1024 tokens of KV cache is small on CPU
-BATCH_WAIT_MS = 20             # how long the first request of a batch waits for company
+BATCH_WAIT_MS = 50             # how long the first request of a batch waits for company
 
 
 # ---------------------------------------------------------------- requests (OpenAI fields)
@@ -336,12 +336,13 @@ def serve(run_id: str, host: str = "127.0.0.1", port: int = 8000, merged: bool =
 
 # ---------------------------------------------------------------- measuring a running server
 
-def load_test(base_url: str, concurrency: int, rounds: int = 2, max_tokens: int = 64,
+def load_test(base_url: str, concurrency: int, requests: int = 8, max_tokens: int = 64,
               raw_file: str = "data/raw/yolo_v1.json") -> dict[str, Any]:
     """Latency and tokens/s of a running server with `concurrency` clients sending Easy prompts.
 
-    Each round sends `concurrency` requests at once (YOLO paragraphs, greedy, max_tokens) and
-    waits for all; a first request warms the server up and is not counted.
+    The same `requests` chats (the first YOLO paragraphs, greedy, `max_tokens` each) at every
+    concurrency, sent in waves of `concurrency` at once, so the levels compare like for like.
+    One request first warms the server up and is not counted.
     """
     import concurrent.futures as cf
     import statistics
@@ -350,29 +351,29 @@ def load_test(base_url: str, concurrency: int, rounds: int = 2, max_tokens: int 
 
     from .data import group_paragraphs, load_raw
 
-    paragraphs = [p.original for p in group_paragraphs(load_raw(raw_file))]
+    paragraphs = [p.original for p in group_paragraphs(load_raw(raw_file))][:requests]
     url = base_url.rstrip("/") + "/v1/chat/completions"
 
-    def ask(i: int) -> tuple[float, int]:
-        body = {"messages": prompts.build_messages(paragraphs[i % len(paragraphs)]), "max_tokens": max_tokens}
+    def ask(text: str) -> tuple[float, int, int]:
+        body = {"messages": prompts.build_messages(text), "max_tokens": max_tokens}
         start = time.perf_counter()
-        r = httpx.post(url, json=body, timeout=600)
+        r = httpx.post(url, json=body, timeout=900)
         r.raise_for_status()
-        return time.perf_counter() - start, r.json()["usage"]["completion_tokens"]
+        usage = r.json()["usage"]
+        return time.perf_counter() - start, usage["completion_tokens"], usage["prompt_tokens"]
 
-    ask(0)
-    latencies, tokens, wall = [], 0, 0.0
+    ask(paragraphs[0])
+    results, start = [], time.perf_counter()
     with cf.ThreadPoolExecutor(concurrency) as pool:
-        for r in range(rounds):
-            start = time.perf_counter()
-            results = list(pool.map(ask, range(r * concurrency, (r + 1) * concurrency)))
-            wall += time.perf_counter() - start
-            latencies += [s for s, _ in results]
-            tokens += sum(n for _, n in results)
-    return {"concurrency": concurrency, "requests": len(latencies), "max_tokens": max_tokens,
+        for i in range(0, len(paragraphs), concurrency):
+            results += list(pool.map(ask, paragraphs[i:i + concurrency]))
+    wall = time.perf_counter() - start
+    latencies = [r[0] for r in results]
+    tokens = sum(r[1] for r in results)
+    return {"concurrency": concurrency, "requests": len(results), "max_tokens": max_tokens,
+            "prompt_tokens_mean": round(statistics.mean(r[2] for r in results)),
             "latency_s_median": round(statistics.median(latencies), 2), "latency_s_max": round(max(latencies), 2),
-            "completion_tokens": tokens, "tokens_per_s": round(tokens / wall, 1),
-            "tokens_per_s_per_request": round(tokens / sum(latencies), 1)}
+            "completion_tokens": tokens, "wall_s": round(wall, 1), "tokens_per_s": round(tokens / wall, 1)}
 
 
 if __name__ == "__main__":  # python -m polo_lib.serve load-test http://127.0.0.1:8000 1 8
