@@ -302,7 +302,9 @@ def _build_merged(run, out: Path, _types) -> dict[str, Any]:
     model = AutoModelForCausalLM.from_pretrained(str(out), dtype="float32")
     tokenizer = AutoTokenizer.from_pretrained(str(out))
     _same_template(run, tokenizer.chat_template, tokenizer.eos_token_id, "merged model")
-    return {"reloaded": "AutoModelForCausalLM (float32)", "dtype_on_disk": str(model.config.dtype),
+    on_disk = json.loads((out / "config.json").read_text(encoding="utf-8"))
+    return {"reloaded": "AutoModelForCausalLM (float32)",
+            "dtype_on_disk": on_disk.get("dtype") or on_disk.get("torch_dtype"),
             **check_generates(model, tokenizer)}
 
 
