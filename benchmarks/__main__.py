@@ -1,7 +1,15 @@
-"""`make bench` / `python -m benchmarks [generation] [--params cpu] [--repeats 3]`.
+"""`make bench` / `python -m benchmarks [training] [generation] [overhead] [whole-job] [options]`.
 
-generation: the same prompts through polo_lib.evaluate.generate, batched vs one at a time,
-alternated, median tokens/s over repeats. Writes benchmarks/results/<date>-<host>.json and .md.
+training    the same model, data, batches, steps and seed through (a) polo_lib's training path,
+            (b) a bare Unsloth + TRL script and (c) transformers + PEFT with transformers.Trainer
+            (benchmarks/training/), each run in its own process, the order rotated every repeat;
+            tokens/s after warm-up, peak memory, per-step losses (which must agree).
+generation  the same prompts through polo_lib.evaluate.generate, batched vs one at a time.
+overhead    `polo run` (preflight + papermill) vs the same library calls in a plain process.
+whole-job   `make setup`, `make demo`, `make test` on a fresh clone of HEAD (~20 min on 2 cores).
+
+Medians over --repeats; results merge into benchmarks/results/<date>-<host>.json and .md.
+GPU: benchmarks/gpu_check.sh runs training + generation with the 3B recipe.
 """
 from __future__ import annotations
 
@@ -28,12 +36,19 @@ def machine() -> dict:
             "threads": device.get("threads"), "python": platform.python_version(), "versions": runs.package_versions()}
 
 
-def bench_generation(params_file: str, repeats: int, examples: int, max_new_tokens: int, batch_size: int) -> dict:
+def bench_generation(params_file: str, repeats: int, examples: int, max_new_tokens: int, batch_size: int,
+                     overrides: dict | None = None) -> dict:
     """Batched (left padding) vs unbatched greedy generation on the same prompts."""
-    from polo_lib import data, evaluate, params
+    from polo_lib import data, evaluate, model, params
+    from polo_lib.errors import PoloError
 
-    cfg = params.load(params_file)
-    dataset = data.load_processed(cfg.data)
+    cfg = params.load(params_file, overrides=overrides)
+    try:
+        dataset = data.load_processed(cfg.data)
+    except PoloError:  # not prepared yet (e.g. the GPU check on a fresh machine)
+        tokenizer = model.load_tokenizer(cfg.model)
+        data.save(data.prepare(cfg.data, tokenizer, cfg.model.max_seq_length), cfg.data)
+        dataset = data.load_processed(cfg.data)
     split = dataset["test"].select(range(min(examples, len(dataset["test"]))))
     chats = evaluate.chats_of(split)
     lm = evaluate.load_base(cfg)
@@ -50,6 +65,122 @@ def bench_generation(params_file: str, repeats: int, examples: int, max_new_toke
             "max_new_tokens": max_new_tokens, "batch_size": batch_size, "repeats": repeats,
             "tokens_per_s": medians, "all_runs": rates,
             "ratio_batched_over_single": round(medians["batched"] / medians["one_at_a_time"], 2)}
+
+
+TRAINING_DIR = Path(__file__).resolve().parent / "training"
+TRAINING_PATHS = {"polo": "polo.py", "unsloth_trl": "unsloth_trl.py", "peft_trainer": "peft_trainer.py"}
+
+
+def training_settings(cfg, params_file: str, overrides: dict, work: Path, warmup: int) -> dict:
+    """One settings dict for the three paths, from the params (so (b) and (c) copy the recipe
+    field for field); the train split is written as chat JSONL in the order polo_lib prepared it."""
+    from polo_lib import data, local_models, model, train
+
+    tokenizer = model.load_tokenizer(cfg.model)
+    data.save(data.prepare(cfg.data, tokenizer, cfg.model.max_seq_length), cfg.data)
+    train_file = work / "train.jsonl"
+    with open(train_file, "w", encoding="utf-8") as f:
+        for messages in data.load_processed(cfg.data)["train"]["messages"]:
+            f.write(json.dumps({"messages": messages}, ensure_ascii=False) + "\n")
+    markers = train.derive_markers(tokenizer)
+    device = model.device_info()
+    on_gpu = device["device"] == "cuda"
+    t, lora = cfg.training, cfg.lora
+    return {
+        "params_file": params_file, "polo_overrides": overrides,
+        "model_path": local_models.resolve(cfg.model.model_name), "train_file": str(train_file),
+        "output_dir": str(work / "trainer"), "max_seq_length": cfg.model.max_seq_length,
+        "load_in_4bit": cfg.model.load_in_4bit, "lora_r": lora.r, "lora_alpha": lora.lora_alpha,
+        "lora_dropout": lora.lora_dropout, "target_modules": list(lora.target_modules),
+        "gradient_checkpointing": {"unsloth": "unsloth" if on_gpu else True, "true": True,
+                                   "false": False}[lora.use_gradient_checkpointing],
+        "batch_size": t.per_device_train_batch_size, "accumulation": t.gradient_accumulation_steps,
+        "learning_rate": t.learning_rate, "warmup_ratio": t.warmup_steps, "scheduler": t.lr_scheduler_type,
+        "weight_decay": t.weight_decay, "max_grad_norm": t.max_grad_norm,
+        "optim": model.resolve_optim(t.optim, device), "seed": t.seed,
+        "max_steps": t.max_steps, "warmup_steps": warmup,
+        "instruction_part": markers.instruction, "response_part": markers.response,
+    }
+
+
+def loss_agreement(reference: list[float], other: list[float]) -> float:
+    """Largest relative difference of the per-step training losses (0.01 = 1%)."""
+    return max(abs(a - b) / abs(a) for a, b in zip(reference, other))
+
+
+def bench_training(params_file: str, overrides: dict, repeats: int, warmup: int, steps: int,
+                   tolerance: float, paths: list[str], log=print) -> dict:
+    """(a) polo_lib vs (b) bare Unsloth + TRL vs (c) transformers + PEFT, same model, data, order,
+    lengths, batch, steps and seed; each run a fresh process, the order rotated every repeat."""
+    import subprocess
+    import tempfile
+
+    from polo_lib import params, paths as polo_paths
+
+    total = warmup + steps
+    overrides = {**overrides, "training.max_steps": total, "training.eval_steps": total,
+                 "training.save_steps": total, "training.early_stopping_patience": 0}
+    cfg = params.load(params_file, overrides=overrides)
+    runs: dict[str, list[dict]] = {p: [] for p in paths}
+    with tempfile.TemporaryDirectory(prefix="polo-bench-") as tmp:
+        work = Path(tmp)
+        env = {**os.environ, "POLO_OUTPUTS": f"{tmp}/outputs", "POLO_PROCESSED_DIR": f"{tmp}/processed",
+               # the same compiled-kernel cache for every path (and no unsloth_compiled_cache/ in the tree)
+               "UNSLOTH_COMPILE_LOCATION": str(polo_paths.unsloth_compile_dir())}
+        saved = {k: os.environ.get(k) for k in ("POLO_OUTPUTS", "POLO_PROCESSED_DIR")}
+        os.environ.update({k: env[k] for k in saved})  # prepare the data into the scratch folder
+        try:
+            settings = training_settings(cfg, params_file, overrides, work, warmup)
+        finally:
+            for k, v in saved.items():
+                os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+        (work / "settings.json").write_text(json.dumps(settings, indent=2), encoding="utf-8")
+        for r in range(repeats):
+            order = paths[r % len(paths):] + paths[: r % len(paths)]  # alternated: abc, bca, cab
+            for name in order:
+                out = work / f"{name}-{r}.json"
+                cmd = [sys.executable, str(TRAINING_DIR / TRAINING_PATHS[name]), str(work / "settings.json"), str(out)]
+                log(f"[training] repeat {r + 1}/{repeats}: {name} ...")
+                done = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True)
+                if done.returncode != 0:
+                    raise RuntimeError(f"training path {name} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+                runs[name].append(json.loads(out.read_text(encoding="utf-8")))
+                log(f"[training]   {runs[name][-1]['tokens_per_s']} tokens/s, "
+                    f"peak RSS {runs[name][-1]['peak_rss_mib']} MiB, losses {runs[name][-1]['losses']}")
+    medians = {}
+    for name, results in runs.items():
+        med = {"tokens_per_s": statistics.median(x["tokens_per_s"] for x in results),
+               "peak_rss_mib": statistics.median(x["peak_rss_mib"] for x in results),
+               "load_seconds": statistics.median(x["load_seconds"] for x in results),
+               "final_loss": results[0]["losses"][-1], "trainable_params": results[0]["trainable_params"]}
+        if "cuda_max_allocated_mib" in results[0]:
+            med["cuda_max_allocated_mib"] = statistics.median(x["cuda_max_allocated_mib"] for x in results)
+        medians[name] = {k: round(v, 4) if isinstance(v, float) else v for k, v in med.items()}
+    reference = paths[0]
+    ref = runs[reference][0]
+    agreement = {}
+    for name in paths:
+        other = runs[name][0]
+        agreement[name] = {
+            "same_tokens_per_step": other["tokens_per_step"] == ref["tokens_per_step"],
+            "max_relative_loss_difference": round(loss_agreement(ref["losses"], other["losses"]), 5),
+            "repeatable": all(x["losses"] == other["losses"] for x in runs[name]),
+        }
+    agree = all(a["same_tokens_per_step"] and a["max_relative_loss_difference"] <= tolerance
+                for a in agreement.values())
+    memory_key = "cuda_max_allocated_mib" if "cuda_max_allocated_mib" in medians[reference] else "peak_rss_mib"
+    ratios = {}
+    for name in paths[1:]:
+        ratios[f"{reference}/{name}"] = {
+            "tokens_per_s": round(medians[reference]["tokens_per_s"] / medians[name]["tokens_per_s"], 3),
+            memory_key: round(medians[reference][memory_key] / medians[name][memory_key], 3)}
+    return {"params": params_file, "overrides": {k: v for k, v in overrides.items()},
+            "model": cfg.model.model_name, "model_path": settings["model_path"],
+            "batch_size": settings["batch_size"], "accumulation": settings["accumulation"],
+            "warmup_steps": warmup, "measured_steps": steps, "repeats": repeats,
+            "tokens_per_step": ref["tokens_per_step"], "tolerance": tolerance,
+            "losses_agree": agree, "agreement": agreement, "median": medians, "ratios": ratios,
+            "memory_metric": memory_key, "all_runs": runs}
 
 
 DIRECT = """
@@ -97,32 +228,72 @@ def bench_overhead(params_file: str, repeats: int) -> dict:
             "overhead_seconds": round(med["polo_run"] - med["direct"], 2)}
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks")
-    parser.add_argument("which", nargs="*", default=["generation", "overhead"], choices=["generation", "overhead"])
-    parser.add_argument("--params", default="cpu")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--examples", type=int, default=4)
-    parser.add_argument("--max-new-tokens", type=int, default=48)
-    parser.add_argument("--batch-size", type=int, default=4)
-    args = parser.parse_args(argv)
-    from polo_lib.model import import_unsloth
+def bench_whole_job(log=print) -> dict:
+    """`make setup`, `make demo` and `make test` on a fresh clone of HEAD, as a new user runs them.
 
-    import_unsloth()
-    result = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine()}
-    if "generation" in args.which:
-        result["generation"] = bench_generation(args.params, args.repeats, args.examples,
-                                                args.max_new_tokens, args.batch_size)
-    if "overhead" in args.which:
-        result["overhead"] = bench_overhead("smoke", args.repeats)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    stem = f"{datetime.now(timezone.utc):%Y-%m-%d}-{result['machine']['host']}"
-    path = RESULTS / f"{stem}.json"
-    if path.exists():  # the same day and machine: keep the benchmarks not rerun now
-        result = {**json.loads(path.read_text(encoding="utf-8")), **result}
-    path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    lines = [f"# Benchmarks {result['date']}", "", f"Machine: {result['machine']['cpu']}, "
-             f"{result['machine']['device']} ({result['machine']['device_name']}), {result['machine']['threads']} threads", ""]
+    Demo stages (prepare, train, evaluate) come from the demo run's summary.json; install is
+    `make setup` (pip's cache is warm here: a first install also downloads the packages).
+    """
+    import glob
+    import subprocess
+    import tempfile
+
+    root = Path(__file__).resolve().parent.parent
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                            check=True).stdout.strip()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("POLO_", "UNSLOTH_COMPILE", "VIRTUAL_ENV"))}
+    seconds: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="polo-clone-") as tmp:
+        clone = Path(tmp) / "polo"
+        subprocess.run(["git", "clone", "--quiet", str(root), str(clone)], check=True)
+        for step, target in (("install (make setup)", "setup"), ("make demo (after setup)", "demo"),
+                             ("make test (after setup)", "test")):
+            log(f"[whole-job] make {target} ...")
+            start = time.perf_counter()
+            done = subprocess.run(["make", target], cwd=clone, env=env, capture_output=True, text=True)
+            seconds[step] = round(time.perf_counter() - start, 1)
+            if done.returncode != 0:
+                raise RuntimeError(f"make {target} failed on the fresh clone:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+            if target == "demo":
+                summary = json.loads(Path(sorted(glob.glob(f"{clone}/outputs/runs/*/summary.json"))[-1]).read_text())
+                for stage, s in summary["stage_seconds"].items():
+                    seconds[f"  demo stage: {stage}"] = s
+            if target == "test":
+                seconds["  test summary"] = done.stdout.strip().splitlines()[-1]
+    return {"commit": commit, "seconds": seconds}
+
+
+BENCHMARKS = ["training", "generation", "overhead", "whole-job"]
+DEFAULT = ["training", "generation", "overhead"]  # whole-job clones the repo and takes ~20 min
+
+
+def markdown(result: dict) -> str:
+    m = result["machine"]
+    lines = [f"# Benchmarks {result['date']}", "",
+             f"Machine: {m['cpu']}, {m['device']} ({m['device_name']}, {m['memory_total_gib']} GiB), "
+             f"{m['threads']} threads; torch {m['versions'].get('torch')}, unsloth {m['versions'].get('unsloth')}, "
+             f"transformers {m['versions'].get('transformers')}, trl {m['versions'].get('trl')}, "
+             f"peft {m['versions'].get('peft')}", ""]
+    if "training" in result:
+        tr = result["training"]
+        mem = tr["memory_metric"]
+        names = {"polo": "(a) polo_lib", "unsloth_trl": "(b) bare Unsloth + TRL",
+                 "peft_trainer": "(c) transformers + PEFT (Trainer)"}
+        lines += ["## Training: polo_lib vs bare Unsloth + TRL vs transformers + PEFT", "",
+                  f"`{tr['params']}` ({tr['model']}), batch {tr['batch_size']} x {tr['accumulation']}, "
+                  f"{tr['warmup_steps']} warm-up + {tr['measured_steps']} measured steps "
+                  f"({sum(tr['tokens_per_step'][tr['warmup_steps']:])} tokens), each run a fresh process, "
+                  f"order rotated, median of {tr['repeats']}.", "",
+                  f"| path | tokens/s | {mem.replace('_mib', ' (MiB)').replace('_', ' ')} | load s | "
+                  "final loss | max loss diff vs (a) |", "|---|---|---|---|---|---|"]
+        for name, med in tr["median"].items():
+            lines.append(f"| {names.get(name, name)} | {med['tokens_per_s']} | {med[mem]} | {med['load_seconds']} | "
+                         f"{med['final_loss']} | {tr['agreement'][name]['max_relative_loss_difference']:.2%} |")
+        lines += ["", "| ratio | tokens/s | memory |", "|---|---|---|"]
+        for name, r in tr["ratios"].items():
+            lines.append(f"| {name} | {r['tokens_per_s']}x | {r[mem]}x |")
+        lines += ["", f"Losses agree within {tr['tolerance']:.0%} per step and every path saw the same tokens "
+                  f"per step: **{'yes' if tr['losses_agree'] else 'NO: the comparison is void'}**.", ""]
     if "generation" in result:
         g = result["generation"]
         lines += ["## Generation: batched vs one at a time", "",
@@ -140,8 +311,66 @@ def main(argv=None) -> int:
                   f"| polo run (preflight + papermill, one kernel per notebook) | {o['median_seconds']['polo_run']} |",
                   f"| direct library calls | {o['median_seconds']['direct']} |",
                   f"| overhead | {o['overhead_seconds']} |", ""]
-    (RESULTS / f"{stem}.md").write_text("\n".join(lines), encoding="utf-8")
-    print("\n".join(lines))
+    if "whole_job" in result:
+        w = result["whole_job"]
+        lines += ["## Whole job on a fresh clone", "", f"`git clone` of {w['commit'][:10]} into a new folder, "
+                  "pip's download cache warm (a first install also downloads ~1 GB).", "",
+                  "| step | seconds |", "|---|---|"]
+        lines += [f"| {k} | {v} |" for k, v in w["seconds"].items()]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    from polo_lib.cli import parse_sets
+
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("which", nargs="*", default=DEFAULT, choices=BENCHMARKS)
+    parser.add_argument("--params", default="cpu", help="params file for training and generation")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="params override, e.g. --set model.model_name=/models/llama-3.2-3b")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--warmup-steps", type=int, default=1, help="training steps not measured")
+    parser.add_argument("--steps", type=int, default=3, help="training steps measured after warm-up")
+    parser.add_argument("--tolerance", type=float, default=0.02,
+                        help="largest relative per-step loss difference for the training paths to agree")
+    parser.add_argument("--paths", default="polo,unsloth_trl,peft_trainer",
+                        help="training paths, the first is the reference (a)")
+    parser.add_argument("--examples", type=int, default=4)
+    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--out", default=None, help="results file stem (default: <date>-<host>)")
+    args = parser.parse_args(argv)
+    overrides = parse_sets(args.set)
+    paths_ = args.paths.split(",")
+    if unknown := [p for p in paths_ if p not in TRAINING_PATHS]:
+        parser.error(f"unknown training path(s) {unknown}; choose from {', '.join(TRAINING_PATHS)}")
+    if args.warmup_steps < 1 or args.steps < 1 or args.repeats < 1:
+        parser.error("--warmup-steps, --steps and --repeats must be at least 1")
+    from polo_lib.model import import_unsloth
+
+    import_unsloth()
+    result = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine()}
+    if "training" in args.which:
+        result["training"] = bench_training(args.params, overrides, args.repeats, args.warmup_steps,
+                                            args.steps, args.tolerance, paths_)
+    if "generation" in args.which:
+        result["generation"] = bench_generation(args.params, args.repeats, args.examples,
+                                                args.max_new_tokens, args.batch_size, overrides)
+    if "overhead" in args.which:
+        result["overhead"] = bench_overhead("smoke", args.repeats)
+    if "whole-job" in args.which:
+        result["whole_job"] = bench_whole_job()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stem = args.out or f"{datetime.now(timezone.utc):%Y-%m-%d}-{result['machine']['host']}"
+    path = RESULTS / f"{stem}.json"
+    if path.exists():  # the same day and machine: keep the benchmarks not rerun now
+        result = {**json.loads(path.read_text(encoding="utf-8")), **result}
+    path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    text = markdown(result)
+    (RESULTS / f"{stem}.md").write_text(text, encoding="utf-8")
+    print(text)
     return 0
 
 

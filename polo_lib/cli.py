@@ -116,6 +116,26 @@ def main(argv: Sequence[str] | None = None) -> int:
                          help="optuna: trials in this process; ray: Ray Tune, one trial per GPU or per N CPUs")
     p_sweep.add_argument("--address", default=None, help="ray: an existing cluster (e.g. auto or HOST:6379)")
     p_sweep.add_argument("--n-trials", type=int, default=None, help="replace the file's n_trials (e.g. a quick try)")
+    # --- export and serve (issue 10) ---
+    p_export = sub.add_parser("export", help="export a run: its adapter, a merged 16-bit model, or GGUF")
+    p_export.add_argument("run_id", help="a run id, or 'latest' (the newest finished run)")
+    p_export.add_argument("--format", required=True, choices=("adapter", "merged", "gguf"))
+    p_export.add_argument("--gguf-types", default="f16,q8_0", help="comma-separated: f16, bf16, q8_0")
+    p_export.add_argument("--force", action="store_true", help="replace an existing export/<format>/")
+    p_serve = sub.add_parser("serve", help="OpenAI-compatible server (/v1/chat/completions) for a run's model")
+    p_serve.add_argument("run_id", help="a run id, or 'latest'")
+    p_serve.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to listen on every interface (Docker)")
+    p_serve.add_argument("--port", type=int, default=8000)
+    p_serve.add_argument("--merged", action="store_true", help="serve export/merged instead of base + adapter")
+    p_serve.add_argument("--max-batch-size", type=int, default=8, help="requests generated together")
+    p_serve.add_argument("--batch-wait-ms", type=float, default=50, help="how long a batch waits for company")
+    p_serve.add_argument("--max-tokens-limit", type=int, default=1024, help="largest max_tokens a request may ask")
+    p_chat = sub.add_parser("chat", help="Gradio app: chat, base vs tuned, explain a paragraph")
+    p_chat.add_argument("run_id", help="a run id, or 'latest'")
+    p_chat.add_argument("--host", default="127.0.0.1")
+    p_chat.add_argument("--port", type=int, default=7860)
+    p_chat.add_argument("--no-base", action="store_true", help="load only the tuned model (half the memory)")
+    # --- end export and serve ---
     args = parser.parse_args(argv)
     try:
         if args.command == "run":
@@ -156,9 +176,36 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0 if best else 1
         elif args.command == "report":
             print(runs.write_report(runs.get_run(args.run_id)))
+        elif args.command in ("export", "serve", "chat"):
+            return _export_serve_chat(args)
     except PoloError as e:
         print(f"{type(e).__name__}: {e}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _export_serve_chat(args) -> int:
+    """`polo export / serve / chat`: a run id or 'latest'; errors are PoloErrors, raised before loading."""
+    from .model import import_unsloth
+
+    import_unsloth()
+    if args.command == "export":
+        from . import export
+
+        types = [t.strip() for t in args.gguf_types.split(",") if t.strip()]
+        print(export.export(export.resolve_run(args.run_id), args.format, types, overwrite=args.force))
+    elif args.command == "serve":
+        from . import serve
+
+        for name in ("max_batch_size", "max_tokens_limit"):
+            if getattr(args, name) < 1:
+                raise ParamsError(f"--{name.replace('_', '-')} must be at least 1")
+        serve.serve(args.run_id, args.host, args.port, merged=args.merged, max_batch_size=args.max_batch_size,
+                    batch_wait_ms=args.batch_wait_ms, max_tokens_limit=args.max_tokens_limit)
+    else:
+        from . import chat_app
+
+        chat_app.launch(args.run_id, args.host, args.port, with_base=not args.no_base)
     return 0
 
 

@@ -29,6 +29,7 @@ class Generation:
     text: str
     new_tokens: int
     seconds: float  # the batch's wall time shared equally by its examples
+    stopped: bool = False  # ended at EOS (OpenAI finish_reason "stop"), not at max_new_tokens
 
 
 def generate(lm, chats: Sequence[list[dict[str, str]]], max_new_tokens: int = 128, batch_size: int = 8,
@@ -63,7 +64,7 @@ def generate(lm, chats: Sequence[list[dict[str, str]]], max_new_tokens: int = 12
                 ids = row.tolist()
                 n = ids.index(tok.eos_token_id) + 1 if tok.eos_token_id in ids else len(ids)
                 text = tok.decode(ids[:n], skip_special_tokens=True).strip()
-                results.append(Generation(text, n, round(seconds / len(batch), 3)))
+                results.append(Generation(text, n, round(seconds / len(batch), 3), tok.eos_token_id in ids[:n]))
             bar.update(len(batch))
             bar.set_postfix(tokens_per_s=round(sum(r.new_tokens for r in results[-len(batch):]) / seconds, 1))
     finally:

@@ -1,0 +1,31 @@
+# POLO Easy on a CUDA GPU: `docker compose run --rm train`, then `docker compose up serve`.
+# The gpu extra is the normal Unsloth install (torch CUDA, bitsandbytes, xformers); serve adds
+# FastAPI/uvicorn/Gradio. The devel image: Unsloth's Triton kernels compile at first use.
+FROM nvidia/cuda:12.8.1-cudnn-devel-ubuntu24.04
+
+ENV DEBIAN_FRONTEND=noninteractive \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    # local model conversions, Unsloth's compiled cache and the GGUF converter live in the image,
+    # outputs/ (runs) is a volume
+    POLO_MODEL_CACHE=/opt/polo-cache \
+    PATH=/opt/venv/bin:$PATH
+
+RUN apt-get update && apt-get install -y --no-install-recommends \
+        python3 python3-venv python3-dev build-essential git ca-certificates \
+    && rm -rf /var/lib/apt/lists/* \
+    && python3 -m venv /opt/venv
+
+WORKDIR /app
+# Dependencies first (cached layer), then the code.
+COPY pyproject.toml README.md ./
+COPY polo_lib ./polo_lib
+RUN pip install --upgrade "pip>=25" && pip install -e ".[gpu,serve]"
+COPY . .
+# GGUF export's converter (llama-cpp-python sdist from PyPI, nothing compiled) and a kernel for papermill.
+RUN python -m polo_lib.export install-converter \
+    && python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (polo)"
+
+EXPOSE 8000 7860
+CMD ["polo", "serve", "latest", "--host", "0.0.0.0", "--port", "8000"]

@@ -1,0 +1,9 @@
+"""Three training paths for the same model, data and settings, each run as its own process.
+
+polo.py          (a) polo_lib's training path (params -> model.load -> train.build/fit)
+unsloth_trl.py   (b) a bare Unsloth + TRL script, no polo_lib
+peft_trainer.py  (c) plain transformers + PEFT with `transformers.Trainer` (+ bitsandbytes on a GPU)
+
+Each reads the same settings JSON (see `harness.settings`) and writes one result JSON through
+`probe.finish`. Only `probe` is shared, and it imports nothing from polo_lib.
+"""

@@ -1,0 +1,86 @@
+"""What every training path measures, the same way: per-step loss and tokens, step end times,
+peak memory. Imports nothing from polo_lib, so the bare scripts stay bare."""
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+
+class StepProbe(TrainerCallback):
+    """Loss and non-padding tokens of every optimizer step, and when each step ended.
+
+    Time is taken at `on_step_end`, before the trainer logs, evaluates or saves, so throughput
+    after warm-up is (tokens of steps warmup+1..N) / (end of step N - end of step warmup).
+    """
+
+    def __init__(self):
+        self.ends: list[float] = []
+        self.tokens_seen: list[int] = []
+        self.losses: dict[int, float] = {}
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.ends.append(time.perf_counter())
+        self.tokens_seen.append(int(state.num_input_tokens_seen))
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            self.losses[state.global_step] = float(logs["loss"])
+
+
+def settings() -> dict:
+    """The settings JSON named on the command line (written by the harness)."""
+    if len(sys.argv) != 3:
+        sys.exit(f"usage: python {sys.argv[0]} SETTINGS.json RESULT.json")
+    return json.loads(Path(sys.argv[1]).read_text(encoding="utf-8"))
+
+
+def read_messages(path: str) -> list[list[dict[str, str]]]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line)["messages"] for line in f if line.strip()]
+
+
+def peak_rss_bytes() -> int:
+    """This process's own peak resident memory. Not getrusage's ru_maxrss: Linux carries that
+    over from the parent across fork + exec, so a child never reports less than its parent."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # not Linux: the best there is
+
+
+def peak_memory() -> dict:
+    import torch
+
+    out = {"peak_rss_mib": round(peak_rss_bytes() / 2 ** 20, 1)}
+    if torch.cuda.is_available():
+        out["cuda_max_allocated_mib"] = round(torch.cuda.max_memory_allocated() / 2 ** 20, 1)
+        out["cuda_max_reserved_mib"] = round(torch.cuda.max_memory_reserved() / 2 ** 20, 1)
+    return out
+
+
+def finish(path: str, probe: StepProbe, s: dict, started: float, trained_from: float, trainable: int) -> None:
+    """Write the result JSON: throughput over the steps after warm-up, losses, memory."""
+    warm = s["warmup_steps"]
+    steps = len(probe.ends)
+    if steps != s["max_steps"]:
+        raise SystemExit(f"ran {steps} steps, expected {s['max_steps']}")
+    per_step = [b - a for a, b in zip([0] + probe.tokens_seen[:-1], probe.tokens_seen)]
+    seconds = probe.ends[-1] - probe.ends[warm - 1]
+    tokens = probe.tokens_seen[-1] - probe.tokens_seen[warm - 1]
+    result = {
+        "tokens_per_s": round(tokens / seconds, 2), "measured_steps": steps - warm,
+        "measured_seconds": round(seconds, 3), "measured_tokens": tokens,
+        "tokens_per_step": per_step, "losses": [probe.losses.get(i + 1) for i in range(steps)],
+        "trainable_params": trainable, "load_seconds": round(trained_from - started, 2),
+        "wall_seconds": round(time.perf_counter() - started, 2), **peak_memory(),
+    }
+    Path(path).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")

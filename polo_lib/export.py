@@ -1,0 +1,365 @@
+"""Take a trained run elsewhere: its LoRA adapter, a merged 16-bit model, or GGUF files.
+
+Everything goes into the run folder's export/<format>/, built in a temporary sibling and
+swapped in whole (a failed export leaves nothing half-written), each with a model card
+(README.md) and checked by reloading what was written and generating from it.
+
+The chat template and EOS come from the run's saved tokenizer (adapter/), the object
+training used; merged and GGUF exports carry that same template, and the check compares
+them, so a model served elsewhere (vLLM, Ollama, llama.cpp) sees the prompts it was trained on.
+
+GGUF needs llama.cpp's converter. Unsloth's own GGUF path clones llama.cpp from GitHub;
+offline we take convert_hf_to_gguf.py and its gguf-py from the llama-cpp-python sdist on
+PyPI (pinned below), unpacked once into the model cache by `make export-tools`. Nothing is
+compiled: f16 and q8_0 are written by the converter's Python code.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+from . import paths, prompts, runs
+from .atomic import atomic_replace_dir
+from .errors import ModelError, PoloError, RunError
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("adapter", "merged", "gguf")
+# The converter writes these without llama.cpp's compiled quantize tool; q4_k etc. need it.
+GGUF_TYPES = ("f16", "bf16", "q8_0")
+DEFAULT_GGUF_TYPES = ("f16", "q8_0")
+
+# llama-cpp-python's sdist vendors llama.cpp; its convert_hf_to_gguf.py turned SmolLM2 into GGUF here.
+CONVERTER_PACKAGE = "llama-cpp-python"
+CONVERTER_VERSION = "0.3.36"
+# What we keep of the 77 MB sdist (about 2 MB): the converter, its model modules and gguf-py.
+CONVERTER_MEMBERS = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/", "LICENSE")
+
+VERIFY_PARAGRAPH = ("YOLO frames object detection as a single regression problem, straight from "
+                    "image pixels to bounding box coordinates and class probabilities.")
+
+
+@dataclass
+class Export:
+    """What one export wrote and how its check went."""
+    format: str
+    path: Path
+    files: list[str]
+    seconds: float
+    check: dict[str, Any] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        return (f"export {self.format}: {self.path} ({', '.join(self.files)}) in {self.seconds:.1f} s\n"
+                f"  check: {self.check}")
+
+
+# ---------------------------------------------------------------- converter (GGUF)
+
+def converter_dir() -> Path:
+    return paths.model_cache_dir() / f"llama-cpp-convert-{CONVERTER_VERSION}"
+
+
+def find_converter() -> Path:
+    """The unpacked convert_hf_to_gguf.py, or a clear error saying how to get it."""
+    script = converter_dir() / "convert_hf_to_gguf.py"
+    if not (script.is_file() and (converter_dir() / "gguf-py" / "gguf").is_dir()):
+        raise ModelError(f"GGUF export needs llama.cpp's converter in {converter_dir()}, which is missing. "
+                         f"Run `make export-tools` (downloads the {CONVERTER_PACKAGE}=={CONVERTER_VERSION} "
+                         "sdist from PyPI once and unpacks its converter; nothing is compiled).")
+    return script
+
+
+def install_converter(force: bool = False) -> Path:
+    """Download the pinned llama-cpp-python sdist with pip and unpack only the converter.
+
+    Atomic: the converter folder appears whole or not at all.
+    """
+    target = converter_dir()
+    if (target / "convert_hf_to_gguf.py").is_file() and not force:
+        return target
+    with tempfile.TemporaryDirectory(prefix="polo-sdist-") as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
+               f"{CONVERTER_PACKAGE}=={CONVERTER_VERSION}", "-d", tmp]
+        log.info("downloading %s==%s (sdist, ~77 MB)", CONVERTER_PACKAGE, CONVERTER_VERSION)
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        sdists = list(Path(tmp).glob("*.tar.gz"))
+        if not sdists:
+            raise ModelError(f"could not download the {CONVERTER_PACKAGE}=={CONVERTER_VERSION} sdist from "
+                             f"the package index: {done.stderr.strip()[-800:]}")
+        prefix = f"{sdists[0].name.removesuffix('.tar.gz')}/vendor/llama.cpp/"
+
+        def unpack(out: Path) -> None:
+            with tarfile.open(sdists[0]) as tar:
+                members = []
+                for m in tar.getmembers():
+                    rel = m.name.removeprefix(prefix)
+                    if m.name.startswith(prefix) and (m.isfile() or m.isdir()) and any(
+                            rel == k or (k.endswith("/") and rel.startswith(k)) for k in CONVERTER_MEMBERS):
+                        m.name = rel
+                        members.append(m)
+                tar.extractall(out, members=members, filter="data")
+            if not (out / "convert_hf_to_gguf.py").is_file():
+                raise ModelError(f"{sdists[0].name} has no vendor/llama.cpp/convert_hf_to_gguf.py")
+
+        atomic_replace_dir(target, unpack)
+    return target
+
+
+def convert_to_gguf(hf_dir: Path, out_file: Path, outtype: str) -> Path:
+    """llama.cpp's convert_hf_to_gguf.py on an HF folder, with its own gguf-py (newer than PyPI's)."""
+    script = find_converter()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(script.parent / "gguf-py"), str(script.parent), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, str(script), str(hf_dir), "--outtype", outtype, "--outfile", str(out_file)]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if done.returncode != 0 or not out_file.is_file():
+        tail = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+        hint = (" llama.cpp does not know this tokenizer's pre-tokenizer (a custom tokenizer such as the "
+                "tiny test model's); GGUF export works for the models it knows (SmolLM2, Llama 3.2)."
+                if "pre-tokenizer was not recognized" in done.stderr else "")
+        raise ModelError(f"convert_hf_to_gguf.py --outtype {outtype} failed: {tail}.{hint}")
+    return out_file
+
+
+def gguf_metadata(path: Path) -> dict[str, Any]:
+    """The GGUF fields that decide prompts and stopping: chat template, eos id, architecture."""
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(path))
+
+    def value(key: str):
+        f = reader.fields.get(key)
+        return None if f is None else f.contents()
+
+    return {"architecture": value("general.architecture"), "chat_template": value("tokenizer.chat_template"),
+            "eos_token_id": value("tokenizer.ggml.eos_token_id"), "file_type": value("general.file_type"),
+            "tensors": len(reader.tensors)}
+
+
+# ---------------------------------------------------------------- loading and checks
+
+def run_tokenizer(run):
+    """The tokenizer training saved with the adapter: its chat template and EOS are the truth."""
+    from .model import import_unsloth
+
+    import_unsloth()
+    from transformers import AutoTokenizer
+
+    if not (run.adapter / "tokenizer_config.json").is_file():
+        raise RunError(f"run {run.id} has no saved tokenizer in {run.adapter}: train it first "
+                       "(notebooks/train.ipynb with this run_id, or `polo run`).")
+    return AutoTokenizer.from_pretrained(str(run.adapter))
+
+
+def check_generates(model, tokenizer, max_new_tokens: int = 8) -> dict[str, Any]:
+    """Greedy answer to the Easy prompt from a reloaded export; an empty answer fails the export."""
+    import torch
+
+    text = tokenizer.apply_chat_template(prompts.build_messages(VERIFY_PARAGRAPH), tokenize=False,
+                                         add_generation_prompt=True)
+    enc = tokenizer(text, return_tensors="pt", add_special_tokens=False)
+    start = time.perf_counter()
+    with torch.no_grad():
+        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                             eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    new = out[0, enc["input_ids"].shape[1]:].tolist()
+    if not new:
+        raise ModelError("the reloaded export generated no token at all")
+    return {"generated_tokens": len(new), "seconds": round(time.perf_counter() - start, 2),
+            "sample": tokenizer.decode(new, skip_special_tokens=True).strip()[:200]}
+
+
+# ---------------------------------------------------------------- model card
+
+def model_card(run, fmt: str, tokenizer, files: Sequence[str], check: dict[str, Any]) -> str:
+    """README.md of an export: base model, run id, params, metrics, chat template, EOS, check."""
+    cfg = run.params()
+    summary = run.summary()
+    evaluation = summary.get("evaluation") or {}
+    metrics = {k: {"base": (evaluation.get("base") or {}).get(k), "tuned": (evaluation.get("tuned") or {}).get(k)}
+               for k in ("chrf", "bleu", "rouge_l", "sari", "meaning_src", "hangul_share")
+               if k in (evaluation.get("tuned") or {})}
+    usage = {
+        "adapter": "PeftModel.from_pretrained(base, this folder), or FastLanguageModel.from_pretrained(this folder)",
+        "merged": "AutoModelForCausalLM.from_pretrained(this folder); vLLM: `vllm serve <this folder>`",
+        "gguf": "llama.cpp: `llama-cli -m <file>.gguf`; Ollama: `FROM ./<file>.gguf` in a Modelfile; "
+                "transformers: from_pretrained(folder, gguf_file=...)",
+    }[fmt]
+    lines = [
+        f"# POLO Easy: run {run.id} ({fmt})", "",
+        f"- base model: `{cfg.model.model_name}` (`{_base_path(run)}`)",
+        f"- run: `{run.id}`, params `{cfg.name}` (hash {cfg.short_hash()})",
+        f"- files: {', '.join(f'`{f}`' for f in files)}",
+        f"- use: {usage}",
+        f"- eos: `{tokenizer.eos_token}` (id {tokenizer.eos_token_id}); training stopped answers there",
+        "", "## Training", "",
+        "```json", json.dumps(summary.get("training") or {}, indent=2, ensure_ascii=False), "```",
+        "", "## Evaluation (base vs tuned)", "",
+        "```json", json.dumps({"split": evaluation.get("split"), "examples": evaluation.get("examples"),
+                               "metrics": metrics}, indent=2, ensure_ascii=False), "```",
+        "", "## Params", "", "```yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True).strip(),
+        "```", "", "## Chat template (from the run's tokenizer, as in training)", "",
+        "```jinja", tokenizer.chat_template or "(none)", "```",
+        "", "## Easy prompt", "", "```text", prompts.SYSTEM_PROMPT, "", prompts.USER_TEMPLATE, "```",
+        "", "## Check after export", "", "```json", json.dumps(check, indent=2, ensure_ascii=False), "```", "",
+    ]
+    return "\n".join(lines)
+
+
+def _base_path(run) -> str:
+    try:
+        return json.loads((run.adapter / "adapter_config.json").read_text(encoding="utf-8")).get(
+            "base_model_name_or_path", "?")
+    except (OSError, json.JSONDecodeError):
+        return "?"
+
+
+# ---------------------------------------------------------------- exports
+
+def export_dir(run, fmt: str) -> Path:
+    return run.path / "export" / fmt
+
+
+def _check_request(run, fmt: str, gguf_types: Sequence[str], overwrite: bool) -> None:
+    """Every refusal before any model loads."""
+    if fmt not in FORMATS:
+        raise PoloError(f"--format '{fmt}': choose one of {', '.join(FORMATS)}.")
+    if not (run.adapter / "adapter_config.json").is_file():
+        raise RunError(f"run {run.id} has no adapter in {run.adapter}: train it first "
+                       "(notebooks/train.ipynb with this run_id, or `polo run`).")
+    bad = [t for t in gguf_types if t not in GGUF_TYPES]
+    if bad:
+        raise PoloError(f"GGUF type(s) {bad} not supported offline; choose from {', '.join(GGUF_TYPES)} "
+                        "(smaller ones such as q4_k_m need llama.cpp's compiled llama-quantize).")
+    if fmt == "gguf":
+        find_converter()
+    if export_dir(run, fmt).exists() and not overwrite:
+        raise RunError(f"{export_dir(run, fmt)} already exists: pass --force (overwrite=True) to replace it.")
+
+
+def export(run, fmt: str, gguf_types: Sequence[str] = DEFAULT_GGUF_TYPES, overwrite: bool = False) -> Export:
+    """Export a run as `fmt` into run/export/<fmt>/, with a model card, checked by reloading."""
+    gguf_types = tuple(gguf_types)
+    _check_request(run, fmt, gguf_types, overwrite)
+    start = time.perf_counter()
+    result: dict[str, Any] = {}
+
+    def build(tmp: Path) -> None:
+        builder = {"adapter": _build_adapter, "merged": _build_merged, "gguf": _build_gguf}[fmt]
+        result.update(builder(run, tmp, gguf_types))
+        tokenizer = run_tokenizer(run)
+        files = sorted(p.name for p in tmp.iterdir())
+        (tmp / "README.md").write_text(model_card(run, fmt, tokenizer, files, result), encoding="utf-8")
+
+    target = atomic_replace_dir(export_dir(run, fmt), build)
+    done = Export(fmt, target, sorted(p.name for p in target.iterdir()), time.perf_counter() - start, result)
+    run.update_manifest(exports={fmt: {"path": str(target), "files": done.files, "check": result,
+                                       "seconds": round(done.seconds, 1)}})
+    return done
+
+
+def _build_adapter(run, out: Path, _types) -> dict[str, Any]:
+    """The saved adapter + tokenizer as they are; checked by loading base + adapter and generating."""
+    from . import evaluate
+
+    for p in run.adapter.iterdir():
+        if p.is_file() and p.name != "README.md":
+            shutil.copy2(p, out / p.name)
+    lm = evaluate.load_tuned(run.params(), run)
+    from unsloth import FastLanguageModel
+
+    FastLanguageModel.for_inference(lm.model)
+    return {"reloaded": "base + adapter (FastLanguageModel)", **check_generates(lm.model, lm.tokenizer)}
+
+
+def merge_into(run, out: Path) -> Path:
+    """Base + adapter merged into 16-bit weights with Unsloth's save_pretrained_merged."""
+    from . import evaluate
+
+    lm = evaluate.load_tuned(run.params(), run)
+    lm.model.save_pretrained_merged(str(out), lm.tokenizer, save_method="merged_16bit")
+    if not (out / "config.json").is_file():
+        raise ModelError(f"save_pretrained_merged wrote no config.json into {out}")
+    return out
+
+
+def _build_merged(run, out: Path, _types) -> dict[str, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    merge_into(run, out)
+    model = AutoModelForCausalLM.from_pretrained(str(out), dtype="float32")
+    tokenizer = AutoTokenizer.from_pretrained(str(out))
+    _same_template(run, tokenizer.chat_template, tokenizer.eos_token_id, "merged model")
+    on_disk = json.loads((out / "config.json").read_text(encoding="utf-8"))
+    return {"reloaded": "AutoModelForCausalLM (float32)",
+            "dtype_on_disk": on_disk.get("dtype") or on_disk.get("torch_dtype"),
+            **check_generates(model, tokenizer)}
+
+
+def _build_gguf(run, out: Path, gguf_types: Sequence[str]) -> dict[str, Any]:
+    """Merge into a scratch folder beside `out`, convert once per type, reload each with transformers."""
+    from transformers import AutoModelForCausalLM
+
+    scratch = out.parent / f"{out.name}.merged"
+    try:
+        merge_into(run, scratch)
+        checks = {}
+        tokenizer = run_tokenizer(run)
+        for outtype in _progress(gguf_types):
+            path = convert_to_gguf(scratch, out / f"{run.id}-{outtype}.gguf", outtype)
+            meta = gguf_metadata(path)
+            _same_template(run, meta["chat_template"], meta["eos_token_id"], path.name)
+            model = AutoModelForCausalLM.from_pretrained(str(out), gguf_file=path.name, dtype="float32")
+            checks[path.name] = {"bytes": path.stat().st_size, "architecture": meta["architecture"],
+                                 "eos_token_id": meta["eos_token_id"], "reloaded": "transformers gguf_file=",
+                                 **check_generates(model, tokenizer)}
+            del model
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return checks
+
+
+def _progress(types: Sequence[str]):
+    from tqdm.auto import tqdm
+
+    return tqdm(types, desc="GGUF", unit="file")
+
+
+def _same_template(run, template: str | None, eos_id, what: str) -> None:
+    """An export whose chat template or EOS differs from training would serve other prompts: refuse it."""
+    tokenizer = run_tokenizer(run)
+    problems = []
+    if (template or "").strip() != (tokenizer.chat_template or "").strip():
+        problems.append("its chat template differs from the run's tokenizer")
+    if eos_id is not None and int(eos_id) != tokenizer.eos_token_id:
+        problems.append(f"its eos id {eos_id} is not the run's {tokenizer.eos_token_id} ({tokenizer.eos_token})")
+    if problems:
+        raise ModelError(f"{what}: {'; '.join(problems)}. Serving it would prompt or stop differently "
+                         "from training; export from the run's adapter folder again.")
+
+
+def resolve_run(run_id: str):
+    """A run id, or "latest" for the newest finished run."""
+    return runs.find_run(None if run_id in ("latest", None) else run_id)
+
+
+if __name__ == "__main__":  # `python -m polo_lib.export install-converter` (make export-tools)
+    if sys.argv[1:] != ["install-converter"]:
+        sys.exit("usage: python -m polo_lib.export install-converter")
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        print(f"converter ready: {install_converter()}")
+    except PoloError as e:
+        sys.exit(f"{type(e).__name__}: {e}")

@@ -1,0 +1,346 @@
+"""Export and serving: merged and GGUF exports reload and generate; the OpenAI-compatible server
+prompts with the training template, stops at the training EOS, batches, and rejects bad input;
+the chat app builds, answers and opens.
+
+The runs here hold a real PEFT adapter saved the way training saves it (adapter + tokenizer in
+adapter/), with its LoRA B weights set to seeded noise so the adapter visibly changes the model;
+training itself is covered by tests/test_train*.py and would add a minute per model.
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+import shutil
+import socket
+
+import httpx
+import pytest
+import torch
+
+from polo_lib import cli, evaluate, export, model, params, prompts, runs, serve
+from polo_lib.errors import ModelError, PoloError, RunError
+
+pytestmark = pytest.mark.slow
+
+PARAGRAPH = "YOLO divides the input image into an S x S grid; each grid cell predicts B bounding boxes."
+
+
+def make_adapter_run(outputs, params_name: str, noise_std: float):
+    """A finished run whose adapter/ holds a LoRA adapter (B = seeded noise) and the tokenizer."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("POLO_OUTPUTS", str(outputs))
+    try:
+        cfg = params.load(params_name)
+        run = runs.open_run(cfg)
+        lm = model.load(cfg)
+        gen = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for name, p in lm.model.named_parameters():
+                if "lora_B" in name:
+                    p.copy_(torch.randn(p.shape, generator=gen) * noise_std)
+        lm.model.save_pretrained(str(run.adapter))
+        lm.tokenizer.save_pretrained(str(run.adapter))
+        run.update_summary(training={"steps": 0, "note": "test adapter"})
+        run.update_manifest(status="finished")
+    finally:
+        mp.undo()
+    return run
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_model_dir, tmp_path_factory):
+    return make_adapter_run(tmp_path_factory.mktemp("tiny") / "outputs", "smoke", noise_std=0.05)
+
+
+@pytest.fixture(scope="module")
+def smollm2_run(tmp_path_factory):
+    # Small noise: SmolLM2 must still answer sensibly (and stop at <|im_end|>).
+    return make_adapter_run(tmp_path_factory.mktemp("smollm2") / "outputs", "cpu", noise_std=0.002)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def last_logits(m, tokenizer, text: str):
+    enc = tokenizer(text, return_tensors="pt", add_special_tokens=False)
+    with torch.no_grad():
+        return m(**enc).logits[0, -1].float()
+
+
+def easy_prompt(tokenizer) -> str:
+    return tokenizer.apply_chat_template(prompts.build_messages(PARAGRAPH), tokenize=False, add_generation_prompt=True)
+
+
+# ---------------------------------------------------------------- export
+
+def test_adapter_and_merged_exports_reload_and_keep_the_adapter(tiny_run):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    adapter = export.export(tiny_run, "adapter")
+    merged = export.export(tiny_run, "merged")
+    assert {"adapter_model.safetensors", "adapter_config.json", "README.md"} <= set(adapter.files)
+    assert {"model.safetensors", "config.json", "tokenizer_config.json", "README.md"} <= set(merged.files)
+    card = (merged.path / "README.md").read_text(encoding="utf-8")
+    tok = AutoTokenizer.from_pretrained(str(tiny_run.adapter))
+    assert tiny_run.id in card and "tiny-llama" in card and tok.chat_template in card
+    assert f"`{tok.eos_token}` (id {tok.eos_token_id})" in card and prompts.SYSTEM_PROMPT in card
+    assert merged.check["generated_tokens"] > 0 and adapter.check["generated_tokens"] > 0
+    assert merged.check["dtype_on_disk"] == "bfloat16"  # 16-bit merge, even from float32 CPU training
+    assert tiny_run.manifest()["exports"]["merged"]["files"] == merged.files
+
+    # the merged weights are base + adapter: closer to the tuned model than to the base
+    cfg = tiny_run.params()
+    text = easy_prompt(tok)
+    merged_model = AutoModelForCausalLM.from_pretrained(str(merged.path), dtype=torch.float32)
+    tuned = evaluate.load_tuned(cfg, tiny_run)
+    base = evaluate.load_base(cfg)
+    m, t, b = (last_logits(x, tok, text) for x in (merged_model, tuned.model, base.model))
+    assert (m - t).abs().max() < 0.25 * (t - b).abs().max(), ((m - t).abs().max(), (t - b).abs().max())
+
+    # `polo serve --merged` serves that export, prompted by the run's own tokenizer
+    backend = serve.load_backend(tiny_run, merged=True)
+    try:
+        assert backend.render(prompts.build_messages(PARAGRAPH)) == text
+        assert evaluate.generate(backend.lm, [prompts.build_messages(PARAGRAPH)], max_new_tokens=4)[0].new_tokens > 0
+    finally:
+        backend.close()
+
+
+def test_export_refusals_leave_nothing_half_written(tiny_run):
+    first = export.export(tiny_run, "adapter", overwrite=True)
+    stamp = (first.path / "README.md").stat().st_mtime_ns
+    with pytest.raises(RunError, match="already exists: pass --force"):
+        export.export(tiny_run, "adapter")
+    assert (first.path / "README.md").stat().st_mtime_ns == stamp
+    with pytest.raises(PoloError, match="--format 'onnx'"):
+        export.export(tiny_run, "onnx")
+    with pytest.raises(PoloError, match=r"GGUF type\(s\) \['q4_k_m'\]"):
+        export.export(tiny_run, "gguf", gguf_types=["q4_k_m"])
+    # the tiny model's home-made tokenizer is unknown to llama.cpp: a clear error, no gguf/ folder
+    with pytest.raises(ModelError, match="pre-tokenizer"):
+        export.export(tiny_run, "gguf", gguf_types=["f16"])
+    assert not export.export_dir(tiny_run, "gguf").exists()
+    assert not [p for p in (tiny_run.path / "export").iterdir() if p.name.startswith(".")]
+    adapter_only = runs.open_run(tiny_run.params())
+    shutil.copytree(tiny_run.adapter, adapter_only.adapter, dirs_exist_ok=True)
+    with pytest.raises(ModelError, match="no merged export"):
+        serve.load_backend(adapter_only, merged=True)
+    untrained = runs.open_run(tiny_run.params())
+    with pytest.raises(RunError, match="has no adapter"):
+        export.export(untrained, "merged")
+
+
+def test_gguf_export_of_smollm2_loads_back_and_matches_the_tuned_model(smollm2_run):
+    """llama.cpp's converter (from the llama-cpp-python sdist, `make export-tools`) writes f16 and
+    q8_0 files that carry the training chat template and EOS and load back through transformers."""
+    from transformers import AutoModelForCausalLM
+
+    done = export.export(smollm2_run, "gguf")
+    f16, q8 = (export.export_dir(smollm2_run, "gguf") / f"{smollm2_run.id}-{t}.gguf" for t in ("f16", "q8_0"))
+    assert f16.is_file() and q8.is_file() and q8.stat().st_size < 0.7 * f16.stat().st_size
+    tok = export.run_tokenizer(smollm2_run)
+    assert tok.eos_token == "<|im_end|>"
+    for path in (f16, q8):
+        meta = export.gguf_metadata(path)
+        assert meta["architecture"] == "llama" and meta["chat_template"] == tok.chat_template
+        assert meta["eos_token_id"] == tok.eos_token_id
+        assert done.check[path.name]["generated_tokens"] > 0
+    gguf_model = AutoModelForCausalLM.from_pretrained(str(f16.parent), gguf_file=f16.name, dtype=torch.float32)
+    tuned = evaluate.load_tuned(smollm2_run.params(), smollm2_run)
+    g, t = last_logits(gguf_model, tok, easy_prompt(tok)), last_logits(tuned.model, tok, easy_prompt(tok))
+    assert g.argmax() == t.argmax() and torch.corrcoef(torch.stack([g, t]))[0, 1] > 0.99
+
+
+# ---------------------------------------------------------------- server
+
+@pytest.fixture(scope="module")
+def tiny_server(tiny_run):
+    backend = serve.load_backend(tiny_run, max_batch_size=8, batch_wait_ms=50)
+    port = free_port()
+    server = serve.start_in_thread(serve.create_app(backend), port=port)
+    yield backend, f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    server.thread.join(timeout=10)
+    backend.close()
+
+
+def test_server_answers_the_openai_client_with_the_training_template(tiny_server, tiny_run):
+    from openai import OpenAI
+    from transformers import AutoTokenizer
+
+    backend, url = tiny_server
+    client = OpenAI(base_url=f"{url}/v1", api_key="not-needed")
+    assert [m.id for m in client.models.list().data] == [backend.model_id]
+    messages = prompts.build_messages(PARAGRAPH)
+    reply = client.chat.completions.create(model=backend.model_id, messages=messages, max_tokens=12)
+    assert isinstance(reply.choices[0].message.content, str) and reply.choices[0].finish_reason in ("stop", "length")
+    assert 0 < reply.usage.completion_tokens <= 12
+
+    # the prompt string is the training tokenizer's rendering, and the one generation counted
+    training_tok = AutoTokenizer.from_pretrained(str(tiny_run.adapter))
+    expected = training_tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    rendered = httpx.post(f"{url}/apply-template", json={"messages": messages}).json()
+    assert rendered["prompt"] == expected
+    assert reply.usage.prompt_tokens == len(training_tok(expected, add_special_tokens=False)["input_ids"])
+    assert backend.lm.tokenizer.eos_token_id == training_tok.eos_token_id
+    # and the answer is what evaluation's generate gives for the same chat
+    assert reply.choices[0].message.content == evaluate.generate(backend.lm, [messages], max_new_tokens=12)[0].text
+    assert httpx.get(f"{url}/health").json()["status"] == "ok"
+
+
+def test_twenty_concurrent_requests_are_batched_and_all_answered(tiny_server):
+    backend, url = tiny_server
+    before = dict(vars(backend.stats))
+
+    def ask(i: int):
+        body = {"messages": [{"role": "user", "content": f"Explain grid cell {i} of YOLO."}], "max_tokens": 8}
+        return httpx.post(f"{url}/v1/chat/completions", json=body, timeout=120)
+
+    with cf.ThreadPoolExecutor(20) as pool:
+        replies = list(pool.map(ask, range(20)))
+    assert [r.status_code for r in replies] == [200] * 20
+    answers = [r.json()["choices"][0]["message"]["content"] for r in replies]
+    stats = backend.stats
+    assert stats.requests - before["requests"] == 20
+    assert stats.batches - before["batches"] < 20 and max(stats.batch_sizes[before["batches"]:]) > 1
+    # batching (left padding, greedy) gives each request the answer it gets alone
+    assert ask(7).json()["choices"][0]["message"]["content"] == answers[7]
+
+
+def test_bad_requests_get_a_clear_400_and_the_server_keeps_serving(tiny_server):
+    backend, url = tiny_server
+    user = {"role": "user", "content": "hello"}
+    cases = [
+        ({"model": backend.model_id}, 400, "messages: Field required"),
+        ({"messages": []}, 400, "messages"),
+        ({"messages": [{"role": "robot", "content": "hi"}]}, 400, "messages.0.role"),
+        ({"messages": [user, {"role": "assistant", "content": "x"}]}, 400, "must be 'user'"),
+        ({"messages": [user, {"role": "system", "content": "x"}, user]}, 400, "only come first"),
+        ({"messages": [user], "max_tokens": 100_000}, 400, "over this server's limit"),
+        ({"messages": [user], "max_tokens": 0}, 400, "max_tokens"),
+        ({"messages": [{"role": "user", "content": "grid " * 3000}]}, 400, "max_seq_length"),
+        ({"messages": [user], "stream": True}, 400, "stream"),
+        ({"messages": [user], "n": 2}, 400, "n=2"),
+        ({"messages": [user], "model": "gpt-4o"}, 404, "not served here"),
+    ]
+    for body, status, message in cases:
+        r = httpx.post(f"{url}/v1/chat/completions", json=body)
+        assert r.status_code == status, (body, r.text)
+        error = r.json()["error"]
+        assert message in error["message"] and error["type"] == "invalid_request_error", (body, error)
+    assert httpx.post(f"{url}/v1/chat/completions", content=b"{not json",
+                      headers={"content-type": "application/json"}).status_code == 400
+    ok = httpx.post(f"{url}/v1/chat/completions", json={"messages": [user], "max_tokens": 4}, timeout=60)
+    assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] <= 4
+
+
+def test_smollm2_server_stops_at_the_training_eos(smollm2_run):
+    """SmolLM2's training EOS is <|im_end|> (not the GGUF's <|im_start|>): the server ends there."""
+    from openai import OpenAI
+
+    backend = serve.load_backend(smollm2_run)
+    port = free_port()
+    server = serve.start_in_thread(serve.create_app(backend), port=port)
+    try:
+        client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x")
+        reply = client.chat.completions.create(model=backend.model_id, max_tokens=96, messages=[
+            {"role": "user", "content": "Reply with one word: what is the capital of France?"}])
+        assert reply.choices[0].finish_reason == "stop" and reply.usage.completion_tokens < 96
+        assert "Paris" in reply.choices[0].message.content
+        assert backend.lm.tokenizer.eos_token == "<|im_end|>"
+    finally:
+        server.should_exit = True
+        server.thread.join(timeout=10)
+        backend.close()
+
+
+# ---------------------------------------------------------------- chat app and CLI
+
+def test_chat_app_handlers_answer_and_the_app_opens(tiny_run):
+    from polo_lib import chat_app
+
+    models = chat_app.load_models(tiny_run)
+    reply = chat_app.chat_reply(models, "What is a grid cell?", [
+        {"role": "user", "content": "Hi"}, {"role": "assistant", "content": [{"type": "text", "text": "Hello"}]}],
+        max_new_tokens=8)
+    base, tuned = chat_app.compare(models, PARAGRAPH, easy_prompt=True, max_new_tokens=8)
+    explained = chat_app.explain(models, PARAGRAPH, max_new_tokens=8)
+    assert reply and base and tuned and base != tuned
+    # "explain" is the Easy prompt, exactly as training built it
+    assert explained == tuned == evaluate.generate(models.tuned, [prompts.build_messages(PARAGRAPH)],
+                                                   max_new_tokens=8)[0].text
+    app = chat_app.build_app(models)
+    port = free_port()
+    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, share=False)
+    try:
+        r = httpx.get(f"http://127.0.0.1:{port}/", timeout=30)
+        assert r.status_code == 200 and "POLO Easy" in r.text
+    finally:
+        app.close()
+
+
+def test_polo_export_cli_resolves_latest_and_reports_problems(tiny_run, monkeypatch, capsys):
+    monkeypatch.setenv("POLO_OUTPUTS", str(tiny_run.path.parent.parent))
+    assert cli.main(["export", "latest", "--format", "adapter", "--force"]) == 0
+    assert tiny_run.id in capsys.readouterr().out
+    assert cli.main(["export", "no-such-run", "--format", "merged"]) == 2
+    assert "run 'no-such-run' not found" in capsys.readouterr().err
+    assert cli.main(["serve", "latest", "--max-batch-size", "0"]) == 2
+    assert "--max-batch-size must be at least 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["export", "latest", "--format", "onnx"])
+    assert json.loads((tiny_run.path / "manifest.json").read_text(encoding="utf-8"))["exports"]["adapter"]
+
+
+def test_polo_serve_command_serves_a_run_until_stopped(tiny_run, tmp_path):
+    """The user's command: `polo serve <run>` in its own process answers, then stops on SIGINT."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    port = free_port()
+    env = {**os.environ, "POLO_OUTPUTS": str(tiny_run.path.parent.parent)}
+    polo = Path(sys.executable).parent / "polo"
+    log = (tmp_path / "serve.log").open("w")
+    proc = subprocess.Popen([str(polo), "serve", tiny_run.id, "--port", str(port)], env=env,
+                            stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "polo serve did not come up in 120 s"
+            time.sleep(0.5)
+        r = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", timeout=60,
+                       json={"messages": prompts.build_messages(PARAGRAPH), "max_tokens": 6})
+        assert r.status_code == 200 and r.json()["model"] == f"polo-easy-{tiny_run.id}"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+    assert f"serving run {tiny_run.id}" in (tmp_path / "serve.log").read_text()
+
+
+def test_docker_compose_trains_on_a_gpu_and_serves_the_latest_run():
+    import yaml
+
+    from polo_lib import paths
+
+    compose = yaml.safe_load((paths.PROJ_ROOT / "docker-compose.yml").read_text(encoding="utf-8"))
+    train, serve_ = compose["services"]["train"], compose["services"]["serve"]
+    assert train["command"][:2] == ["polo", "run"] and "default" in train["command"][2]
+    assert train["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+    assert serve_["command"][:2] == ["polo", "serve"] and "latest" in serve_["command"][2]
+    assert serve_["command"][3:5] == ["--host", "0.0.0.0"]
+    assert all("./outputs:/app/outputs" in s["volumes"] for s in (train, serve_))
+    dockerfile = (paths.PROJ_ROOT / "Dockerfile").read_text(encoding="utf-8")
+    assert "FROM nvidia/cuda:" in dockerfile and '.[gpu,serve]' in dockerfile
