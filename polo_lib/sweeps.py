@@ -917,7 +917,8 @@ def run_ray(sweep: Sweep, sweep_id: str, folder: Path, address: str | None, log)
             ray.shutdown()
     study = _study(sweep, sweep_id, folder, resume=False)
     dists = distributions(spec.space)
-    records = {int(p.stem): json.loads(p.read_text(encoding="utf-8")) for p in (folder / "ray_trials").glob("*.json")}
+    records = {int(p.stem): {**json.loads(p.read_text(encoding="utf-8")), "updated": p.stat().st_mtime}
+               for p in (folder / "ray_trials").glob("*.json")}
     for result in grid:  # a trial that died before its first record (e.g. the worker crashed)
         if result.error is not None and not any(r.get("params") == {k: (result.config or {}).get(k) for k in spec.space}
                                                 for r in records.values()):
@@ -940,8 +941,11 @@ def _add_ray_trial(study, record: dict[str, Any], dists, sweep: Sweep) -> None:
     from optuna.trial import TrialState
 
     status, run_id = record.get("status"), record.get("run_id")
+    seconds = record.get("seconds")
     if status == "running":  # ASHA stopped it: Ray ended the worker between two evaluations
         status = "pruned"
+        if record.get("started") and record.get("updated"):  # until its last evaluation was recorded
+            seconds = round(record["updated"] - datetime.fromisoformat(record["started"]).timestamp(), 1)
         if run_id and (paths.runs_dir() / run_id / "params.yaml").is_file():
             run = runs.get_run(run_id)
             step = record["evaluations"][-1][0] if record.get("evaluations") else None
@@ -955,7 +959,7 @@ def _add_ray_trial(study, record: dict[str, Any], dists, sweep: Sweep) -> None:
         params=params, distributions={k: dists[k] for k in params}, state=state,
         value=record.get("value") if state == TrialState.COMPLETE else None,
         intermediate_values={int(step): sign * float(loss) for step, loss in record.get("evaluations") or []},
-        user_attrs={"run_id": run_id, "seconds": record.get("seconds"), "engine": "ray", "started": record.get("started"),
+        user_attrs={"run_id": run_id, "seconds": seconds, "engine": "ray", "started": record.get("started"),
                     "error": record.get("error") if state == TrialState.FAIL else None})
     study.add_trial(trial)
 

@@ -171,3 +171,21 @@ def test_ray_runs_two_trials_on_a_local_instance_into_the_same_folders(tmp_path,
         summary = json.loads((paths.runs_dir() / run_id / "summary.json").read_text())
         assert summary["sweep"]["value"] == pytest.approx(table.set_index("run_id").loc[run_id, "objective"])
     assert (result.folder / "plots" / "history.png").is_file() and (result.folder / "ray").is_dir()
+
+
+def test_a_ray_trial_stopped_by_asha_is_recorded_as_pruned_with_its_time(tmp_path):
+    """Ray ends an ASHA-stopped worker between evaluations, so its record still says 'running'
+    with no time: the study gets it as pruned, timed from its start to its last evaluation."""
+    import optuna
+
+    sweep = sweeps.load(write_sweep(tmp_path, n_trials=1,
+                                    space={"learning_rate": {"type": "log_float", "low": 1e-4, "high": 1e-2}}))
+    study = optuna.create_study(study_name="s", direction=sweep.direction)
+    record = {"number": 0, "params": {"learning_rate": 1e-3}, "started": "2026-11-30T07:51:59+00:00",
+              "status": "running", "run_id": None, "value": None, "error": None, "seconds": 0.0,
+              "evaluations": [[2, 1.5], [4, 1.4]],
+              "updated": __import__("datetime").datetime.fromisoformat("2026-11-30T07:54:17+00:00").timestamp()}
+    sweeps._add_ray_trial(study, record, sweeps.distributions(sweep.spec.space), sweep)
+    table = sweeps.results_table(study)
+    assert table.loc[0, "status"] == "pruned" and table.loc[0, "seconds"] == pytest.approx(138.0)
+    assert study.trials[0].intermediate_values == {2: 1.5, 4: 1.4}
