@@ -7,7 +7,6 @@ keep exactly the tokens Unsloth's train_on_responses_only keeps (the answer and 
 
     python peft_trainer.py SETTINGS.json RESULT.json
 """
-import sys
 import time
 
 started = time.perf_counter()
@@ -75,9 +74,4 @@ trainer = Trainer(
         fp16=on_gpu and not bf16, bf16=bf16, use_cpu=not on_gpu, logging_steps=1,
         save_strategy="no", eval_strategy="no", seed=s["seed"], data_seed=s["seed"],
         include_num_input_tokens_seen="non_padding", report_to="none", remove_unused_columns=False))
-step_probe = probe.StepProbe()
-trainer.add_callback(step_probe)
-trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-trained_from = time.perf_counter()
-trainer.train()
-probe.finish(sys.argv[2], step_probe, s, started, trained_from, trainable)
+probe.measure(trainer, model, s, started)

@@ -67,6 +67,17 @@ def peak_memory() -> dict:
     return out
 
 
+def measure(trainer, model, s: dict, started: float, fit=None) -> None:
+    """Train with a StepProbe attached and write the result JSON named on the command line: the
+    one measuring protocol of all three paths. `fit` replaces `trainer.train` (polo's train.fit)."""
+    step_probe = StepProbe()
+    trainer.add_callback(step_probe)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    trained_from = time.perf_counter()
+    (fit or trainer.train)()
+    finish(sys.argv[2], step_probe, s, started, trained_from, trainable)
+
+
 def finish(path: str, probe: StepProbe, s: dict, started: float, trained_from: float, trainable: int) -> None:
     """Write the result JSON: throughput over the steps after warm-up, losses, memory."""
     warm = s["warmup_steps"]

@@ -2,7 +2,6 @@
 
     python unsloth_trl.py SETTINGS.json RESULT.json
 """
-import sys
 import time
 
 started = time.perf_counter()
@@ -40,9 +39,4 @@ trainer = SFTTrainer(
         include_num_input_tokens_seen="non_padding", report_to="none"))
 trainer = train_on_responses_only(trainer, instruction_part=s["instruction_part"],
                                   response_part=s["response_part"])
-step_probe = probe.StepProbe()
-trainer.add_callback(step_probe)
-trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-trained_from = time.perf_counter()
-trainer.train()
-probe.finish(sys.argv[2], step_probe, s, started, trained_from, trainable)
+probe.measure(trainer, model, s, started)
