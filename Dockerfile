@@ -1,6 +1,6 @@
 # POLO Easy on a CUDA GPU: `docker compose run --rm train`, then `docker compose up serve`.
-# The gpu extra is the normal Unsloth install (torch CUDA, bitsandbytes, xformers); serve adds
-# FastAPI/uvicorn/Gradio. The devel image: Unsloth's Triton kernels compile at first use.
+# requirements/gpu.txt is the pinned GPU stack (Unsloth, bitsandbytes, transformers, TRL, PEFT);
+# pip resolves a CUDA torch for it within Unsloth's bound. serve adds FastAPI/uvicorn/Gradio. The devel image: Unsloth's Triton kernels compile at first use.
 FROM nvidia/cuda:12.8.1-cudnn-devel-ubuntu24.04
 
 ENV DEBIAN_FRONTEND=noninteractive \
@@ -20,8 +20,9 @@ RUN apt-get update && apt-get install -y --no-install-recommends \
 WORKDIR /app
 # Dependencies first (cached layer), then the code.
 COPY pyproject.toml README.md ./
+COPY requirements ./requirements
 COPY polo_lib ./polo_lib
-RUN pip install --upgrade "pip>=25" && pip install -e ".[gpu,serve]"
+RUN pip install --upgrade "pip>=25" && pip install -r requirements/gpu.txt -e ".[serve]"
 COPY . .
 # GGUF export's converter (llama-cpp-python sdist from PyPI, nothing compiled) and a kernel for papermill.
 RUN python -m polo_lib.export install-converter \

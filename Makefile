@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=25"
 	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) $(TORCH)
-	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e ".[cpu,lab,dev,serve]"
+	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e ".[lab,dev,serve]"
 	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) --no-deps $(UNSLOTH)
 	@# A kernel inside the venv: papermill and JupyterLab started from .venv run notebooks with its Python.
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (polo .venv)" >/dev/null
