@@ -28,12 +28,14 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def machine() -> dict:
-    from polo_lib import model, runs
+    from polo_lib import device as device_lib
+    from polo_lib import runs
 
-    device = model.device_info()
-    return {"host": socket.gethostname(), "cpu": model._cpu_name(), "device": device["device"],
-            "device_name": device["name"], "memory_total_gib": round(device["memory_total"] / 2 ** 30, 1),
-            "threads": device.get("threads"), "python": platform.python_version(), "versions": runs.package_versions()}
+    device = device_lib.describe()
+    return {"host": socket.gethostname(), "cpu": device_lib.cpu_name(), "device": device.kind,
+            "device_name": device.name, "memory_total_gib": round(device.memory_total / 2 ** 30, 1),
+            "compute_capability": device.as_dict().get("compute_capability"),
+            "threads": device.threads, "python": platform.python_version(), "versions": runs.package_versions()}
 
 
 def bench_generation(params_file: str, repeats: int, examples: int, max_new_tokens: int, batch_size: int,
@@ -75,6 +77,7 @@ def training_settings(cfg, params_file: str, overrides: dict, work: Path, warmup
     """One settings dict for the three paths, from the params (so (b) and (c) copy the recipe
     field for field); the train split is written as chat JSONL in the order polo_lib prepared it."""
     from polo_lib import data, local_models, model, train
+    from polo_lib import device as device_lib
 
     tokenizer = model.load_tokenizer(cfg.model)
     data.save(data.prepare(cfg.data, tokenizer, cfg.model.max_seq_length), cfg.data)
@@ -83,8 +86,7 @@ def training_settings(cfg, params_file: str, overrides: dict, work: Path, warmup
         for messages in data.load_processed(cfg.data)["train"]["messages"]:
             f.write(json.dumps({"messages": messages}, ensure_ascii=False) + "\n")
     markers = train.derive_markers(tokenizer)
-    device = model.device_info()
-    on_gpu = device["device"] == "cuda"
+    decisions = device_lib.decide_for(cfg)  # what polo_lib applies here; (b) and (c) get the same
     t, lora = cfg.training, cfg.lora
     return {
         "params_file": params_file, "polo_overrides": overrides,
@@ -92,12 +94,11 @@ def training_settings(cfg, params_file: str, overrides: dict, work: Path, warmup
         "output_dir": str(work / "trainer"), "max_seq_length": cfg.model.max_seq_length,
         "load_in_4bit": cfg.model.load_in_4bit, "lora_r": lora.r, "lora_alpha": lora.lora_alpha,
         "lora_dropout": lora.lora_dropout, "target_modules": list(lora.target_modules),
-        "gradient_checkpointing": {"unsloth": "unsloth" if on_gpu else True, "true": True,
-                                   "false": False}[lora.use_gradient_checkpointing],
+        "gradient_checkpointing": decisions.gradient_checkpointing, "dtype": decisions.dtype,
         "batch_size": t.per_device_train_batch_size, "accumulation": t.gradient_accumulation_steps,
         "learning_rate": t.learning_rate, "warmup_ratio": t.warmup_steps, "scheduler": t.lr_scheduler_type,
         "weight_decay": t.weight_decay, "max_grad_norm": t.max_grad_norm,
-        "optim": model.resolve_optim(t.optim, device), "seed": t.seed,
+        "optim": decisions.optim, "seed": t.seed,
         "max_steps": t.max_steps, "warmup_steps": warmup,
         "instruction_part": markers.instruction, "response_part": markers.response,
     }

@@ -345,6 +345,22 @@ def load_processed(data_params):
     return load_from_disk(str(where / "dataset"))
 
 
+def load_or_prepare(cfg):
+    """The processed splits for these params; prepared first, announced, when they are missing.
+
+    A fresh clone or a Colab runtime has no data/processed/: train.ipynb opened alone must still
+    run to its end. The same calls as prepare_data.ipynb (the model's own tokenizer and template).
+    """
+    where = processed_path(cfg.data)
+    if not (where / "dataset").is_dir():
+        from .model import load_tokenizer
+
+        log.warning("no processed data for '%s' at %s: preparing it now, as prepare_data.ipynb does",
+                    cfg.data.processed_name, _display(where))
+        save(prepare(cfg.data, load_tokenizer(cfg.model), cfg.model.max_seq_length), cfg.data)
+    return load_processed(cfg.data)
+
+
 def load_stats(data_params) -> dict[str, Any]:
     return json.loads((processed_path(data_params) / "stats.json").read_text(encoding="utf-8"))
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import pandas as pd
 
+from . import device as device_lib
 from . import local_models, paths
 from .errors import ModelError
 
@@ -45,42 +46,15 @@ def import_unsloth():
 # ------------------------------------------------------------------- device
 
 def device_info() -> dict[str, Any]:
-    """What will run the model: name, memory total/free in bytes, bf16 support."""
-    import psutil
-    import torch
-
-    if torch.cuda.is_available():
-        free, total = torch.cuda.mem_get_info()
-        return {"device": "cuda", "name": torch.cuda.get_device_name(0), "memory_total": total,
-                "memory_free": free, "bf16": torch.cuda.is_bf16_supported(), "count": torch.cuda.device_count()}
-    vm = psutil.virtual_memory()
-    return {"device": "cpu", "name": _cpu_name(), "memory_total": vm.total, "memory_free": vm.available,
-            "bf16": False, "count": 1, "threads": torch.get_num_threads()}
+    """This machine as a dict (the manifest's `device`): see `device.describe`."""
+    return device_lib.describe().as_dict()
 
 
-def _cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo", encoding="utf-8"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-    return platform.processor() or platform.machine()
-
-
-def resolve_dtype(dtype: str, device: dict[str, Any]):
-    """'auto': bf16 on GPUs that have it, fp16 on older ones (T4), fp32 on CPU.
-
-    On CPU Unsloth would pick bfloat16, which measured 6-25x slower than float32 here.
-    """
-    import torch
-
-    if dtype != "auto":
-        return getattr(torch, dtype)
-    if device["device"] == "cpu":
-        return torch.float32
-    return torch.bfloat16 if device["bf16"] else torch.float16
+def as_device(device) -> "device_lib.Device":
+    """A Device from a Device, a device dict (manifest, device_info) or None (this machine)."""
+    if device is None:
+        return device_lib.describe()
+    return device if isinstance(device, device_lib.Device) else device_lib.Device.from_dict(device)
 
 
 # ------------------------------------------------------------------- config
@@ -153,27 +127,28 @@ class MemoryEstimate:
         return pd.DataFrame(rows).set_index("part")
 
 
-def estimate_memory(cfg, device: dict[str, Any] | None = None, config=None) -> MemoryEstimate:
+def estimate_memory(cfg, device=None, config=None) -> MemoryEstimate:
     """Weights at the applied precision + LoRA + grads + optimizer states + activations + logits.
 
     A rough upper bound (Korthikanti et al. 2022 for activations), good enough to refuse a
-    setting that clearly cannot fit before minutes are spent loading.
+    setting that clearly cannot fit before minutes are spent loading. Precision, 4-bit, optimizer
+    and checkpointing are the ones `device.decide` will apply on this device.
     """
-    device = device or device_info()
+    device = as_device(device)
+    decisions = device_lib.decide(device, cfg.model, cfg.lora, cfg.training)
     config = config or load_config(cfg.model.model_name)
     total, per_type, lora_r1 = lora_shapes(config, cfg.lora.target_modules)
-    on_gpu = device["device"] == "cuda"
-    four_bit = cfg.model.load_in_4bit and on_gpu
-    dtype_bytes = resolve_dtype(cfg.model.dtype, device).itemsize
+    on_gpu = device.cuda
+    dtype_bytes = device_lib.torch_dtype(decisions.dtype).itemsize
     hidden, layers = config.hidden_size, config.num_hidden_layers
     vocab = config.vocab_size
     embed = vocab * hidden * (1 if getattr(config, "tie_word_embeddings", False) else 2)
     linear = total - embed
-    weights = int(linear * 0.5 + embed * 2) if four_bit else total * dtype_bytes  # NF4: 4 bits a weight
+    weights = int(linear * 0.5 + embed * 2) if decisions.load_in_4bit else total * dtype_bytes  # NF4: 4 bits a weight
     lora = sum(lora_r1.values()) * cfg.lora.r
-    optimizer_bytes = 2 if _optim(cfg.training.optim, device) == "adamw_8bit" else 8  # two Adam moments
+    optimizer_bytes = 2 if "8bit" in decisions.optim else 8  # two Adam moments
     batch, seq = cfg.training.per_device_train_batch_size, cfg.model.max_seq_length
-    checkpointing = cfg.lora.use_gradient_checkpointing != "false"
+    checkpointing = bool(decisions.gradient_checkpointing)
     act_bytes = 2 if on_gpu else dtype_bytes
     if checkpointing:  # one hidden state per layer kept, one layer recomputed at a time
         activations = batch * seq * hidden * act_bytes * layers + batch * seq * hidden * 17 * act_bytes
@@ -182,7 +157,7 @@ def estimate_memory(cfg, device: dict[str, Any] | None = None, config=None) -> M
     logits = batch * seq * vocab * 4 * 2  # fp32 logits and their gradient
     parts = {"weights": int(weights), "lora": lora * 4, "gradients": lora * 4,
              "optimizer": lora * optimizer_bytes, "activations": int(activations), "logits": logits}
-    return MemoryEstimate(parts, int(device["memory_free"]), device["device"])
+    return MemoryEstimate(parts, int(device.memory_free), device.kind)
 
 
 def check_memory(estimate: MemoryEstimate, enabled: bool = True) -> MemoryEstimate:
@@ -195,17 +170,6 @@ def check_memory(estimate: MemoryEstimate, enabled: bool = True) -> MemoryEstima
             "effective batch), lower model.max_seq_length, set model.load_in_4bit: true on a GPU, or "
             "set model.memory_check: false to try anyway.")
     return estimate
-
-
-def _optim(optim: str, device: dict[str, Any]) -> str:
-    if optim != "auto":
-        return optim
-    return "adamw_8bit" if device["device"] == "cuda" else "adamw_torch"
-
-
-def resolve_optim(optim: str, device: dict[str, Any] | None = None) -> str:
-    """'auto': 8-bit AdamW on a GPU (bitsandbytes, 1/4 of the state memory); torch AdamW on CPU."""
-    return _optim(optim, device or device_info())
 
 
 # ------------------------------------------------------------------- loading
@@ -245,62 +209,58 @@ def load_tokenizer(model_params):
                          "(smollm2-135m-instruct) or a local path.") from None
 
 
-def from_pretrained(name_or_path: str, cfg, device: dict[str, Any]):
-    """FastLanguageModel.from_pretrained with the params' length, dtype and 4-bit (GPU only).
+def from_pretrained(name_or_path: str, cfg, device=None):
+    """FastLanguageModel.from_pretrained with the params' length and the device's decided dtype and 4-bit.
 
-    One place for training, evaluation (base, and base + a saved adapter folder) and benchmarks,
-    so every path loads the model the same way.
+    One place for training, evaluation (base, and base + a saved adapter folder), serving and
+    benchmarks, so every path loads the model the same way.
     """
     import_unsloth()
     from unsloth import FastLanguageModel
 
+    decisions = device_lib.decide(as_device(device), cfg.model, cfg.lora, cfg.training)
     try:
         return FastLanguageModel.from_pretrained(
             model_name=name_or_path, max_seq_length=cfg.model.max_seq_length,
-            dtype=resolve_dtype(cfg.model.dtype, device),
-            load_in_4bit=cfg.model.load_in_4bit and device["device"] == "cuda")
+            dtype=device_lib.torch_dtype(decisions.dtype), load_in_4bit=decisions.load_in_4bit)
     except (OSError, ValueError) as e:
         raise ModelError(f"model_name '{cfg.model.model_name}': could not load {name_or_path} "
                          f"({type(e).__name__}: {e}).") from None
 
 
-def load(cfg, device: dict[str, Any] | None = None) -> LoadedModel:
+def load(cfg, device=None) -> LoadedModel:
     """Base model through FastLanguageModel.from_pretrained, then LoRA via get_peft_model.
 
-    On a CPU, 4-bit is not available: Unsloth falls back to 16/32-bit; the fallback is
-    recorded (asked vs applied) and shown, never silent.
+    Precision, 4-bit and checkpointing come from `device.decide`: a GPU recipe on a CPU is refused
+    before anything loads; on a CPU, 4-bit falls back to full precision, recorded (asked vs
+    applied) and shown, never silent.
     """
     import torch
 
-    device = device or device_info()
-    on_gpu = device["device"] == "cuda"
-    dtype = resolve_dtype(cfg.model.dtype, device)
-    notes = []
-    if cfg.model.load_in_4bit and not on_gpu:
-        notes.append("load_in_4bit was asked, but bitsandbytes 4-bit needs a CUDA GPU: "
-                     f"loading {str(dtype).removeprefix('torch.')} weights instead.")
+    device = as_device(device)
+    decisions = device_lib.decide(device, cfg.model, cfg.lora, cfg.training)  # refusals before loading
+    notes = list(decisions.notes)
     where = local_models.resolve(cfg.model.model_name)
     model, tokenizer = from_pretrained(where, cfg, device)
     from unsloth import FastLanguageModel
 
     applied_4bit = bool(getattr(model, "is_loaded_in_4bit", False)) or any(
         "4bit" in type(m).__name__ for m in model.modules())
-    checkpointing = {"unsloth": "unsloth" if on_gpu else True, "true": True, "false": False}[
-        cfg.lora.use_gradient_checkpointing]
     lora_shapes(model.config, cfg.lora.target_modules)  # a clear error for a missing target module
     model = FastLanguageModel.get_peft_model(
         model, r=cfg.lora.r, lora_alpha=cfg.lora.lora_alpha, lora_dropout=cfg.lora.lora_dropout,
         target_modules=list(cfg.lora.target_modules), bias=cfg.lora.bias,
-        use_gradient_checkpointing=checkpointing, random_state=cfg.training.seed,
+        use_gradient_checkpointing=decisions.gradient_checkpointing, random_state=cfg.training.seed,
         use_rslora=cfg.lora.use_rslora, max_seq_length=cfg.model.max_seq_length)
     if cfg.run.init_adapter:
         notes.append(f"LoRA weights start from {load_init_adapter(model, cfg.run.init_adapter)}")
-    model_dtype = next(p.dtype for p in model.parameters() if not p.requires_grad)
+    model_dtype = next(p.dtype for p in model.parameters() if not p.requires_grad and p.is_floating_point())
     applied = {
         "load_in_4bit": {"asked": cfg.model.load_in_4bit, "applied": applied_4bit},
         "dtype": {"asked": cfg.model.dtype, "applied": str(model_dtype).removeprefix("torch.")},
-        "device": {"asked": "auto", "applied": f"{device['device']} ({device['name']})"},
-        "gradient_checkpointing": {"asked": cfg.lora.use_gradient_checkpointing, "applied": str(checkpointing)},
+        "device": {"asked": "auto", "applied": f"{device.kind} ({device.name})"},
+        "gradient_checkpointing": {"asked": cfg.lora.use_gradient_checkpointing,
+                                   "applied": str(decisions.gradient_checkpointing)},
         "model_path": where,
     }
     for n in notes:

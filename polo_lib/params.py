@@ -18,12 +18,15 @@ from pathlib import Path
 from typing import Any, Literal, Mapping
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from . import paths
 from .errors import ParamsError, bullet_list
 
 DEFAULT_FILLERS = ["In simple terms, ", "쉽게 말해서, ", "간단히 말하면, ", "다시 말해서, "]
+
+
+STEP_SCHEDULES = ("auto", "epoch")  # eval_steps / save_steps besides a number
 
 
 class _Section(BaseModel):
@@ -32,6 +35,9 @@ class _Section(BaseModel):
 
 class ModelParams(_Section):
     model_name: str = Field(min_length=1)  # a local name (polo_lib.local_models), a path or a hub id
+    # A GPU recipe: on a machine without CUDA, stop before loading (and say which params to use)
+    # instead of training a 3B model in fp32 on the CPU for days.
+    require_gpu: bool = False
     max_seq_length: int = Field(1024, ge=16, le=131072)
     load_in_4bit: bool = True
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
@@ -69,13 +75,25 @@ class TrainingParams(_Section):
     max_grad_norm: float = Field(1.0, gt=0)
     optim: str = "auto"  # auto: adamw_8bit on a GPU, adamw_torch on CPU
     logging_steps: int = Field(1, ge=1)
-    eval_steps: int = Field(100, ge=1)
-    save_steps: int = Field(100, ge=1)
+    # A number of steps, "epoch" (once per epoch) or "auto" (~10 evaluations, at least one per
+    # epoch): resolved from the prepared data's size by train.plan, shown before training.
+    eval_steps: int | str = "auto"
+    save_steps: int | str = "auto"
     save_total_limit: int = Field(3, ge=1)
     early_stopping_patience: int = Field(3, ge=0)  # evaluations without improvement; 0: off
     early_stopping_threshold: float = Field(0.001, ge=0)  # absolute eval_loss improvement
     seed: int = Field(3407, ge=0)
     save_merged_16bit: bool = False
+
+    @field_validator("eval_steps", "save_steps", mode="before")
+    @classmethod
+    def _steps_or_schedule(cls, value):
+        if isinstance(value, str) and value.strip().isdigit():
+            value = int(value)
+        if isinstance(value, bool) or not (value in STEP_SCHEDULES or (isinstance(value, int) and value >= 1)):
+            raise ValueError(f"must be a number of steps (1 or more), 'epoch' (once per epoch) or 'auto' "
+                             "(about ten evaluations, at least one per epoch)")
+        return value
 
     @model_validator(mode="after")
     def _early_stopping_needs_aligned_saves(self):
@@ -120,6 +138,7 @@ class Params(_Section):
 
     name: str = "custom"
     source: str | None = None
+    chosen_by: str | None = None  # params_file "auto": why this file was taken on this machine
     model: ModelParams
     lora: LoraParams = LoraParams()
     training: TrainingParams = TrainingParams()
@@ -143,7 +162,7 @@ class Params(_Section):
 
     def short_hash(self) -> str:
         """8 hex digits of the resolved params (name and source excluded): same experiment, same hash."""
-        body = {k: v for k, v in self.to_dict().items() if k not in ("name", "source")}
+        body = {k: v for k, v in self.to_dict().items() if k not in META}
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:8]
 
 
@@ -151,7 +170,9 @@ SECTIONS: dict[str, type[_Section]] = {
     "model": ModelParams, "lora": LoraParams, "training": TrainingParams,
     "data": DataParams, "evaluation": EvaluationParams, "run": RunParams,
 }
-TOP_LEVEL = ("name", "source", *SECTIONS)
+META = ("name", "source", "chosen_by")  # about the file, not the experiment: outside the hash
+TOP_LEVEL = (*META, *SECTIONS)
+AUTO = "auto"  # params_file: 'default' where a CUDA GPU is present, 'cpu' elsewhere
 
 # Short names a notebook or `polo run --set` may use for the knobs users reach for most.
 # Every leaf field name that is unique across sections works too (learning_rate, lora_alpha...).
@@ -237,7 +258,9 @@ def _format_validation_error(err: ValidationError) -> list[tuple[str, str]]:
 
 
 def resolve_file(params_file: str | Path) -> Path:
-    """A name in params/ ('cpu'), a file name ('cpu.yaml') or a path."""
+    """A name in params/ ('cpu'), a file name ('cpu.yaml'), a path, or 'auto' (see `auto_choice`)."""
+    if str(params_file) == AUTO:
+        params_file = auto_choice()[0]
     p = Path(params_file)
     candidates = [paths.resolve_project_path(p)] if p.suffix in (".yaml", ".yml") else []
     candidates += [paths.PARAMS_DIR / f"{params_file}.yaml", paths.PARAMS_DIR / str(params_file)]
@@ -250,6 +273,15 @@ def resolve_file(params_file: str | Path) -> Path:
     hint = _suggest(str(params_file), available)
     raise ParamsError(f"params file '{params_file}' not found.{hint} "
                       f"Use a name in params/ ({', '.join(available)}) or a path to a .yaml file.")
+
+
+def auto_choice() -> tuple[str, str]:
+    """(params name, why) for params_file 'auto': the GPU recipe only where CUDA is there."""
+    from .device import AUTO_PARAMS, auto_params_name
+
+    name = auto_params_name()
+    why = "a CUDA GPU" if name == AUTO_PARAMS["cuda"] else "no CUDA GPU"
+    return name, f"params_file 'auto': {why} on this machine, so params/{name}.yaml"
 
 
 def _set_dotted(data: dict, dotted: str, value: Any) -> None:
@@ -290,6 +322,9 @@ def load(params_file: str | Path, overrides: Mapping[str, Any] | None = None, **
     `shortcuts` are notebook-style knobs (epochs=5, learning_rate=None...): None means keep the
     file's value. Raises ParamsError listing every problem, naming the file.
     """
+    chosen_by = None
+    if str(params_file) == AUTO:
+        params_file, chosen_by = auto_choice()
     path = resolve_file(params_file)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -305,6 +340,8 @@ def load(params_file: str | Path, overrides: Mapping[str, Any] | None = None, **
         _set_dotted(data, dotted, value)
     data.setdefault("name", path.stem)
     data["source"] = str(path)
+    if chosen_by:
+        data["chosen_by"] = chosen_by
     return _validate(data, _display(path), [f"overrides: {p}" for p in override_problems],
                      frozenset(merged))
 
@@ -329,7 +366,7 @@ def save(cfg: Params, path: str | Path) -> Path:
 
 
 # Names a notebook's parameters cell may define that are not params fields.
-NOTEBOOK_NAMES = {"params_file", "run_id", "run_ids", "sweep_id", "overrides"}
+NOTEBOOK_NAMES = {"params_file", "run_id", "run_ids", "sweep_id", "overrides", "REPO_URL"}
 _IPYTHON_NAMES = {"In", "Out", "get_ipython", "exit", "quit", "open"}
 _PLAIN = (str, int, float, bool, type(None), list, tuple, dict)  # what papermill can inject
 

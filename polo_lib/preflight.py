@@ -11,6 +11,7 @@ from typing import Any, Callable
 import pandas as pd
 
 from . import data, local_models, model, params, paths
+from . import device as device_lib
 from .errors import PoloError
 
 OK, WARN, FAIL = "ok", "warn", "fail"
@@ -88,14 +89,14 @@ def run_checks(params_file: str, overrides: dict[str, Any] | None = None) -> Rep
                     f"({100 * trainable / (total + trainable):.2f}%)")
 
     def precision():
-        device = model.device_info()
+        device = device_lib.describe()
         state["device"] = device
-        dtype = str(model.resolve_dtype(cfg.model.dtype, device)).removeprefix("torch.")
-        if cfg.model.load_in_4bit and device["device"] != "cuda":
-            return WARN, (f"load_in_4bit asked, but this machine has no CUDA GPU: {dtype} weights will load "
-                          "(set load_in_4bit: false to say so)")
-        applied = "4-bit NF4" if cfg.model.load_in_4bit else dtype
-        return OK, f"{applied} on {device['device']} ({device['name']}), optimizer {model.resolve_optim(cfg.training.optim, device)}"
+        decisions = device_lib.decide(device, cfg.model, cfg.lora, cfg.training)
+        detail = (f"{decisions.precision} on {device.kind} ({device.name}), optimizer {decisions.optim}, "
+                  f"gradient checkpointing {decisions.gradient_checkpointing}")
+        if decisions.notes:
+            return WARN, f"{detail}; " + " ".join(decisions.notes) + " (set load_in_4bit: false to say so)"
+        return OK, detail
 
     def memory():
         estimate = model.estimate_memory(cfg, device=state.get("device"), config=state.get("config"))
@@ -115,19 +116,24 @@ def run_checks(params_file: str, overrides: dict[str, Any] | None = None) -> Rep
             counts = train.label_counts(ds, tokenizer, markers)
             train.check_labels(split, [e["id"] for e in prepared.examples[split]], counts, markers)
             worst.append(min(counts))
+        schedule = train.plan(cfg.training, len(prepared.examples["train"]))
+        if problems := schedule.problems():
+            return FAIL, " ".join(problems)
         longest = max(max(v) for v in prepared.lengths.values() if v)
         dropped = sum(len(v) for v in prepared.dropped.values())
         detail = (f"markers {markers.instruction!r} / {markers.response!r}; every example keeps answer tokens "
-                  f"(min {min(worst)}); longest example {longest} of max_seq_length {cfg.model.max_seq_length}")
+                  f"(min {min(worst)}); longest example {longest} of max_seq_length {cfg.model.max_seq_length}; "
+                  f"{schedule.total_steps} steps, evaluations at {schedule.eval_at[:6]}{'...' if schedule.evaluations > 6 else ''}")
         if dropped:
             return WARN, detail + f"; {dropped} over-length example(s) will be dropped"
         return OK, detail
 
     check("outputs folder", outputs)
     check("raw data", raw_data)
+    if not check("precision and device", precision):  # a GPU recipe on a CPU: nothing else matters
+        return Report(rows)
     if check("model", model_found):
         check("architecture and LoRA targets", architecture)
-        check("precision and device", precision)
         check("memory", memory)
         check("chat template, masking, lengths", template_and_lengths)
     return Report(rows)

@@ -103,7 +103,11 @@ class Run:
         return params_lib.load_resolved(self.params_path)
 
     def _repr_html_(self) -> str:
-        return f"<b>run</b> <code>{self.id}</code><br>folder: <code>{self.path}</code>"
+        m = self.manifest()
+        chosen = f" ({m['params_chosen_by']})" if m.get("params_chosen_by") else ""
+        return (f"<b>run</b> <code>{self.id}</code><br>folder: <code>{self.path}</code><br>"
+                f"params: <code>{m.get('params_name', '?')}</code>{chosen}; device: {(m.get('device') or {}).get('name', '?')}, "
+                f"{(m.get('decisions') or {}).get('dtype', '?')}")
 
     def __str__(self) -> str:
         return str(self.path)
@@ -149,6 +153,10 @@ def open_run(cfg, run_id: str | None = None, stage: str | None = None,
     (the evaluate stage's `evaluation`) may change; the values used are recorded per stage.
     """
     if run_id is None:
+        from .device import decide, describe
+
+        device = describe()
+        decide(device, cfg.model, cfg.lora, cfg.training)  # a GPU recipe on a CPU: refused, no folder made
         check_writable(paths.runs_dir())
         run_id = new_run_id(cfg)
         run = Run(run_id, paths.runs_dir() / run_id)
@@ -156,7 +164,7 @@ def open_run(cfg, run_id: str | None = None, stage: str | None = None,
         for sub in SUBFOLDERS:
             (run.path / sub).mkdir()
         params_lib.save(cfg, run.params_path)
-        atomic_write_json(run.manifest_path, _initial_manifest(run, cfg))
+        atomic_write_json(run.manifest_path, _initial_manifest(run, cfg, device))
     else:
         run = get_run(run_id)
         check_writable(run.path)
@@ -182,7 +190,7 @@ def find_run(run_id: str | None) -> Run:
 def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
     out = []
     for key in sorted(set(a) | set(b)):
-        if key in ("name", "source"):
+        if key in params_lib.META:
             continue
         va, vb = a.get(key), b.get(key)
         if isinstance(va, dict) and isinstance(vb, dict):
@@ -192,16 +200,17 @@ def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def _initial_manifest(run: Run, cfg) -> dict[str, Any]:
-    from .model import device_info
+def _initial_manifest(run: Run, cfg, device) -> dict[str, Any]:
+    from .device import decide
 
-    device = device_info()
     return {
-        "run_id": run.id, "params_name": cfg.name, "params_source": cfg.source,
+        "run_id": run.id, "params_name": cfg.name, "params_source": cfg.source, "params_chosen_by": cfg.chosen_by,
         "params_hash": cfg.short_hash(), "status": "created", "created": _now(), "updated": _now(),
         "seed": cfg.training.seed, "git": git_state(), "versions": package_versions(),
         "python": platform.python_version(), "platform": platform.platform(),
-        "device": {k: v for k, v in device.items()}, "stages": {}, "error": None,
+        "device": device.as_dict(), "stages": {}, "error": None,
+        # what this device will run the params with: the same function model.load and training use
+        "decisions": decide(device, cfg.model, cfg.lora, cfg.training).as_dict(),
     }
 
 

@@ -252,7 +252,8 @@ def _check_against_params(spec: SweepFile, origin: str) -> Sweep:
     metric, direction, metric_problem = _resolve_objective(spec.objective)
     if metric_problem:
         problems.append(metric_problem)
-    if spec.pruner.type != "none" and base.training.eval_steps >= _max_steps_hint(base):
+    if spec.pruner.type != "none" and isinstance(base.training.eval_steps, int) and \
+            base.training.eval_steps >= _max_steps_hint(base):
         problems.append(f"pruner {spec.pruner.type}: eval_steps ({base.training.eval_steps}) is not below "
                         f"the steps a trial trains ({_max_steps_hint(base)}), so no evaluation comes before "
                         "the end to prune on. Lower training.eval_steps (and save_steps) in 'set', or use "

@@ -18,6 +18,7 @@ from typing import Any
 
 import pandas as pd
 
+from . import device as device_lib
 from . import model as model_lib
 from . import plots
 from .atomic import atomic_write_text
@@ -105,12 +106,12 @@ def check_labels(split: str, ids: list[str], counts: list[int], markers: Markers
 
 # ------------------------------------------------------------------- config
 
-def sft_config(cfg, run, device: dict[str, Any]):
-    """SFTConfig from the params (TRL field names), precision and optimizer from the device."""
+def sft_config(cfg, run, decisions, plan: "Plan"):
+    """SFTConfig from the params (TRL field names), precision and optimizer from `device.decide`,
+    evaluation and save cadence from the plan (auto / epoch resolved to steps)."""
     from trl import SFTConfig
 
     t = cfg.training
-    on_gpu = device["device"] == "cuda"
     early = t.early_stopping_patience > 0
     return SFTConfig(
         output_dir=str(run.checkpoints),
@@ -120,11 +121,10 @@ def sft_config(cfg, run, device: dict[str, Any]):
         gradient_accumulation_steps=t.gradient_accumulation_steps,
         learning_rate=t.learning_rate, warmup_steps=t.warmup_steps, lr_scheduler_type=t.lr_scheduler_type,
         weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm,
-        optim=model_lib.resolve_optim(t.optim, device),
-        fp16=on_gpu and not device["bf16"], bf16=on_gpu and device["bf16"], use_cpu=not on_gpu,
+        optim=decisions.optim, fp16=decisions.fp16, bf16=decisions.bf16, use_cpu=decisions.use_cpu,
         logging_steps=t.logging_steps, logging_first_step=True,
-        eval_strategy="steps", eval_steps=t.eval_steps,
-        save_strategy="steps", save_steps=t.save_steps, save_total_limit=t.save_total_limit,
+        eval_strategy="steps", eval_steps=plan.eval_steps,
+        save_strategy="steps", save_steps=plan.save_steps, save_total_limit=t.save_total_limit,
         load_best_model_at_end=early, metric_for_best_model="eval_loss", greater_is_better=False,
         seed=t.seed, data_seed=t.seed, max_length=cfg.model.max_seq_length,
         include_num_input_tokens_seen="non_padding",
@@ -249,6 +249,85 @@ def resolve_resume(run, resume: str) -> Path | None:
     return path
 
 
+# --------------------------------------------------------------------- plan
+
+@dataclass(frozen=True)
+class Plan:
+    """How many optimizer steps a run takes and when it evaluates and saves, from the prepared data.
+
+    `eval_steps` / `save_steps` may be numbers, `epoch` (once per epoch) or `auto` (about ten
+    evaluations over the run, at least one per epoch); here they are resolved to steps.
+    """
+    train_examples: int
+    steps_per_epoch: int
+    total_steps: int
+    eval_steps: int
+    save_steps: int
+    patience: int
+
+    @property
+    def evaluations(self) -> int:
+        """Evaluations during training (the step-0 baseline not counted)."""
+        return self.total_steps // self.eval_steps
+
+    @property
+    def eval_at(self) -> list[int]:
+        return list(range(self.eval_steps, self.total_steps + 1, self.eval_steps))
+
+    def problems(self) -> list[str]:
+        """Why this schedule cannot do what the params ask, with the numbers; [] when it can."""
+        how = (f"{self.train_examples} training examples / batch x accumulation = {self.steps_per_epoch} "
+               f"steps per epoch; {self.total_steps} steps planned")
+        if self.eval_steps > self.total_steps:
+            return [f"training.eval_steps ({self.eval_steps}) is more than the {self.total_steps} steps this run "
+                    f"trains ({how}): it would never evaluate. Use eval_steps: epoch ({self.steps_per_epoch}) "
+                    f"or auto, or a number up to {self.total_steps} (and save_steps the same)."]
+        needed = self.patience + 2
+        if self.patience and self.evaluations < needed:
+            return [f"early stopping (patience {self.patience}) needs at least {needed} evaluations to act, but "
+                    f"eval_steps {self.eval_steps} over {self.total_steps} steps gives {self.evaluations} ({how}). "
+                    f"Lower training.eval_steps and save_steps (auto or a number up to "
+                    f"{self.total_steps // needed or 1}), train longer, or set early_stopping_patience: 0."]
+        return []
+
+    def check(self) -> "Plan":
+        from .errors import ParamsError
+
+        if problems := self.problems():
+            raise ParamsError(" ".join(problems))
+        return self
+
+    def table(self) -> pd.DataFrame:
+        shown = self.eval_at if len(self.eval_at) <= 12 else [*self.eval_at[:10], "...", self.eval_at[-1]]
+        rows = [("training examples", self.train_examples), ("steps per epoch", self.steps_per_epoch),
+                ("steps planned", self.total_steps), ("eval_steps / save_steps", f"{self.eval_steps} / {self.save_steps}"),
+                ("evaluations at steps", ", ".join(map(str, shown)) or "none"),
+                ("early stopping", f"patience {self.patience}" if self.patience else "off")]
+        return pd.DataFrame(rows, columns=["plan", "value"]).set_index("plan")
+
+    def _repr_html_(self) -> str:
+        return self.table()._repr_html_()
+
+    def __repr__(self) -> str:
+        return str(self.table())
+
+
+def plan(training, n_train: int) -> Plan:
+    """Resolve the step counts of a run: a pure function of the training params and the data size."""
+    t = training
+    per_epoch = max(1, math.ceil(math.ceil(n_train / t.per_device_train_batch_size) / t.gradient_accumulation_steps))
+    total = t.max_steps if t.max_steps > 0 else math.ceil(per_epoch * t.num_train_epochs)
+
+    def resolve(value) -> int:
+        if value == "epoch":
+            return per_epoch
+        if value == "auto":  # ~10 evaluations, at least one per epoch
+            return max(1, min(per_epoch, math.ceil(total / 10)))
+        return int(value)
+
+    return Plan(n_train, per_epoch, total, resolve(t.eval_steps), resolve(t.save_steps), t.early_stopping_patience)
+
+
 # ------------------------------------------------------------------ session
 
 @dataclass
@@ -262,6 +341,7 @@ class Session:
     recorder: _LogRecorder
     resume_from: Path | None
     checks: pd.DataFrame
+    plan: Plan | None = None
     result: dict[str, Any] = field(default_factory=dict)
 
     def _repr_html_(self) -> str:
@@ -277,17 +357,18 @@ def build(lm, dataset, cfg, run, live: bool | None = None, callbacks: list | Non
     from trl import SFTTrainer
     from unsloth.chat_templates import train_on_responses_only
 
-    device = model_lib.device_info()
+    decisions = device_lib.decide_for(cfg)
     resume_from = resolve_resume(run, cfg.run.resume)
     markers = derive_markers(lm.tokenizer)
     train_ds, eval_ds = dataset["train"], dataset["validation"]
+    schedule = plan(cfg.training, len(train_ds)).check()
     counts = {}
     for split, ds in (("train", train_ds), ("validation", eval_ds)):
         counts[split] = label_counts(ds, lm.tokenizer, markers)
         check_labels(split, ds["id"], counts[split], markers)
     keep = ["messages"]
     trainer = SFTTrainer(
-        model=lm.model, processing_class=lm.tokenizer, args=sft_config(cfg, run, device),
+        model=lm.model, processing_class=lm.tokenizer, args=sft_config(cfg, run, decisions, schedule),
         train_dataset=train_ds.select_columns(keep), eval_dataset=eval_ds.select_columns(keep))
     trainer = train_on_responses_only(trainer, instruction_part=markers.instruction,
                                       response_part=markers.response)
@@ -305,20 +386,14 @@ def build(lm, dataset, cfg, run, live: bool | None = None, callbacks: list | Non
         {"check": "response marker", "value": repr(markers.response)},
         {"check": "train examples / min answer tokens", "value": f"{len(train_ds)} / {min(counts['train'])}"},
         {"check": "validation examples / min answer tokens", "value": f"{len(eval_ds)} / {min(counts['validation'])}"},
-        {"check": "steps planned", "value": str(_planned_steps(cfg, len(train_ds)))},
+        {"check": "steps planned", "value": str(schedule.total_steps)},
+        {"check": "evaluate / save every", "value": f"{schedule.eval_steps} / {schedule.save_steps} steps "
+                                                    f"({schedule.evaluations} evaluations)"},
         {"check": "optimizer / precision", "value": f"{getattr(trainer.args.optim, 'value', trainer.args.optim)} / "
                                                     f"{'bf16' if trainer.args.bf16 else 'fp16' if trainer.args.fp16 else 'fp32'}"},
         {"check": "resume from", "value": str(resume_from.name) if resume_from else "fresh start"},
     ]).set_index("check")
-    return Session(trainer, lm, cfg, run, markers, recorder, resume_from, checks)
-
-
-def _planned_steps(cfg, n_train: int) -> int:
-    t = cfg.training
-    if t.max_steps > 0:
-        return t.max_steps
-    per_epoch = math.ceil(math.ceil(n_train / t.per_device_train_batch_size) / t.gradient_accumulation_steps)
-    return math.ceil(per_epoch * t.num_train_epochs)
+    return Session(trainer, lm, cfg, run, markers, recorder, resume_from, checks, schedule)
 
 
 def _in_notebook() -> bool:

@@ -343,4 +343,4 @@ def test_docker_compose_trains_on_a_gpu_and_serves_the_latest_run():
     assert serve_["command"][3:5] == ["--host", "0.0.0.0"]
     assert all("./outputs:/app/outputs" in s["volumes"] for s in (train, serve_))
     dockerfile = (paths.PROJ_ROOT / "Dockerfile").read_text(encoding="utf-8")
-    assert "FROM nvidia/cuda:" in dockerfile and '.[gpu,serve]' in dockerfile
+    assert "FROM nvidia/cuda:" in dockerfile and "pip install -r requirements/gpu.txt" in dockerfile

@@ -8,7 +8,7 @@ import pytest
 from polo_lib import paths
 
 NOTEBOOKS = sorted(paths.NOTEBOOKS_DIR.glob("*.ipynb"))
-ALLOWED_IMPORTS = {"polo_lib", "sys", "os", "pandas", "matplotlib", "IPython"}
+ALLOWED_IMPORTS = {"polo_lib", "sys", "os", "subprocess", "pandas", "matplotlib", "IPython"}
 
 
 def load(path):

@@ -30,7 +30,8 @@ def test_default_is_the_seed_recipe():
     t = cfg.training
     assert (t.num_train_epochs, t.per_device_train_batch_size, t.gradient_accumulation_steps) == (5, 1, 4)
     assert (t.learning_rate, cfg.model.max_seq_length, t.seed) == (2e-4, 1024, 3407)
-    assert (t.early_stopping_patience, t.early_stopping_threshold, t.eval_steps, t.save_steps) == (3, 0.001, 100, 100)
+    assert (t.early_stopping_patience, t.early_stopping_threshold, t.eval_steps, t.save_steps) == (3, 0.001, "epoch", "epoch")
+    assert cfg.model.require_gpu and cfg.model.load_in_4bit
 
 
 def write(tmp_path: Path, body: dict) -> Path:
@@ -108,7 +109,8 @@ def test_invalid_yaml_is_a_params_error(tmp_path):
 
 def test_early_stopping_needs_equal_eval_and_save_steps():
     with pytest.raises(ParamsError, match="save_steps .* must equal eval_steps"):
-        params.load("smoke", overrides={"training.save_steps": 4, "training.eval_steps": 3})
+        params.load("smoke", overrides={"training.save_steps": 4, "training.eval_steps": 3,
+                                        "early_stopping_patience": 2})
     cfg = params.load("smoke", overrides={"save_steps": 4, "early_stopping_patience": 0})
     assert cfg.training.save_steps == 4
 

@@ -79,7 +79,7 @@ def test_preflight_catches_a_template_without_markers(tiny_model_dir, tmp_path):
 def test_preflight_says_4bit_will_not_apply_on_cpu(tiny_model_dir):
     report = preflight.run_checks("smoke", {"model.load_in_4bit": True})
     row = report.table().loc["precision and device"]
-    assert row["status"] == "warn" and "no CUDA GPU" in row["detail"]
+    assert row["status"] == "warn" and "4-bit needs a CUDA GPU: loading float32" in row["detail"]
 
 
 def write_queue(tmp_path, body):

@@ -174,7 +174,7 @@ def test_merged_16bit_export_when_params_ask(smoke):
     """save_merged_16bit: a plain transformers model folder, LoRA folded in, loadable without PEFT."""
     from transformers import AutoModelForCausalLM
 
-    cfg, ds = smoke(max_steps=2, save_merged_16bit=True)
+    cfg, ds = smoke(max_steps=2, eval_steps=2, save_steps=2, save_merged_16bit=True)
     run = runs.open_run(cfg)
     session = train_once(cfg, ds, run)
     saved = train.finish(session)

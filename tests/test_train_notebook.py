@@ -70,25 +70,31 @@ def test_the_adapter_reloads_with_plain_peft_and_with_unsloth(pipeline_run, tiny
     assert out.shape[1] > ids["input_ids"].shape[1]
 
 
-def test_papermill_parameters_reach_the_trainer(tmp_path, tiny_model_dir):
-    """`papermill train.ipynb out.ipynb -p max_steps 4` must train 4 steps, not the file's 6."""
+def test_train_notebook_alone_on_a_fresh_clone_takes_papermill_parameters(tmp_path, tiny_model_dir):
+    """A fresh clone (or a Colab runtime) has no data/processed/: train.ipynb opened alone prepares
+    it, announced, and `-p max_steps 4` must train 4 steps, not the file's 6."""
     cfg = params.load("smoke")
-    data.save(data.prepare(cfg.data, model.load_tokenizer(cfg.model), cfg.model.max_seq_length), cfg.data)
+    assert not data.processed_path(cfg.data).exists()
     pm.execute_notebook(str(paths.NOTEBOOKS_DIR / "train.ipynb"), str(tmp_path / "out.ipynb"),
                         parameters={"params_file": "smoke", "max_steps": 4, "learning_rate": 1e-3},
                         kernel_name="python3", cwd=str(paths.NOTEBOOKS_DIR), progress_bar=False)
     run = runs.latest_run()
     assert run.params().training.max_steps == 4 and run.params().training.learning_rate == 1e-3
     assert run.summary()["training"]["steps"] == 4
+    assert (data.processed_path(cfg.data) / "dataset").is_dir()
+    executed = (tmp_path / "out.ipynb").read_text(encoding="utf-8")
+    assert "preparing it now, as prepare_data.ipynb does" in executed
 
 
 def test_a_failing_stage_marks_the_run_failed_and_names_the_cell(tiny_model_dir):
-    with pytest.raises(cli.PoloError, match=r"(?s)stage .train. failed: DataError.*no processed dataset.*train.ipynb, cell"):
+    damaged = data.processed_path(params.load("smoke").data) / "dataset"
+    damaged.mkdir(parents=True)  # a processed folder with nothing in it: loading it fails in the train stage
+    with pytest.raises(cli.PoloError, match=r"(?s)stage .train. failed: FileNotFoundError.*train.ipynb, cell"):
         cli.run_pipeline("smoke", stages=["train"], log=lambda *a: None)
     run = runs.latest_run(status=None)
     manifest = run.manifest()
     assert manifest["status"] == "failed"
-    assert "no processed dataset" in manifest["error"]["message"]
+    assert "FileNotFoundError" in manifest["error"]["message"]
     assert "train.ipynb" in manifest["error"]["where"]
     assert manifest["stages"]["train"]["status"] == "failed"
 

@@ -1,0 +1,204 @@
+"""What this machine can do, and what a recipe will therefore run with, as pure functions.
+
+`describe()` reads the machine once: CUDA or not, the GPU's compute capability, free memory,
+whether bitsandbytes imports. Every decision the GPU path makes (precision, optimizer, 4-bit,
+gradient checkpointing, refusing a GPU recipe on a CPU) is `decide(device, cfg)`, a pure
+function of that description and the params, so each branch is tested as a table on a CPU
+(tests/test_device.py: T4, A10G, RTX 4090, H100/H200, CUDA without bitsandbytes, CPU).
+
+Why not torch's own answers: torch 2.13's `torch.cuda.is_bf16_supported()` counts emulation and
+says True on a T4 (compute capability 7.5), where bf16 runs several times slower than fp16. bf16
+here means the hardware has it: compute capability 8.0 (Ampere) or newer.
+
+This module imports nothing from polo_lib but errors, so any layer (params' `auto` choice
+included) may ask it.
+"""
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from .errors import ModelError
+
+BF16_MIN_CAPABILITY = (8, 0)  # Ampere: bf16 tensor cores; a T4 (7.5) only emulates bf16
+EIGHT_BIT_OPTIMIZERS = ("adamw_8bit", "paged_adamw_8bit", "adamw_bnb_8bit", "paged_adamw_32bit", "lion_8bit")
+
+
+@dataclass(frozen=True)
+class Device:
+    """A machine as the decisions see it. Build one by hand to ask "what would a T4 do?"."""
+    kind: Literal["cuda", "cpu"]
+    name: str
+    memory_total: int  # bytes (GPU memory on cuda, RAM on cpu)
+    memory_free: int
+    compute_capability: tuple[int, int] | None = None  # cuda only, e.g. (7, 5) for a T4
+    bitsandbytes: bool = False  # importable: 4-bit loading and 8-bit optimizers need it
+    count: int = 1
+    threads: int | None = None
+
+    @property
+    def cuda(self) -> bool:
+        return self.kind == "cuda"
+
+    @property
+    def bf16(self) -> bool:
+        """bf16 in hardware, never emulated."""
+        return self.cuda and self.compute_capability is not None and \
+            tuple(self.compute_capability) >= BF16_MIN_CAPABILITY
+
+    def as_dict(self) -> dict[str, Any]:
+        """The manifest's `device` entry (and what older code reads: device, bf16)."""
+        out = asdict(self)
+        out["device"] = out.pop("kind")
+        out["bf16"] = self.bf16
+        if self.compute_capability is not None:
+            out["compute_capability"] = ".".join(map(str, self.compute_capability))
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Device":
+        """Inverse of `as_dict` (also takes a manifest written before compute capability was recorded)."""
+        cc = d.get("compute_capability")
+        if isinstance(cc, str):
+            cc = tuple(int(x) for x in cc.split("."))
+        return cls(kind=d.get("device", d.get("kind", "cpu")), name=d.get("name", "?"),
+                   memory_total=int(d.get("memory_total") or 0), memory_free=int(d.get("memory_free") or 0),
+                   compute_capability=tuple(cc) if cc else None, bitsandbytes=bool(d.get("bitsandbytes")),
+                   count=int(d.get("count") or 1), threads=d.get("threads"))
+
+
+def bitsandbytes_importable() -> bool:
+    """Whether bitsandbytes is installed, without importing it (its import loads CUDA libraries)."""
+    return importlib.util.find_spec("bitsandbytes") is not None
+
+
+def describe() -> Device:
+    """This machine, read without importing Unsloth (the manifest is written before any model loads)."""
+    import psutil
+    import torch
+
+    if torch.cuda.is_available():
+        free, total = torch.cuda.mem_get_info()
+        return Device("cuda", torch.cuda.get_device_name(0), total, free,
+                      compute_capability=tuple(torch.cuda.get_device_capability(0)),
+                      bitsandbytes=bitsandbytes_importable(), count=torch.cuda.device_count())
+    vm = psutil.virtual_memory()
+    return Device("cpu", cpu_name(), vm.total, vm.available, bitsandbytes=bitsandbytes_importable(),
+                  threads=torch.get_num_threads())
+
+
+def cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+    return platform.processor() or platform.machine()
+
+
+def has_cuda() -> bool:
+    import torch
+    return torch.cuda.is_available()
+
+
+# ------------------------------------------------------------------- decisions
+
+@dataclass(frozen=True)
+class Decisions:
+    """What a recipe runs with on a device: one answer for loading, training, memory and the manifest."""
+    dtype: str                 # weights / compute dtype: float32, float16, bfloat16
+    load_in_4bit: bool         # bitsandbytes NF4 really applied
+    optim: str                 # the optimizer name TRL gets
+    gradient_checkpointing: bool | str  # "unsloth" (offloaded, GPU), True (recompute), False
+    fp16: bool                 # trainer mixed precision flags
+    bf16: bool
+    use_cpu: bool
+    notes: tuple[str, ...] = field(default=())  # every place where what applies differs from what was asked
+
+    def as_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["notes"] = list(self.notes)
+        return out
+
+    @property
+    def precision(self) -> str:
+        return "4-bit NF4 + " + self.dtype if self.load_in_4bit else self.dtype
+
+
+def decide(device: Device, model_params, lora_params, training_params) -> Decisions:
+    """Every device-dependent choice for a recipe, or a ModelError saying what to change.
+
+    - GPU recipe (model.require_gpu) on a machine without CUDA: refused, naming the params to use.
+    - dtype auto: bfloat16 from compute capability 8.0, float16 below (T4), float32 on a CPU
+      (bf16 on these CPUs measured 6-25x slower than fp32). bfloat16 asked on a GPU without it: refused.
+    - 4-bit: on CUDA with bitsandbytes; CUDA without bitsandbytes: refused with the install command;
+      on a CPU it falls back to the dtype above, and a note says so.
+    - optim auto: adamw_8bit where bitsandbytes imports on CUDA (optimizer states in 1/4 of the
+      memory), adamw_torch elsewhere; an 8-bit optimizer asked without bitsandbytes: refused.
+    - gradient checkpointing "unsloth" (offloads activations to RAM, GPU only) becomes plain
+      recomputation on a CPU.
+    """
+    notes: list[str] = []
+    if getattr(model_params, "require_gpu", False) and not device.cuda:
+        raise ModelError(
+            "this is a GPU recipe (model.require_gpu: true) but this machine has no CUDA GPU "
+            f"({device.name}). Use params_file 'cpu' (the offline SmolLM2 demo) or 'auto' (picks "
+            "'default' on a GPU, 'cpu' elsewhere), or set model.require_gpu: false to train it on the CPU anyway.")
+    dtype = _dtype(model_params.dtype, device)
+    four_bit = bool(model_params.load_in_4bit)
+    if four_bit and device.cuda and not device.bitsandbytes:
+        raise ModelError("load_in_4bit needs bitsandbytes, which is not installed in this environment "
+                         f"(CUDA GPU: {device.name}). Install the pinned GPU stack: "
+                         "pip install -r requirements/gpu.txt (or set model.load_in_4bit: false).")
+    if four_bit and not device.cuda:
+        notes.append(f"load_in_4bit was asked, but bitsandbytes 4-bit needs a CUDA GPU: loading {dtype} "
+                     "weights instead.")
+        four_bit = False
+    optim = training_params.optim
+    if optim == "auto":
+        optim = "adamw_8bit" if device.cuda and device.bitsandbytes else "adamw_torch"
+    elif (optim in EIGHT_BIT_OPTIMIZERS or "bnb" in optim) and not (device.cuda and device.bitsandbytes):
+        where = "bitsandbytes is not installed" if device.cuda else "this machine has no CUDA GPU"
+        raise ModelError(f"training.optim '{optim}' is a bitsandbytes optimizer, but {where}. "
+                         "Use optim: auto (adamw_8bit on a GPU with bitsandbytes, adamw_torch elsewhere) "
+                         "or adamw_torch.")
+    checkpointing = {"unsloth": "unsloth" if device.cuda else True, "true": True, "false": False}[
+        lora_params.use_gradient_checkpointing]
+    return Decisions(dtype=dtype, load_in_4bit=four_bit, optim=optim, gradient_checkpointing=checkpointing,
+                     fp16=device.cuda and dtype == "float16", bf16=device.cuda and dtype == "bfloat16",
+                     use_cpu=not device.cuda, notes=tuple(notes))
+
+
+def _dtype(asked: str, device: Device) -> str:
+    if asked == "auto":
+        if not device.cuda:
+            return "float32"
+        return "bfloat16" if device.bf16 else "float16"
+    if asked == "bfloat16" and device.cuda and not device.bf16:
+        cc = ".".join(map(str, device.compute_capability or ())) or "?"
+        raise ModelError(f"model.dtype bfloat16 asked, but {device.name} (compute capability {cc}) has no "
+                         "bf16 hardware: torch would emulate it, several times slower. Use dtype: auto "
+                         "(float16 here) or float16.")
+    return asked
+
+
+def torch_dtype(name: str):
+    import torch
+    return getattr(torch, name)
+
+
+def decide_for(cfg, device: Device | None = None) -> Decisions:
+    """`decide` for a whole Params on this machine (or the given device)."""
+    return decide(device or describe(), cfg.model, cfg.lora, cfg.training)
+
+
+AUTO_PARAMS = {"cuda": "default", "cpu": "cpu"}
+
+
+def auto_params_name(device_kind: str | None = None) -> str:
+    """params_file 'auto': the GPU recipe where a CUDA GPU is present, the offline CPU demo elsewhere."""
+    kind = device_kind or ("cuda" if has_cuda() else "cpu")
+    return AUTO_PARAMS[kind]

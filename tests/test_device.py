@@ -1,0 +1,182 @@
+"""The GPU path's decisions as tables: no GPU is needed to know what a T4 or an H100 will run.
+
+Every device-dependent choice (precision, 4-bit, optimizer, checkpointing, refusals) is
+`device.decide`, a pure function of a described device and the params; the evaluation
+schedule is `train.plan`, a pure function of the training params and the data size.
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from polo_lib import data, device, params, preflight, runs, train
+from polo_lib.device import Device
+from polo_lib.errors import ModelError, ParamsError
+
+GiB = 1024 ** 3
+
+
+def gpu(name: str, cc: tuple[int, int], memory_gib: float, bnb: bool = True) -> Device:
+    return Device("cuda", name, int(memory_gib * GiB), int(memory_gib * GiB), compute_capability=cc, bitsandbytes=bnb)
+
+
+T4 = gpu("Tesla T4", (7, 5), 15)
+A10G = gpu("NVIDIA A10G", (8, 6), 22)
+RTX_4090 = gpu("NVIDIA GeForce RTX 4090", (8, 9), 24)
+H100 = gpu("NVIDIA H100 80GB HBM3", (9, 0), 80)
+H200 = gpu("NVIDIA H200", (9, 0), 139)
+CPU = Device("cpu", "x86_64", 24 * GiB, 20 * GiB, threads=2)
+
+
+def decide(dev: Device, params_file: str = "default", **overrides):
+    cfg = params.load(params_file, overrides=overrides)
+    return device.decide(dev, cfg.model, cfg.lora, cfg.training)
+
+
+# device, dtype, 4-bit, optimizer, gradient checkpointing, fp16, bf16
+GPU_TABLE = [
+    (T4, "float16", True, "adamw_8bit", "unsloth", True, False),
+    (A10G, "bfloat16", True, "adamw_8bit", "unsloth", False, True),
+    (RTX_4090, "bfloat16", True, "adamw_8bit", "unsloth", False, True),
+    (H100, "bfloat16", True, "adamw_8bit", "unsloth", False, True),
+    (H200, "bfloat16", True, "adamw_8bit", "unsloth", False, True),
+]
+
+
+@pytest.mark.parametrize("dev, dtype, four_bit, optim, checkpointing, fp16, bf16", GPU_TABLE,
+                         ids=[row[0].name for row in GPU_TABLE])
+def test_the_seed_recipe_on_each_gpu(dev, dtype, four_bit, optim, checkpointing, fp16, bf16):
+    d = decide(dev)
+    assert (d.dtype, d.load_in_4bit, d.optim, d.gradient_checkpointing, d.fp16, d.bf16, d.use_cpu) == \
+        (dtype, four_bit, optim, checkpointing, fp16, bf16, False)
+    assert d.notes == ()
+
+
+def test_bf16_only_from_compute_capability_8_never_emulated():
+    """torch 2.13's is_bf16_supported() says True on a T4 (it counts emulation); we do not."""
+    assert not T4.bf16 and A10G.bf16 and H200.bf16 and not CPU.bf16
+    assert gpu("V100", (7, 0), 16).bf16 is False
+    with pytest.raises(ModelError, match=r"bfloat16 asked, but Tesla T4 \(compute capability 7.5\) has no bf16"):
+        decide(T4, dtype="bfloat16")
+    assert decide(A10G, dtype="float16").dtype == "float16"  # asked explicitly: honoured
+
+
+def test_cuda_without_bitsandbytes_says_what_to_install():
+    no_bnb = gpu("Tesla T4", (7, 5), 15, bnb=False)
+    with pytest.raises(ModelError, match=r"bitsandbytes.*pip install -r requirements/gpu.txt"):
+        decide(no_bnb)
+    d = decide(no_bnb, load_in_4bit=False)  # 16-bit LoRA works without it, with torch's AdamW
+    assert (d.load_in_4bit, d.optim, d.dtype) == (False, "adamw_torch", "float16")
+    with pytest.raises(ModelError, match="adamw_8bit' is a bitsandbytes optimizer, but bitsandbytes is not installed"):
+        decide(no_bnb, load_in_4bit=False, optim="adamw_8bit")
+
+
+def test_a_gpu_recipe_on_a_cpu_stops_naming_the_params_to_use():
+    with pytest.raises(ModelError, match="no CUDA GPU.*params_file 'cpu'.*require_gpu: false"):
+        decide(CPU)
+    d = decide(CPU, require_gpu=False)  # asked for: it runs, 4-bit falls back, and says so
+    assert (d.dtype, d.load_in_4bit, d.optim, d.gradient_checkpointing, d.use_cpu) == \
+        ("float32", False, "adamw_torch", True, True)
+    assert "bitsandbytes 4-bit needs a CUDA GPU" in d.notes[0]
+
+
+def test_the_cpu_demo_and_smoke_recipes_on_a_cpu():
+    for name in ("cpu", "smoke"):
+        d = decide(CPU, name)
+        assert (d.dtype, d.load_in_4bit, d.optim, d.gradient_checkpointing, d.fp16, d.bf16, d.use_cpu) == \
+            ("float32", False, "adamw_torch", False, False, False, True)
+    with pytest.raises(ModelError, match="no CUDA GPU"):
+        decide(CPU, "cpu", optim="adamw_8bit")
+
+
+def test_the_cpu_recipe_on_a_gpu_uses_the_gpu():
+    d = decide(T4, "cpu")  # cpu.yaml says float32 and no 4-bit: honoured, on the GPU
+    assert (d.dtype, d.load_in_4bit, d.use_cpu, d.optim) == ("float32", False, False, "adamw_8bit")
+
+
+def test_device_dict_round_trip_keeps_what_the_decisions_need():
+    for dev in (T4, H200, CPU):
+        again = Device.from_dict(json.loads(json.dumps(dev.as_dict())))
+        assert again == dev and again.bf16 == dev.bf16
+    assert T4.as_dict()["compute_capability"] == "7.5" and T4.as_dict()["bf16"] is False
+
+
+def test_this_machine_is_described_without_cuda_and_auto_picks_cpu():
+    here = device.describe()
+    assert here.kind == "cpu" and here.memory_total > 0 and here.compute_capability is None
+    assert device.auto_params_name("cuda") == "default" and device.auto_params_name("cpu") == "cpu"
+    cfg = params.load("auto")
+    assert cfg.name == "cpu" and "no CUDA GPU" in cfg.chosen_by
+    assert cfg.short_hash() == params.load("cpu").short_hash()  # the same experiment as naming it
+
+
+def test_the_manifest_records_the_decisions_and_a_gpu_recipe_makes_no_run_folder(isolated_outputs):
+    run = runs.open_run(params.load("smoke"))
+    manifest = run.manifest()
+    assert manifest["decisions"]["dtype"] == "float32" and manifest["decisions"]["optim"] == "adamw_torch"
+    assert manifest["device"]["bf16"] is False and manifest["device"]["device"] == "cpu"
+    before = sorted(p.name for p in run.path.parent.iterdir())
+    with pytest.raises(ModelError, match="GPU recipe"):
+        runs.open_run(params.load("default"))
+    assert sorted(p.name for p in run.path.parent.iterdir()) == before
+
+
+# ------------------------------------------------------------------ the evaluation plan
+
+def train_examples(cfg) -> int:
+    """Training paragraphs of the real data for these params (no tokenizer: lengths do not drop any)."""
+    records, _ = data.clean_records(data.load_raw(cfg.data.raw_file), cfg.data.filler_phrases)
+    splits = data.split_paragraphs(data.group_paragraphs(records), cfg.data.validation_fraction,
+                                   cfg.data.test_fraction, cfg.data.split_seed)
+    return len(splits["train"])
+
+
+@pytest.mark.parametrize("name, steps, total, eval_at", [
+    ("default", 13, 65, [13, 26, 39, 52, 65]),   # once per epoch: patience 3 can act
+    ("cpu", 13, 13, [3, 6, 9, 12]),              # one epoch, patience 2 needs 4
+    ("smoke", 26, 6, [3, 6]),                    # max_steps 6, early stopping off
+])
+def test_the_evaluation_schedule_of_each_params_file(name, steps, total, eval_at):
+    cfg = params.load(name)
+    p = train.plan(cfg.training, train_examples(cfg)).check()
+    assert (p.steps_per_epoch, p.total_steps, p.eval_at) == (steps, total, eval_at)
+    assert p.save_steps == p.eval_steps
+
+
+def test_auto_and_epoch_cadence():
+    cfg = params.load("default", overrides={"eval_steps": "auto", "save_steps": "auto"})
+    assert train.plan(cfg.training, 52).eval_steps == 7          # ~10 evaluations over 65 steps
+    cfg = params.load("default", overrides={"eval_steps": "auto", "save_steps": "auto", "epochs": 50})
+    assert train.plan(cfg.training, 52).eval_steps == 13         # at least once per epoch
+
+
+def test_a_schedule_that_cannot_evaluate_or_stop_early_is_refused_with_the_numbers():
+    never = params.load("default", overrides={"eval_steps": 100, "save_steps": 100})
+    with pytest.raises(ParamsError, match=r"eval_steps \(100\) is more than the 65 steps.*13 steps per epoch"):
+        train.plan(never.training, 52).check()
+    few = params.load("default", overrides={"eval_steps": 30, "save_steps": 30})
+    with pytest.raises(ParamsError, match=r"patience 3\) needs at least 5 evaluations.*gives 2"):
+        train.plan(few.training, 52).check()
+    off = params.load("default", overrides={"eval_steps": 30, "save_steps": 30, "early_stopping_patience": 0})
+    assert train.plan(off.training, 52).check().evaluations == 2
+
+
+def test_bad_cadence_values_are_params_errors():
+    for bad in ("epochs", 0, True):
+        with pytest.raises(ParamsError, match="number of steps .* 'epoch' .* 'auto'"):
+            params.load("smoke", overrides={"eval_steps": bad})
+
+
+def test_preflight_refuses_the_gpu_recipe_on_a_cpu_before_any_model_work():
+    report = preflight.run_checks("default")
+    rows = {r["check"]: r for r in report.rows}
+    assert not report.ok and rows["precision and device"]["status"] == "fail"
+    assert "params_file 'cpu'" in rows["precision and device"]["detail"]
+    assert "model" not in rows  # nothing about the (hub) model was even looked up
+
+
+def test_preflight_names_the_numbers_of_a_schedule_that_never_evaluates(tiny_model_dir):
+    report = preflight.run_checks("smoke", overrides={"eval_steps": 50, "save_steps": 50})
+    assert not report.ok
+    assert any("eval_steps (50) is more than the 6 steps" in f for f in report.failures())
