@@ -89,6 +89,7 @@ def test_adapter_and_merged_exports_reload_and_keep_the_adapter(tiny_run):
     assert f"`{tok.eos_token}` (id {tok.eos_token_id})" in card and prompts.SYSTEM_PROMPT in card
     assert merged.check["generated_tokens"] > 0 and adapter.check["generated_tokens"] > 0
     assert merged.check["dtype_on_disk"] == "bfloat16"  # 16-bit merge, even from float32 CPU training
+    assert merged.check["reloaded"] == "AutoModelForCausalLM (float32 on cpu)"  # 16-bit on cuda on a GPU
     assert tiny_run.manifest()["exports"]["merged"]["files"] == merged.files
 
     # the merged weights are base + adapter: closer to the tuned model than to the base
