@@ -316,8 +316,9 @@ def merge_into(run, out: Path) -> Path:
     from . import evaluate
 
     lm = evaluate.load_tuned(run.params(), run)
-    # A 4-bit base (the default recipe) is not dequantized here: Unsloth downloads the 16-bit
-    # base (unsloth/Llama-3.2-3B-Instruct, ~6.4 GB) from the hub and merges LoRA into it.
+    # On a GPU a 4-bit hub base (the default recipe) is not dequantized: Unsloth downloads its
+    # 16-bit original (unsloth/Llama-3.2-3B-Instruct, ~6.4 GB) and merges LoRA into those shards
+    # (README, "Merging a 4-bit base"). Unsloth's CPU backend merges the loaded weights in memory.
     lm.model.save_pretrained_merged(str(out), lm.tokenizer, save_method="merged_16bit")
     del lm
     evaluate.free_memory()  # the tuned model goes before the merged one is reloaded to check it
