@@ -2,7 +2,7 @@
 
 Both models see the same prompts (the Easy prompt from polo_lib.prompts, the tokenizer's
 chat template) and the same decoding settings (params `evaluation`). The base model is
-loaded alone, then the run's adapter on top of a fresh base: no adapter toggling that a
+loaded alone and freed, then the run's adapter on top of a fresh base: no adapter toggling that a
 patched fast path might ignore.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ import pandas as pd
 from . import model as model_lib
 from . import plots, prompts
 from .atomic import atomic_write_json, atomic_write_text
-from .errors import RunError
+from .errors import ModelError, RunError
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +30,44 @@ class Generation:
     new_tokens: int
     seconds: float  # the batch's wall time shared equally by its examples
     stopped: bool = False  # ended at EOS (OpenAI finish_reason "stop"), not at max_new_tokens
+
+
+def pick_input_device(embedding_device, model_device):
+    """Where token ids must go: the input embeddings' device, else the model's (pure, table-tested).
+
+    A model spread over devices (device_map "auto") looks token ids up where its embeddings
+    are, which need not be `model.device` (the first parameter's); a meta embedding (offloaded
+    weights) says nothing, so the model's device decides then.
+    """
+    import torch
+
+    for candidate in (embedding_device, model_device):
+        if candidate is not None and torch.device(candidate).type != "meta":
+            return torch.device(candidate)
+    for candidate in (embedding_device, model_device):
+        if candidate is not None:
+            return torch.device(candidate)
+    raise ModelError("cannot tell which device the model is on: it has neither input embeddings nor a "
+                     "`device`. Pass a transformers / PEFT model.")
+
+
+def input_device(model):
+    """The device `model.generate` needs its inputs on (see pick_input_device)."""
+    get = getattr(model, "get_input_embeddings", None)
+    embeddings = get() if callable(get) else None
+    weight = getattr(embeddings, "weight", None)
+    return pick_input_device(getattr(weight, "device", None), getattr(model, "device", None))
+
+
+def encode_prompts(tokenizer, texts: Sequence[str], model):
+    """Token ids (left padding as the tokenizer is set) on the model's input device.
+
+    Every generate call in polo_lib encodes through here: Unsloth's fast generation
+    (`_fast_prepare_inputs_for_generation`) keeps input_ids on the device they come on, so CPU
+    tensors given to a CUDA model fail instead of being moved.
+    """
+    enc = tokenizer(list(texts), return_tensors="pt", padding=True, add_special_tokens=False)
+    return enc.to(input_device(model))
 
 
 def generate(lm, chats: Sequence[list[dict[str, str]]], max_new_tokens: int = 128, batch_size: int = 8,
@@ -53,7 +91,7 @@ def generate(lm, chats: Sequence[list[dict[str, str]]], max_new_tokens: int = 12
         for i in range(0, len(chats), batch_size):
             batch = chats[i:i + batch_size]
             texts = [tok.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in batch]
-            enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+            enc = encode_prompts(tok, texts, model)
             start = time.perf_counter()
             with torch.no_grad():
                 out = model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id,
@@ -102,8 +140,14 @@ def load_tuned(cfg, run):
     return model_lib.LoadedModel(*model_lib.from_pretrained(str(run.adapter), cfg, device), {})
 
 
-def _free(lm) -> None:
-    del lm
+def free_memory() -> None:
+    """Return memory of models the caller has already dropped every reference to.
+
+    A function cannot free its caller's model: `del` inside it drops only its own name. So
+    callers `del` their references, then call this. gc.collect() because PEFT / Unsloth
+    models hold reference cycles; empty_cache() so the next model's CUDA allocations can use
+    the cached blocks (a 3B fp16 model is ~6.4 GB of them).
+    """
     gc.collect()
     try:
         import torch
@@ -111,6 +155,20 @@ def _free(lm) -> None:
             torch.cuda.empty_cache()
     except ImportError:
         pass
+
+
+def answers_of(loader, chats, progress: str, **decoding) -> list[Generation]:
+    """Load a model with `loader`, generate, and free it before returning.
+
+    The model lives only inside this call, so the next model loads into freed memory (on a
+    16 GB T4, base and tuned 3B models together would not fit beside generation).
+    """
+    lm = loader()
+    try:
+        return generate(lm, chats, progress=progress, **decoding)
+    finally:
+        del lm
+        free_memory()
 
 
 def predict(run, cfg, dataset) -> pd.DataFrame:
@@ -122,9 +180,7 @@ def predict(run, cfg, dataset) -> pd.DataFrame:
                     temperature=e.temperature, top_p=e.top_p)
     outputs = {}
     for name, loader in (("base", lambda: load_base(cfg)), ("tuned", lambda: load_tuned(cfg, run))):
-        lm = loader()
-        outputs[name] = generate(lm, chats, progress=f"{name} model", **decoding)
-        _free(lm)
+        outputs[name] = answers_of(loader, chats, progress=f"{name} model", **decoding)
     rows = []
     for i, pid in enumerate(split["id"]):
         row = {"id": pid, "original": split["original"][i], "reference": split["simplified"][i]}

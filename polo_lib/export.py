@@ -163,13 +163,40 @@ def run_tokenizer(run):
     return AutoTokenizer.from_pretrained(str(run.adapter))
 
 
+def reload_options(device: dict[str, Any]) -> dict[str, Any]:
+    """from_pretrained settings for reloading an export to check it, from `model.device_info()`.
+
+    On a GPU: 16-bit on cuda, bf16 only where device["bf16"] (compute capability >= 8.0), fp16
+    on a T4. On a CPU: float32 (bf16 matmuls measured 6-25x slower there). Never fp32 on the CPU
+    when a GPU is there: Llama-3.2-3B in fp32 is ~12 GiB of RAM, more than a Colab runtime has;
+    in fp16 on the GPU it is ~6.4 GB of VRAM.
+    """
+    import torch
+
+    kind = device.get("device") if isinstance(device, dict) else None
+    if kind == "cuda":
+        if "bf16" not in device:
+            raise ModelError("reload_options: the device description has no 'bf16' key; "
+                             "pass model.device_info().")
+        return {"dtype": torch.bfloat16 if device["bf16"] else torch.float16, "device_map": "cuda"}
+    if kind == "cpu":
+        return {"dtype": torch.float32, "device_map": "cpu"}
+    raise ModelError(f"reload_options: device {kind!r} is neither 'cuda' nor 'cpu'; pass model.device_info().")
+
+
+def _described(options: dict[str, Any]) -> str:
+    return f"{str(options['dtype']).removeprefix('torch.')} on {options['device_map']}"
+
+
 def check_generates(model, tokenizer, max_new_tokens: int = 8) -> dict[str, Any]:
     """Greedy answer to the Easy prompt from a reloaded export; an empty answer fails the export."""
     import torch
 
+    from .evaluate import encode_prompts
+
     text = tokenizer.apply_chat_template(prompts.build_messages(VERIFY_PARAGRAPH), tokenize=False,
                                          add_generation_prompt=True)
-    enc = tokenizer(text, return_tensors="pt", add_special_tokens=False)
+    enc = encode_prompts(tokenizer, [text], model)  # on the model's device (CPU ids fail on CUDA)
     start = time.perf_counter()
     with torch.no_grad():
         out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
@@ -289,7 +316,12 @@ def merge_into(run, out: Path) -> Path:
     from . import evaluate
 
     lm = evaluate.load_tuned(run.params(), run)
+    # On a GPU a 4-bit hub base (the default recipe) is not dequantized: Unsloth downloads its
+    # 16-bit original (unsloth/Llama-3.2-3B-Instruct, ~6.4 GB) and merges LoRA into those shards
+    # (README, "Merging a 4-bit base"). Unsloth's CPU backend merges the loaded weights in memory.
     lm.model.save_pretrained_merged(str(out), lm.tokenizer, save_method="merged_16bit")
+    del lm
+    evaluate.free_memory()  # the tuned model goes before the merged one is reloaded to check it
     if not (out / "config.json").is_file():
         raise ModelError(f"save_pretrained_merged wrote no config.json into {out}")
     return out
@@ -298,12 +330,15 @@ def merge_into(run, out: Path) -> Path:
 def _build_merged(run, out: Path, _types) -> dict[str, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from .model import device_info
+
     merge_into(run, out)
-    model = AutoModelForCausalLM.from_pretrained(str(out), dtype="float32")
+    options = reload_options(device_info())
+    model = AutoModelForCausalLM.from_pretrained(str(out), **options)
     tokenizer = AutoTokenizer.from_pretrained(str(out))
     _same_template(run, tokenizer.chat_template, tokenizer.eos_token_id, "merged model")
     on_disk = json.loads((out / "config.json").read_text(encoding="utf-8"))
-    return {"reloaded": "AutoModelForCausalLM (float32)",
+    return {"reloaded": f"AutoModelForCausalLM ({_described(options)})",
             "dtype_on_disk": on_disk.get("dtype") or on_disk.get("torch_dtype"),
             **check_generates(model, tokenizer)}
 
@@ -312,20 +347,27 @@ def _build_gguf(run, out: Path, gguf_types: Sequence[str]) -> dict[str, Any]:
     """Merge into a scratch folder beside `out`, convert once per type, reload each with transformers."""
     from transformers import AutoModelForCausalLM
 
+    from .evaluate import free_memory
+    from .model import device_info
+
     scratch = out.parent / f"{out.name}.merged"
     try:
         merge_into(run, scratch)
+        options = reload_options(device_info())
         checks = {}
         tokenizer = run_tokenizer(run)
         for outtype in _progress(gguf_types):
             path = convert_to_gguf(scratch, out / f"{run.id}-{outtype}.gguf", outtype)
             meta = gguf_metadata(path)
             _same_template(run, meta["chat_template"], meta["eos_token_id"], path.name)
-            model = AutoModelForCausalLM.from_pretrained(str(out), gguf_file=path.name, dtype="float32")
+            # transformers dequantizes a GGUF file on load: reloaded at `options`' dtype, not q8_0.
+            model = AutoModelForCausalLM.from_pretrained(str(out), gguf_file=path.name, **options)
             checks[path.name] = {"bytes": path.stat().st_size, "architecture": meta["architecture"],
-                                 "eos_token_id": meta["eos_token_id"], "reloaded": "transformers gguf_file=",
+                                 "eos_token_id": meta["eos_token_id"],
+                                 "reloaded": f"transformers gguf_file= ({_described(options)})",
                                  **check_generates(model, tokenizer)}
             del model
+            free_memory()  # one reloaded model at a time: f16 and q8_0 of a 3B model do not fit together
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return checks

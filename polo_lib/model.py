@@ -6,6 +6,7 @@ entry point here calls `import_unsloth()` first.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -308,16 +309,39 @@ def load_init_adapter(peft_model, init_adapter: str):
 
 # ---------------------------------------------------------------- parameters
 
+def logical_numel(name: str, p) -> int:
+    """How many weights a parameter stands for, which is not numel() for a 4-bit weight.
+
+    bitsandbytes' Params4bit stores two 4-bit values per byte of its quant_storage (uint8 by
+    default: numel() is half the count; a 16-bit storage packs four) and keeps the original
+    shape in `quant_state.shape` (bitsandbytes 0.50 functional.quantize_4bit). Not yet quantized
+    (quant_state None, e.g. before `.cuda()`), the tensor holds the weights as they are.
+    """
+    quant_state = getattr(p, "quant_state", None)
+    if quant_state is None:
+        return p.numel()
+    shape = getattr(quant_state, "shape", None)
+    if shape is None:
+        raise ModelError(f"parameter {name}: it has a quant_state without a shape, so its weight count is "
+                         "unknown; parameter_table knows bitsandbytes' Params4bit (quant_state.shape) only.")
+    n = math.prod(int(d) for d in shape)
+    if n < p.numel():
+        raise ModelError(f"parameter {name}: quant_state.shape {tuple(shape)} holds {n} weights but the stored "
+                         f"tensor has {p.numel()} elements; a packed weight never stores more than it stands for.")
+    return n
+
+
 def parameter_table(model) -> pd.DataFrame:
     """Total and trainable parameters, per LoRA target module type, with their bytes.
 
-    4-bit weights are stored two to a byte: bitsandbytes reports half the count, so
-    totals are counted from element sizes as stored.
+    Parameters are counted as weights of the architecture (a 4-bit weight by its quant_state
+    shape, see logical_numel), so the 3B recipe reports ~3.22B whether loaded in 4 or 16 bits;
+    bytes are as stored (a packed 4-bit weight: half a byte each, without its absmax scales).
     """
     total = trainable = total_bytes = trainable_bytes = 0
     per_type: dict[str, list[int]] = {}
     for name, p in model.named_parameters():
-        n, b = p.numel(), p.numel() * p.element_size()
+        n, b = logical_numel(name, p), p.numel() * p.element_size()
         total, total_bytes = total + n, total_bytes + b
         if p.requires_grad:
             trainable, trainable_bytes = trainable + n, trainable_bytes + b

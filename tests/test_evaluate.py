@@ -1,5 +1,7 @@
 """Evaluation end to end on the tiny model: predictions, metrics, chart, examples, report."""
+import gc
 import json
+import weakref
 
 import pandas as pd
 import pytest
@@ -76,3 +78,34 @@ def test_evaluation_params_may_change_but_training_params_may_not(tiny_model_dir
     with pytest.raises(runs.RunError, match="other params .*learning_rate"):
         runs.open_run(params.load("smoke", learning_rate=1e-4), run.id, stage="evaluate",
                       may_differ=("evaluation",))
+
+
+def test_base_model_is_freed_before_the_tuned_model_loads(tiny_model_dir, monkeypatch):
+    """On a 16 GB T4 the base and tuned 3B models must not be held at once: when predict loads
+    the tuned model, nothing may keep the base model alive any more (real loaders, tiny model)."""
+    cfg = params.load("smoke", overrides={"evaluation.limit": 1, "evaluation.max_new_tokens": 2})
+    data.save(data.prepare(cfg.data, model.load_tokenizer(cfg.model), cfg.model.max_seq_length), cfg.data)
+    run = runs.open_run(cfg)
+    lm = model.load(cfg)
+    lm.model.save_pretrained(str(run.adapter))
+    lm.tokenizer.save_pretrained(str(run.adapter))
+    del lm
+    gc.collect()
+
+    load_base, load_tuned = evaluate.load_base, evaluate.load_tuned
+    base_models, alive_at_tuned_load = [], []
+
+    def watched_base(c):
+        loaded = load_base(c)
+        base_models.append(weakref.ref(loaded.model))
+        return loaded
+
+    def watched_tuned(c, r):
+        alive_at_tuned_load.append(base_models[0]() is not None)
+        return load_tuned(c, r)
+
+    monkeypatch.setattr(evaluate, "load_base", watched_base)
+    monkeypatch.setattr(evaluate, "load_tuned", watched_tuned)
+    predictions = evaluate.predict(run, cfg, data.load_processed(cfg.data))
+    assert len(predictions) == 1 and predictions["tuned_new_tokens"].iloc[0] > 0
+    assert alive_at_tuned_load == [False], "the base model was still in memory when the tuned one loaded"

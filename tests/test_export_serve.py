@@ -12,6 +12,7 @@ import concurrent.futures as cf
 import json
 import shutil
 import socket
+import weakref
 
 import httpx
 import pytest
@@ -89,6 +90,7 @@ def test_adapter_and_merged_exports_reload_and_keep_the_adapter(tiny_run):
     assert f"`{tok.eos_token}` (id {tok.eos_token_id})" in card and prompts.SYSTEM_PROMPT in card
     assert merged.check["generated_tokens"] > 0 and adapter.check["generated_tokens"] > 0
     assert merged.check["dtype_on_disk"] == "bfloat16"  # 16-bit merge, even from float32 CPU training
+    assert merged.check["reloaded"] == "AutoModelForCausalLM (float32 on cpu)"  # 16-bit on cuda on a GPU
     assert tiny_run.manifest()["exports"]["merged"]["files"] == merged.files
 
     # the merged weights are base + adapter: closer to the tuned model than to the base
@@ -107,6 +109,31 @@ def test_adapter_and_merged_exports_reload_and_keep_the_adapter(tiny_run):
         assert evaluate.generate(backend.lm, [prompts.build_messages(PARAGRAPH)], max_new_tokens=4)[0].new_tokens > 0
     finally:
         backend.close()
+
+
+def test_merged_export_frees_the_tuned_model_before_reloading_the_merge(tiny_run, monkeypatch):
+    """On a T4 the 4-bit tuned model and the fp16 merged reload of a 3B model must not share the
+    GPU: when the check reloads the merged folder, the tuned model is gone (real loaders)."""
+    from transformers import AutoModelForCausalLM
+
+    load_tuned, reload = evaluate.load_tuned, AutoModelForCausalLM.from_pretrained.__func__
+    tuned_models, tuned_alive_at_reload = [], []
+
+    def watched_tuned(cfg, run):
+        loaded = load_tuned(cfg, run)
+        tuned_models.append(weakref.ref(loaded.model))
+        return loaded
+
+    def watched_reload(cls, *args, **kwargs):
+        if tuned_models:
+            tuned_alive_at_reload.append(tuned_models[-1]() is not None)
+        return reload(cls, *args, **kwargs)
+
+    monkeypatch.setattr(evaluate, "load_tuned", watched_tuned)
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", classmethod(watched_reload))
+    merged = export.export(tiny_run, "merged", overwrite=True)
+    assert merged.check["generated_tokens"] > 0
+    assert tuned_alive_at_reload == [False], "the tuned model was still in memory when the merge reloaded"
 
 
 def test_export_refusals_leave_nothing_half_written(tiny_run):
