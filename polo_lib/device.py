@@ -172,11 +172,16 @@ def decide(device: Device, model_params, lora_params, training_params) -> Decisi
                      use_cpu=not device.cuda, notes=tuple(notes))
 
 
+def auto_dtype(device: Device) -> str:
+    """bfloat16 from compute capability 8.0, float16 on older GPUs (T4), float32 on a CPU."""
+    if not device.cuda:
+        return "float32"
+    return "bfloat16" if device.bf16 else "float16"
+
+
 def _dtype(asked: str, device: Device) -> str:
     if asked == "auto":
-        if not device.cuda:
-            return "float32"
-        return "bfloat16" if device.bf16 else "float16"
+        return auto_dtype(device)
     if asked == "bfloat16" and device.cuda and not device.bf16:
         cc = ".".join(map(str, device.compute_capability or ())) or "?"
         raise ModelError(f"model.dtype bfloat16 asked, but {device.name} (compute capability {cc}) has no "

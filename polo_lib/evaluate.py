@@ -126,9 +126,8 @@ def select(dataset, split: str, limit: int | None):
 
 def load_base(cfg):
     """The base model alone, as training loads it, without LoRA."""
-    device = model_lib.device_info()
     where = model_lib.local_models.resolve(cfg.model.model_name)
-    return model_lib.LoadedModel(*model_lib.from_pretrained(where, cfg, device), {})
+    return model_lib.LoadedModel(*model_lib.from_pretrained(where, cfg), {})
 
 
 def load_tuned(cfg, run):
@@ -136,8 +135,7 @@ def load_tuned(cfg, run):
     if not (run.adapter / "adapter_config.json").is_file():
         raise RunError(f"run {run.id} has no adapter in {run.adapter}: train it first "
                        "(notebooks/train.ipynb with this run_id, or `polo run`).")
-    device = model_lib.device_info()
-    return model_lib.LoadedModel(*model_lib.from_pretrained(str(run.adapter), cfg, device), {})
+    return model_lib.LoadedModel(*model_lib.from_pretrained(str(run.adapter), cfg), {})
 
 
 def free_memory() -> None:

@@ -163,25 +163,24 @@ def run_tokenizer(run):
     return AutoTokenizer.from_pretrained(str(run.adapter))
 
 
-def reload_options(device: dict[str, Any]) -> dict[str, Any]:
-    """from_pretrained settings for reloading an export to check it, from `model.device_info()`.
+def reload_options(device) -> dict[str, Any]:
+    """from_pretrained settings for reloading an export to check it, on `device` (a Device or its dict).
 
-    On a GPU: 16-bit on cuda, bf16 only where device["bf16"] (compute capability >= 8.0), fp16
-    on a T4. On a CPU: float32 (bf16 matmuls measured 6-25x slower there). Never fp32 on the CPU
+    On a GPU: 16-bit on cuda in `device.auto_dtype` (bf16 only from compute capability 8.0, fp16
+    on a T4). On a CPU: float32 (bf16 matmuls measured 6-25x slower there). Never fp32 on the CPU
     when a GPU is there: Llama-3.2-3B in fp32 is ~12 GiB of RAM, more than a Colab runtime has;
     in fp16 on the GPU it is ~6.4 GB of VRAM.
     """
     import torch
 
-    kind = device.get("device") if isinstance(device, dict) else None
-    if kind == "cuda":
-        if "bf16" not in device:
-            raise ModelError("reload_options: the device description has no 'bf16' key; "
-                             "pass model.device_info().")
-        return {"dtype": torch.bfloat16 if device["bf16"] else torch.float16, "device_map": "cuda"}
-    if kind == "cpu":
-        return {"dtype": torch.float32, "device_map": "cpu"}
-    raise ModelError(f"reload_options: device {kind!r} is neither 'cuda' nor 'cpu'; pass model.device_info().")
+    from . import device as device_lib
+
+    if isinstance(device, dict):
+        device = device_lib.Device.from_dict(device)
+    if not isinstance(device, device_lib.Device) or device.kind not in ("cuda", "cpu"):
+        kind = getattr(device, "kind", device)
+        raise ModelError(f"reload_options: device {kind!r} is neither 'cuda' nor 'cpu'; pass device.describe().")
+    return {"dtype": getattr(torch, device_lib.auto_dtype(device)), "device_map": device.kind}
 
 
 def _described(options: dict[str, Any]) -> str:
@@ -330,10 +329,10 @@ def merge_into(run, out: Path) -> Path:
 def _build_merged(run, out: Path, _types) -> dict[str, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .model import device_info
+    from .device import describe
 
     merge_into(run, out)
-    options = reload_options(device_info())
+    options = reload_options(describe())
     model = AutoModelForCausalLM.from_pretrained(str(out), **options)
     tokenizer = AutoTokenizer.from_pretrained(str(out))
     _same_template(run, tokenizer.chat_template, tokenizer.eos_token_id, "merged model")
@@ -348,12 +347,12 @@ def _build_gguf(run, out: Path, gguf_types: Sequence[str]) -> dict[str, Any]:
     from transformers import AutoModelForCausalLM
 
     from .evaluate import free_memory
-    from .model import device_info
+    from .device import describe
 
     scratch = out.parent / f"{out.name}.merged"
     try:
         merge_into(run, scratch)
-        options = reload_options(device_info())
+        options = reload_options(describe())
         checks = {}
         tokenizer = run_tokenizer(run)
         for outtype in _progress(gguf_types):

@@ -46,13 +46,8 @@ def import_unsloth():
 
 # ------------------------------------------------------------------- device
 
-def device_info() -> dict[str, Any]:
-    """This machine as a dict (the manifest's `device`): see `device.describe`."""
-    return device_lib.describe().as_dict()
-
-
 def as_device(device) -> "device_lib.Device":
-    """A Device from a Device, a device dict (manifest, device_info) or None (this machine)."""
+    """A Device from a Device, a device dict (a manifest's) or None (this machine)."""
     if device is None:
         return device_lib.describe()
     return device if isinstance(device, device_lib.Device) else device_lib.Device.from_dict(device)

@@ -292,7 +292,7 @@ def load_backend(run, merged: bool = False, **options: Any) -> Backend:
         if not (folder / "config.json").is_file():
             raise ModelError(f"run {run.id} has no merged export in {folder}: run "
                              f"`polo export {run.id} --format merged` first, or serve without --merged.")
-        model, _ = model_lib.from_pretrained(str(folder), cfg, model_lib.device_info())
+        model, _ = model_lib.from_pretrained(str(folder), cfg)
         lm = model_lib.LoadedModel(model, tokenizer, {})
     else:
         loaded = evaluate.load_tuned(cfg, run)

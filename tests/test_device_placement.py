@@ -13,13 +13,12 @@ import pytest
 import torch
 
 from polo_lib import evaluate, export, paths, prompts
+from polo_lib.device import Device
 from polo_lib.errors import ModelError
 
-T4 = {"device": "cuda", "name": "Tesla T4", "memory_total": 15 * 2 ** 30, "memory_free": 14 * 2 ** 30,
-      "bf16": False, "count": 1}  # compute capability 7.5: fp16 only
-A100 = {**T4, "name": "NVIDIA A100-SXM4-40GB", "memory_total": 40 * 2 ** 30, "bf16": True}
-CPU = {"device": "cpu", "name": "x86_64", "memory_total": 8 * 2 ** 30, "memory_free": 6 * 2 ** 30,
-       "bf16": False, "count": 1}
+T4 = Device("cuda", "Tesla T4", 15 * 2 ** 30, 14 * 2 ** 30, compute_capability=(7, 5))  # fp16 only
+A100 = Device("cuda", "NVIDIA A100-SXM4-40GB", 40 * 2 ** 30, 39 * 2 ** 30, compute_capability=(8, 0))
+CPU = Device("cpu", "x86_64", 8 * 2 ** 30, 6 * 2 ** 30)
 
 
 @pytest.mark.parametrize("embedding,model_device,expected", [
@@ -103,8 +102,7 @@ def test_exports_reload_in_16_bits_on_the_gpu_and_fp32_on_the_cpu(device, dtype,
 
 def test_reload_options_refuse_an_unknown_device():
     with pytest.raises(ModelError, match="'mps' is neither 'cuda' nor 'cpu'"):
-        export.reload_options({**CPU, "device": "mps"})
-    with pytest.raises(ModelError, match="no 'bf16' key"):
-        export.reload_options({"device": "cuda"})
-    with pytest.raises(ModelError, match="pass model.device_info"):
+        export.reload_options(Device("mps", "Apple", 0, 0))
+    with pytest.raises(ModelError, match="pass device.describe"):
         export.reload_options(None)
+    assert export.reload_options(T4.as_dict())["dtype"] == torch.float16  # a manifest's dict works too
