@@ -102,6 +102,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_pre = sub.add_parser("preflight", help="check params, files, model, data, template and memory; train nothing")
     p_pre.add_argument("params")
     p_pre.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
+    p_plan = sub.add_parser("plan", help="what a params file would run with on this or another machine "
+                                         "(precision, optimizer, schedule, parameters, memory); loads nothing")
+    p_plan.add_argument("params")
+    p_plan.add_argument("--device", default="here",
+                        help="here (this machine) or a profile: t4, a10g, rtx4090, h100, h200, "
+                             "cuda-no-bitsandbytes, cpu (default: here)")
+    p_plan.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
     p_queue = sub.add_parser("queue", help="run a queue of variants (or a chained pipeline) from a YAML file")
     p_queue.add_argument("file")
     p_list = sub.add_parser("list", help="every run in outputs/runs, failed and damaged ones included")
@@ -147,6 +154,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             report = run_checks(args.params, parse_sets(args.sets))
             print(report)
             return 0 if report.ok else 1
+        elif args.command == "plan":
+            from . import device, preflight
+
+            cfg = params_lib.load(args.params, overrides=parse_sets(args.sets))
+            tables = preflight.plan_tables(cfg, device.profile(args.device))
+            import pandas as pd
+
+            with pd.option_context("display.width", 160, "display.max_colwidth", 100):
+                for title, table in tables.items():
+                    print(f"## {title}\n{table.to_string()}\n")
         elif args.command == "queue":
             from .queues import run_queue
 

@@ -280,13 +280,24 @@ class Prepared:
     stats: dict[str, Any]
 
 
-def prepare(data_params, tokenizer, max_seq_length: int) -> Prepared:
-    """Load, validate, clean, group, split, build chats and count tokens. Writes nothing."""
+def _split(data_params):
+    """(records, cleaning table, paragraphs, splits): everything of prepare that needs no tokenizer."""
     records = load_raw(data_params.raw_file)
     cleaned, cleaning = clean_records(records, data_params.filler_phrases)
     paragraphs = group_paragraphs(cleaned)
     splits = split_paragraphs(paragraphs, data_params.validation_fraction,
                               data_params.test_fraction, data_params.split_seed)
+    return records, cleaning, paragraphs, splits
+
+
+def split_sizes(data_params) -> dict[str, int]:
+    """Paragraphs per split before any length check, without a tokenizer (for planning a run offline)."""
+    return {name: len(ps) for name, ps in _split(data_params)[3].items()}
+
+
+def prepare(data_params, tokenizer, max_seq_length: int) -> Prepared:
+    """Load, validate, clean, group, split, build chats and count tokens. Writes nothing."""
+    records, cleaning, paragraphs, splits = _split(data_params)
     examples, lengths, dropped = {}, {}, {}
     for split, ps in splits.items():
         ex = to_examples(ps)

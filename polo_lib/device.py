@@ -200,6 +200,29 @@ def decide_for(cfg, device: Device | None = None) -> Decisions:
     return decide(device or describe(), cfg.model, cfg.lora, cfg.training)
 
 
+_GiB = 1024 ** 3
+# Machines to ask "what would this run with there?" (`polo plan PARAMS --device t4`), and the
+# rows of the decision table in tests/test_device.py. Memory as the cards report it.
+PROFILES: dict[str, Device] = {
+    "t4": Device("cuda", "Tesla T4", 15 * _GiB, 15 * _GiB, (7, 5), True),
+    "a10g": Device("cuda", "NVIDIA A10G", int(22.5 * _GiB), int(22.5 * _GiB), (8, 6), True),
+    "rtx4090": Device("cuda", "NVIDIA GeForce RTX 4090", 24 * _GiB, 24 * _GiB, (8, 9), True),
+    "h100": Device("cuda", "NVIDIA H100 80GB HBM3", int(79.6 * _GiB), int(79.6 * _GiB), (9, 0), True),
+    "h200": Device("cuda", "NVIDIA H200", int(139.8 * _GiB), int(139.8 * _GiB), (9, 0), True),
+    "cuda-no-bitsandbytes": Device("cuda", "Tesla T4 (no bitsandbytes)", 15 * _GiB, 15 * _GiB, (7, 5), False),
+    "cpu": Device("cpu", "a CPU", 16 * _GiB, 16 * _GiB, threads=2),
+}
+
+
+def profile(name: str | None) -> Device:
+    """A named profile, or (None / 'here') this machine."""
+    if name in (None, "here"):
+        return describe()
+    if name not in PROFILES:
+        raise ModelError(f"device '{name}' unknown; choose one of: here, {', '.join(PROFILES)}.")
+    return PROFILES[name]
+
+
 AUTO_PARAMS = {"cuda": "default", "cpu": "cpu"}
 
 

@@ -137,3 +137,29 @@ def run_checks(params_file: str, overrides: dict[str, Any] | None = None) -> Rep
         check("memory", memory)
         check("chat template, masking, lengths", template_and_lengths)
     return Report(rows)
+
+
+def plan_tables(cfg, device) -> dict[str, pd.DataFrame]:
+    """What a recipe would run with on `device` (a Device, e.g. a named profile), without loading
+    anything: the device decisions, the evaluation plan, the parameter counts from the
+    architecture and the memory estimate. `polo plan PARAMS --device t4` prints them.
+
+    The plan's data size is the split before the length check (no tokenizer needed).
+    """
+    from . import train
+
+    decisions = device_lib.decide(device, cfg.model, cfg.lora, cfg.training)
+    rows = [("device", f"{device.name} ({device.kind}" + (
+                f", compute capability {'.'.join(map(str, device.compute_capability))}" if device.compute_capability else "")
+             + f", bitsandbytes {'yes' if device.bitsandbytes else 'no'})"),
+            ("precision", decisions.precision), ("trainer fp16 / bf16", f"{decisions.fp16} / {decisions.bf16}"),
+            ("optimizer", decisions.optim), ("gradient checkpointing", str(decisions.gradient_checkpointing)),
+            *[("note", n) for n in decisions.notes]]
+    config = model.load_config(cfg.model.model_name)
+    n_train = data.split_sizes(cfg.data)["train"]
+    return {
+        "decisions": pd.DataFrame(rows, columns=["decision", "value"]).set_index("decision"),
+        "plan": train.plan(cfg.training, n_train).table(),
+        "parameters": model.recipe_parameter_table(cfg, config),
+        "memory": model.estimate_memory(cfg, device, config).table(),
+    }

@@ -126,10 +126,7 @@ def test_the_manifest_records_the_decisions_and_a_gpu_recipe_makes_no_run_folder
 
 def train_examples(cfg) -> int:
     """Training paragraphs of the real data for these params (no tokenizer: lengths do not drop any)."""
-    records, _ = data.clean_records(data.load_raw(cfg.data.raw_file), cfg.data.filler_phrases)
-    splits = data.split_paragraphs(data.group_paragraphs(records), cfg.data.validation_fraction,
-                                   cfg.data.test_fraction, cfg.data.split_seed)
-    return len(splits["train"])
+    return data.split_sizes(cfg.data)["train"]
 
 
 @pytest.mark.parametrize("name, steps, total, eval_at", [
@@ -180,3 +177,19 @@ def test_preflight_names_the_numbers_of_a_schedule_that_never_evaluates(tiny_mod
     report = preflight.run_checks("smoke", overrides={"eval_steps": 50, "save_steps": 50})
     assert not report.ok
     assert any("eval_steps (50) is more than the 6 steps" in f for f in report.failures())
+
+
+def test_polo_plan_shows_what_a_t4_would_run_without_loading_anything(capsys):
+    from polo_lib import cli
+
+    assert cli.main(["plan", "default", "--device", "t4"]) == 0
+    out = capsys.readouterr().out
+    assert "4-bit NF4 + float16" in out and "adamw_8bit" in out
+    assert "13, 26, 39, 52, 65" in out                      # the seed recipe evaluates every epoch
+    assert "3221924864" in out and "9175040" in out         # 3B base + LoRA r16 on q/k/v/o
+    assert cli.main(["plan", "default", "--device", "cuda-no-bitsandbytes"]) == 2
+    assert "pip install -r requirements/gpu.txt" in capsys.readouterr().err
+    assert cli.main(["plan", "default"]) == 2               # this machine: no CUDA
+    assert "params_file 'cpu'" in capsys.readouterr().err
+    assert cli.main(["plan", "default", "--device", "tpu"]) == 2
+    assert "choose one of: here, t4" in capsys.readouterr().err
