@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 
+import yaml
+
 import pytest
 
-from polo_lib import data, device, params, preflight, runs, train
+from polo_lib import data, device, params, paths, preflight, runs, train
 from polo_lib.device import Device
 from polo_lib.errors import ModelError, ParamsError
 
@@ -193,3 +195,14 @@ def test_polo_plan_shows_what_a_t4_would_run_without_loading_anything(capsys):
     assert "params_file 'cpu'" in capsys.readouterr().err
     assert cli.main(["plan", "default", "--device", "tpu"]) == 2
     assert "choose one of: here, t4" in capsys.readouterr().err
+
+
+SHIPPED = sorted((paths.PARAMS_DIR / "queues").glob("*.yaml")) + sorted((paths.PROJ_ROOT / "sweeps").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_shipped_queue_and_sweep_has_a_schedule_that_can_act(path):
+    body = yaml.safe_load(path.read_text(encoding="utf-8"))
+    for item in body.get("variants") or body.get("pipeline") or [{}]:
+        cfg = params.load(body["base"], overrides={**(body.get("set") or {}), **(item.get("set") or {})})
+        train.plan(cfg.training, data.split_sizes(cfg.data)["train"]).check()
