@@ -9,7 +9,9 @@ overhead    `polo run` (preflight + papermill) vs the same library calls in a pl
 whole-job   `make setup`, `make demo`, `make test` on a fresh clone of HEAD (~20 min on 2 cores).
 
 Medians over --repeats; results merge into benchmarks/results/<date>-<host>.json and .md.
-GPU: benchmarks/gpu_check.sh runs training + generation with the 3B recipe.
+GPU: benchmarks/gpu_check.sh runs training + generation with the 3B recipe; benchmarks/device_check.sh
+runs them at the 3B shape (random weights) on a bare offline GPU machine, in fp16 and bf16
+(`--set model.dtype=float16|bfloat16`, passed to all three paths through the settings JSON).
 """
 from __future__ import annotations
 
@@ -98,6 +100,9 @@ def training_settings(cfg, params_file: str, overrides: dict, work: Path, warmup
         "learning_rate": t.learning_rate, "warmup_ratio": t.warmup_steps, "scheduler": t.lr_scheduler_type,
         "weight_decay": t.weight_decay, "max_grad_norm": t.max_grad_norm,
         "optim": model.resolve_optim(t.optim, device), "seed": t.seed,
+        # model.dtype (auto / float16 / bfloat16 / float32): paths (b) and (c) apply it with
+        # probe.precision, polo_lib's rule (bf16 only from compute capability 8.0)
+        "dtype": cfg.model.dtype,
         "max_steps": t.max_steps, "warmup_steps": warmup,
         "instruction_part": markers.instruction, "response_part": markers.response,
     }
@@ -341,6 +346,8 @@ def main(argv=None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--out", default=None, help="results file stem (default: <date>-<host>)")
+    parser.add_argument("--results-dir", type=Path, default=RESULTS,
+                        help="folder of the results files (default: benchmarks/results)")
     args = parser.parse_args(argv)
     overrides = parse_sets(args.set)
     paths_ = args.paths.split(",")
@@ -362,14 +369,15 @@ def main(argv=None) -> int:
         result["overhead"] = bench_overhead("smoke", args.repeats)
     if "whole-job" in args.which:
         result["whole_job"] = bench_whole_job()
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    results = args.results_dir
+    results.mkdir(parents=True, exist_ok=True)
     stem = args.out or f"{datetime.now(timezone.utc):%Y-%m-%d}-{result['machine']['host']}"
-    path = RESULTS / f"{stem}.json"
+    path = results / f"{stem}.json"
     if path.exists():  # the same day and machine: keep the benchmarks not rerun now
         result = {**json.loads(path.read_text(encoding="utf-8")), **result}
     path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     text = markdown(result)
-    (RESULTS / f"{stem}.md").write_text(text, encoding="utf-8")
+    (results / f"{stem}.md").write_text(text, encoding="utf-8")
     print(text)
     return 0
 
