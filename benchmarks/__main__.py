@@ -123,7 +123,8 @@ def bench_training(params_file: str, overrides: dict, repeats: int, warmup: int,
     from polo_lib import params, paths as polo_paths
 
     total = warmup + steps
-    overrides = {**overrides, "training.max_steps": total, "training.eval_steps": total,
+    # logging_steps 1: the per-step losses compared below (default.yaml logs every 10 steps)
+    overrides = {**overrides, "training.max_steps": total, "training.eval_steps": total, "training.logging_steps": 1,
                  "training.save_steps": total, "training.early_stopping_patience": 0}
     cfg = params.load(params_file, overrides=overrides)
     runs: dict[str, list[dict]] = {p: [] for p in paths}

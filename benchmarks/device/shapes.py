@@ -149,7 +149,8 @@ def folder_mib(path: Path) -> float:
     return round(sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2 ** 20, 2)
 
 
-def build_random(shape: Path, out: Path, dtype: str = "bfloat16", device: str | None = None, seed: int = 0) -> dict:
+def build_random(shape: Path, out: Path, dtype: str = "bfloat16", device: str | None = None, seed: int = 0,
+                 overrides: dict[str, Any] | None = None) -> dict:
     """Random weights (the architecture's own initialisation, seeded) for `shape`, saved with its
     tokenizer as a normal HF folder. Built on the GPU when there is one: a 3B model initialises
     there in seconds."""
@@ -161,12 +162,14 @@ def build_random(shape: Path, out: Path, dtype: str = "bfloat16", device: str | 
     start = time.perf_counter()
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     config = AutoConfig.from_pretrained(str(shape))
+    for key, value in (overrides or {}).items():  # a tiny body for CPU runs of the check
+        setattr(config, key, value)
     torch.manual_seed(seed)
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype))
     built = time.perf_counter() - start
     out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(out))
+    model.save_pretrained(str(out))  # with its config (and any overrides)
     copy_shape_files(shape, out)
     params = sum(p.numel() for p in model.parameters())
     del model
@@ -185,9 +188,10 @@ def main(argv=None) -> int:
     parser.add_argument("--llama-template", type=Path, help="llama.cpp's models/templates/meta-llama-Llama-3.2-3B-Instruct.jinja")
     parser.add_argument("--random", nargs=2, type=Path, metavar=("SHAPE_DIR", "MODEL_DIR"))
     parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--shape-overrides", type=json.loads, default=None, help="JSON of config fields to change")
     args = parser.parse_args(argv)
     if args.random:
-        print(json.dumps(build_random(*args.random, dtype=args.dtype)))
+        print(json.dumps(build_random(*args.random, dtype=args.dtype, overrides=args.shape_overrides)))
         return 0
     if not (args.out and args.llama_gguf and args.llama_template):
         parser.error("give OUT_DIR --llama-gguf F --llama-template F, or --random SHAPE_DIR MODEL_DIR")

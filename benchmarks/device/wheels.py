@@ -66,6 +66,11 @@ POLO_DEVICE_DEPS = ["pydantic>=2.7,<3", "pyyaml>=6", "tqdm>=4.66", "tyro", "msgs
                     "protobuf", "psutil", "regex", "packaging", "pillow", "gguf>=0.17",
                     "fastapi>=0.115", "uvicorn>=0.30", "httpx>=0.27", "einops"]
 
+# Carried even though the stubs say "preinstalled": polo_lib imports pydantic directly, and it
+# reaches the stubbed set only through this machine's typer (a newer typer than the device may
+# have). pip uses the device's own copy when it has one that fits.
+ALSO_CARRY = ["pydantic", "pydantic-core", "annotated-types", "typing-inspection"]
+
 
 # ------------------------------------------------------------------ repacking
 
@@ -339,6 +344,7 @@ def build(out: Path, download_dir: Path, log=print) -> dict:
     report = json.loads(resolve(requirements, stubs, constraints).stdout)
     wanted = sorted(f"{i['metadata']['name']}=={i['metadata']['version']}" for i in report["install"]
                     if "+preinstalled" not in i["metadata"]["version"])
+    wanted += [f"{n}=={metadata.version(n)}" for n in ALSO_CARRY]
     log(f"[wheels] resolved {len(wanted)} distributions to carry")
     pip("download", "--no-deps", "--dest", str(download_dir), *target_args(), *wanted)
 
@@ -399,3 +405,15 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def carry_report(root: Path, carried: list[Path]) -> dict:
+    """MiB the device run carries: the working tree as the device tool copies it (tracked and
+    untracked files git does not ignore) plus the carried ignored folders."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=root,
+                            capture_output=True, text=True, check=True).stdout.split("\0")
+    tree = sum((root / f).stat().st_size for f in listed if f and (root / f).is_file())
+    folders = {str(p): sum(f.stat().st_size for f in (root / p).rglob("*") if f.is_file()) for p in carried}
+    total = tree + sum(folders.values())
+    return {"tree_mib": round(tree / MiB, 2), "carried_mib": {k: round(v / MiB, 2) for k, v in folders.items()},
+            "total_mib": round(total / MiB, 2), "limit_mib": 64, "fits": total < 64 * MiB}
