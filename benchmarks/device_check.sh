@@ -39,6 +39,7 @@
 #                          batch 1 x 4 at max length 1024, ~15 s)
 #   generation     ~60 s   3B shape bf16, 8 prompts x 64 new tokens, batched vs one at a time, 2 repeats
 #   training-fp16 ~165 s   the same in fp16 (the T4's precision, measured on the H200)
+#   generation-135m ~30 s  the same as generation at SmolLM2-135M's shape, 16-bit, only if time is left
 # The boxes (check.py BOXES) hand a fast part's slack to the next; a part that would start with
 # under 20 s left is recorded as skipped, not run. Throughput and memory do not depend on weight
 # values: the random models stand for the real ones there (and only there).

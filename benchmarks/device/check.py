@@ -12,6 +12,7 @@ Called by benchmarks/device_check.sh once the environment is checked and the whe
   training-bf16  python -m benchmarks training at the 3B shape: polo_lib vs bare Unsloth + TRL vs
   training-fp16  transformers + PEFT + bitsandbytes, max length 1024, batch 1 x 4
   generation     python -m benchmarks generation: batched vs one at a time, 3B shape
+  generation-135m  the same at SmolLM2-135M's shape (16-bit), when time is left
 
 A part whose time box would run past the deadline gets what is left; with under 20 s left it is
 skipped. A part whose input failed (no models) is skipped with the reason.
@@ -39,8 +40,8 @@ ROOT = Path(__file__).resolve().parents[2]
 # Time boxes (s) on an H200, from the estimates in device_check.sh's header. The total of the
 # boxes is over the deadline on purpose: a fast part leaves its slack to the next one.
 BOXES = {"imports": 90, "models": 120, "smoke": 180, "training-bf16": 200, "training-fp16": 170,
-         "generation": 90, "training-fp32": 400}
-GPU_PARTS = ["imports", "models", "smoke", "training-bf16", "generation", "training-fp16"]
+         "generation": 90, "training-fp32": 400, "generation-135m": 60}
+GPU_PARTS = ["imports", "models", "smoke", "training-bf16", "generation", "training-fp16", "generation-135m"]
 CPU_PARTS = ["imports", "models", "smoke", "training-fp32", "generation"]
 MIN_SECONDS = 20
 # The Llama shape on a CPU: the real tokenizer and vocabulary (128,256), a tiny body.
@@ -102,6 +103,20 @@ def machine() -> dict[str, Any]:
     return info
 
 
+def stop(proc: subprocess.Popen) -> None:
+    """SIGTERM to the part's whole process group (training paths are its grandchildren), then SIGKILL."""
+    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
 def run_part(cmd: list[str], timeout: float, log: Path, env: dict[str, str]) -> tuple[str, str | None, float]:
     """(status, error tail, seconds) of `cmd` run in its own process group, killed at `timeout`."""
     start = time.perf_counter()
@@ -113,17 +128,11 @@ def run_part(cmd: list[str], timeout: float, log: Path, env: dict[str, str]) -> 
             code = proc.wait(timeout=timeout)
             status = results_lib.OK if code == 0 else results_lib.FAILED
         except subprocess.TimeoutExpired:
-            for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
-                try:
-                    os.killpg(proc.pid, sig)
-                except ProcessLookupError:
-                    break
-                try:
-                    proc.wait(timeout=wait)
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
+            stop(proc)
             status, code = results_lib.TIMEOUT, None
+        except BaseException:  # the check itself is stopped (SIGTERM, Ctrl-C): take the part with it
+            stop(proc)
+            raise
     seconds = time.perf_counter() - start
     tail = log.read_text(encoding="utf-8", errors="replace")[-3000:]
     if status == results_lib.TIMEOUT:
@@ -187,6 +196,12 @@ class Check:
             steps = ["--warmup-steps", "1", "--steps", "2"] if a.cpu else ["--warmup-steps", "2", "--steps", "4"]
             return [self.python(*bench, "training", *common, "--set", f"model.dtype={dtype}", "--repeats", "1",
                                 *steps, "--out", part)]
+        if part == "generation-135m":
+            return [self.python(*bench, "generation", "--params", "default", "--results-dir", str(out),
+                                "--set", f"model.model_name={self.models['smollm2']}", "--set", "model.dtype=bfloat16",
+                                "--set", "model.load_in_4bit=false", "--set", "data.processed_name=device-smollm2",
+                                "--repeats", "2", "--examples", "8", "--max-new-tokens", "64", "--batch-size", "8",
+                                "--out", part)]
         if part == "generation":
             dtype = "float32" if a.cpu else "bfloat16"
             n = ["--examples", "2", "--max-new-tokens", "8", "--batch-size", "2"] if a.cpu else \
@@ -200,7 +215,7 @@ class Check:
         if part == "smoke":
             path = out / "smoke.json"
             return json.loads(path.read_text()) if path.is_file() else None
-        if part.startswith("training-") or part == "generation":
+        if part.startswith(("training-", "generation")):
             path = out / f"{part}.json"
             if not path.is_file():
                 return None
@@ -223,7 +238,7 @@ class Check:
         failed = 0
         for part in parts:
             left = self.remaining()
-            needs_models = part.startswith("training-") or part == "generation"
+            needs_models = part.startswith(("training-", "generation"))
             models = results.data["parts"].get("models")
             if needs_models and models is not None and models["status"] != results_lib.OK:
                 results.finish(part, results_lib.SKIPPED, note="no models (the models part did not succeed)")
@@ -283,9 +298,16 @@ def main(argv=None) -> int:
         header.update(json.loads(Path(args.header).read_text()))
     results = results_lib.Results(Path(args.results), stem, parts, header)
     print(f"[device-check] results: {results.json_path} and {results.md_path}", flush=True)
+    # stopped from outside (the machine's time limit): SystemExit unwinds through run_part, which
+    # stops the running part, and the record says which part was cut short
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    failed = 1
     try:
         failed = Check(args).run(parts, results)
     finally:
+        for name, part in results.data["parts"].items():
+            if part["status"] == results_lib.RUNNING:
+                results.finish(name, "interrupted", error="the check was stopped while this part ran")
         results.close()
     return 0 if failed == 0 else 1
 

@@ -117,8 +117,9 @@ def markdown(data: dict[str, Any]) -> str:
         lines += [f"## Training at {shape}, batch 1 x 4, max length 1024", "",
                   f"| dtype | path | tokens/s | {memory} | load s | final loss | max rel. loss diff vs polo |",
                   "|---|---|---|---|---|---|---|", *rows, "", *(f"- {n}" for n in agree_notes), ""]
-    gen = data["parts"].get("generation", {}).get("result")
-    if isinstance(gen, dict) and "tokens_per_s" in gen:
+    for gen in (p.get("result") for name, p in data["parts"].items() if name.startswith("generation")):
+        if not (isinstance(gen, dict) and isinstance(gen.get("tokens_per_s"), dict)):
+            continue
         lines += ["## Generation: batched vs one at a time", "",
                   f"{gen.get('model')}, {gen.get('examples')} prompts, {gen.get('max_new_tokens')} new tokens, "
                   f"batch {gen.get('batch_size')}", "",
