@@ -74,7 +74,10 @@ POLO_DEVICE_DEPS = ["pydantic>=2.7,<3", "pyyaml>=6", "tqdm>=4.66", "tyro", "msgs
 # them), while polo_lib imports pydantic, FastAPI needs annotated-doc and unsloth lists rich.
 # pip uses the device's own copy when it has one that fits.
 ALSO_CARRY = ["pydantic", "pydantic-core", "annotated-types", "typing-inspection", "annotated-doc",
-              "rich", "markdown-it-py", "mdurl", "pygments", "shellingham"]
+              "rich", "markdown-it-py", "mdurl", "pygments", "shellingham",
+              # datasets 4.8.5 caps fsspec at 2026.2.0; a newer one under the device's torch would
+              # make the resolver refuse: with this copy pip puts the capped one in the venv instead
+              "fsspec"]
 
 
 # ------------------------------------------------------------------ repacking
