@@ -182,7 +182,8 @@ _PYARROW_DROP = re.compile(
 # needs only cuda130; the CPU library is its fallback when no GPU is visible.
 DROP_RULES: dict[str, Callable[[str], bool]] = {
     "unsloth": lambda n: n.startswith("studio/"),              # Unsloth Studio web UI (24 MB)
-    "unsloth_zoo": lambda n: n.startswith("unsloth_zoo/mlx/"),  # Apple MLX backend (macOS arm64 only)
+    # unsloth_zoo stays whole: its __init__ imports unsloth_zoo.mlx.runtime on every platform
+    # (checked: without unsloth_zoo/mlx/ `import unsloth` fails), and it is only 2.8 MB.
     "bitsandbytes": _bnb_keep(("cuda130",)),
     "pyarrow": lambda n: bool(_PYARROW_DROP.search(n)),
 }
