@@ -107,6 +107,26 @@ def test_pyarrow_keeps_what_datasets_links_and_loads(name, dropped):
     assert wheels.DROP_RULES["pyarrow"](name) is dropped
 
 
+@pytest.mark.slow
+def test_carried_unsloth_wheels_still_import(tmp_path):
+    """Repacking must not drop what `import unsloth` loads (unsloth_zoo's __init__ imports its
+    mlx package on every platform: dropping it broke the import once). Runs where
+    benchmarks/device_wheels.sh has filled the folder; CPU import path (no Triton here)."""
+    folder = ROOT / "benchmarks" / "device_wheels"
+    found = sorted(folder.glob("unsloth-*.whl")) + sorted(folder.glob("unsloth_zoo-*.whl"))
+    if len(found) != 2:
+        pytest.skip("benchmarks/device_wheels not filled (bash benchmarks/device_wheels.sh)")
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-index",
+                    "--no-deps", "--target", str(target), *map(str, found)], check=True, capture_output=True)
+    code = ("import unsloth, unsloth_zoo; from unsloth import FastLanguageModel; "
+            "from unsloth.chat_templates import train_on_responses_only; print(unsloth.__file__)")
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(target), "UNSLOTH_COMPILE_LOCATION": str(tmp_path / "c")})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1].startswith(str(target))  # the carried copy, not the venv's
+
+
 def test_offline_resolver_accepts_a_complete_set_and_names_a_missing_wheel(tmp_path):
     """The completeness check of device_wheels.sh: stubs stand for what the device has."""
     stubs, carried, missing = (tmp_path / d for d in ("stubs", "carried", "missing"))
