@@ -9,7 +9,9 @@ overhead    `polo run` (preflight + papermill) vs the same library calls in a pl
 whole-job   `make setup`, `make demo`, `make test` on a fresh clone of HEAD (~20 min on 2 cores).
 
 Medians over --repeats; results merge into benchmarks/results/<date>-<host>.json and .md.
-GPU: benchmarks/gpu_check.sh runs training + generation with the 3B recipe.
+GPU: benchmarks/gpu_check.sh runs training + generation with the 3B recipe; benchmarks/device_check.sh
+runs them at the 3B shape (random weights) on a bare offline GPU machine, in fp16 and bf16
+(`--set model.dtype=float16|bfloat16`, passed to all three paths through the settings JSON).
 """
 from __future__ import annotations
 
@@ -119,7 +121,8 @@ def bench_training(params_file: str, overrides: dict, repeats: int, warmup: int,
     from polo_lib import params, paths as polo_paths
 
     total = warmup + steps
-    overrides = {**overrides, "training.max_steps": total, "training.eval_steps": total,
+    # logging_steps 1: the per-step losses compared below (default.yaml logs every 10 steps)
+    overrides = {**overrides, "training.max_steps": total, "training.eval_steps": total, "training.logging_steps": 1,
                  "training.save_steps": total, "training.early_stopping_patience": 0}
     cfg = params.load(params_file, overrides=overrides)
     runs: dict[str, list[dict]] = {p: [] for p in paths}
@@ -342,6 +345,8 @@ def main(argv=None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--out", default=None, help="results file stem (default: <date>-<host>)")
+    parser.add_argument("--results-dir", type=Path, default=RESULTS,
+                        help="folder of the results files (default: benchmarks/results)")
     args = parser.parse_args(argv)
     overrides = parse_sets(args.set)
     paths_ = args.paths.split(",")
@@ -363,14 +368,15 @@ def main(argv=None) -> int:
         result["overhead"] = bench_overhead("smoke", args.repeats)
     if "whole-job" in args.which:
         result["whole_job"] = bench_whole_job()
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    results = args.results_dir
+    results.mkdir(parents=True, exist_ok=True)
     stem = args.out or f"{datetime.now(timezone.utc):%Y-%m-%d}-{result['machine']['host']}"
-    path = RESULTS / f"{stem}.json"
+    path = results / f"{stem}.json"
     if path.exists():  # the same day and machine: keep the benchmarks not rerun now
         result = {**json.loads(path.read_text(encoding="utf-8")), **result}
     path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     text = markdown(result)
-    (RESULTS / f"{stem}.md").write_text(text, encoding="utf-8")
+    (results / f"{stem}.md").write_text(text, encoding="utf-8")
     print(text)
     return 0
 

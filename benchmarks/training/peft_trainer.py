@@ -21,7 +21,8 @@ import probe  # noqa: E402
 
 s = probe.settings()
 on_gpu = torch.cuda.is_available()
-bf16 = on_gpu and torch.cuda.is_bf16_supported()
+dtype = probe.precision(s.get("dtype", "auto"))  # bf16 only from compute capability 8.0, as polo_lib
+bf16 = dtype == "bfloat16"
 tokenizer = AutoTokenizer.from_pretrained(s["model_path"])
 if tokenizer.pad_token is None:
     tokenizer.pad_token = tokenizer.eos_token
@@ -29,7 +30,7 @@ load = {"dtype": torch.float32}
 if on_gpu:
     from transformers import BitsAndBytesConfig
 
-    compute = torch.bfloat16 if bf16 else torch.float16
+    compute = getattr(torch, dtype)
     load = {"dtype": compute, "device_map": {"": 0}}
     if s["load_in_4bit"]:
         load["quantization_config"] = BitsAndBytesConfig(
@@ -71,7 +72,7 @@ trainer = Trainer(
         learning_rate=s["learning_rate"], warmup_steps=s["warmup_ratio"], lr_scheduler_type=s["scheduler"],
         weight_decay=s["weight_decay"], max_grad_norm=s["max_grad_norm"],
         optim=s["optim"],
-        fp16=on_gpu and not bf16, bf16=bf16, use_cpu=not on_gpu, logging_steps=1,
+        fp16=dtype == "float16", bf16=bf16, use_cpu=not on_gpu, logging_steps=1,
         save_strategy="no", eval_strategy="no", seed=s["seed"], data_seed=s["seed"],
         include_num_input_tokens_seen="non_padding", report_to="none", remove_unused_columns=False))
 probe.measure(trainer, model, s, started)

@@ -39,6 +39,27 @@ def settings() -> dict:
     return json.loads(Path(sys.argv[1]).read_text(encoding="utf-8"))
 
 
+def precision(dtype: str = "auto") -> str:
+    """The training dtype for this machine, the rule polo_lib applies: "float32" without CUDA;
+    "bfloat16" only from compute capability 8.0 (Ampere) on, "float16" below (a T4 is 7.5).
+
+    Never `torch.cuda.is_bf16_supported()`: torch 2.13 counts emulation and says True on a T4,
+    which would train several times slower in emulated bf16 there while polo_lib uses fp16.
+    `dtype` is the settings' "dtype" (the params' model.dtype as the harness resolved it).
+    """
+    import torch
+
+    if not torch.cuda.is_available():
+        return "float32"
+    capability = torch.cuda.get_device_capability()
+    if dtype in ("auto", None):
+        return "bfloat16" if capability >= (8, 0) else "float16"
+    if dtype == "bfloat16" and capability < (8, 0):
+        raise SystemExit(f"dtype bfloat16 asked, but compute capability {capability[0]}.{capability[1]} has no "
+                         "bf16 hardware (torch would emulate it). Use float16.")
+    return dtype
+
+
 def read_messages(path: str) -> list[list[dict[str, str]]]:
     with open(path, encoding="utf-8") as f:
         return [json.loads(line)["messages"] for line in f if line.strip()]

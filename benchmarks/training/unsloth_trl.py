@@ -17,9 +17,12 @@ import probe  # noqa: E402
 
 s = probe.settings()
 on_gpu = torch.cuda.is_available()
+# Not dtype=None: Unsloth would pick bf16 from torch.cuda.is_bf16_supported(), which counts
+# emulation (True on a T4). The same rule as polo_lib: bf16 only from compute capability 8.0.
+dtype = probe.precision(s.get("dtype", "auto"))
 model, tokenizer = FastLanguageModel.from_pretrained(
     model_name=s["model_path"], max_seq_length=s["max_seq_length"],
-    dtype=None if on_gpu else torch.float32, load_in_4bit=s["load_in_4bit"] and on_gpu)
+    dtype=getattr(torch, dtype), load_in_4bit=s["load_in_4bit"] and on_gpu)
 model = FastLanguageModel.get_peft_model(
     model, r=s["lora_r"], lora_alpha=s["lora_alpha"], lora_dropout=s["lora_dropout"],
     target_modules=s["target_modules"], bias="none",
@@ -33,7 +36,7 @@ trainer = SFTTrainer(
         per_device_train_batch_size=s["batch_size"], gradient_accumulation_steps=s["accumulation"],
         learning_rate=s["learning_rate"], warmup_steps=s["warmup_ratio"], lr_scheduler_type=s["scheduler"],
         weight_decay=s["weight_decay"], max_grad_norm=s["max_grad_norm"], optim=s["optim"],
-        fp16=on_gpu and not torch.cuda.is_bf16_supported(), bf16=on_gpu and torch.cuda.is_bf16_supported(),
+        fp16=dtype == "float16", bf16=dtype == "bfloat16",
         use_cpu=not on_gpu, logging_steps=1, save_strategy="no", eval_strategy="no",
         seed=s["seed"], data_seed=s["seed"], max_length=s["max_seq_length"], packing=False,
         include_num_input_tokens_seen="non_padding", report_to="none"))

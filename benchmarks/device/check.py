@@ -1,0 +1,317 @@
+"""The parts of the device check, each in its own process with its own time box, against one
+overall deadline; results rewritten after every part (benchmarks/device/results.py).
+
+    python -m benchmarks.device.check [--cpu] [--deadline-s 540] [--parts a,b,...]
+
+Called by benchmarks/device_check.sh once the environment is checked and the wheels installed
+(see its header for the budget). Parts, in order:
+
+  imports        unsloth (GPU stack), bitsandbytes (its CUDA library), trl, datasets, ... import
+  models         random-weight models built from the carried shapes (on the GPU)
+  smoke          benchmarks/device/smoke.py: prepare, train 4-bit + 16-bit, evaluate, export, serve
+  training-bf16  python -m benchmarks training at the 3B shape: polo_lib vs bare Unsloth + TRL vs
+  training-fp16  transformers + PEFT + bitsandbytes, max length 1024, batch 1 x 4
+  generation     python -m benchmarks generation: batched vs one at a time, 3B shape
+  generation-135m  the same at SmolLM2-135M's shape (16-bit), when time is left
+
+A part whose time box would run past the deadline gets what is left; with under 20 s left it is
+skipped. A part whose input failed (no models) is skipped with the reason.
+--cpu: the same parts on a CPU (no install, tiny Llama shape, float32 only) to check the plumbing.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from benchmarks.device import results as results_lib
+from benchmarks.device import shapes
+
+ROOT = Path(__file__).resolve().parents[2]
+# Time boxes (s) on an H200, from the estimates in device_check.sh's header. The total of the
+# boxes is over the deadline on purpose: a fast part leaves its slack to the next one.
+BOXES = {"imports": 90, "models": 120, "smoke": 180, "training-bf16": 200, "training-fp16": 170,
+         "generation": 90, "training-fp32": 400, "generation-135m": 60}
+GPU_PARTS = ["imports", "models", "smoke", "training-bf16", "generation", "training-fp16", "generation-135m"]
+CPU_PARTS = ["imports", "models", "smoke", "training-fp32", "generation"]
+MIN_SECONDS = 20
+# The Llama shape on a CPU: the real tokenizer and vocabulary (128,256), a tiny body.
+TINY_LLAMA_SHAPE = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+                    "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16}
+PACKAGES = ["torch", "triton", "transformers", "unsloth", "unsloth_zoo", "bitsandbytes", "trl", "peft",
+            "accelerate", "datasets", "pyarrow", "tokenizers", "cut_cross_entropy", "huggingface_hub",
+            "safetensors", "pydantic", "fastapi", "numpy", "pandas", "sacrebleu", "xformers", "torchao"]
+IMPORTS = """
+import json, os, sys, time
+t = time.perf_counter()
+from polo_lib.model import import_unsloth
+import_unsloth()
+out = {"import_unsloth_s": round(time.perf_counter() - t, 2)}
+import torch
+out["cuda"] = torch.cuda.is_available()
+if out["cuda"]:
+    import bitsandbytes as bnb
+    from bitsandbytes.cextension import lib
+    out["bnb_library"] = getattr(getattr(lib, "_lib", None), "_name", None)
+    x = torch.randn(256, 256, device="cuda", dtype=torch.bfloat16)
+    q, state = bnb.functional.quantize_4bit(x, quant_type="nf4")
+    out["nf4_roundtrip_max_err"] = float((bnb.functional.dequantize_4bit(q, state) - x).abs().max())
+    import unsloth.kernels  # the Triton kernels of the GPU path
+import trl, datasets, peft, pyarrow.parquet, fastapi  # noqa
+from unsloth import FastLanguageModel  # noqa
+print("RESULT " + json.dumps(out))
+"""
+
+
+def versions() -> dict[str, str | None]:
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def machine() -> dict[str, Any]:
+    info: dict[str, Any] = {"python": platform.python_version(), "host": platform.node(), "versions": versions()}
+    try:
+        import torch
+
+        info["torch_cuda"] = torch.version.cuda
+        if torch.cuda.is_available():
+            cap = torch.cuda.get_device_capability()
+            info.update(compute_capability=f"{cap[0]}.{cap[1]}", gpu=torch.cuda.get_device_name(0),
+                        gpu_memory=f"{torch.cuda.get_device_properties(0).total_memory / 2 ** 30:.1f} GiB")
+    except Exception as e:  # recorded: the parts will say more
+        info["torch_error"] = f"{type(e).__name__}: {e}"
+    if shutil.which("nvidia-smi"):
+        q = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+                           capture_output=True, text=True)
+        if q.returncode == 0 and q.stdout.strip():
+            name, mem, driver = [x.strip() for x in q.stdout.strip().splitlines()[0].split(",")]
+            info.update(gpu=name, gpu_memory=mem, driver=driver)
+    return info
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """SIGTERM to the part's whole process group (training paths are its grandchildren), then SIGKILL."""
+    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def run_part(cmd: list[str], timeout: float, log: Path, env: dict[str, str]) -> tuple[str, str | None, float]:
+    """(status, error tail, seconds) of `cmd` run in its own process group, killed at `timeout`."""
+    start = time.perf_counter()
+    with open(log, "w", encoding="utf-8") as f:
+        f.write(f"$ {' '.join(cmd)}\n")
+        f.flush()
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            code = proc.wait(timeout=timeout)
+            status = results_lib.OK if code == 0 else results_lib.FAILED
+        except subprocess.TimeoutExpired:
+            stop(proc)
+            status, code = results_lib.TIMEOUT, None
+        except BaseException:  # the check itself is stopped (SIGTERM, Ctrl-C): take the part with it
+            stop(proc)
+            raise
+    seconds = time.perf_counter() - start
+    tail = log.read_text(encoding="utf-8", errors="replace")[-3000:]
+    if status == results_lib.TIMEOUT:
+        return status, f"killed after {timeout:.0f} s (its time box)\n{tail}", seconds
+    return status, (None if status == results_lib.OK else f"exit {code}\n{tail}"), seconds
+
+
+class Check:
+    def __init__(self, args):
+        self.args = args
+        self.t0 = time.monotonic()
+        self.work = Path(args.work)
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.logs = Path(args.results) / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+                    "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+                    "TOKENIZERS_PARALLELISM": "false", "POLO_OUTPUTS": str(self.work / "outputs"),
+                    "POLO_PROCESSED_DIR": str(self.work / "processed"),
+                    "UNSLOTH_COMPILE_LOCATION": str(self.work / "unsloth_compiled_cache")}
+        self.env.setdefault("POLO_MODEL_CACHE", str(self.work / "models"))
+        self.models = {"llama": self.work / "random" / shapes.LLAMA, "smollm2": self.work / "random" / shapes.SMOLLM2}
+
+    def remaining(self) -> float:
+        return self.args.deadline_s - (time.monotonic() - self.t0)
+
+    @staticmethod
+    def params_keys() -> list[str]:
+        from polo_lib import params
+
+        return params.all_keys()
+
+    def python(self, *args: str) -> list[str]:
+        return [sys.executable, *args]
+
+    def commands(self, part: str) -> list[list[str]]:
+        a = self.args
+        shape_dir = Path(a.models)
+        out = self.work / "parts"
+        out.mkdir(exist_ok=True)
+        llama = str(self.models["llama"])
+        bench = ["-m", "benchmarks"]
+        common = ["--params", "default", "--set", f"model.model_name={llama}", "--results-dir", str(out)]
+        if a.cpu:  # a CPU cannot load 4-bit: the 16-bit path at float32, the tiny Llama body
+            common += ["--set", "model.load_in_4bit=false"]
+            if "model.require_gpu" in self.params_keys():  # the GPU recipe refuses a CPU unless told
+                common += ["--set", "model.require_gpu=false"]
+        if part == "imports":
+            return [self.python("-c", IMPORTS)]
+        if part == "models":
+            dtype = "float32" if a.cpu else "bfloat16"
+            tiny = ["--shape-overrides", json.dumps(TINY_LLAMA_SHAPE)] if a.cpu else []
+            return [self.python("-m", "benchmarks.device.shapes", "--random", str(shape_dir / shapes.SMOLLM2),
+                                str(self.models["smollm2"]), "--dtype", dtype),
+                    self.python("-m", "benchmarks.device.shapes", "--random", str(shape_dir / shapes.LLAMA),
+                                llama, "--dtype", dtype, *tiny)]
+        if part == "smoke":
+            return [self.python("-m", "benchmarks.device.smoke", str(out / "smoke.json"))]
+        if part.startswith("training-"):
+            dtype = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[part.split("-")[1]]
+            steps = ["--warmup-steps", "1", "--steps", "2"] if a.cpu else ["--warmup-steps", "2", "--steps", "4"]
+            return [self.python(*bench, "training", *common, "--set", f"model.dtype={dtype}", "--repeats", "1",
+                                *steps, "--out", part)]
+        if part == "generation-135m":
+            return [self.python(*bench, "generation", "--params", "default", "--results-dir", str(out),
+                                "--set", f"model.model_name={self.models['smollm2']}", "--set", "model.dtype=bfloat16",
+                                "--set", "model.load_in_4bit=false", "--set", "data.processed_name=device-smollm2",
+                                "--set", "data.over_length=drop",  # SmolLM2 spends ~2 tokens per Hangul syllable
+                                "--repeats", "2", "--examples", "8", "--max-new-tokens", "64", "--batch-size", "8",
+                                "--out", part)]
+        if part == "generation":
+            dtype = "float32" if a.cpu else "bfloat16"
+            n = ["--examples", "2", "--max-new-tokens", "8", "--batch-size", "2"] if a.cpu else \
+                ["--examples", "8", "--max-new-tokens", "64", "--batch-size", "8"]
+            return [self.python(*bench, "generation", *common, "--set", f"model.dtype={dtype}", "--repeats",
+                                "1" if a.cpu else "2", *n, "--out", part)]
+        raise ValueError(part)
+
+    def result_of(self, part: str) -> Any:
+        out = self.work / "parts"
+        if part == "smoke":
+            path = out / "smoke.json"
+            return json.loads(path.read_text()) if path.is_file() else None
+        if part.startswith(("training-", "generation")):
+            path = out / f"{part}.json"
+            if not path.is_file():
+                return None
+            data = json.loads(path.read_text())
+            r = data.get("training") or data.get("generation")
+            if r and part.startswith("training-"):
+                r = {k: v for k, v in r.items() if k != "all_runs"}
+                r["dtype"] = part.split("-")[1]
+            return r
+        if part == "models":
+            return [json.loads(line) for line in (self.logs / "models.log").read_text().splitlines()
+                    if line.startswith("{")]
+        if part == "imports":
+            for line in (self.logs / "imports.log").read_text().splitlines():
+                if line.startswith("RESULT "):
+                    return json.loads(line[7:])
+        return None
+
+    def run(self, parts: list[str], results: results_lib.Results) -> int:
+        failed = 0
+        for part in parts:
+            left = self.remaining()
+            needs_models = part.startswith(("training-", "generation"))
+            models = results.data["parts"].get("models")
+            if needs_models and models is not None and models["status"] != results_lib.OK:
+                results.finish(part, results_lib.SKIPPED, note="no models (the models part did not succeed)")
+                continue
+            if left < MIN_SECONDS:
+                results.finish(part, results_lib.SKIPPED, note=f"out of time ({left:.0f} s left of the deadline)")
+                continue
+            box = min(BOXES[part], left)
+            results.start(part)
+            print(f"[device-check] {part} (time box {box:.0f} s, {left:.0f} s left) ...", flush=True)
+            log = self.logs / f"{part}.log"
+            status, error, seconds = results_lib.OK, None, 0.0
+            for i, cmd in enumerate(self.commands(part)):
+                sub_log = log if i == 0 else log.with_name(f"{part}-{i}.log")
+                status, error, s = run_part(cmd, box - seconds, sub_log, self.env)
+                seconds += s
+                if i:  # append to the part's log
+                    with open(log, "a", encoding="utf-8") as f:
+                        f.write(sub_log.read_text(encoding="utf-8", errors="replace"))
+                    sub_log.unlink()
+                if status != results_lib.OK:
+                    break
+            try:
+                result = self.result_of(part)
+            except Exception as e:  # a half-written part file: keep the status, say why no result
+                result, error = None, (error or "") + f"\nresult unreadable: {type(e).__name__}: {e}"
+            results.finish(part, status, result=result, error=error, box_seconds=round(box))
+            print(f"[device-check]   {status} in {seconds:.0f} s", flush=True)
+            failed += status != results_lib.OK
+        return failed
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.device.check", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cpu", action="store_true", help="no GPU: check the plumbing at a tiny shape")
+    parser.add_argument("--deadline-s", type=float, default=540.0, help="all parts end within this (s)")
+    parser.add_argument("--parts", default=None, help="comma-separated subset, in the usual order")
+    parser.add_argument("--results", default=os.environ.get("POLO_DEVICE_RESULTS", str(ROOT / "benchmarks" / "results")))
+    parser.add_argument("--stem", default=None, help="results file stem (default: <date>-device-<gpu>)")
+    parser.add_argument("--models", default=os.environ.get("POLO_DEVICE_MODELS", str(ROOT / "benchmarks" / "device_models")))
+    parser.add_argument("--work", default=os.environ.get("POLO_DEVICE_WORK", "/tmp/polo-device"))
+    parser.add_argument("--header", default=None, help="JSON file of fields to record (install, carry)")
+    args = parser.parse_args(argv)
+    all_parts = CPU_PARTS if args.cpu else GPU_PARTS
+    parts = args.parts.split(",") if args.parts else all_parts
+    if bad := [p for p in parts if p not in all_parts]:
+        parser.error(f"unknown part(s) {bad}; choose from {', '.join(all_parts)}")
+    info = machine()
+    gpu = (info.get("gpu") or "cpu").split()[-1].lower() if not args.cpu else "cpu"
+    stem = args.stem or f"{time.strftime('%Y-%m-%d', time.gmtime())}-device-{gpu}"
+    header = {"machine": info, "deadline_s": args.deadline_s, "mode": "cpu" if args.cpu else "gpu",
+              "note": "Models are built from their configs with random weights on this machine: throughput "
+                      "and memory depend on the architecture, lengths and precision, not on weight values "
+                      "(losses start near ln(vocab) and say nothing about quality)."}
+    if args.header and Path(args.header).is_file():
+        header.update(json.loads(Path(args.header).read_text()))
+    results = results_lib.Results(Path(args.results), stem, parts, header)
+    print(f"[device-check] results: {results.json_path} and {results.md_path}", flush=True)
+    # stopped from outside (the machine's time limit): SystemExit unwinds through run_part, which
+    # stops the running part, and the record says which part was cut short
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    failed = 1
+    try:
+        failed = Check(args).run(parts, results)
+    finally:
+        for name, part in results.data["parts"].items():
+            if part["status"] == results_lib.RUNNING:
+                results.finish(name, "interrupted", error="the check was stopped while this part ran")
+        results.close()
+    return 0 if failed == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
