@@ -13,8 +13,6 @@
 #   bash benchmarks/device_wheels.sh            # needs PyPI (pip download) and the project venv
 #
 # Environment: PYTHON (default .venv/bin/python), POLO_DEVICE_WHEELS, POLO_DEVICE_MODELS,
-# LLAMA_CPP_SDIST (a downloaded llama_cpp_python-0.3.36.tar.gz: its vendor/llama.cpp/models holds
-# the Llama 3 BPE vocab GGUF and the Llama-3.2 chat template; downloaded when unset),
 # POLO_DEVICE_DOWNLOADS (cache of the original wheels, default /tmp/polo-device-downloads).
 # Ends with the carry's size (working tree + both folders; the limit is 64 MiB) and an offline
 # pip resolver dry run for cp312 over the carried wheels + stubs of the preinstalled packages.
@@ -27,19 +25,12 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1
 
 "$PY" -m benchmarks.device.wheels "$WHEELS" --download-dir "${POLO_DEVICE_DOWNLOADS:-/tmp/polo-device-downloads}"
 
-tmp="$(mktemp -d)"
-trap 'rm -rf "$tmp"' EXIT
-sdist="${LLAMA_CPP_SDIST:-}"
-if [ -z "$sdist" ]; then
-    "$PY" -m pip download -q --no-deps --no-binary :all: llama-cpp-python==0.3.36 -d "$tmp"
-    sdist="$(ls "$tmp"/llama_cpp_python-*.tar.gz)"
-fi
-tar -xzf "$sdist" -C "$tmp" --wildcards '*/vendor/llama.cpp/models/ggml-vocab-llama-bpe.gguf' \
-    '*/vendor/llama.cpp/models/templates/meta-llama-Llama-3.2-3B-Instruct.jinja'
-vendor="$(ls -d "$tmp"/llama_cpp_python-*/vendor/llama.cpp/models)"
+# Llama 3's BPE vocabulary (GGUF) and Llama-3.2's chat template come from the llama-cpp-python sdist
+# on PyPI, unpacked into the model cache by the same step as the GGUF converter (make export-tools).
+converter="$("$PY" -m polo_lib.export install-converter | sed -n 's/^converter ready: //p')"
 rm -rf "$MODELS"
-"$PY" -m benchmarks.device.shapes "$MODELS" --llama-gguf "$vendor/ggml-vocab-llama-bpe.gguf" \
-    --llama-template "$vendor/templates/meta-llama-Llama-3.2-3B-Instruct.jinja"
+"$PY" -m benchmarks.device.shapes "$MODELS" --llama-gguf "$converter/models/ggml-vocab-llama-bpe.gguf" \
+    --llama-template "$converter/models/templates/meta-llama-Llama-3.2-3B-Instruct.jinja"
 
 "$PY" - "$WHEELS" "$MODELS" <<'PY'
 import json, sys

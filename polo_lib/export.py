@@ -44,8 +44,12 @@ DEFAULT_GGUF_TYPES = ("f16", "q8_0")
 # llama-cpp-python's sdist vendors llama.cpp; its convert_hf_to_gguf.py turned SmolLM2 into GGUF here.
 CONVERTER_PACKAGE = "llama-cpp-python"
 CONVERTER_VERSION = "0.3.36"
-# What we keep of the 77 MB sdist (about 2 MB): the converter, its model modules and gguf-py.
-CONVERTER_MEMBERS = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/", "LICENSE")
+# What we keep of the 77 MB sdist (about 10 MB): the converter, its model modules and gguf-py; and
+# Llama 3's BPE vocabulary (GGUF) and Llama-3.2's chat template, from which the device check builds
+# a Llama-3.2-3B tokenizer offline (benchmarks/device/shapes.py).
+LLAMA3_VOCAB = "models/ggml-vocab-llama-bpe.gguf"
+LLAMA32_TEMPLATE = "models/templates/meta-llama-Llama-3.2-3B-Instruct.jinja"
+CONVERTER_MEMBERS = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/", "LICENSE", LLAMA3_VOCAB, LLAMA32_TEMPLATE)
 
 VERIFY_PARAGRAPH = ("YOLO frames object detection as a single regression problem, straight from "
                     "image pixels to bounding box coordinates and class probabilities.")
@@ -87,7 +91,7 @@ def install_converter(force: bool = False) -> Path:
     Atomic: the converter folder appears whole or not at all.
     """
     target = converter_dir()
-    if (target / "convert_hf_to_gguf.py").is_file() and not force:
+    if not force and all((target / m).exists() for m in CONVERTER_MEMBERS if m != "LICENSE"):
         return target
     with tempfile.TemporaryDirectory(prefix="polo-sdist-") as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",

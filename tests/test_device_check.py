@@ -10,7 +10,6 @@ import json
 import os
 import subprocess
 import sys
-import tarfile
 import zipfile
 from pathlib import Path
 
@@ -149,17 +148,15 @@ def test_offline_resolver_accepts_a_complete_set_and_names_a_missing_wheel(tmp_p
 # ------------------------------------------------------------------ model shapes
 
 def _llama_cpp_files(tmp: Path) -> tuple[Path, Path]:
-    candidates = [os.environ.get("LLAMA_CPP_SDIST", ""), "/tmp/sdist/llama_cpp_python-0.3.36.tar.gz"]
-    sdist = next((Path(c) for c in candidates if c and Path(c).is_file()), None)
-    if sdist is None:
-        pytest.skip("no llama-cpp-python sdist here (set LLAMA_CPP_SDIST; `pip download --no-deps "
-                    "--no-binary :all: llama-cpp-python==0.3.36`)")
-    wanted = ("models/ggml-vocab-llama-bpe.gguf", "models/templates/meta-llama-Llama-3.2-3B-Instruct.jinja")
-    with tarfile.open(sdist) as tar:
-        members = [m for m in tar.getmembers() if m.name.endswith(wanted)]
-        tar.extractall(tmp, members=members, filter="data")
-    found = {m.name.rsplit("/", 1)[-1]: tmp / m.name for m in members}
-    return found["ggml-vocab-llama-bpe.gguf"], found["meta-llama-Llama-3.2-3B-Instruct.jinja"]
+    """Llama 3's vocabulary GGUF and Llama-3.2's chat template, as `make export-tools` (which `make
+    test` runs first) unpacks them from the llama-cpp-python sdist into the model cache."""
+    from polo_lib import export
+
+    where = export.converter_dir()
+    files = where / export.LLAMA3_VOCAB, where / export.LLAMA32_TEMPLATE
+    if not all(f.is_file() for f in files):
+        pytest.skip(f"no Llama 3 vocabulary in {where}: run `make export-tools`")
+    return files
 
 
 TINY = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
