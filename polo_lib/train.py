@@ -22,7 +22,7 @@ from . import device as device_lib
 from . import model as model_lib
 from . import plots
 from .atomic import atomic_write_text
-from .errors import DataError, ModelError, RunError
+from .errors import DataError, ModelError, ParamsError, RunError
 
 log = logging.getLogger(__name__)
 
@@ -291,8 +291,6 @@ class Plan:
         return []
 
     def check(self) -> "Plan":
-        from .errors import ParamsError
-
         if problems := self.problems():
             raise ParamsError(" ".join(problems))
         return self
