@@ -68,6 +68,13 @@ class Device:
                    count=int(d.get("count") or 1), threads=d.get("threads"))
 
 
+def as_device(device: "Device | dict | None") -> Device:
+    """A Device from a Device, a device dict (a manifest's) or None (this machine)."""
+    if device is None:
+        return describe()
+    return device if isinstance(device, Device) else Device.from_dict(device)
+
+
 def bitsandbytes_importable() -> bool:
     """Whether bitsandbytes is installed, without importing it (its import loads CUDA libraries)."""
     return importlib.util.find_spec("bitsandbytes") is not None

@@ -180,7 +180,7 @@ def reload_options(device) -> dict[str, Any]:
     from . import device as device_lib
 
     if isinstance(device, dict):
-        device = device_lib.Device.from_dict(device)
+        device = device_lib.as_device(device)
     if not isinstance(device, device_lib.Device) or device.kind not in ("cuda", "cpu"):
         kind = getattr(device, "kind", device)
         raise ModelError(f"reload_options: device {kind!r} is neither 'cuda' nor 'cpu'; pass device.describe().")

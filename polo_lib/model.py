@@ -44,15 +44,6 @@ def import_unsloth():
     return unsloth
 
 
-# ------------------------------------------------------------------- device
-
-def as_device(device) -> "device_lib.Device":
-    """A Device from a Device, a device dict (a manifest's) or None (this machine)."""
-    if device is None:
-        return device_lib.describe()
-    return device if isinstance(device, device_lib.Device) else device_lib.Device.from_dict(device)
-
-
 # ------------------------------------------------------------------- config
 
 def load_config(model_name: str):
@@ -130,7 +121,7 @@ def estimate_memory(cfg, device=None, config=None) -> MemoryEstimate:
     setting that clearly cannot fit before minutes are spent loading. Precision, 4-bit, optimizer
     and checkpointing are the ones `device.decide` will apply on this device.
     """
-    device = as_device(device)
+    device = device_lib.as_device(device)
     decisions = device_lib.decide(device, cfg.model, cfg.lora, cfg.training)
     config = config or load_config(cfg.model.model_name)
     total, per_type, lora_r1 = lora_shapes(config, cfg.lora.target_modules)
@@ -214,7 +205,7 @@ def from_pretrained(name_or_path: str, cfg, device=None):
     import_unsloth()
     from unsloth import FastLanguageModel
 
-    decisions = device_lib.decide(as_device(device), cfg.model, cfg.lora, cfg.training)
+    decisions = device_lib.decide(device_lib.as_device(device), cfg.model, cfg.lora, cfg.training)
     try:
         return FastLanguageModel.from_pretrained(
             model_name=name_or_path, max_seq_length=cfg.model.max_seq_length,
@@ -233,7 +224,7 @@ def load(cfg, device=None) -> LoadedModel:
     """
     import torch
 
-    device = as_device(device)
+    device = device_lib.as_device(device)
     decisions = device_lib.decide(device, cfg.model, cfg.lora, cfg.training)  # refusals before loading
     notes = list(decisions.notes)
     where = local_models.resolve(cfg.model.model_name)
