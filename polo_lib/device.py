@@ -22,7 +22,8 @@ from typing import Any, Literal
 from .errors import ModelError
 
 BF16_MIN_CAPABILITY = (8, 0)  # Ampere: bf16 tensor cores; a T4 (7.5) only emulates bf16
-EIGHT_BIT_OPTIMIZERS = ("adamw_8bit", "paged_adamw_8bit", "adamw_bnb_8bit", "paged_adamw_32bit", "lion_8bit")
+# optimizers TRL builds from bitsandbytes (8-bit states, or paged): they need it importable on CUDA
+BNB_OPTIMIZERS = ("adamw_8bit", "paged_adamw_8bit", "adamw_bnb_8bit", "paged_adamw_32bit", "lion_8bit")
 
 
 @dataclass(frozen=True)
@@ -167,7 +168,7 @@ def decide(device: Device, model_params, lora_params, training_params) -> Decisi
     optim = training_params.optim
     if optim == "auto":
         optim = "adamw_8bit" if device.cuda and device.bitsandbytes else "adamw_torch"
-    elif (optim in EIGHT_BIT_OPTIMIZERS or "bnb" in optim) and not (device.cuda and device.bitsandbytes):
+    elif (optim in BNB_OPTIMIZERS or "bnb" in optim) and not (device.cuda and device.bitsandbytes):
         where = "bitsandbytes is not installed" if device.cuda else "this machine has no CUDA GPU"
         raise ModelError(f"training.optim '{optim}' is a bitsandbytes optimizer, but {where}. "
                          "Use optim: auto (adamw_8bit on a GPU with bitsandbytes, adamw_torch elsewhere) "

@@ -156,7 +156,7 @@ def open_run(cfg, run_id: str | None = None, stage: str | None = None,
         from .device import decide, describe
 
         device = describe()
-        decide(device, cfg.model, cfg.lora, cfg.training)  # a GPU recipe on a CPU: refused, no folder made
+        decisions = decide(device, cfg.model, cfg.lora, cfg.training)  # a GPU recipe on a CPU: refused, no folder made
         check_writable(paths.runs_dir())
         run_id = new_run_id(cfg)
         run = Run(run_id, paths.runs_dir() / run_id)
@@ -164,7 +164,7 @@ def open_run(cfg, run_id: str | None = None, stage: str | None = None,
         for sub in SUBFOLDERS:
             (run.path / sub).mkdir()
         params_lib.save(cfg, run.params_path)
-        atomic_write_json(run.manifest_path, _initial_manifest(run, cfg, device))
+        atomic_write_json(run.manifest_path, _initial_manifest(run, cfg, device, decisions))
     else:
         run = get_run(run_id)
         check_writable(run.path)
@@ -200,9 +200,7 @@ def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def _initial_manifest(run: Run, cfg, device) -> dict[str, Any]:
-    from .device import decide
-
+def _initial_manifest(run: Run, cfg, device, decisions) -> dict[str, Any]:
     return {
         "run_id": run.id, "params_name": cfg.name, "params_source": cfg.source, "params_chosen_by": cfg.chosen_by,
         "params_hash": cfg.short_hash(), "status": "created", "created": _now(), "updated": _now(),
@@ -210,7 +208,7 @@ def _initial_manifest(run: Run, cfg, device) -> dict[str, Any]:
         "python": platform.python_version(), "platform": platform.platform(),
         "device": device.as_dict(), "stages": {}, "error": None,
         # what this device will run the params with: the same function model.load and training use
-        "decisions": decide(device, cfg.model, cfg.lora, cfg.training).as_dict(),
+        "decisions": decisions.as_dict(),
     }
 
 
