@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	@touch $@
 
 demo: setup
-	$(BIN)/python -m polo_lib.demo
+	$(BIN)/polo demo
 
 test: setup export-tools
 	$(BIN)/python -m pytest -q
@@ -40,6 +40,6 @@ clean:
 	rm -rf $(VENV) data/processed
 
 # GGUF export: llama.cpp's convert_hf_to_gguf.py + gguf-py from the pinned llama-cpp-python sdist
-# (PyPI), unpacked once into the model cache; nothing compiled. Version: polo_lib/export.py.
+# (PyPI), unpacked once into the model cache; nothing compiled. Version: polo_lib/export.py (polo install-converter).
 export-tools: setup
-	$(BIN)/python -m polo_lib.export install-converter
+	$(BIN)/polo install-converter

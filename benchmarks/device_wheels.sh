@@ -27,7 +27,7 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1
 
 # Llama 3's BPE vocabulary (GGUF) and Llama-3.2's chat template come from the llama-cpp-python sdist
 # on PyPI, unpacked into the model cache by the same step as the GGUF converter (make export-tools).
-converter="$("$PY" -m polo_lib.export install-converter | sed -n 's/^converter ready: //p')"
+converter="$("$PY" -m polo_lib.cli install-converter | sed -n 's/^converter ready: //p')"
 rm -rf "$MODELS"
 "$PY" -m benchmarks.device.shapes "$MODELS" --llama-gguf "$converter/models/ggml-vocab-llama-bpe.gguf" \
     --llama-template "$converter/models/templates/meta-llama-Llama-3.2-3B-Instruct.jinja"

@@ -39,7 +39,7 @@ def measure(params_file: str, run_id: str) -> dict:
     from polo_lib import data, evaluate, params, runs
 
     cfg = params.load(params_file, overrides={"max_steps": 2, "eval_steps": 2, "save_steps": 2, **EVAL_OVERRIDES})
-    run = runs.get_run(run_id)
+    run = runs.lookup(run_id)
     dataset = data.load_processed(cfg.data)
     before = peak_rss_bytes()
     start = time.perf_counter()

@@ -18,7 +18,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from . import evaluate, export, prompts
+from . import evaluate, export, prompts, runs
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # offline machine: no telemetry calls
 
@@ -120,7 +120,7 @@ def build_app(models: Models):
 def launch(run_id: str, host: str = "127.0.0.1", port: int = 7860, with_base: bool = True,
            block: bool = True):
     """Load the run's models and open the app; `block=False` returns the running app (tests)."""
-    run = export.resolve_run(run_id)
+    run = runs.lookup(run_id)
     app = build_app(load_models(run, with_base))
     app.launch(server_name=host, server_port=port, prevent_thread_lock=not block, share=False,
                inbrowser=False, show_error=True)

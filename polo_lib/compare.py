@@ -14,20 +14,20 @@ def select(run_ids: Sequence[str] | str | None = None, status: str = "finished")
 
     `papermill -p run_ids ...` passes a string: a YAML/JSON list or comma-separated ids work.
     """
-    from .errors import show_briefly_in_notebooks
+    from .notebook import show_errors_briefly
 
-    show_briefly_in_notebooks()
+    show_errors_briefly()
     if isinstance(run_ids, str):
         import yaml
 
         parsed = yaml.safe_load(run_ids)
         run_ids = parsed if isinstance(parsed, list) else [r.strip() for r in run_ids.split(",") if r.strip()]
     if run_ids:
-        return [runs.get_run(r) for r in run_ids]
+        return [runs.lookup(r) for r in run_ids]
     reg = runs.registry(status)
     if reg.empty:
         raise RunError(f"no {status} runs in outputs/runs: run `make demo` or `polo run` first.")
-    return [runs.get_run(r) for r in reg.index]
+    return [runs.lookup(r) for r in reg.index]
 
 
 def logs(chosen: Sequence[runs.Run]) -> dict[str, pd.DataFrame]:

@@ -31,24 +31,3 @@ def bullet_list(problems: list[str], limit: int = 50) -> str:
     if len(problems) > limit:
         shown.append(f"  ... and {len(problems) - limit} more")
     return "\n".join(shown)
-
-
-def show_briefly_in_notebooks() -> None:
-    """In a notebook, a PoloError (a mistake the user can fix) shows as its message alone, not a
-    60-line traceback through TRL or pydantic. The cell still fails with the error's name and
-    message, so papermill and `polo run` still stop and report it."""
-    try:
-        from IPython import get_ipython
-    except ImportError:
-        return
-    shell = get_ipython()
-    if shell is None or getattr(shell, "_polo_brief_errors", False):
-        return
-
-    def brief(shell, etype, value, tb, tb_offset=None):
-        stb = [f"{etype.__name__}: {value}"]
-        shell._showtraceback(etype, value, stb)  # IPython does not call it for custom exceptions
-        return stb
-
-    shell.set_custom_exc((PoloError,), brief)
-    shell._polo_brief_errors = True

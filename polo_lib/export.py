@@ -393,18 +393,3 @@ def _same_template(run, template: str | None, eos_id, what: str) -> None:
     if problems:
         raise ModelError(f"{what}: {'; '.join(problems)}. Serving it would prompt or stop differently "
                          "from training; export from the run's adapter folder again.")
-
-
-def resolve_run(run_id: str):
-    """A run id, or "latest" for the newest finished run."""
-    return runs.find_run(None if run_id in ("latest", None) else run_id)
-
-
-if __name__ == "__main__":  # `python -m polo_lib.export install-converter` (make export-tools)
-    if sys.argv[1:] != ["install-converter"]:
-        sys.exit("usage: python -m polo_lib.export install-converter")
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        print(f"converter ready: {install_converter()}")
-    except PoloError as e:
-        sys.exit(f"{type(e).__name__}: {e}")

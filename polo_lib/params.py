@@ -378,9 +378,9 @@ def from_notebook(namespace: Mapping[str, Any], default_file: str | Path | None 
     value in the namespace that is neither a knob nor a notebook name is an error, so
     `-p epoch 5` fails instead of silently training the file's epochs.
     """
-    from .errors import show_briefly_in_notebooks
+    from .notebook import show_errors_briefly
 
-    show_briefly_in_notebooks()
+    show_errors_briefly()
     knobs, problems = {}, []
     leaves = _leaf_paths()
     for name, value in namespace.items():

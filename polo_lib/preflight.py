@@ -39,8 +39,9 @@ class Report:
         return "\n".join(f"{r['status']:>4}  {r['check']:<{width}}  {r['detail']}" for r in self.rows)
 
 
-def run_checks(params_file: str, overrides: dict[str, Any] | None = None) -> Report:
-    """Every check, even after a failure where the next one can still run, so one pass shows all."""
+def run_checks(cfg: params.Params) -> Report:
+    """Every check of resolved params (`params.load`, or `pipeline.resolve`), even after a failure
+    where the next one can still run, so one pass shows all."""
     rows: list[dict[str, str]] = []
 
     def check(name: str, fn: Callable[[], tuple[str, str]]):
@@ -53,16 +54,7 @@ def run_checks(params_file: str, overrides: dict[str, Any] | None = None) -> Rep
         rows.append({"check": name, "status": status, "detail": detail})
         return status != FAIL
 
-    state: dict[str, Any] = {}
-
-    def load_params():
-        state["cfg"] = params.load(params_file, overrides=overrides)
-        cfg = state["cfg"]
-        return OK, f"{cfg.source} (hash {cfg.short_hash()})"
-
-    if not check("params", load_params):
-        return Report(rows)
-    cfg = state["cfg"]
+    check("params", lambda: (OK, f"{cfg.source} (hash {cfg.short_hash()})"))
 
     def outputs():
         from .runs import check_writable

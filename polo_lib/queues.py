@@ -32,7 +32,7 @@ import pandas as pd
 import yaml
 
 from . import params as params_lib
-from . import paths, runs
+from . import paths, pipeline, reports, runs
 from .atomic import atomic_write_text
 from .errors import ParamsError, PoloError
 
@@ -111,9 +111,7 @@ def run_queue(path: str | Path, log: Callable[[str], None] = print,
               execute: Callable[..., runs.Run] | None = None) -> tuple[pd.DataFrame, Path]:
     """Run every item in order; a failure is a row, not the end (except in a pipeline, where
     the next step has nothing to start from). Returns the results table and its folder."""
-    from .cli import run_pipeline
-
-    execute = execute or run_pipeline
+    execute = execute or pipeline.run_pipeline
     q = load(path)
     folder = paths.outputs_dir() / "queues" / queue_id(q)
     folder.mkdir(parents=True, exist_ok=False)
@@ -158,6 +156,6 @@ def _write_results(folder: Path, q: QueueFile, rows: list[dict[str, Any]]) -> pd
     kind = "Pipeline (chained)" if q.chained else "Queue"
     lines = [f"# {kind} {folder.name}", "", f"- file: `{q.path}`", f"- base params: `{q.base}`",
              f"- stages: {', '.join(q.stages or ['all'])}", "",
-             runs._md_table(table.to_dict("records"), list(table.columns)), ""]
+             reports.md_table(table.to_dict("records"), list(table.columns)), ""]
     atomic_write_text(folder / "report.md", "\n".join(lines))
     return table

@@ -17,8 +17,9 @@ from typing import Any
 
 from . import params as params_lib
 from . import paths
-from .atomic import atomic_write_json, atomic_write_text
+from .atomic import atomic_write_json
 from .errors import RunError
+from .notebook import on_cell_error
 
 PACKAGES = ("torch", "unsloth", "unsloth_zoo", "trl", "transformers", "peft", "datasets", "accelerate",
             "papermill", "bitsandbytes")
@@ -124,15 +125,6 @@ def new_run_id(cfg) -> str:
     return run_id
 
 
-def get_run(run_id: str) -> Run:
-    path = paths.runs_dir() / run_id
-    if not (path / "params.yaml").is_file():
-        known = sorted(p.name for p in paths.runs_dir().glob("*") if p.is_dir())[-5:] if paths.runs_dir().exists() else []
-        raise RunError(f"run '{run_id}' not found in {paths.runs_dir()}. "
-                       f"Latest runs: {', '.join(known) or 'none'}. Pass run_id=None to start a new run.")
-    return Run(run_id, path)
-
-
 def check_writable(folder: Path) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -145,13 +137,19 @@ def check_writable(folder: Path) -> None:
 
 
 def open_run(cfg, run_id: str | None = None, stage: str | None = None,
-             may_differ: tuple[str, ...] = ()) -> Run:
-    """A new run folder (run_id None), or the existing run `run_id` with the same params.
+             may_differ: tuple[str, ...] = (), create: bool = True) -> Run | None:
+    """A new run folder (run_id None), or the existing run `run_id` with the same params;
+    `stage`: that stage starts now (finish it with `finish_stage`).
+
+    create=False: no run_id means no run (None), for a stage that may run alone outside any
+    run, as prepare_data.ipynb does; with `polo run` it is a stage of that run.
 
     The resolved params are written before any work starts. Continuing a run with different
     params is refused: a run folder describes one experiment. Sections in `may_differ`
     (the evaluate stage's `evaluation`) may change; the values used are recorded per stage.
     """
+    if run_id is None and not create:
+        return None
     if run_id is None:
         from .device import decide, describe
 
@@ -166,7 +164,7 @@ def open_run(cfg, run_id: str | None = None, stage: str | None = None,
         params_lib.save(cfg, run.params_path)
         atomic_write_json(run.manifest_path, _initial_manifest(run, cfg, device, decisions))
     else:
-        run = get_run(run_id)
+        run = lookup(run_id, status=None)
         check_writable(run.path)
         saved = run.params()
         differ = [d for d in _differences(saved.to_dict(), cfg.to_dict())
@@ -178,13 +176,8 @@ def open_run(cfg, run_id: str | None = None, stage: str | None = None,
         run.start_stage(stage)
         for section in may_differ:
             run.update_manifest(**{f"{stage}_params": {section: cfg.to_dict()[section]}})
-        _watch_notebook_errors(run)
+        on_cell_error(run.fail)
     return run
-
-
-def find_run(run_id: str | None) -> Run:
-    """A run by id, or (None) the latest finished one."""
-    return get_run(run_id) if run_id else latest_run("finished")
 
 
 def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
@@ -233,115 +226,45 @@ def package_versions() -> dict[str, str | None]:
     return out
 
 
-def _watch_notebook_errors(run: Run) -> None:
-    """In a notebook, a cell that raises marks the run failed with the error and the cell."""
-    try:
-        from IPython import get_ipython
-    except ImportError:
-        return
-    ip = get_ipython()
-    if ip is None:
-        return
-
-    def on_cell(result) -> None:
-        error = result.error_in_exec or result.error_before_exec
-        if error is not None:
-            cell = (getattr(result.info, "raw_cell", "") or "").strip().splitlines()
-            where = f"cell {result.execution_count}: {cell[0] if cell else ''}"
-            run.fail(f"{type(error).__name__}: {error}", where)
-
-    # One watcher per kernel: replace a previous run's.
-    for cb in list(ip.events.callbacks["post_run_cell"]):
-        if getattr(cb, "_polo_watcher", False):
-            ip.events.unregister("post_run_cell", cb)
-    on_cell._polo_watcher = True  # type: ignore[attr-defined]
-    ip.events.register("post_run_cell", on_cell)
-
-
-def latest_run(status: str | None = "finished") -> Run:
-    """The newest run folder, optionally with a given status."""
-    root = paths.runs_dir()
-    for path in sorted(root.glob("*"), reverse=True) if root.exists() else []:
-        if (path / "params.yaml").is_file():
-            run = Run(path.name, path)
-            if status is None or run.manifest().get("status") == status:
-                return run
-    raise RunError(f"no {status or ''} run in {root}: train one first (notebooks/train.ipynb or `make demo`).")
-
-
-
-def track_stage(cfg, run_id: str | None, stage: str) -> Run | None:
-    """For notebooks that may run alone (no run folder) or as a stage of `polo run` (run_id set)."""
-    return open_run(cfg, run_id, stage=stage) if run_id else None
-
-
-def end_stage(run: Run | None, stage: str) -> Run | None:
+def finish_stage(run: Run | None, stage: str) -> Run | None:
+    """The stage ended well: its time and status go into the manifest. None (a stage run outside
+    any run, see open_run's create) is left as it is."""
     if run is not None:
         run.finish_stage(stage)
     return run
 
 
-def _md_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
-    def cell(v: Any) -> str:
-        if isinstance(v, float):
-            v = f"{v:.4g}"
-        return str(v).replace("|", "\\|").replace("\n", " ")
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(r.get(c, "")) for c in columns) + " |" for r in rows]
-    return "\n".join(lines)
+LATEST = "latest"
 
 
-def write_report(run: Run) -> Path:
-    """report.md from the run folder alone: params, loss curve, metrics, examples, warnings."""
-    manifest, summary = run.manifest(), run.summary()
-    out = [f"# Run {run.id}", ""]
-    git = manifest.get("git") or {}
-    device = manifest.get("device") or {}
-    out += [f"- status: **{manifest.get('status', '?')}**, created {manifest.get('created', '?')}",
-            f"- params: `{manifest.get('params_name', '?')}` (hash {manifest.get('params_hash', '?')})",
-            f"- code: commit `{(git.get('commit') or '?')[:12]}`{' (dirty)' if git.get('dirty') else ''}",
-            f"- device: {device.get('device', '?')} ({device.get('name', '?')})", ""]
-    stages = manifest.get("stages") or {}
-    if stages:
-        out += ["## Stages", "", _md_table([{"stage": k, **v} for k, v in stages.items()],
-                                           ["stage", "status", "seconds", "start", "end"]), ""]
-    warnings = list(manifest.get("model_notes") or [])
-    training = summary.get("training") or {}
-    if training:
-        out += ["## Training", "", _md_table([{"figure": k, "value": v} for k, v in training.items()],
-                                             ["figure", "value"]), ""]
-        if training.get("early_stopped"):
-            warnings.append(f"early stopping fired at step {training.get('early_stopped_at_step')}; "
-                            f"the best checkpoint ({training.get('best_checkpoint')}) was kept")
-    if (run.plots / "loss.png").is_file():
-        out += ["![loss curve](plots/loss.png)", ""]
-    metrics_path = run.eval / "metrics.json"
-    if metrics_path.is_file():
-        body = json.loads(metrics_path.read_text(encoding="utf-8"))
-        rows = [{"metric": k, **v} for k, v in body.get("metrics", {}).items()]
-        out += [f"## Evaluation ({body.get('split')}, {body.get('examples')} examples)", "",
-                _md_table(rows, ["metric", "base", "tuned", "delta", "tuned_better"]), ""]
-        if (run.plots / "metrics.png").is_file():
-            out += ["![metrics](plots/metrics.png)", ""]
-        if (run.eval / "examples.md").is_file():
-            out += ["Examples side by side: [eval/examples.md](eval/examples.md)", ""]
-    try:
-        cfg = run.params()
-        from .data import load_stats, processed_path
+def run_folders() -> list[Path]:
+    """Every run folder (one with params.yaml), oldest first: run ids start with their UTC time."""
+    root = paths.runs_dir()
+    return sorted(p for p in root.iterdir() if (p / "params.yaml").is_file()) if root.exists() else []
 
-        if (processed_path(cfg.data) / "stats.json").is_file():
-            dropped = load_stats(cfg.data).get("dropped_over_length", {})
-            n = sum(len(v) for v in dropped.values())
-            if n:
-                warnings.append(f"{n} example(s) over max_seq_length were dropped: {dropped}")
-        out += ["## Params", "", _md_table([{"key": f"{s}.{k}", "value": v} for s, body in cfg.to_dict().items()
-                                           if isinstance(body, dict) for k, v in body.items()], ["key", "value"]), ""]
-    except Exception as e:  # a damaged params.yaml is itself worth reporting
-        warnings.append(f"params.yaml could not be read: {e}")
-    if manifest.get("error"):
-        warnings.append(f"failed: {manifest['error'].get('message')} ({manifest['error'].get('where')})")
-    out += ["## Warnings", ""] + ([f"- {w}" for w in warnings] or ["- none"]) + [""]
-    return atomic_write_text(run.path / "report.md", "\n".join(out))
+
+def lookup(ref: str | None = LATEST, status: str | None = "finished") -> Run:
+    """The one way to name a run: its id, a unique prefix of it, or `latest` / None (the newest
+    run with `status`; status None: the newest of any status)."""
+    folders = run_folders()
+    if ref in (None, LATEST):
+        for path in reversed(folders):
+            run = Run(path.name, path)
+            if status is None or run.manifest().get("status") == status:
+                return run
+        raise RunError(f"no {status or ''} run in {paths.runs_dir()}: train one first "
+                       "(notebooks/train.ipynb, `polo run` or `make demo`).")
+    ref = str(ref).strip()
+    exact = [p for p in folders if p.name == ref]
+    matches = exact or [p for p in folders if p.name.startswith(ref)]
+    if len(matches) == 1:
+        return Run(matches[0].name, matches[0])
+    if matches:
+        raise RunError(f"run '{ref}' is ambiguous: {len(matches)} runs start with it "
+                       f"({', '.join(p.name for p in matches[:5])}). Give more of the id.")
+    known = [p.name for p in folders[-5:]]
+    raise RunError(f"run '{ref}' not found in {paths.runs_dir()}. Latest runs: {', '.join(known) or 'none'}. "
+                   "Give a run id, a unique prefix of one, or 'latest'.")
 
 
 REGISTRY_COLUMNS = ["run_id", "params", "status", "created", "steps", "epochs", "loss_first", "loss_last",

@@ -33,7 +33,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from . import evaluate, export, prompts
+from . import evaluate, export, prompts, runs
 from .errors import ModelError, PoloError
 
 log = logging.getLogger(__name__)
@@ -322,7 +322,7 @@ def serve(run_id: str, host: str = "127.0.0.1", port: int = 8000, merged: bool =
     """Load the run's model and serve it until Ctrl-C."""
     import uvicorn
 
-    run = export.resolve_run(run_id)
+    run = runs.lookup(run_id)
     if host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("listening on %s: anyone who reaches this address can use the model (no auth).", host)
     backend = load_backend(run, merged=merged, **options)

@@ -503,9 +503,9 @@ def new_sweep_id(spec: SweepFile) -> str:
 
 def get_sweep(sweep_id: str) -> tuple[Sweep, Path]:
     """A sweep's validated file and folder, from its resolved sweep.yaml."""
-    from .errors import show_briefly_in_notebooks
+    from .notebook import show_errors_briefly
 
-    show_briefly_in_notebooks()
+    show_errors_briefly()
     folder = sweeps_dir() / sweep_id
     if not (folder / "sweep.yaml").is_file():
         known = sorted(p.name for p in sweeps_dir().glob("*") if p.is_dir())[-5:] if sweeps_dir().exists() else []
@@ -595,7 +595,7 @@ def save_plots(study, folder: Path) -> dict[str, str]:
 
 def trial_runs(table: pd.DataFrame) -> list[runs.Run]:
     """The run folders of a results table's trials (a trial that failed before its folder has none)."""
-    return [runs.get_run(r) for r in table["run_id"] if isinstance(r, str) and (paths.runs_dir() / r).is_dir()]
+    return [runs.lookup(r) for r in table["run_id"] if isinstance(r, str) and (paths.runs_dir() / r).is_dir()]
 
 
 def write_results(study, sweep: Sweep, folder: Path, engine: str, wall_seconds: float | None = None) -> pd.DataFrame:
@@ -679,7 +679,7 @@ def _close_interrupted(study) -> int:
         study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
         run_id = t.user_attrs.get("run_id")
         if run_id and (paths.runs_dir() / run_id).is_dir():
-            run = runs.get_run(run_id)
+            run = runs.lookup(run_id)
             if run.manifest().get("status") == "running":
                 run.fail("interrupted: the sweep stopped during this trial", where="polo sweep")
         n += 1
@@ -948,7 +948,7 @@ def _add_ray_trial(study, record: dict[str, Any], dists, sweep: Sweep) -> None:
         if record.get("started") and record.get("updated"):  # until its last evaluation was recorded
             seconds = round(record["updated"] - datetime.fromisoformat(record["started"]).timestamp(), 1)
         if run_id and (paths.runs_dir() / run_id / "params.yaml").is_file():
-            run = runs.get_run(run_id)
+            run = runs.lookup(run_id)
             step = record["evaluations"][-1][0] if record.get("evaluations") else None
             run.update_manifest(status="pruned", pruned_at_step=step, pruned_by="ASHA")
             run.update_summary(sweep={"sweep_id": study.study_name, "trial": record["number"], "status": "pruned",

@@ -23,6 +23,7 @@ from . import model as model_lib
 from . import plots
 from .atomic import atomic_write_text
 from .errors import DataError, ModelError, ParamsError, RunError
+from .notebook import in_notebook
 
 log = logging.getLogger(__name__)
 
@@ -374,7 +375,7 @@ def build(lm, dataset, cfg, run, live: bool | None = None, callbacks: list | Non
         raise DataError(f"the trainer kept {len(trainer.train_dataset)} of {len(train_ds)} training examples "
                         "after masking; some would train on nothing. Check the chat markers.")
     if live is None:
-        live = _in_notebook()
+        live = in_notebook()
     step = int(resume_from.name.split("-")[-1]) if resume_from else 0
     recorder = _LogRecorder(run.logs / "train_log.csv", live=live, keep_until_step=step)
     for cb in _callbacks(recorder, cfg, run) + list(callbacks or []):
@@ -392,14 +393,6 @@ def build(lm, dataset, cfg, run, live: bool | None = None, callbacks: list | Non
         {"check": "resume from", "value": str(resume_from.name) if resume_from else "fresh start"},
     ]).set_index("check")
     return Session(trainer, lm, cfg, run, markers, recorder, resume_from, checks, schedule)
-
-
-def _in_notebook() -> bool:
-    try:
-        from IPython import get_ipython
-        return get_ipython() is not None and "IPKernelApp" in get_ipython().config
-    except ImportError:
-        return False
 
 
 def fit(session: Session) -> pd.DataFrame:

@@ -168,7 +168,7 @@ def test_bad_cadence_values_are_params_errors():
 
 
 def test_preflight_refuses_the_gpu_recipe_on_a_cpu_before_any_model_work():
-    report = preflight.run_checks("default")
+    report = preflight.run_checks(params.load("default"))
     rows = {r["check"]: r for r in report.rows}
     assert not report.ok and rows["precision and device"]["status"] == "fail"
     assert "params_file 'cpu'" in rows["precision and device"]["detail"]
@@ -176,7 +176,7 @@ def test_preflight_refuses_the_gpu_recipe_on_a_cpu_before_any_model_work():
 
 
 def test_preflight_names_the_numbers_of_a_schedule_that_never_evaluates(tiny_model_dir):
-    report = preflight.run_checks("smoke", overrides={"eval_steps": 50, "save_steps": 50})
+    report = preflight.run_checks(params.load("smoke", overrides={"eval_steps": 50, "save_steps": 50}))
     assert not report.ok
     assert any("eval_steps (50) is more than the 6 steps" in f for f in report.failures())
 

@@ -51,14 +51,14 @@ def test_polo_list_and_report_work_from_the_folder_alone(capsys):
 
 
 def test_preflight_passes_for_smoke_and_reports_every_check(tiny_model_dir):
-    report = preflight.run_checks("smoke")
+    report = preflight.run_checks(params.load("smoke"))
     assert report.ok, str(report)
     assert {"params", "raw data", "model", "memory", "chat template, masking, lengths"} <= set(report.table().index)
     assert "'<|assistant|>\\n'" in report.table().loc["chat template, masking, lengths", "detail"]
 
 
 def test_preflight_catches_a_missing_target_module(tiny_model_dir):
-    report = preflight.run_checks("smoke", {"lora.target_modules": ["q_proj", "c_attn"]})
+    report = preflight.run_checks(params.load("smoke", {"lora.target_modules": ["q_proj", "c_attn"]}))
     assert not report.ok
     assert "c_attn" in report.table().loc["architecture and LoRA targets", "detail"]
     assert cli.main(["preflight", "smoke", "--set", "lora.target_modules=[q_proj, c_attn]"]) == 1
@@ -71,13 +71,13 @@ def test_preflight_catches_a_template_without_markers(tiny_model_dir, tmp_path):
     config["chat_template"] = "{% for m in messages %}{{ m['content'] }}\n{% endfor %}"
     (broken / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
     (broken / "chat_template.jinja").unlink(missing_ok=True)
-    report = preflight.run_checks("smoke", {"model.model_name": str(broken)})
+    report = preflight.run_checks(params.load("smoke", {"model.model_name": str(broken)}))
     assert not report.ok
     assert "could not derive the chat markers" in report.table().loc["chat template, masking, lengths", "detail"]
 
 
 def test_preflight_says_4bit_will_not_apply_on_cpu(tiny_model_dir):
-    report = preflight.run_checks("smoke", {"model.load_in_4bit": True})
+    report = preflight.run_checks(params.load("smoke", {"model.load_in_4bit": True}))
     row = report.table().loc["precision and device"]
     assert row["status"] == "warn" and "4-bit needs a CUDA GPU: loading float32" in row["detail"]
 
@@ -127,12 +127,12 @@ def test_pipeline_stage_two_starts_from_stage_one_adapter(tiny_model_dir, tmp_pa
     table, _ = queues.run_queue(path, **QUIET)
     assert list(table["status"]) == ["finished", "finished"]
     first, second = table["run_id"]
-    assert runs.get_run(second).params().run.init_adapter == first
-    assert any("start from" in n for n in runs.get_run(second).manifest()["model_notes"])
+    assert runs.lookup(second).params().run.init_adapter == first
+    assert any("start from" in n for n in runs.lookup(second).manifest()["model_notes"])
     # the weights stage 2 starts from are exactly stage 1's saved adapter
     from safetensors.torch import load_file
 
-    saved = load_file(str(runs.get_run(first).adapter / "adapter_model.safetensors"))
+    saved = load_file(str(runs.lookup(first).adapter / "adapter_model.safetensors"))
     lm = model.load(params.load("smoke", overrides={"run.init_adapter": first}))
     state = {k: v for k, v in lm.model.state_dict().items() if "lora_" in k}
     assert len(state) == len(saved)

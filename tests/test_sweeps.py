@@ -97,7 +97,7 @@ def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(tmp_path, tiny_model_
     assert (folder / "plots" / "importance.png").is_file()
     report = (folder / "report.md").read_text(encoding="utf-8")
     assert "3 finished" in report and "1 failed" in report and table.loc[best, "run_id"] in report
-    saved = runs.get_run(table.loc[best, "run_id"]).params()
+    saved = runs.lookup(table.loc[best, "run_id"]).params()
     assert saved.model.max_seq_length == best and saved.training.max_steps == 2   # the trial's params, resolved
     # the notebook shows the same table and best trial, headless
     out_nb = tmp_path / "sweep_results.ipynb"
@@ -142,7 +142,7 @@ def test_the_pruner_stops_a_trial_whose_first_eval_loss_is_worst(tmp_path, tiny_
     table = result.table.set_index("params_learning_rate")
     assert list(result.table["params_learning_rate"]) == [5e-3, 1e-9], "the grid order this test relies on"
     assert table.loc[5e-3, "status"] == "finished" and table.loc[1e-9, "status"] == "pruned"
-    pruned = runs.get_run(table.loc[1e-9, "run_id"])
+    pruned = runs.lookup(table.loc[1e-9, "run_id"])
     assert pruned.manifest()["status"] == "pruned" and pruned.manifest()["pruned_at_step"] == 2
     assert pruned.summary()["training"]["steps"] == 2 and pruned.summary()["sweep"]["status"] == "pruned"
     assert runs.registry().loc[pruned.id, "status"] == "pruned"

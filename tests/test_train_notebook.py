@@ -78,7 +78,7 @@ def test_train_notebook_alone_on_a_fresh_clone_takes_papermill_parameters(tmp_pa
     pm.execute_notebook(str(paths.NOTEBOOKS_DIR / "train.ipynb"), str(tmp_path / "out.ipynb"),
                         parameters={"params_file": "smoke", "max_steps": 4, "learning_rate": 1e-3},
                         kernel_name="python3", cwd=str(paths.NOTEBOOKS_DIR), progress_bar=False)
-    run = runs.latest_run()
+    run = runs.lookup()
     assert run.params().training.max_steps == 4 and run.params().training.learning_rate == 1e-3
     assert run.summary()["training"]["steps"] == 4
     assert (data.processed_path(cfg.data) / "dataset").is_dir()
@@ -91,7 +91,7 @@ def test_a_failing_stage_marks_the_run_failed_and_names_the_cell(tiny_model_dir)
     damaged.mkdir(parents=True)  # a processed folder with nothing in it: loading it fails in the train stage
     with pytest.raises(cli.PoloError, match=r"(?s)stage .train. failed: FileNotFoundError.*train.ipynb, cell"):
         cli.run_pipeline("smoke", stages=["train"], log=lambda *a: None)
-    run = runs.latest_run(status=None)
+    run = runs.lookup(status=None)
     manifest = run.manifest()
     assert manifest["status"] == "failed"
     assert "FileNotFoundError" in manifest["error"]["message"]

@@ -27,7 +27,7 @@ def finished_run(*args) -> runs.Run:
     proc = polo("run", "smoke", "--stages", "prepare,train", *SETS, *args)
     _, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err.decode()[-2000:]
-    return runs.latest_run()
+    return runs.lookup()
 
 
 def comparable(run):
@@ -78,6 +78,6 @@ def test_an_hf_token_in_the_environment_never_reaches_the_run_folder(tiny_model_
     proc = polo("run", "smoke", *SETS[:2])  # prepare, train, evaluate
     _, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err.decode()[-2000:]
-    run = runs.latest_run()
+    run = runs.lookup()
     leaked = [p for p in run.path.rglob("*") if p.is_file() and token.encode() in p.read_bytes()]
     assert leaked == [] and token not in err.decode()

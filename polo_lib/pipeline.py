@@ -1,0 +1,140 @@
+"""The recipe, once: each stage as a short top-down function, and `run_pipeline` that chains them.
+
+    prepare_stage   tokenizer -> validate, clean, group, split, count tokens -> data/processed/
+    train_stage     data -> plan -> memory check -> model + LoRA -> trainer -> fit -> adapter, plots
+    evaluate_stage  base and tuned answers -> metrics, chart, examples -> report.md
+
+The notebooks make the same calls cell by cell (tests/test_recipe_sequence.py keeps them in the
+same order); `polo run`, queues, sweep trials, `make demo`, the benchmarks and the tests call
+these functions or run those notebooks, so every path records the same manifest and report.
+
+`run_pipeline` resolves the params once: the preflight checks that object, the run folder
+records it as params.yaml, and each notebook stage reads that file back.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Sequence
+
+from . import data, evaluate, model, paths, reports, runs, train
+from . import params as params_lib
+from .errors import PoloError
+
+STAGES = {"prepare": "prepare_data.ipynb", "train": "train.ipynb", "evaluate": "evaluate.ipynb"}
+
+
+def prepare_stage(cfg, run: runs.Run | None = None) -> data.Prepared:
+    """Raw records -> processed splits on disk, token counts from the model's own chat template."""
+    tokenizer = model.load_tokenizer(cfg.model)
+    prepared = data.prepare(cfg.data, tokenizer, cfg.model.max_seq_length)
+    data.save(prepared, cfg.data)
+    runs.finish_stage(run, "prepare")
+    return prepared
+
+
+def train_stage(cfg, run: runs.Run, callbacks: list | None = None, live: bool | None = None) -> train.Session:
+    """Fine-tune into `run` (opened with stage="train"): adapter, loss curve, summary, report.
+
+    `callbacks`: extra TrainerCallbacks (a sweep's pruner). Raises before loading the model when
+    the schedule or the memory estimate cannot work.
+    """
+    dataset = data.load_or_prepare(cfg)
+    train.plan(cfg.training, len(dataset["train"])).check()
+    model.check_memory(model.estimate_memory(cfg), enabled=cfg.model.memory_check)
+    lm = model.load(cfg)
+    run.update_manifest(model=lm.applied, model_notes=lm.notes)
+    session = train.build(lm, dataset, cfg, run, live=live, callbacks=callbacks)
+    train.fit(session)
+    train.finish(session)
+    runs.finish_stage(run, "train")
+    reports.write_report(run)
+    return session
+
+
+def evaluate_stage(cfg, run: runs.Run):
+    """Base vs tuned on the held-out split into `run` (opened with stage="evaluate"): eval/,
+    plots/metrics.png, the summary's evaluation section, report.md."""
+    dataset = data.load_processed(cfg.data)
+    predictions = evaluate.predict(run, cfg, dataset)
+    table = evaluate.score(predictions, cfg, run)
+    evaluate.chart(table, run)
+    evaluate.examples(predictions, run)
+    runs.finish_stage(run, "evaluate")
+    reports.write_report(run)
+    return table
+
+
+# ------------------------------------------------------------------ many stages, one run folder
+
+def available_stages() -> list[str]:
+    return [s for s, nb in STAGES.items() if (paths.NOTEBOOKS_DIR / nb).is_file()]
+
+
+def check_stages(stages: Sequence[str] | None) -> list[str]:
+    stages = list(stages or available_stages())
+    unknown = [s for s in stages if s not in available_stages()]
+    if unknown:
+        raise PoloError(f"unknown stage(s) {unknown}; available: {', '.join(available_stages())}")
+    return stages
+
+
+def resolve(params_file: str, overrides: dict[str, Any] | None = None, name: str | None = None):
+    """The params a run will use, resolved once (file < overrides); `name` replaces the file's
+    name in the run id (a queue's variants). Raises on any problem, before any work."""
+    cfg = params_lib.load(params_file, overrides=overrides)
+    return cfg.model_copy(update={"name": name}) if name else cfg
+
+
+def run_pipeline(params_file: str, overrides: dict[str, Any] | None = None,
+                 stages: Sequence[str] | None = None, run_id: str | None = None,
+                 name: str | None = None, preflight: bool = True,
+                 log: Callable[[str], None] = print) -> runs.Run:
+    """Resolve the params, check them (preflight), open the run folder, then execute each
+    stage's notebook into it (papermill). `name` replaces the params name in the run id."""
+    from . import preflight as preflight_lib
+
+    stages = check_stages(stages)
+    evaluate_only = stages == ["evaluate"]
+    cfg = resolve(params_file, overrides, name)
+    if preflight and "train" in stages and run_id is None:
+        report = preflight_lib.run_checks(cfg)
+        if not report.ok:
+            raise PoloError("preflight failed, nothing was started:\n" +
+                            "\n".join(f"  {f}" for f in report.failures()))
+    # Evaluating an existing run again may change how (limit, decoding), never what was trained.
+    may_differ = ("evaluation",) if evaluate_only else ()
+    run = runs.open_run(cfg, run_id, may_differ=may_differ)
+    log(f"run {run.id}\n  folder: {run.path}")
+    stage_params = params_file_for(run, cfg, may_differ)
+    for i, stage in enumerate(stages, 1):
+        log(f"[{i}/{len(stages)}] {stage}: {STAGES[stage]}")
+        start = time.perf_counter()
+        execute_notebook(run, stage, {"params_file": str(stage_params), "run_id": run.id})
+        log(f"  {stage} done in {time.perf_counter() - start:.0f} s")
+    run.update_manifest(status="finished")
+    return run
+
+
+def params_file_for(run: runs.Run, cfg, may_differ: Sequence[str]):
+    """The file every notebook stage reads: the run's params.yaml, or, when a section may differ
+    (evaluating again with another limit), this stage's resolved params beside it."""
+    if not may_differ:
+        return run.params_path
+    path = run.notebooks / "params-evaluate.yaml"
+    params_lib.save(cfg, path)
+    return path
+
+
+def execute_notebook(run: runs.Run, stage: str, parameters: dict[str, Any]) -> None:
+    """One stage's notebook into run/notebooks/; a failing cell marks the run failed, naming it."""
+    import papermill as pm
+
+    notebook = STAGES[stage]
+    out = run.notebooks / notebook
+    try:
+        pm.execute_notebook(str(paths.NOTEBOOKS_DIR / notebook), str(out), parameters=parameters,
+                            kernel_name="python3", cwd=str(paths.NOTEBOOKS_DIR), progress_bar=True)
+    except pm.PapermillExecutionError as e:
+        where = f"{out}, cell {e.exec_count}"
+        run.fail(f"{e.ename}: {e.evalue}", where)
+        raise PoloError(f"stage '{stage}' failed: {e.ename}: {e.evalue}\n  see {where}") from None
