@@ -45,10 +45,10 @@ def metrics_table(chosen: Sequence[runs.Run]) -> pd.DataFrame:
     rows = []
     for r in chosen:
         s = r.summary()
-        t, e = s.get("training") or {}, s.get("evaluation") or {}
-        row = {"run_id": r.id, "eval_loss_best": t.get("eval_loss_best"), "loss_last": t.get("loss_last"),
-               "steps": t.get("steps"), "train_seconds": t.get("train_seconds")}
-        row.update({k: v for k, v in (e.get("tuned") or {}).items()})
+        t = s.training
+        row = {"run_id": r.id, **{k: getattr(t, k) if t else None
+                                  for k in ("eval_loss_best", "loss_last", "steps", "train_seconds")}}
+        row.update(s.evaluation.tuned if s.evaluation else {})
         rows.append(row)
     return pd.DataFrame(rows).set_index("run_id")
 

@@ -9,8 +9,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from .atomic import atomic_write_text
-from .runs import Run
+from .errors import PoloError, RunError
+from .runs import Run, RunSummary
 
 
 def md_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
@@ -25,79 +28,108 @@ def md_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
 
 
 def write_report(run: Run) -> Path:
-    """report.md from the run folder alone: params, loss curve, metrics, examples, warnings."""
-    manifest, summary = run.manifest(), run.summary()
-    out = [f"# Run {run.id}", ""]
-    git = manifest.get("git") or {}
-    device = manifest.get("device") or {}
-    out += [f"- status: **{manifest.get('status', '?')}**, created {manifest.get('created', '?')}",
-            f"- params: `{manifest.get('params_name', '?')}` (hash {manifest.get('params_hash', '?')})",
-            f"- code: commit `{(git.get('commit') or '?')[:12]}`{' (dirty)' if git.get('dirty') else ''}",
-            f"- device: {device.get('device', '?')} ({device.get('name', '?')})", ""]
-    stages = manifest.get("stages") or {}
-    if stages:
-        out += ["## Stages", "", md_table([{"stage": k, **v} for k, v in stages.items()],
-                                           ["stage", "status", "seconds", "start", "end"]), ""]
+    """report.md from the run folder alone: params, loss curve, metrics, examples, warnings.
+    A damaged file in the folder becomes a warning in the report, never a crash."""
+    manifest = run.manifest()
     warnings = list(manifest.get("model_notes") or [])
-    training = summary.get("training") or {}
-    if training:
-        out += ["## Training", "", md_table([{"figure": k, "value": v} for k, v in training.items()],
-                                             ["figure", "value"]), ""]
-        if training.get("early_stopped"):
-            warnings.append(f"early stopping fired at step {training.get('early_stopped_at_step')}; "
-                            f"the best checkpoint ({training.get('best_checkpoint')}) was kept")
-    if (run.plots / "loss.png").is_file():
-        out += ["![loss curve](plots/loss.png)", ""]
-    metrics_path = run.eval / "metrics.json"
-    if metrics_path.is_file():
-        body = json.loads(metrics_path.read_text(encoding="utf-8"))
-        rows = [{"metric": k, **v} for k, v in body.get("metrics", {}).items()]
-        out += [f"## Evaluation ({body.get('split')}, {body.get('examples')} examples)", "",
-                md_table(rows, ["metric", "base", "tuned", "delta", "tuned_better"]), ""]
-        if (run.plots / "metrics.png").is_file():
-            out += ["![metrics](plots/metrics.png)", ""]
-        if (run.eval / "examples.md").is_file():
-            out += ["Examples side by side: [eval/examples.md](eval/examples.md)", ""]
+    out = _header(run, manifest)
     try:
-        cfg = run.params()
-        from .data import load_stats, processed_path
-
-        if (processed_path(cfg.data) / "stats.json").is_file():
-            dropped = load_stats(cfg.data).get("dropped_over_length", {})
-            n = sum(len(v) for v in dropped.values())
-            if n:
-                warnings.append(f"{n} example(s) over max_seq_length were dropped: {dropped}")
-        out += ["## Params", "", md_table([{"key": f"{s}.{k}", "value": v} for s, body in cfg.to_dict().items()
-                                           if isinstance(body, dict) for k, v in body.items()], ["key", "value"]), ""]
-    except Exception as e:  # a damaged params.yaml is itself worth reporting
-        warnings.append(f"params.yaml could not be read: {e}")
+        out += _training(run, run.summary(), warnings)
+    except RunError as e:
+        warnings.append(str(e))
+    out += _evaluation(run)
+    out += _params(run, warnings)
     if manifest.get("error"):
         warnings.append(f"failed: {manifest['error'].get('message')} ({manifest['error'].get('where')})")
     out += ["## Warnings", ""] + ([f"- {w}" for w in warnings] or ["- none"]) + [""]
     return atomic_write_text(run.path / "report.md", "\n".join(out))
 
 
+def _header(run: Run, manifest: dict[str, Any]) -> list[str]:
+    git = manifest.get("git") or {}
+    device = manifest.get("device") or {}
+    out = [f"# Run {run.id}", "",
+           f"- status: **{manifest.get('status', '?')}**, created {manifest.get('created', '?')}",
+           f"- params: `{manifest.get('params_name', '?')}` (hash {manifest.get('params_hash', '?')})",
+           f"- code: commit `{(git.get('commit') or '?')[:12]}`{' (dirty)' if git.get('dirty') else ''}",
+           f"- device: {device.get('device', '?')} ({device.get('name', '?')})", ""]
+    stages = manifest.get("stages") or {}
+    if stages:
+        out += ["## Stages", "", md_table([{"stage": k, **v} for k, v in stages.items()],
+                                          ["stage", "status", "seconds", "start", "end"]), ""]
+    return out
+
+
+def _training(run: Run, summary: RunSummary, warnings: list[str]) -> list[str]:
+    out = []
+    t = summary.training
+    if t is not None:
+        figures = t.model_dump(by_alias=True)
+        out += ["## Training", "", md_table([{"figure": k, "value": v} for k, v in figures.items()],
+                                            ["figure", "value"]), ""]
+        if t.early_stopped:
+            warnings.append(f"early stopping fired at step {t.early_stopped_at_step}; "
+                            f"the best checkpoint ({t.best_checkpoint}) was kept")
+    if (run.plots / "loss.png").is_file():
+        out += ["![loss curve](plots/loss.png)", ""]
+    return out
+
+
+def _evaluation(run: Run) -> list[str]:
+    metrics_path = run.eval / "metrics.json"
+    if not metrics_path.is_file():
+        return []
+    body = json.loads(metrics_path.read_text(encoding="utf-8"))
+    rows = [{"metric": k, **v} for k, v in body.get("metrics", {}).items()]
+    out = [f"## Evaluation ({body.get('split')}, {body.get('examples')} examples)", "",
+           md_table(rows, ["metric", "base", "tuned", "delta", "tuned_better"]), ""]
+    if (run.plots / "metrics.png").is_file():
+        out += ["![metrics](plots/metrics.png)", ""]
+    if (run.eval / "examples.md").is_file():
+        out += ["Examples side by side: [eval/examples.md](eval/examples.md)", ""]
+    return out
+
+
+def _params(run: Run, warnings: list[str]) -> list[str]:
+    from .data import load_stats, processed_path
+
+    try:
+        cfg = run.params()
+    except (PoloError, yaml.YAMLError, OSError) as e:  # a damaged params.yaml is itself worth reporting
+        warnings.append(f"params.yaml could not be read: {e}")
+        return []
+    if (processed_path(cfg.data) / "stats.json").is_file():
+        dropped = load_stats(cfg.data).get("dropped_over_length", {})
+        n = sum(len(v) for v in dropped.values())
+        if n:
+            warnings.append(f"{n} example(s) over max_seq_length were dropped: {dropped}")
+    rows = [{"key": f"{s}.{k}", "value": v} for s, body in cfg.to_dict().items() if isinstance(body, dict)
+            for k, v in body.items()]
+    return ["## Params", "", md_table(rows, ["key", "value"]), ""]
+
+
+def _number(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
 def headline(run: Run) -> list[str]:
     """The figures a person looks at first, as lines for a terminal: loss, eval loss, parameters,
     speed, base -> tuned metrics, time per stage."""
     manifest, summary = run.manifest(), run.summary()
-    t = summary.get("training", {})
     lines = [f"run folder: {run.path}"]
-    if t:
+    t = summary.training
+    if t is not None:
         lines += [
-            f"loss: {t['loss_first']:.3f} -> {t['loss_last']:.3f} (train, first -> last logged step)",
-            f"best eval_loss: {t['eval_loss_best']:.3f} (first {t['eval_loss_first']:.3f}), "
-            f"early stopped: {t['early_stopped']}",
-            f"trainable: {t['trainable_params']:,} of {t['total_params']:,} parameters ({t['trainable_%']:.2f}%)",
-            f"training speed: {t['tokens_per_s']} tokens/s over {t['steps']} steps",
+            f"loss: {_number(t.loss_first)} -> {_number(t.loss_last)} (train, first -> last logged step)",
+            f"best eval_loss: {_number(t.eval_loss_best)} (first {_number(t.eval_loss_first)}), "
+            f"early stopped: {t.early_stopped}",
+            f"trainable: {t.trainable_params:,} of {t.total_params:,} parameters ({t.trainable_pct:.2f}%)",
+            f"training speed: {t.tokens_per_s} tokens/s over {t.steps} steps",
         ]
-    evaluation = summary.get("evaluation")
-    if evaluation:
-        lines.append(f"evaluation on {evaluation['examples']} {evaluation['split']} paragraphs (base -> tuned):")
-        for key, base in evaluation["base"].items():
-            tuned = evaluation["tuned"].get(key)
-            fmt = (lambda v: "n/a" if v is None else f"{v:.3f}")
-            lines.append(f"  {key:<20} {fmt(base):>8} -> {fmt(tuned):>8}")
+    e = summary.evaluation
+    if e is not None:
+        lines.append(f"evaluation on {e.examples} {e.split} paragraphs (base -> tuned):")
+        lines += [f"  {key:<20} {_number(base):>8} -> {_number(e.tuned.get(key)):>8}" for key, base in e.base.items()]
     stages = manifest.get("stages", {})
     lines.append("time per stage: " + ", ".join(f"{k} {v.get('seconds', '?')} s" for k, v in stages.items()))
     return lines

@@ -15,6 +15,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
 from . import params as params_lib
 from . import paths
 from .atomic import atomic_write_json
@@ -32,6 +34,83 @@ def _read_json(path: Path) -> dict[str, Any]:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return {}
+
+
+class _Section(BaseModel):
+    # Known figures are typed; a figure added later (or by a user's callback) is kept, not refused.
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+
+class TrainingSummary(_Section):
+    """train.fit's headline figures (train.finish writes them)."""
+    trainable_params: int | None = None
+    total_params: int | None = None
+    trainable_pct: float | None = Field(None, alias="trainable_%")
+    steps: int | None = None
+    max_steps: int | None = None
+    epochs: float | None = None
+    loss_first: float | None = None
+    loss_last: float | None = None
+    eval_loss_first: float | None = None
+    eval_loss_best: float | None = None
+    best_checkpoint: str | None = None
+    early_stopped: bool = False
+    early_stopped_at_step: int | None = None
+    tokens_per_s: float | None = None
+    train_seconds: float | None = None
+    train_runtime: float | None = None
+    resumed_from: str | None = None
+
+
+class EvaluationSummary(_Section):
+    """evaluate.score's metrics, base and tuned, by metric name (chrf, bleu, ...)."""
+    split: str
+    examples: int
+    base: dict[str, float | None] = {}
+    tuned: dict[str, float | None] = {}
+
+
+class SweepSummary(_Section):
+    """The trial this run was in a sweep: its status and objective value."""
+    sweep_id: str
+    trial: int
+    status: str
+    objective: str | None = None
+    value: float | None = None
+    pruned_at_step: int | None = None
+
+
+class RunSummary(_Section):
+    """summary.json: a run's headline figures, machine-readable. Read with `read_summary`
+    (Run.summary), written only by Run.update_summary."""
+    run_id: str | None = None
+    training: TrainingSummary | None = None
+    evaluation: EvaluationSummary | None = None
+    stage_seconds: dict[str, float | None] = {}
+    sweep: SweepSummary | None = None
+
+    def figure(self, dotted: str) -> float | None:
+        """A number by dotted path, e.g. training.eval_loss_best or evaluation.tuned.chrf; None when
+        absent or not a number."""
+        node: Any = self.model_dump(by_alias=True)
+        for part in dotted.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return None
+            node = node[part]
+        return float(node) if isinstance(node, (int, float)) and not isinstance(node, bool) else None
+
+
+def read_summary(path: Path, run_id: str | None = None) -> RunSummary:
+    """The one reader of summary.json. Missing: an empty summary. Unreadable or not matching the
+    schema: RunError naming the file and the problem."""
+    try:
+        return RunSummary.model_validate(_read_json(path) or {"run_id": run_id})
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RunError(f"{path}: unreadable ({type(e).__name__}: {e})") from None
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(x) for x in first["loc"])
+        raise RunError(f"{path}: {where}: {first['msg']} ({len(e.errors())} problem(s))") from None
 
 
 def _now() -> str:
@@ -69,14 +148,17 @@ class Run:
 
     summary_path = property(lambda self: self.path / "summary.json")
 
-    def summary(self) -> dict[str, Any]:
-        return _read_json(self.summary_path)
+    def summary(self) -> RunSummary:
+        """summary.json, typed; an empty RunSummary before it is first written."""
+        return read_summary(self.summary_path, self.id)
 
-    def update_summary(self, **sections: Any) -> dict[str, Any]:
-        """summary.json: headline figures by section (training, evaluation), machine-readable."""
-        data = {"run_id": self.id, **self.summary(), **sections}
-        atomic_write_json(self.summary_path, data)
-        return data
+    def update_summary(self, **sections: Any) -> RunSummary:
+        """The one writer of summary.json: replaces whole sections (training, evaluation,
+        stage_seconds, sweep), validated against RunSummary before anything is written."""
+        current = self.summary().model_dump(by_alias=True, exclude_none=True)
+        summary = RunSummary.model_validate({**current, **sections, "run_id": self.id})
+        atomic_write_json(self.summary_path, summary.model_dump(by_alias=True, mode="json"))
+        return summary
 
     def start_stage(self, stage: str) -> None:
         stages = self.manifest().get("stages", {})
@@ -287,20 +369,16 @@ def _registry_row(path: Path) -> dict[str, Any]:
     except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
         row["status"] = "damaged"
         problems.append(f"manifest.json unreadable ({type(e).__name__})")
-    summary_path = path / "summary.json"
-    if summary_path.exists():
-        try:
-            summary = json.loads(summary_path.read_text(encoding="utf-8"))
-            t = summary.get("training") or {}
-            row.update({k: t.get(k) for k in ("steps", "epochs", "loss_first", "loss_last", "eval_loss_first",
-                                              "eval_loss_best", "early_stopped", "tokens_per_s", "trainable_%")})
-            row["train_seconds"] = t.get("train_seconds")
-            e = summary.get("evaluation") or {}
-            row["chrf_base"] = (e.get("base") or {}).get("chrf")
-            row["chrf_tuned"] = (e.get("tuned") or {}).get("chrf")
-        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
-            row["status"] = "damaged"
-            problems.append(f"summary.json unreadable ({type(e).__name__})")
+    try:
+        summary = read_summary(path / "summary.json")
+    except RunError as e:
+        row["status"] = "damaged"
+        problems.append(f"summary.json {str(e).split(': ', 1)[1]}")
+    else:
+        if summary.training:
+            row.update(summary.training.model_dump(by_alias=True, include=set(REGISTRY_COLUMNS) | {"trainable_pct"}))
+        if summary.evaluation:
+            row.update(chrf_base=summary.evaluation.base.get("chrf"), chrf_tuned=summary.evaluation.tuned.get("chrf"))
     row["problem"] = "; ".join(problems) or None
     return row
 

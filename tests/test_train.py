@@ -6,7 +6,7 @@ import torch
 import pytest
 from transformers import AutoTokenizer, TrainerCallback
 
-from polo_lib import data, model, params, runs, train
+from polo_lib import data, model, params, pipeline, runs, train
 from polo_lib.errors import DataError, ModelError, RunError
 
 pytestmark = pytest.mark.slow
@@ -17,8 +17,7 @@ def smoke(tiny_model_dir):
     """smoke params with its processed dataset written into this test's folder."""
     def make(**overrides):
         cfg = params.load("smoke", overrides=overrides)
-        tok = model.load_tokenizer(cfg.model)
-        data.save(data.prepare(cfg.data, tok, cfg.model.max_seq_length), cfg.data)
+        pipeline.prepare_stage(cfg)
         return cfg, data.load_processed(cfg.data)
     return make
 
@@ -113,10 +112,8 @@ class StopAt(TrainerCallback):
 
 
 def train_once(cfg, ds, run, callbacks=None):
-    lm = model.load(cfg)
-    session = train.build(lm, ds, cfg, run, live=False, callbacks=callbacks)
-    train.fit(session)
-    return session
+    """The recipe every path uses (pipeline.train_stage); `ds` is what it loads from disk."""
+    return pipeline.train_stage(cfg, run, callbacks=callbacks, live=False)
 
 
 def test_resumed_run_matches_uninterrupted_run(smoke):
@@ -176,10 +173,9 @@ def test_merged_16bit_export_when_params_ask(smoke):
 
     cfg, ds = smoke(max_steps=2, eval_steps=2, save_steps=2, save_merged_16bit=True)
     run = runs.open_run(cfg)
-    session = train_once(cfg, ds, run)
-    saved = train.finish(session)
+    train_once(cfg, ds, run)
     merged = run.path / "merged_16bit"
-    assert str(merged) == saved.loc["merged_16bit", "path"]
+    assert run.manifest()["artifacts"]["merged_16bit"] == str(merged)
     m = AutoModelForCausalLM.from_pretrained(merged)
     assert not any("lora" in n for n, _ in m.named_parameters())
     assert next(m.parameters()).dtype in (torch.float16, torch.bfloat16)

@@ -37,8 +37,8 @@ def test_polo_run_leaves_a_complete_run_folder(pipeline_run):
     evals = log["eval_loss"].dropna()
     assert log.loc[log["eval_loss"].notna(), "step"].iloc[0] == 0  # a baseline before training
     assert evals.min() < evals.iloc[0]
-    summary = run.summary()["training"]
-    assert summary["steps"] == 6 and 0 < summary["trainable_%"] < 5
+    summary = run.summary().training
+    assert summary.steps == 6 and 0 < summary.trainable_pct < 5
     executed = json.loads((run.notebooks / "train.ipynb").read_text(encoding="utf-8"))
     assert any("image/png" in o.get("data", {}) for c in executed["cells"] for o in c.get("outputs", []))
 
@@ -80,7 +80,7 @@ def test_train_notebook_alone_on_a_fresh_clone_takes_papermill_parameters(tmp_pa
                         kernel_name="python3", cwd=str(paths.NOTEBOOKS_DIR), progress_bar=False)
     run = runs.lookup()
     assert run.params().training.max_steps == 4 and run.params().training.learning_rate == 1e-3
-    assert run.summary()["training"]["steps"] == 4
+    assert run.summary().training.steps == 4
     assert (data.processed_path(cfg.data) / "dataset").is_dir()
     executed = (tmp_path / "out.ipynb").read_text(encoding="utf-8")
     assert "preparing it now, as prepare_data.ipynb does" in executed

@@ -63,7 +63,7 @@ def test_sigkill_after_a_checkpoint_then_resume_ends_like_an_uninterrupted_run(t
     proc = polo("run", "smoke", "--stages", "train", "--run-id", victim.id, *SETS)
     _, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err.decode()[-2000:]
-    assert victim.summary()["training"]["resumed_from"].startswith("checkpoint-")
+    assert victim.summary().training.resumed_from.startswith("checkpoint-")
     pd.testing.assert_frame_equal(comparable(whole), comparable(victim), rtol=1e-5)
     a = load_file(str(whole.adapter / "adapter_model.safetensors"))
     b = load_file(str(victim.adapter / "adapter_model.safetensors"))
