@@ -188,19 +188,13 @@ def bench_training(params_file: str, overrides: dict, repeats: int, warmup: int,
 
 
 DIRECT = """
-import os, sys, time
+import sys
 from polo_lib.model import import_unsloth
 import_unsloth()
-from polo_lib import data, model, params, runs, train
+from polo_lib import params, pipeline, runs
 cfg = params.load(sys.argv[1])
-run = runs.open_run(cfg, stage="train")
-tok = model.load_tokenizer(cfg.model)
-data.save(data.prepare(cfg.data, tok, cfg.model.max_seq_length), cfg.data)
-lm = model.load(cfg)
-session = train.build(lm, data.load_processed(cfg.data), cfg, run, live=False)
-train.fit(session)
-train.finish(session)
-run.finish_stage("train")
+pipeline.prepare_stage(cfg)
+pipeline.train_stage(cfg, runs.open_run(cfg, stage="train"), live=False)
 """
 
 

@@ -1,8 +1,9 @@
-"""(a) polo_lib's training path, as `polo run` / train.ipynb use it: params -> model.load ->
-train.build (marker derivation, label guard, logging callbacks) -> train.fit.
+"""(a) polo_lib's training path, the one `polo run`, train.ipynb and sweeps use:
+pipeline.train_stage (data -> plan -> memory check -> model.load -> train.build -> fit -> finish).
 
     python polo.py SETTINGS.json RESULT.json
 """
+import sys
 import time
 
 started = time.perf_counter()
@@ -10,14 +11,13 @@ started = time.perf_counter()
 from polo_lib.model import import_unsloth  # noqa: E402
 
 import_unsloth()
-from polo_lib import data, model, params, runs, train  # noqa: E402
+from polo_lib import params, pipeline, runs  # noqa: E402
 
 import probe  # noqa: E402
 
 s = probe.settings()
 cfg = params.load(s["params_file"], overrides=s["polo_overrides"])
-run = runs.open_run(cfg, stage="train")
-lm = model.load(cfg)
-session = train.build(lm, data.load_processed(cfg.data), cfg, run, live=False)
+step_probe = probe.StepProbe()
+session = pipeline.train_stage(cfg, runs.open_run(cfg, stage="train"), callbacks=[step_probe], live=False)
 # train.fit's step-0 evaluation ends before step 1, outside the measured window
-probe.measure(session.trainer, lm.model, s, started, fit=lambda: train.fit(session))
+probe.finish(sys.argv[2], step_probe, s, started, step_probe.began, session.result["trainable_params"])

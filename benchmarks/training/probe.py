@@ -22,6 +22,10 @@ class StepProbe(TrainerCallback):
         self.ends: list[float] = []
         self.tokens_seen: list[int] = []
         self.losses: dict[int, float] = {}
+        self.began: float | None = None  # when training began: loading ends there
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.began = self.began or time.perf_counter()
 
     def on_step_end(self, args, state, control, **kwargs):
         self.ends.append(time.perf_counter())
