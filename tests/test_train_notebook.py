@@ -6,14 +6,15 @@ import papermill as pm
 import pytest
 import torch
 
-from polo_lib import cli, data, model, params, paths, runs
+from polo_lib import cli, data, model, params, paths, pipeline, runs
+from polo_lib.errors import PoloError
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
 def pipeline_run(tiny_model_dir):
-    return cli.run_pipeline("smoke", stages=["prepare", "train"], log=lambda *a: None)
+    return pipeline.run_pipeline("smoke", stages=["prepare", "train"], log=lambda *a: None)
 
 
 def test_polo_run_leaves_a_complete_run_folder(pipeline_run):
@@ -89,8 +90,8 @@ def test_train_notebook_alone_on_a_fresh_clone_takes_papermill_parameters(tmp_pa
 def test_a_failing_stage_marks_the_run_failed_and_names_the_cell(tiny_model_dir):
     damaged = data.processed_path(params.load("smoke").data) / "dataset"
     damaged.mkdir(parents=True)  # a processed folder with nothing in it: loading it fails in the train stage
-    with pytest.raises(cli.PoloError, match=r"(?s)stage .train. failed: FileNotFoundError.*train.ipynb, cell"):
-        cli.run_pipeline("smoke", stages=["train"], log=lambda *a: None)
+    with pytest.raises(PoloError, match=r"(?s)stage .train. failed: FileNotFoundError.*train.ipynb, cell"):
+        pipeline.run_pipeline("smoke", stages=["train"], log=lambda *a: None)
     run = runs.lookup(status=None)
     manifest = run.manifest()
     assert manifest["status"] == "failed"
