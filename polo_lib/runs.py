@@ -298,9 +298,10 @@ def git_state() -> dict[str, Any]:
         return {"commit": None, "dirty": None}
 
 
-def package_versions() -> dict[str, str | None]:
+def package_versions(names=PACKAGES) -> dict[str, str | None]:
+    """Installed version of each distribution; None for one that is not installed."""
     out = {}
-    for name in PACKAGES:
+    for name in names:
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

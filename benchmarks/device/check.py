@@ -29,7 +29,6 @@ import signal
 import subprocess
 import sys
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -73,13 +72,9 @@ print("RESULT " + json.dumps(out))
 
 
 def versions() -> dict[str, str | None]:
-    out = {}
-    for name in PACKAGES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
+    from polo_lib.runs import package_versions  # no torch import: safe before the GPU checks
+
+    return package_versions(PACKAGES)
 
 
 def machine() -> dict[str, Any]:
