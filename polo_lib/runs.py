@@ -2,6 +2,12 @@
 
 outputs/runs/<run_id>/  params.yaml, manifest.json, notebooks/, checkpoints/, adapter/,
 logs/, eval/, plots/, summary.json, report.md. run_id = UTC time + params name + short hash.
+
+- `open_run` makes a run (or continues one with the same params) and starts a stage;
+  `finish_stage` ends it. Every path (notebooks, pipeline, sweeps) uses these two.
+- `lookup` is the one way to name a run: its id, a unique prefix, or `latest`.
+- `RunSummary` is summary.json's schema: `Run.update_summary` writes it, `read_summary` reads it.
+- `registry` lists every run, damaged ones included. Reports are in `reports`.
 """
 from __future__ import annotations
 
