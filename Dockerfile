@@ -25,7 +25,7 @@ COPY polo_lib ./polo_lib
 RUN pip install --upgrade "pip>=25" && pip install -r requirements/gpu.txt -e ".[serve]"
 COPY . .
 # GGUF export's converter (llama-cpp-python sdist from PyPI, nothing compiled) and a kernel for papermill.
-RUN python -m polo_lib.export install-converter \
+RUN polo install-converter \
     && python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (polo)"
 
 EXPOSE 8000 7860
