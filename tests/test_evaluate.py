@@ -56,17 +56,42 @@ def test_evaluating_a_run_without_adapter_is_a_clear_error(tiny_model_dir):
         evaluate.load_tuned(cfg, run)
 
 
-def test_generation_is_batched_and_stops_at_eos(tiny_model_dir):
+def test_generation_is_batched_and_stops_at_eos(tiny_model_dir, monkeypatch):
     cfg = params.load("smoke")
     data.save(data.prepare(cfg.data, model.load_tokenizer(cfg.model), cfg.model.max_seq_length), cfg.data)
     ds = data.load_processed(cfg.data)
     lm = evaluate.load_base(cfg)
-    chats = evaluate.chats_of(ds["test"])
+    tok, eos, pad = lm.tokenizer, lm.tokenizer.eos_token_id, lm.tokenizer.pad_token_id
+    assert eos != pad
+    # the untrained tiny model ends some answers with EOS within a few tokens and runs on in others
+    chats = evaluate.chats_of(ds["test"]) + evaluate.chats_of(ds["train"].select(range(10)))
+    calls, real_generate = [], lm.model.generate  # per batch: prompt length, the ids generate returned
+
+    def recorded(*args, **kwargs):
+        out = real_generate(*args, **kwargs)
+        calls.append((kwargs["input_ids"].shape[1], out.tolist()))
+        return out
+
+    monkeypatch.setattr(lm.model, "generate", recorded)
     batched = evaluate.generate(lm, chats, max_new_tokens=8, batch_size=4)
+    generated = [len(out[0]) - prompt for prompt, out in calls]  # new tokens per batch
+    rows = [ids[prompt:] for prompt, out in calls for ids in out]
     single = evaluate.generate(lm, chats, max_new_tokens=8, batch_size=1)
-    assert len(batched) == len(chats) and all(g.new_tokens <= 8 for g in batched)
+    assert len(batched) == len(chats) == len(rows) and all(g.new_tokens <= 8 for g in batched)
     # left padding: batched greedy output equals one-at-a-time output
-    assert [g.text for g in batched] == [g.text for g in single]
+    assert [(g.text, g.new_tokens, g.stopped) for g in batched] == [(g.text, g.new_tokens, g.stopped) for g in single]
+    stopped = [g for g in batched if g.stopped]
+    assert 0 < len(stopped) < len(batched), "every or no answer ends at EOS: these chats no longer test both"
+    for g, new in zip(batched, rows):
+        if g.stopped:  # EOS is the last token counted, and the model generated nothing after it
+            assert g.new_tokens < 8 and new[g.new_tokens - 1] == eos and eos not in new[:g.new_tokens - 1]
+            assert set(new[g.new_tokens:]) <= {pad}, new
+        else:  # no EOS: it ran to max_new_tokens
+            assert g.new_tokens == 8 and eos not in new
+        assert g.text == tok.decode(new[:g.new_tokens], skip_special_tokens=True).strip()
+    # a batch runs as long as its longest answer, not to max_new_tokens once every answer hit EOS
+    news = [g.new_tokens for g in batched]
+    assert generated == [max(news[i:i + 4]) for i in range(0, len(chats), 4)] and min(generated) < 8
 
 
 def test_evaluation_params_may_change_but_training_params_may_not(tiny_model_dir):

@@ -357,17 +357,80 @@ def test_polo_serve_command_serves_a_run_until_stopped(tiny_run, tmp_path):
     assert f"serving run {tiny_run.id}" in (tmp_path / "serve.log").read_text()
 
 
-def test_docker_compose_trains_on_a_gpu_and_serves_the_latest_run():
+# The Docker files are read here, not built or run (no Docker, no GPU in the tests): what they
+# ask for is checked against the code that would receive it, the cli parser and device.decide.
+
+def _compose():
     import yaml
 
     from polo_lib import paths
 
-    compose = yaml.safe_load((paths.PROJ_ROOT / "docker-compose.yml").read_text(encoding="utf-8"))
-    train, serve_ = compose["services"]["train"], compose["services"]["serve"]
-    assert train["command"][:2] == ["polo", "run"] and "default" in train["command"][2]
-    assert train["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
-    assert serve_["command"][:2] == ["polo", "serve"] and "latest" in serve_["command"][2]
-    assert serve_["command"][3:5] == ["--host", "0.0.0.0"]
-    assert all("./outputs:/app/outputs" in s["volumes"] for s in (train, serve_))
-    dockerfile = (paths.PROJ_ROOT / "Dockerfile").read_text(encoding="utf-8")
-    assert "FROM nvidia/cuda:" in dockerfile and "pip install -r requirements/gpu.txt" in dockerfile
+    return yaml.safe_load((paths.PROJ_ROOT / "docker-compose.yml").read_text(encoding="utf-8"))["services"]
+
+
+def _as_run(command: list[str]) -> list[str]:
+    """A compose command as it runs with no variables set: ${VAR:-default} becomes default."""
+    import re
+
+    return [re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", part) for part in command]
+
+
+def test_compose_train_reserves_a_gpu_and_runs_the_gpu_recipe_that_decides_the_gpu_path_on_a_t4():
+    from polo_lib import device
+
+    train = _compose()["train"]
+    assert train["deploy"]["resources"]["reservations"]["devices"] == [
+        {"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
+    argv = _as_run(train["command"])
+    assert argv[0] == "polo"
+    args = cli.build_parser().parse_args(argv[1:])
+    assert args.handler is cli.cmd_run and args.params == "default"
+    assert args.sets == [] and args.stages is None and args.run_id is None  # the whole pipeline, a new run
+    cfg = params.load(args.params)
+    assert cfg.model.require_gpu and cfg.model.load_in_4bit
+    t4 = device.decide_for(cfg, device.profile("t4"))
+    assert (t4.use_cpu, t4.dtype, t4.fp16, t4.bf16) == (False, "float16", True, False)
+    assert (t4.load_in_4bit, t4.optim, t4.gradient_checkpointing, t4.notes) == (True, "adamw_8bit", "unsloth", ())
+    # without the GPU reservation the container has no CUDA, and this recipe is refused, not run on the CPU
+    with pytest.raises(ModelError, match="this is a GPU recipe"):
+        device.decide_for(cfg, device.profile("cpu"))
+
+
+def test_compose_serve_and_chat_listen_on_every_interface_at_the_published_port_for_the_latest_run():
+    services = _compose()
+    for name, handler in (("serve", cli.cmd_serve), ("chat", cli.cmd_chat)):
+        argv = _as_run(services[name]["command"])
+        assert argv[0] == "polo", name
+        args = cli.build_parser().parse_args(argv[1:])
+        assert args.handler is handler and args.run_id == "latest" and args.host == "0.0.0.0", name
+        # published on the host's loopback only, to the port the command listens on
+        assert services[name]["ports"] == [f"127.0.0.1:{args.port}:{args.port}"], name
+    serve_port = cli.build_parser().parse_args(_as_run(services["serve"]["command"])[1:]).port
+    assert f"http://127.0.0.1:{serve_port}/health" in " ".join(services["serve"]["healthcheck"]["test"])
+    assert all("./outputs:/app/outputs" in s["volumes"] for s in services.values())
+
+
+def test_dockerfile_installs_the_pinned_gpu_stack_and_runs_only_commands_that_exist():
+    import re
+    import shlex
+
+    from polo_lib import paths
+
+    text = (paths.PROJ_ROOT / "Dockerfile").read_text(encoding="utf-8")
+    lines = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
+    instructions = re.findall(r"^([A-Z]+) (.*)$", re.sub(r"\\\n", " ", "\n".join(lines)), re.M)
+    assert instructions[0][0] == "FROM" and instructions[0][1].startswith("nvidia/cuda:")
+    shell = [c.strip() for kind, body in instructions if kind == "RUN" for c in body.split("&&")]
+    assert any(c.startswith("pip install -r requirements/gpu.txt") for c in shell)
+    gpu = (paths.PROJ_ROOT / "requirements" / "gpu.txt").read_text(encoding="utf-8")
+    assert re.search(r"^unsloth==", gpu, re.M) and re.search(r"^bitsandbytes==", gpu, re.M)  # 4-bit, adamw_8bit
+    # every `polo ...` it runs parses, and every `python -m polo_lib.X` has a __main__ to run
+    polo = [shlex.split(c)[1:] for c in shell if c.startswith("polo ")]
+    assert ["install-converter"] in polo  # the GGUF converter is in the image
+    for argv in polo:
+        cli.build_parser().parse_args(argv)
+    for module in re.findall(r"^python3? -m (polo_lib\.\w+)", "\n".join(shell), re.M):
+        source = (paths.PROJ_ROOT / (module.replace(".", "/") + ".py")).read_text(encoding="utf-8")
+        assert 'if __name__ == "__main__"' in source, f"`python -m {module}` in the Dockerfile does nothing"
+    cmd = [json.loads(body) for kind, body in instructions if kind == "CMD"]
+    assert cmd == [_as_run(_compose()["serve"]["command"])]  # `docker run` alone serves like compose

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -58,8 +59,22 @@ def smollm2_cache(tmp_path_factory) -> Path:
 # --------------------------------------------------------------------------- resolve
 
 
-def test_local_names():
-    assert set(lm.LOCAL_MODELS) == {"smollm2-135m-instruct", "tiny-llama"}
+def test_exactly_the_two_local_names_resolve_into_the_model_cache(model_cache):
+    names = ["smollm2-135m-instruct", "tiny-llama"]
+    # one cache folder per name (a version suffix may follow), marked as built: resolve builds nothing
+    expected = {name: lm.CACHE_FOLDERS[name] for name in names}
+    assert all(folder.startswith(name) for name, folder in expected.items())
+    for folder in expected.values():
+        (model_cache / folder).mkdir(parents=True)
+        (model_cache / folder / lm.MARKER_NAME).write_text("{}", encoding="utf-8")
+    assert {name: lm.resolve(name) for name in expected} == {
+        name: str(model_cache / folder) for name, folder in expected.items()}
+    for near in ("tiny-llama-v2", "Tiny-Llama", "smollm2-135m", "smollm2-135m-instruct-v2"):
+        with pytest.raises(ModelError) as exc:
+            lm.resolve(near)
+        # and the error lists exactly the local names
+        assert re.search(r"Local models: (.*)\.$", str(exc.value)).group(1).split(", ") == names, near
+    assert sorted(p.name for p in model_cache.iterdir()) == sorted(expected.values()), "a resolve built something"
 
 
 def test_unknown_bare_name_is_named_with_suggestion_and_local_names():

@@ -2,6 +2,7 @@
 import json
 import shutil
 
+import pandas as pd
 import papermill as pm
 import pytest
 import torch
@@ -21,21 +22,36 @@ def test_run_ids_are_time_params_and_hash_and_never_reused():
     assert (a.path / "params.yaml").is_file() and a.manifest()["status"] == "created"
 
 
-def test_registry_lists_failed_running_and_damaged_runs():
+def test_registry_lists_failed_running_and_damaged_runs(capsys):
     cfg = params.load("smoke")
-    ok, failed, running, damaged = (runs.open_run(cfg) for _ in range(4))
+    ok, failed, running, bad_summary, no_manifest, bad_manifest = (runs.open_run(cfg) for _ in range(6))
     ok.update_manifest(status="finished")
     ok.update_summary(training={"eval_loss_best": 1.5, "steps": 6})
     failed.fail("DataError: bad", "train.ipynb, cell 4")
     running.start_stage("train")
-    (damaged.path / "summary.json").write_text("{not json", encoding="utf-8")
-    shutil.rmtree(runs.open_run(cfg).path / "params.yaml", ignore_errors=True)
-    reg = runs.registry()
+    # three ways a run folder gets damaged: half-written summary, lost manifest, half-written manifest
+    (bad_summary.path / "summary.json").write_text("{not json", encoding="utf-8")
+    (no_manifest.path / "manifest.json").unlink()
+    (bad_manifest.path / "manifest.json").write_text('{"status": "finis', encoding="utf-8")
+    assert not (no_manifest.path / "manifest.json").exists()
+    reg = runs.registry()  # lists every folder, never raises on a damaged one
+    damaged = [bad_summary, no_manifest, bad_manifest]
+    assert set(reg.index) == {r.id for r in (ok, failed, running, *damaged)}
     assert reg.loc[ok.id, "status"] == "finished" and reg.loc[ok.id, "eval_loss_best"] == 1.5
+    assert pd.isna(reg.loc[ok.id, "problem"])
     assert reg.loc[failed.id, "status"] == "failed" and "DataError: bad" in reg.loc[failed.id, "problem"]
     assert reg.loc[running.id, "status"] == "running"
-    assert reg.loc[damaged.id, "status"] == "damaged" and "summary.json unreadable" in reg.loc[damaged.id, "problem"]
+    assert reg.loc[bad_summary.id, "status"] == "damaged"
+    assert reg.loc[bad_summary.id, "problem"].startswith("summary.json unreadable (JSONDecodeError")
+    assert reg.loc[no_manifest.id, "status"] == "damaged" and reg.loc[no_manifest.id, "problem"] == "no manifest.json"
+    assert reg.loc[bad_manifest.id, "status"] == "damaged"
+    assert reg.loc[bad_manifest.id, "problem"].startswith("manifest.json unreadable (JSONDecodeError")
     assert list(runs.registry("finished").index) == [ok.id]
+    assert set(runs.registry("damaged").index) == {r.id for r in damaged}
+    # `polo list` shows the damaged runs with their problem instead of stopping at them
+    assert cli.main(["list", "--status", "damaged"]) == 0
+    out = capsys.readouterr().out
+    assert all(r.id in out for r in damaged) and "no manifest.json" in out
 
 
 def test_polo_list_and_report_work_from_the_folder_alone(capsys):

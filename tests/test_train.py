@@ -1,5 +1,6 @@
 """Training on the tiny model with real Unsloth + TRL: masking guard, resume, early stopping, memory."""
 import math
+import re
 
 import pandas as pd
 import torch
@@ -26,12 +27,12 @@ LLAMA3_TEMPLATE = (
     "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
     "{{ m['content'] }}<|eot_id|>{% endfor %}{% if add_generation_prompt %}"
     "<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}")
+LLAMA3_MARKERS = ("<|start_header_id|>user<|end_header_id|>\n\n", "<|start_header_id|>assistant<|end_header_id|>\n\n")
 
 
 @pytest.mark.parametrize("template,instruction,response", [
     (None, "<|user|>\n", "<|assistant|>\n"),  # the tiny model's own template
-    (LLAMA3_TEMPLATE, "<|start_header_id|>user<|end_header_id|>\n\n",
-     "<|start_header_id|>assistant<|end_header_id|>\n\n"),
+    (LLAMA3_TEMPLATE, *LLAMA3_MARKERS),
     ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
      "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}", "<|im_start|>user\n", "<|im_start|>assistant\n"),
 ])
@@ -53,14 +54,30 @@ def test_marker_guard_names_examples_that_keep_no_label(smoke):
     """A wrong marker masks every label; TRL would then drop the examples or train at loss 0."""
     cfg, ds = smoke()
     tok = model.load_tokenizer(cfg.model)
+    split = ds["train"]
+    ids, n = list(split["id"]), len(split)
     good = train.derive_markers(tok)
-    counts = train.label_counts(ds["train"], tok, good)
+    counts = train.label_counts(split, tok, good)
     assert min(counts) > 10
-    wrong = train.Markers(instruction=good.instruction, response="<|system|>\n")
-    bad = train.label_counts(ds["train"], tok, wrong)
-    with pytest.raises(DataError, match=r"keep no answer token .*1\.1"):
-        train.check_labels("train", ds["train"]["id"], [0] * len(bad) if max(bad) else bad, wrong)
-    assert train.label_counts(ds["train"], tok, train.Markers(good.instruction, "<|assistant|>\nX")) != counts
+    train.check_labels("train", ids, counts, good)  # the template's own markers pass
+
+    # markers hard-coded for another model, and the right one with one newline too many
+    for wrong in (train.Markers(*LLAMA3_MARKERS), train.Markers(good.instruction, good.response + "\n")):
+        bad = train.label_counts(split, tok, wrong)
+        assert bad == [0] * n, wrong
+        with pytest.raises(DataError) as exc:
+            train.check_labels("train", ids, bad, wrong)
+        assert f"{n} of {n} train example(s) keep no answer token after response-only masking: " \
+               f"{', '.join(ids)}. The markers {wrong.instruction!r} / {wrong.response!r}" in str(exc.value)
+
+    # right markers, but two examples lost their answer: only those two are named
+    cut = {"messages": [[m for m in chat if i not in (1, 4) or m["role"] != "assistant"]
+                        for i, chat in enumerate(split["messages"])]}
+    partial = train.label_counts(cut, tok, good)
+    assert partial[1] == partial[4] == 0 and all(partial[i] == counts[i] for i in range(n) if i not in (1, 4))
+    with pytest.raises(DataError, match=rf"^2 of {n} train example\(s\) keep no answer token after "
+                                        rf"response-only masking: {re.escape(ids[1])}, {re.escape(ids[4])}\. "):
+        train.check_labels("train", ids, partial, good)
 
 
 def test_parameter_table_sums_and_matches_the_recipe(smoke):

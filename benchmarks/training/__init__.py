@@ -4,6 +4,7 @@ polo.py          (a) polo_lib's training path (params -> model.load -> train.bui
 unsloth_trl.py   (b) a bare Unsloth + TRL script, no polo_lib
 peft_trainer.py  (c) plain transformers + PEFT with `transformers.Trainer` (+ bitsandbytes on a GPU)
 
-Each reads the same settings JSON (see `harness.settings`) and writes one result JSON through
-`probe.finish`. Only `probe` is shared, and it imports nothing from polo_lib.
+Each reads the same settings JSON (written by `training_settings` in benchmarks/__main__.py,
+whose `bench_training` starts the three scripts) through `probe.settings`, and writes one result
+JSON through `probe.finish`. Only `probe` is shared, and it imports nothing from polo_lib.
 """

@@ -2,7 +2,7 @@
 
 On a GPU the base model is loaded in bitsandbytes 4-bit NF4 (QLoRA, as the recipe asks) with
 gradient checkpointing. On a CPU-only torch TRL's SFTTrainer cannot run without Unsloth (its
-fused LM head needs Triton, see DESIGN.md), so this path tokenizes and masks by hand: the labels
+fused LM head needs Triton), so this path tokenizes and masks by hand: the labels
 keep exactly the tokens Unsloth's train_on_responses_only keeps (the answer and its end token).
 
     python peft_trainer.py SETTINGS.json RESULT.json
