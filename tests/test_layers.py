@@ -1,4 +1,4 @@
-"""Imports only point down: the layers of DESIGN.md, read from the source with `ast`.
+"""Imports only point down: the layers of README's Layout section, read from the source with `ast`.
 
 A module may import modules of its own layer or of a lower one; no module imports `cli`;
 nothing imports `deploy` but `cli`; there are no import cycles. A new module must be given a

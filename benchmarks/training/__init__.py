@@ -1,6 +1,6 @@
 """Three training paths for the same model, data and settings, each run as its own process.
 
-polo.py          (a) polo_lib's training path (params -> model.load -> train.build/fit)
+polo.py          (a) polo_lib's training path: pipeline.train_stage, as polo run, train.ipynb and sweeps use it
 unsloth_trl.py   (b) a bare Unsloth + TRL script, no polo_lib
 peft_trainer.py  (c) plain transformers + PEFT with `transformers.Trainer` (+ bitsandbytes on a GPU)
 
