@@ -185,7 +185,7 @@ def test_a_ray_trial_stopped_by_asha_is_recorded_as_pruned_with_its_time(tmp_pat
               "status": "running", "run_id": None, "value": None, "error": None, "seconds": 0.0,
               "evaluations": [[2, 1.5], [4, 1.4]],
               "updated": __import__("datetime").datetime.fromisoformat("2026-11-30T07:54:17+00:00").timestamp()}
-    sweeps._add_ray_trial(study, record, sweeps.distributions(sweep.spec.space), sweep)
+    sweeps.add_ray_trial(study, record, sweeps.distributions(sweep.spec.space), sweep)
     table = sweeps.results_table(study)
     assert table.loc[0, "status"] == "pruned" and table.loc[0, "seconds"] == pytest.approx(138.0)
     assert study.trials[0].intermediate_values == {2: 1.5, 4: 1.4}
