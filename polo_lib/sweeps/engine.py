@@ -7,13 +7,13 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from .. import pipeline
 from ..errors import ParamsError
 from .folder import get_sweep, open_folder
 from .optuna_engine import run_optuna
 from .ray_engine import run_ray
 from .results import SweepResult, best_trial, write_results
 from .spec import Sweep, load
-from .trial import prepare_data
 
 ENGINES = ("optuna", "ray")
 
@@ -40,7 +40,7 @@ def run_sweep(sweep_file: str | Path | None = None, resume: str | None = None, e
     import_unsloth()
     start = time.perf_counter()
     if not sweep.data_varies:
-        prepare_data(sweep.base_params)  # once per sweep: every trial trains on the same data
+        pipeline.prepare_stage(sweep.base_params)  # once per sweep: every trial trains on the same data
     if engine == "ray":
         study = run_ray(sweep, sweep_id, folder, address, log)
     else:

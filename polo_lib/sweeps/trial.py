@@ -1,7 +1,7 @@
 """One trial: its params (base < set < the trial's values, named <sweep>-t<number>), the trainer
 callback that hands each evaluation to the engine's pruner, and `run_trial`, which trains (and,
-for an evaluation objective, evaluates) the trial into its own run folder and says how it
-ended: finished with its objective value, pruned, or failed.
+for an evaluation objective, evaluates) the trial into its own run folder through the pipeline's
+stages and says how it ended: finished with its objective value, pruned, or failed.
 
 Both engines call `run_trial`: the optuna engine in this process, the ray engine in a worker.
 """
@@ -11,11 +11,10 @@ import gc
 import time
 import traceback
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 from .. import params as params_lib
-from .. import reports, runs
+from .. import pipeline, reports, runs
 from ..errors import ParamsError, PoloError, RunError
 from .spec import Sweep
 
@@ -81,9 +80,10 @@ def run_trial(sweep: Sweep, values: dict[str, Any], sweep_id: str, number: int, 
               prepare: bool) -> TrialOutcome:
     """Train (and evaluate, for an evaluation objective) one trial into its own run folder.
 
-    In-process library calls, as `polo run` makes through its notebooks; `prepare`: this trial's
-    values change the processed data, so it prepares its own first. Any error ends this trial
-    only: its run folder (if it got one) is marked failed with the error and the sweep goes on. A pruned trial keeps its folder (adapter, loss curve) with status pruned.
+    The pipeline's stages, in-process, as `polo run` makes them through its notebooks; `prepare`:
+    this trial's values change the processed data, so it prepares its own first. Any error ends
+    this trial only: its run folder (if it got one) is marked failed with the error and the sweep
+    goes on. A pruned trial keeps its folder (adapter, loss curve) with status pruned.
     """
     try:
         cfg = trial_params(sweep, values, number)
@@ -115,30 +115,14 @@ def run_trial(sweep: Sweep, values: dict[str, Any], sweep_id: str, number: int, 
     return out
 
 
-def prepare_data(cfg) -> Path:
-    """The processed dataset for these params (one per sweep when the data does not vary)."""
-    from .. import data, model
-
-    tokenizer = model.load_tokenizer(cfg.model)
-    return data.save(data.prepare(cfg.data, tokenizer, cfg.model.max_seq_length), cfg.data)
-
-
 def _train_and_score(sweep: Sweep, cfg, run: runs.Run, tag: dict[str, Any], report: Report, prepare: bool,
                      out: TrialOutcome) -> None:
-    """Load, build, fit, finish; then pruned, or (predict, score and) the objective."""
-    from .. import data, evaluate, model, train
-
+    """train_stage with the pruning callback; then pruned, or (evaluate_stage and) the objective."""
     if prepare:
-        prepare_data(cfg)
-    lm = model.load(cfg)
-    if lm.notes:
-        run.update_manifest(model_notes=lm.notes)
+        pipeline.prepare_stage(cfg)
     pruning = pruning_callback(lambda step, loss: report(run, step, loss), out.evaluations)
-    session = train.build(lm, data.load_processed(cfg.data), cfg, run, live=False, callbacks=[pruning])
-    train.fit(session)
-    train.finish(session)
-    run.finish_stage("train")
-    del session, lm
+    session = pipeline.train_stage(cfg, run, callbacks=[pruning], live=False)
+    del session  # the model and trainer: freed before the next trial loads its own
     gc.collect()
     if pruning.pruned_at is not None:
         out.status = "pruned"
@@ -146,9 +130,7 @@ def _train_and_score(sweep: Sweep, cfg, run: runs.Run, tag: dict[str, Any], repo
         return
     if sweep.needs_evaluation:
         run.start_stage("evaluate")
-        predictions = evaluate.predict(run, cfg, data.load_processed(cfg.data))
-        evaluate.score(predictions, cfg, run)
-        run.finish_stage("evaluate")
+        pipeline.evaluate_stage(cfg, run)
     out.value = summary_figure(run.summary(), sweep.metric)
     if out.value is None:
         raise RunError(f"run {run.id}: summary.json has no '{sweep.metric}' (objective)")
