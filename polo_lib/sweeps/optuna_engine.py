@@ -1,6 +1,10 @@
 """The Optuna engine: the study in the sweep folder's study.db (the sweep file's sampler and
 pruner), the objective that runs one trial per call in this process, and resuming a sweep: the
-trials a killed sweep left running are failed (interrupted) and run again."""
+trials a killed sweep left running are failed (interrupted) and run again.
+
+Only Optuna's public API: `create_study` / `load_study`, `Study.optimize`, `Study.tell` (closing a
+trial another process left running), `Study.set_user_attr` and `Trial.set_user_attr`.
+"""
 from __future__ import annotations
 
 import math
@@ -9,7 +13,7 @@ from pathlib import Path
 from .. import paths, runs
 from ..errors import RunError
 from .folder import get_sweep, storage_url
-from .results import status, write_results
+from .results import INTERRUPTED_TRIALS, interrupted_trials, status, write_results
 from .spec import CategoricalDim, IntDim, Sweep, SweepFile, suggest
 from .trial import TrialFailed, TrialOutcome, run_trial
 
@@ -61,37 +65,48 @@ def load_study(sweep_id: str):
     return optuna.load_study(study_name=sweep_id, storage=storage_url(folder))
 
 
-def close_interrupted(study) -> int:
+def close_interrupted(sweep_id: str, folder: Path) -> int:
     """Trials left running by a killed sweep: failed (interrupted), their run folders too.
-    They do not count toward n_trials, so a resumed sweep runs them again."""
-    import optuna
+    They do not count toward n_trials, so a resumed sweep runs them again.
 
-    n = 0
-    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        study._storage.set_trial_user_attr(t._trial_id, "interrupted", True)
-        study._storage.set_trial_user_attr(t._trial_id, "error", "interrupted (the sweep stopped during this trial)")
-        study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+    The study is listed first (its user attr INTERRUPTED_TRIALS: a finished trial's own attrs can
+    no longer change), then each trial is told FAIL. Told through a study with a random sampler:
+    the sweep's grid sampler would try to stop an optimize loop that is not running.
+    """
+    import optuna
+    from optuna.trial import TrialState
+
+    study = optuna.load_study(study_name=sweep_id, storage=storage_url(folder),
+                              sampler=optuna.samplers.RandomSampler())
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    if not running:
+        return 0
+    study.set_user_attr(INTERRUPTED_TRIALS, sorted(set(study.user_attrs.get(INTERRUPTED_TRIALS, []))
+                                                   | {t.number for t in running}))
+    for t in running:
+        study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
         run_id = t.user_attrs.get("run_id")
         if run_id and (paths.runs_dir() / run_id).is_dir():
             run = runs.lookup(run_id)
             if run.manifest().get("status") == "running":
                 run.fail("interrupted: the sweep stopped during this trial", where="polo sweep")
-        n += 1
-    return n
+    return len(running)
 
 
 def counted_trials(study) -> int:
     """Trials that count toward n_trials: finished, pruned, failed (not interrupted ones)."""
+    interrupted = interrupted_trials(study)
     return sum(1 for t in study.get_trials(deepcopy=False)
-               if status(t) in ("finished", "pruned", "failed") and not t.user_attrs.get("interrupted"))
+               if status(t) in ("finished", "pruned", "failed") and t.number not in interrupted)
 
 
 def run_optuna(sweep: Sweep, sweep_id: str, folder: Path, callbacks: list | None, log):
     """The trials still to run, one after another in this process; the study at the end.
     `callbacks`: Optuna study callbacks, called after each trial (after results.csv is written)."""
-    study = open_study(sweep, sweep_id, folder, resume=(folder / "study.db").exists())
-    if close_interrupted(study):
+    resume = (folder / "study.db").exists()
+    if resume and close_interrupted(sweep_id, folder):
         log("  trials interrupted by the previous invocation were marked failed (interrupted)")
+    study = open_study(sweep, sweep_id, folder, resume=resume)
     remaining = sweep.spec.n_trials - counted_trials(study)
     if remaining <= 0:
         log(f"  all {sweep.spec.n_trials} trials already ran")

@@ -15,6 +15,10 @@ from .. import paths, reports, runs
 from ..atomic import atomic_write_text
 from .spec import Sweep
 
+# Study user attr: numbers of the trials a killed sweep left running, failed when it resumed.
+INTERRUPTED_TRIALS = "interrupted_trials"
+INTERRUPTED_ERROR = "interrupted (the sweep stopped during this trial)"
+
 
 def status(trial) -> str:
     """finished, pruned, failed, running or waiting: the words of run folders and reports."""
@@ -24,8 +28,16 @@ def status(trial) -> str:
             TrialState.RUNNING: "running", TrialState.WAITING: "waiting"}[trial.state]
 
 
+def interrupted_trials(study) -> set[int]:
+    """Trials an interruption ended, which do not count toward n_trials: stopped by Ctrl-C (their
+    own user attr), or left running by a killed sweep (the study's list, see INTERRUPTED_TRIALS)."""
+    own = {t.number for t in study.get_trials(deepcopy=False) if t.user_attrs.get("interrupted")}
+    return own | set(study.user_attrs.get(INTERRUPTED_TRIALS, []))
+
+
 def results_table(study) -> pd.DataFrame:
     """One row per trial: number, run id, status, objective value, the trial's params, seconds."""
+    interrupted = interrupted_trials(study)
     rows = []
     for t in study.get_trials(deepcopy=False):
         rows.append({"trial": t.number, "run_id": t.user_attrs.get("run_id"), "status": status(t),
@@ -36,7 +48,7 @@ def results_table(study) -> pd.DataFrame:
                      "seconds": t.user_attrs.get("seconds"),
                      "started": t.user_attrs.get("started") or (  # ray trials: recorded by the worker
                          t.datetime_start.isoformat(timespec="seconds") if t.datetime_start else None),
-                     "error": t.user_attrs.get("error")})
+                     "error": t.user_attrs.get("error") or (INTERRUPTED_ERROR if t.number in interrupted else None)})
     return pd.DataFrame(rows, columns=None if rows else ["trial", "run_id", "status", "objective", "seconds"])
 
 
