@@ -185,7 +185,30 @@ def test_a_ray_trial_stopped_by_asha_is_recorded_as_pruned_with_its_time(tmp_pat
               "status": "running", "run_id": None, "value": None, "error": None, "seconds": 0.0,
               "evaluations": [[2, 1.5], [4, 1.4]],
               "updated": __import__("datetime").datetime.fromisoformat("2026-11-30T07:54:17+00:00").timestamp()}
-    sweeps._add_ray_trial(study, record, sweeps.distributions(sweep.spec.space), sweep)
+    sweeps.add_ray_trial(study, record, sweeps.distributions(sweep.spec.space), sweep)
     table = sweeps.results_table(study)
     assert table.loc[0, "status"] == "pruned" and table.loc[0, "seconds"] == pytest.approx(138.0)
     assert study.trials[0].intermediate_values == {2: 1.5, 4: 1.4}
+
+
+def test_trials_a_killed_sweep_left_running_are_failed_as_interrupted_and_run_again(tmp_path):
+    """A sweep killed mid-trial leaves that trial running in study.db and in its run folder:
+    resuming fails both (interrupted), and the trial does not count toward n_trials. The last
+    point of a grid, too (closing it must not ask the grid sampler to stop a loop)."""
+    sweep = sweeps.load(write_sweep(tmp_path, n_trials=2, sampler={"type": "grid", "seed": 0},
+                                    space={"lora_r": {"type": "categorical", "choices": [4, 8]}}))
+    sweep_id, folder = sweeps.open_folder(sweep, "optuna")
+    study = sweeps.open_study(sweep, sweep_id, folder, resume=False)
+    study.optimize(lambda t: float(sweeps.suggest(t, sweep.spec.space)["lora_r"]), n_trials=1)
+    killed = study.ask()
+    values = sweeps.suggest(killed, sweep.spec.space)
+    run = runs.open_run(sweeps.trial_params(sweep, values, killed.number), stage="train")
+    killed.set_user_attr("run_id", run.id)
+    assert sweeps.close_interrupted(sweep_id, folder) == 1
+    study = sweeps.load_study(sweep_id)
+    table = sweeps.results_table(study)
+    assert list(table["status"]) == ["finished", "failed"] and table.loc[1, "run_id"] == run.id
+    assert table.loc[1, "error"] == "interrupted (the sweep stopped during this trial)"
+    assert sweeps.counted_trials(study) == 1                                   # it runs again on resume
+    assert run.manifest()["status"] == "failed" and "interrupted" in run.manifest()["error"]["message"]
+    assert sweeps.close_interrupted(sweep_id, folder) == 0                     # nothing left running
