@@ -212,3 +212,16 @@ def test_trials_a_killed_sweep_left_running_are_failed_as_interrupted_and_run_ag
     assert sweeps.counted_trials(study) == 1                                   # it runs again on resume
     assert run.manifest()["status"] == "failed" and "interrupted" in run.manifest()["error"]["message"]
     assert sweeps.close_interrupted(sweep_id, folder) == 0                     # nothing left running
+
+
+def test_last_eval_loss_is_the_eval_loss_whatever_the_direction():
+    """Intermediate values carry the study's sign (pruners compare in it); the table undoes it."""
+    import optuna
+    from optuna.distributions import FloatDistribution
+
+    for direction, stored in (("minimize", 2.5), ("maximize", -2.5)):
+        study = optuna.create_study(direction=direction)
+        study.add_trial(optuna.trial.create_trial(
+            params={"lr": 1e-3}, distributions={"lr": FloatDistribution(1e-4, 1e-2)}, value=40.0,
+            intermediate_values={2: stored}, user_attrs={"run_id": "r"}))
+        assert sweeps.results_table(study)["last_eval_loss"].tolist() == [2.5], direction

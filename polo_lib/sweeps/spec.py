@@ -192,7 +192,7 @@ def validate(body: dict[str, Any], origin: str = "sweep") -> Sweep:
     try:
         spec = SweepFile.model_validate({k: v for k, v in body.items() if k in TOP_KEYS})
     except ValidationError as e:
-        problems += [p for _, p in params_lib._format_validation_error(e)]
+        problems += [p for _, p in params_lib.validation_problems(e)]
     _raise_if(problems, origin)
     return _check_against_params(spec, origin)
 
