@@ -187,13 +187,14 @@ def build_parser() -> argparse.ArgumentParser:
                                                "(precision, optimizer, schedule, parameters, memory); loads nothing"))
     p.add_argument("--device", default="here", help="here (this machine) or a profile: t4, a10g, rtx4090, "
                                                     "h100, h200, cuda-no-bitsandbytes, cpu (default: here)")
-    command("queue", cmd_queue, "run a queue of variants (or a chained pipeline) from a YAML file").add_argument("file")
+    command("queue", cmd_queue, "run a queue of variants (or a chained pipeline) from a YAML file").add_argument(
+        "file", help="a queue file: a name in params/queues/ (cpu_lr, cpu_two_stage) or a path")
     p = command("list", cmd_list, "every run in outputs/runs, failed and damaged ones included")
     p.add_argument("--status", default=None, help="only runs with this status (finished, failed, ...)")
     command("report", cmd_report, "regenerate a run's report.md from its folder").add_argument(
         "run_id", help="a run id, a unique prefix of one, or 'latest'")
     p = command("sweep", cmd_sweep, "hyperparameter sweep (Optuna, or Ray Tune): each trial a run folder")
-    p.add_argument("file", nargs="?", help="a sweep file: a name in sweeps/ (smoke, cpu_lr) or a path")
+    p.add_argument("file", nargs="?", help="a sweep file: a name in params/sweeps/ (smoke, cpu_lr) or a path")
     p.add_argument("--resume", default=None, metavar="SWEEP_ID", help="continue an interrupted sweep")
     p.add_argument("--engine", default="optuna", choices=["optuna", "ray"],
                    help="optuna: trials in this process; ray: Ray Tune, one trial per GPU or per N CPUs")

@@ -15,6 +15,8 @@ PROJ_ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = PROJ_ROOT / "data"
 RAW_DIR = DATA_DIR / "raw"
 PARAMS_DIR = PROJ_ROOT / "params"
+QUEUES_DIR = PARAMS_DIR / "queues"    # `polo queue FILE`: variants or a chained pipeline
+SWEEPS_DIR = PARAMS_DIR / "sweeps"    # `polo sweep FILE`: a search space and its objective
 NOTEBOOKS_DIR = PROJ_ROOT / "notebooks"
 
 
@@ -43,6 +45,22 @@ def resolve_project_path(path: str | os.PathLike) -> Path:
     """An absolute path as is; a relative one is relative to the repo root, not the cwd."""
     p = Path(path).expanduser()
     return p if p.is_absolute() else PROJ_ROOT / p
+
+
+def find_yaml(ref: str | os.PathLike, folder: Path, what: str) -> Path:
+    """A YAML file by name in `folder` ('cpu_lr'), by file name, or by path (from the cwd or the
+    repo root). Not found: FileNotFoundError naming the names `folder` holds, the closest first."""
+    import difflib
+
+    p = Path(ref).expanduser()
+    for c in (p, resolve_project_path(p), folder / f"{ref}.yaml", folder / str(ref)):
+        if c.is_file():
+            return c.resolve()
+    names = sorted(f.stem for f in folder.glob("*.yaml")) if folder.is_dir() else []
+    match = difflib.get_close_matches(str(ref), names, n=1)
+    where = folder.relative_to(PROJ_ROOT) if folder.is_relative_to(PROJ_ROOT) else folder
+    raise FileNotFoundError(f"{what} '{ref}' not found." + (f" Did you mean '{match[0]}'?" if match else "")
+                            + f" Use a name in {where}/ ({', '.join(names) or 'none'}) or a path to a .yaml file.")
 
 
 def unsloth_compile_dir() -> Path:

@@ -58,9 +58,10 @@ class QueueFile:
 
 def load(path: str | Path) -> QueueFile:
     """Read and validate a queue/pipeline file; every problem reported at once."""
-    path = paths.resolve_project_path(path) if not Path(path).exists() else Path(path).resolve()
-    if not path.is_file():
-        raise ParamsError(f"queue file '{path}' not found.")
+    try:
+        path = paths.find_yaml(path, paths.QUEUES_DIR, "queue file")
+    except FileNotFoundError as e:
+        raise ParamsError(str(e)) from None
     try:
         body = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:

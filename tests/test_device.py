@@ -197,7 +197,7 @@ def test_polo_plan_shows_what_a_t4_would_run_without_loading_anything(capsys):
     assert "choose one of: here, t4" in capsys.readouterr().err
 
 
-SHIPPED = sorted((paths.PARAMS_DIR / "queues").glob("*.yaml")) + sorted((paths.PROJ_ROOT / "sweeps").glob("*.yaml"))
+SHIPPED = sorted(paths.QUEUES_DIR.glob("*.yaml")) + sorted(paths.SWEEPS_DIR.glob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: f"{p.parent.name}/{p.name}")

@@ -130,6 +130,19 @@ def test_queue_records_a_failing_variant_and_goes_on(tiny_model_dir, tmp_path):
     assert compare.best(compare.metrics_table(chosen), "eval_loss_best").name in set(table["run_id"])
 
 
+def test_queue_and_sweep_files_are_found_by_name_beside_each_other():
+    """params/queues/ and params/sweeps/: a name is enough, a typo gets the closest name."""
+    from polo_lib import sweeps
+
+    assert queues.load("cpu_two_stage").path == paths.QUEUES_DIR / "cpu_two_stage.yaml"
+    assert sweeps.resolve_file("cpu_lr") == paths.SWEEPS_DIR / "cpu_lr.yaml"
+    with pytest.raises(ParamsError, match=r"queue file 'cpu_tw_stage' not found. Did you mean 'cpu_two_stage'\? "
+                                          r"Use a name in params/queues/"):
+        queues.load("cpu_tw_stage")
+    with pytest.raises(ParamsError, match=r"sweep file 'cpulr' not found. Did you mean 'cpu_lr'"):
+        sweeps.resolve_file("cpulr")
+
+
 def test_queue_file_mistakes_are_reported_before_any_run(tmp_path):
     path = write_queue(tmp_path, {"base": "smoke", "variant": [], "stages": "train"})
     with pytest.raises(ParamsError, match=r"(?s)unknown key 'variant'. Did you mean 'variants'.*exactly one of"):

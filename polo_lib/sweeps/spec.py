@@ -30,7 +30,7 @@ from .. import params as params_lib
 from .. import paths
 from ..errors import ParamsError, bullet_list
 
-SWEEPS_DIR = paths.PROJ_ROOT / "sweeps"
+SWEEPS_DIR = paths.SWEEPS_DIR
 
 # Objective short names -> summary.json paths; "evaluation.tuned.<metric>" for every score.
 TRAINING_FIGURES = {"eval_loss_best": False, "loss_last": False, "tokens_per_s": True, "train_seconds": False}
@@ -155,16 +155,11 @@ class Sweep:
 # ------------------------------------------------------------------ reading and validating
 
 def resolve_file(sweep_file: str | Path) -> Path:
-    """A name in sweeps/ ('smoke'), a file name or a path."""
-    p = Path(sweep_file)
-    candidates = [p, paths.resolve_project_path(p), SWEEPS_DIR / f"{sweep_file}.yaml", SWEEPS_DIR / str(sweep_file)]
-    for c in candidates:
-        if c.is_file():
-            return c.resolve()
-    available = sorted(f.stem for f in SWEEPS_DIR.glob("*.yaml")) if SWEEPS_DIR.is_dir() else []
-    match = difflib.get_close_matches(str(sweep_file), available, n=1)
-    raise ParamsError(f"sweep file '{sweep_file}' not found." + (f" Did you mean '{match[0]}'?" if match else "")
-                      + f" Use a name in sweeps/ ({', '.join(available) or 'none'}) or a path to a .yaml file.")
+    """A name in params/sweeps/ ('smoke'), a file name or a path."""
+    try:
+        return paths.find_yaml(sweep_file, SWEEPS_DIR, "sweep file")
+    except FileNotFoundError as e:
+        raise ParamsError(str(e)) from None
 
 
 def load(sweep_file: str | Path) -> Sweep:
