@@ -21,19 +21,17 @@ Both end with one results table (results.csv, report.md) in outputs/queues/<id>/
 from __future__ import annotations
 
 import difflib
-import io
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pandas as pd
 import yaml
 
-from . import params as params_lib
 from . import paths, pipeline, reports, runs
-from .atomic import atomic_write_text
 from .errors import ParamsError, PoloError
 
 KEYS = {"base", "stages", "set", "variants", "pipeline"}
@@ -151,12 +149,9 @@ def _write_results(folder: Path, q: QueueFile, rows: list[dict[str, Any]]) -> pd
     table = pd.DataFrame(rows)
     for col in ("eval_loss_best", "loss_last", "chrf_base", "chrf_tuned", "train_seconds"):
         table[col] = [reg.loc[r, col] if isinstance(r, str) and r in reg.index else None for r in table["run_id"]]
-    buf = io.StringIO()
-    table.to_csv(buf, index=False)
-    atomic_write_text(folder / "results.csv", buf.getvalue())
+    reports.write_csv(folder / "results.csv", table)
     kind = "Pipeline (chained)" if q.chained else "Queue"
-    lines = [f"# {kind} {folder.name}", "", f"- file: `{q.path}`", f"- base params: `{q.base}`",
-             f"- stages: {', '.join(q.stages or ['all'])}", "",
-             reports.md_table(table.to_dict("records"), list(table.columns)), ""]
-    atomic_write_text(folder / "report.md", "\n".join(lines))
+    reports.write_page(folder / "report.md", f"{kind} {folder.name}",
+                       [f"file: `{q.path}`", f"base params: `{q.base}`", f"stages: {', '.join(q.stages or ['all'])}"],
+                       [("Runs", [reports.md_table(table.to_dict("records"), list(table.columns))])])
     return table

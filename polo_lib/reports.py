@@ -5,7 +5,9 @@ can be regenerated at any time: `polo report RUN`.
 """
 from __future__ import annotations
 
+import io
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,22 @@ def md_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cell(r.get(c, "")) for c in columns) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def write_csv(path: Path, table) -> Path:
+    """A DataFrame as CSV, atomically (a crash leaves the previous file whole)."""
+    buf = io.StringIO()
+    table.to_csv(buf, index=False)
+    return atomic_write_text(path, buf.getvalue())
+
+
+def write_page(path: Path, title: str, facts: Sequence[str], sections: Sequence[tuple[str, Sequence[str]]]) -> Path:
+    """A report page: `# title`, the facts as bullets, then each `## heading` with its lines.
+    The queue and sweep reports are made with it."""
+    lines = [f"# {title}", "", *(f"- {f}" for f in facts), ""]
+    for heading, body in sections:
+        lines += [f"## {heading}", "", *body, ""]
+    return atomic_write_text(path, "\n".join(lines))
 
 
 def write_report(run: Run) -> Path:

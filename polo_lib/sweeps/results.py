@@ -4,7 +4,6 @@ report.md; `trial_runs` opens the trials' run folders. The same for both engines
 trials are recorded in study.db too."""
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,6 @@ from typing import Any
 import pandas as pd
 
 from .. import paths, reports, runs
-from ..atomic import atomic_write_text
 from .spec import Sweep
 
 # Study user attr: numbers of the trials a killed sweep left running, failed when it resumed.
@@ -120,23 +118,17 @@ def save_plots(study, folder: Path) -> dict[str, str]:
 def write_results(study, sweep: Sweep, folder: Path, engine: str, wall_seconds: float | None = None) -> pd.DataFrame:
     """results.csv, plots/*.png and report.md from the study (the sweep folder alone suffices)."""
     table = results_table(study)
-    buf = io.StringIO()
-    table.to_csv(buf, index=False)
-    atomic_write_text(folder / "results.csv", buf.getvalue())
+    reports.write_csv(folder / "results.csv", table)
     made = save_plots(study, folder)
-    lines = [f"# Sweep {folder.name}", "", *_overview(table, sweep, engine, wall_seconds), ""]
     best = best_trial(study)
-    if best:
-        lines += ["## Best trial", "", f"trial {best['trial']}, run `{best['run_id']}`: "
-                  f"{sweep.metric} = {best['value']:.4g}", "",
-                  reports.md_table([{"param": k, "value": v} for k, v in best["params"].items()], ["param", "value"]), ""]
-    else:
-        lines += ["## Best trial", "", "none: no trial finished", ""]
-    lines += ["## Trials", "", reports.md_table(table.to_dict("records"), list(table.columns)) if len(table) else "none", ""]
-    lines += ["## Plots", ""]
-    for name, where in made.items():
-        lines.append(f"![{name}](plots/{name}.png)" if where.endswith(".png") else f"- {name}: {where}")
-    atomic_write_text(folder / "report.md", "\n".join(lines) + "\n")
+    best_lines = ["none: no trial finished"] if not best else [
+        f"trial {best['trial']}, run `{best['run_id']}`: {sweep.metric} = {best['value']:.4g}", "",
+        reports.md_table([{"param": k, "value": v} for k, v in best["params"].items()], ["param", "value"])]
+    trials = [reports.md_table(table.to_dict("records"), list(table.columns)) if len(table) else "none"]
+    plots = [f"![{name}](plots/{name}.png)" if where.endswith(".png") else f"- {name}: {where}"
+             for name, where in made.items()]
+    reports.write_page(folder / "report.md", f"Sweep {folder.name}", _overview(table, sweep, engine, wall_seconds),
+                       [("Best trial", best_lines), ("Trials", trials), ("Plots", plots)])
     return table
 
 
@@ -144,16 +136,16 @@ def _overview(table: pd.DataFrame, sweep: Sweep, engine: str, wall_seconds: floa
     """report.md's first lines: the file, objective, trials by status, sampler, pruner, times."""
     counts = table["status"].value_counts().to_dict() if len(table) else {}
     spec = sweep.spec
-    lines = [f"- file: `{spec.source}`, base params `{spec.base}`, engine **{engine}**",
-             f"- objective: `{sweep.metric}` ({sweep.direction})",
-             f"- trials: {len(table)} of {spec.n_trials} "
+    lines = [f"file: `{spec.source}`, base params `{spec.base}`, engine **{engine}**",
+             f"objective: `{sweep.metric}` ({sweep.direction})",
+             f"trials: {len(table)} of {spec.n_trials} "
              f"({', '.join(f'{v} {k}' for k, v in sorted(counts.items())) or 'none yet'})",
-             f"- sampler {spec.sampler.type} (seed {spec.sampler.seed}), pruner {spec.pruner.type}"]
+             f"sampler {spec.sampler.type} (seed {spec.sampler.seed}), pruner {spec.pruner.type}"]
     if wall_seconds is not None:
-        lines.append(f"- wall time of this invocation: {wall_seconds:.0f} s")
+        lines.append(f"wall time of this invocation: {wall_seconds:.0f} s")
     seconds = pd.to_numeric(table.get("seconds"), errors="coerce").dropna() if len(table) else pd.Series([], dtype=float)
     if len(seconds):
-        lines.append(f"- seconds per trial: median {seconds.median():.1f}, total {seconds.sum():.0f}")
+        lines.append(f"seconds per trial: median {seconds.median():.1f}, total {seconds.sum():.0f}")
     return lines
 
 
