@@ -2,7 +2,7 @@
 explain a paragraph with the Easy prompt.
 
 Three tabs, one model pair (base, and base + the run's adapter), all through
-evaluate.generate with the run's saved tokenizer, so what you see here is what evaluation
+inference.generate with the run's saved tokenizer, so what you see here is what evaluation
 measured and what `polo serve` answers:
 
   Chat          multi-turn chat with the tuned model (the Easy system prompt first)
@@ -18,7 +18,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from . import evaluate, export, prompts, runs
+from . import inference, prompts, runs
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # offline machine: no telemetry calls
 
@@ -39,9 +39,9 @@ def load_models(run, with_base: bool = True) -> Models:
     from . import model as model_lib
 
     cfg = run.params()
-    tokenizer = export.run_tokenizer(run)
-    tuned = evaluate.load_tuned(cfg, run)
-    base = evaluate.load_base(cfg) if with_base else None
+    tokenizer = inference.run_tokenizer(run)
+    tuned = inference.load_tuned(cfg, run)
+    base = inference.load_base(cfg) if with_base else None
     wrap = lambda lm: None if lm is None else model_lib.LoadedModel(lm.model, tokenizer, {})  # noqa: E731
     return Models(wrap(tuned), wrap(base), run.id, threading.Lock())
 
@@ -59,7 +59,7 @@ def _text(content: Any) -> str:
 
 def _answer(models: Models, lm, chat: list[dict[str, str]], max_new_tokens: int) -> str:
     with models.lock:
-        return evaluate.generate(lm, [chat], max_new_tokens=int(max_new_tokens), batch_size=1)[0].text
+        return inference.generate(lm, [chat], max_new_tokens=int(max_new_tokens), batch_size=1)[0].text
 
 
 def chat_reply(models: Models, message: str, history: list[dict[str, Any]],

@@ -7,7 +7,7 @@
 
 The most common serving bug is a prompt or stop token that differs from training. Here the
 prompt is the run's saved tokenizer (adapter/, the object training used) applying its own
-chat template, and generation is evaluate.generate, which stops at that tokenizer's EOS: the
+chat template, and generation is inference.generate, which stops at that tokenizer's EOS: the
 same code path evaluation measured. Concurrent requests are collected for a few
 milliseconds and generated in one left-padded batch (greedy rows are identical to
 one-at-a-time generation, see tests/test_evaluate.py).
@@ -33,7 +33,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from . import evaluate, export, prompts, runs
+from . import export, inference, prompts, runs
 from .errors import ModelError, PoloError
 
 log = logging.getLogger(__name__)
@@ -127,14 +127,14 @@ class Backend:
         return self.lm.tokenizer
 
     def render(self, chat: list[dict[str, str]]) -> str:
-        """The prompt string: exactly what evaluate.generate feeds the model for this chat."""
-        return self.request_tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+        """The prompt string: exactly what inference.generate feeds the model for this chat."""
+        return inference.prompt_text(self.request_tokenizer, chat)
 
     def count_tokens(self, text: str) -> int:
         return len(self.request_tokenizer(text, add_special_tokens=False)["input_ids"])
 
     async def generate(self, chat: list[dict[str, str]], max_tokens: int, temperature: float | None,
-                       top_p: float | None) -> evaluate.Generation:
+                       top_p: float | None) -> inference.Generation:
         loop = asyncio.get_running_loop()
         sampling = (True, float(temperature), float(top_p or 1.0)) if temperature else (False, 1.0, 1.0)
         pending = _Pending(chat, (max_tokens, *sampling), loop.create_future(), loop)
@@ -172,9 +172,9 @@ class Backend:
             for (max_tokens, do_sample, temperature, top_p), items in groups.items():
                 start = time.perf_counter()
                 try:
-                    gens = evaluate.generate(self.lm, [i.chat for i in items], max_new_tokens=max_tokens,
-                                             batch_size=len(items), do_sample=do_sample,
-                                             temperature=temperature, top_p=top_p)
+                    gens = inference.generate(self.lm, [i.chat for i in items], max_new_tokens=max_tokens,
+                                              batch_size=len(items), do_sample=do_sample,
+                                              temperature=temperature, top_p=top_p)
                 except Exception as e:  # one bad batch must not kill the server
                     log.exception("generation failed")
                     for i in items:
@@ -286,7 +286,7 @@ def load_backend(run, merged: bool = False, **options: Any) -> Backend:
     from . import model as model_lib
 
     cfg = run.params()
-    tokenizer = export.run_tokenizer(run)  # the chat template and EOS training used
+    tokenizer = inference.run_tokenizer(run)  # the chat template and EOS training used
     if merged:
         folder = export.export_dir(run, "merged")
         if not (folder / "config.json").is_file():
@@ -295,7 +295,7 @@ def load_backend(run, merged: bool = False, **options: Any) -> Backend:
         model, _ = model_lib.from_pretrained(str(folder), cfg)
         lm = model_lib.LoadedModel(model, tokenizer, {})
     else:
-        loaded = evaluate.load_tuned(cfg, run)
+        loaded = inference.load_tuned(cfg, run)
         lm = model_lib.LoadedModel(loaded.model, tokenizer, {})
     if tokenizer.pad_token_id is None:
         raise ModelError(f"run {run.id}: its tokenizer has no pad token, which batched generation needs.")

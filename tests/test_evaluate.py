@@ -6,7 +6,8 @@ import weakref
 import pandas as pd
 import pytest
 
-from polo_lib import cli, data, evaluate, model, params, runs
+from polo_lib import cli, data, evaluate, inference, model, params, runs
+from polo_lib.errors import RunError
 
 pytestmark = pytest.mark.slow
 
@@ -52,18 +53,18 @@ def test_tuned_model_beats_base_on_what_it_learned(tiny_model_dir):
 def test_evaluating_a_run_without_adapter_is_a_clear_error(tiny_model_dir):
     cfg = params.load("smoke")
     run = runs.open_run(cfg)
-    with pytest.raises(evaluate.RunError, match="has no adapter"):
-        evaluate.load_tuned(cfg, run)
+    with pytest.raises(RunError, match="has no adapter"):
+        inference.load_tuned(cfg, run)
 
 
 def test_generation_is_batched_and_stops_at_eos(tiny_model_dir):
     cfg = params.load("smoke")
     data.save(data.prepare(cfg.data, model.load_tokenizer(cfg.model), cfg.model.max_seq_length), cfg.data)
     ds = data.load_processed(cfg.data)
-    lm = evaluate.load_base(cfg)
-    chats = evaluate.chats_of(ds["test"])
-    batched = evaluate.generate(lm, chats, max_new_tokens=8, batch_size=4)
-    single = evaluate.generate(lm, chats, max_new_tokens=8, batch_size=1)
+    lm = inference.load_base(cfg)
+    chats = inference.chats_of(ds["test"])
+    batched = inference.generate(lm, chats, max_new_tokens=8, batch_size=4)
+    single = inference.generate(lm, chats, max_new_tokens=8, batch_size=1)
     assert len(batched) == len(chats) and all(g.new_tokens <= 8 for g in batched)
     # left padding: batched greedy output equals one-at-a-time output
     assert [g.text for g in batched] == [g.text for g in single]
@@ -92,7 +93,7 @@ def test_base_model_is_freed_before_the_tuned_model_loads(tiny_model_dir, monkey
     del lm
     gc.collect()
 
-    load_base, load_tuned = evaluate.load_base, evaluate.load_tuned
+    load_base, load_tuned = inference.load_base, inference.load_tuned
     base_models, alive_at_tuned_load = [], []
 
     def watched_base(c):
@@ -104,8 +105,8 @@ def test_base_model_is_freed_before_the_tuned_model_loads(tiny_model_dir, monkey
         alive_at_tuned_load.append(base_models[0]() is not None)
         return load_tuned(c, r)
 
-    monkeypatch.setattr(evaluate, "load_base", watched_base)
-    monkeypatch.setattr(evaluate, "load_tuned", watched_tuned)
+    monkeypatch.setattr(inference, "load_base", watched_base)
+    monkeypatch.setattr(inference, "load_tuned", watched_tuned)
     predictions = evaluate.predict(run, cfg, data.load_processed(cfg.data))
     assert len(predictions) == 1 and predictions["tuned_new_tokens"].iloc[0] > 0
     assert alive_at_tuned_load == [False], "the base model was still in memory when the tuned one loaded"
