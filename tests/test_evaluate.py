@@ -6,14 +6,14 @@ import weakref
 import pandas as pd
 import pytest
 
-from polo_lib import cli, data, evaluate, inference, model, params, runs
+from polo_lib import data, evaluate, inference, model, params, pipeline, runs
 from polo_lib.errors import RunError
 
 pytestmark = pytest.mark.slow
 
 
 def test_evaluate_stage_writes_everything_into_the_run(tiny_model_dir):
-    run = cli.run_pipeline("smoke", log=lambda *a: None)  # prepare, train, evaluate
+    run = pipeline.run_pipeline("smoke", log=lambda *a: None)  # prepare, train, evaluate
     for name in ("eval/predictions.jsonl", "eval/metrics.json", "eval/examples.md", "plots/metrics.png",
                  "report.md", "notebooks/evaluate.ipynb"):
         assert (run.path / name).is_file(), name
@@ -33,7 +33,7 @@ def test_evaluate_stage_writes_everything_into_the_run(tiny_model_dir):
     assert run.manifest()["stages"]["evaluate"]["status"] == "finished"
 
     # evaluate the same run again with other evaluation settings: allowed, and recorded
-    again = cli.run_pipeline("smoke", overrides={"evaluation.limit": 1}, stages=["evaluate"], run_id=run.id,
+    again = pipeline.run_pipeline("smoke", overrides={"evaluation.limit": 1}, stages=["evaluate"], run_id=run.id,
                              log=lambda *a: None)
     assert again.id == run.id and len((run.eval / "predictions.jsonl").read_text().splitlines()) == 1
     assert run.manifest()["evaluate_params"]["evaluation"]["limit"] == 1
@@ -44,7 +44,7 @@ def test_tuned_model_beats_base_on_what_it_learned(tiny_model_dir):
     model's chrF on those paragraphs is higher than the untrained base model's."""
     overrides = {"max_steps": 30, "eval_steps": 15, "save_steps": 15, "evaluation.split": "train",
                  "evaluation.limit": 6, "evaluation.max_new_tokens": 48}
-    run = cli.run_pipeline("smoke", overrides=overrides, log=lambda *a: None)
+    run = pipeline.run_pipeline("smoke", overrides=overrides, log=lambda *a: None)
     metrics = json.loads((run.eval / "metrics.json").read_text(encoding="utf-8"))["metrics"]
     assert metrics["chrf"]["tuned"] > metrics["chrf"]["base"] + 2.0, metrics["chrf"]
     assert metrics["hangul_share"]["tuned"] > metrics["hangul_share"]["base"]
