@@ -36,14 +36,11 @@ class Models:
 
 def load_models(run, with_base: bool = True) -> Models:
     """Base + adapter, and the base alone, both with the run's own tokenizer (template, EOS)."""
-    from . import model as model_lib
-
     cfg = run.params()
     tokenizer = inference.run_tokenizer(run)
-    tuned = inference.load_tuned(cfg, run)
-    base = inference.load_base(cfg) if with_base else None
-    wrap = lambda lm: None if lm is None else model_lib.LoadedModel(lm.model, tokenizer, {})  # noqa: E731
-    return Models(wrap(tuned), wrap(base), run.id, threading.Lock())
+    tuned = inference.with_tokenizer(inference.load_tuned(cfg, run), tokenizer)
+    base = inference.with_tokenizer(inference.load_base(cfg), tokenizer) if with_base else None
+    return Models(tuned, base, run.id, threading.Lock())
 
 
 def _text(content: Any) -> str:

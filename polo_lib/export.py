@@ -152,12 +152,6 @@ def gguf_metadata(path: Path) -> dict[str, Any]:
             "tensors": len(reader.tensors)}
 
 
-# ---------------------------------------------------------------- checks
-
-def _described(options: dict[str, Any]) -> str:
-    return f"{str(options['dtype']).removeprefix('torch.')} on {options['device_map']}"
-
-
 # ---------------------------------------------------------------- model card
 
 def model_card(run, fmt: str, tokenizer, files: Sequence[str], check: dict[str, Any]) -> str:
@@ -213,9 +207,7 @@ def _check_request(run, fmt: str, gguf_types: Sequence[str], overwrite: bool) ->
     """Every refusal before any model loads."""
     if fmt not in FORMATS:
         raise PoloError(f"--format '{fmt}': choose one of {', '.join(FORMATS)}.")
-    if not (run.adapter / "adapter_config.json").is_file():
-        raise RunError(f"run {run.id} has no adapter in {run.adapter}: train it first "
-                       "(notebooks/train.ipynb with this run_id, or `polo run`).")
+    inference.require_adapter(run)
     bad = [t for t in gguf_types if t not in GGUF_TYPES]
     if bad:
         raise PoloError(f"GGUF type(s) {bad} not supported offline; choose from {', '.join(GGUF_TYPES)} "
@@ -275,45 +267,32 @@ def merge_into(run, out: Path) -> Path:
 
 
 def _build_merged(run, out: Path, _types) -> dict[str, Any]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from .device import describe
+    from transformers import AutoTokenizer
 
     merge_into(run, out)
-    options = inference.reload_options(describe())
-    model = AutoModelForCausalLM.from_pretrained(str(out), **options)
     tokenizer = AutoTokenizer.from_pretrained(str(out))
     _same_template(run, tokenizer.chat_template, tokenizer.eos_token_id, "merged model")
     on_disk = json.loads((out / "config.json").read_text(encoding="utf-8"))
-    return {"reloaded": f"AutoModelForCausalLM ({_described(options)})",
-            "dtype_on_disk": on_disk.get("dtype") or on_disk.get("torch_dtype"),
-            **inference.check_generates(model, tokenizer, VERIFY_PARAGRAPH)}
+    return {"dtype_on_disk": on_disk.get("dtype") or on_disk.get("torch_dtype"),
+            **inference.reload_and_check(out, tokenizer, VERIFY_PARAGRAPH, "AutoModelForCausalLM")}
 
 
 def _build_gguf(run, out: Path, gguf_types: Sequence[str]) -> dict[str, Any]:
     """Merge into a scratch folder beside `out`, convert once per type, reload each with transformers."""
-    from transformers import AutoModelForCausalLM
-
-    from .device import describe
-
     scratch = out.parent / f"{out.name}.merged"
     try:
         merge_into(run, scratch)
-        options = inference.reload_options(describe())
         checks = {}
         tokenizer = inference.run_tokenizer(run)
         for outtype in _progress(gguf_types):
             path = convert_to_gguf(scratch, out / f"{run.id}-{outtype}.gguf", outtype)
             meta = gguf_metadata(path)
             _same_template(run, meta["chat_template"], meta["eos_token_id"], path.name)
-            # transformers dequantizes a GGUF file on load: reloaded at `options`' dtype, not q8_0.
-            model = AutoModelForCausalLM.from_pretrained(str(out), gguf_file=path.name, **options)
+            # transformers dequantizes a GGUF file on load: reloaded at reload_options' dtype, not q8_0.
             checks[path.name] = {"bytes": path.stat().st_size, "architecture": meta["architecture"],
                                  "eos_token_id": meta["eos_token_id"],
-                                 "reloaded": f"transformers gguf_file= ({_described(options)})",
-                                 **inference.check_generates(model, tokenizer, VERIFY_PARAGRAPH)}
-            del model
-            inference.free_memory()  # one reloaded model at a time: f16 and q8_0 of a 3B model do not fit together
+                                 **inference.reload_and_check(out, tokenizer, VERIFY_PARAGRAPH,
+                                                              "transformers gguf_file=", gguf_file=path.name)}
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return checks

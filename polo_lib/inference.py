@@ -5,8 +5,9 @@ the server and the chat app share.
               reads them (Unsloth's fast generation does not move them)
   generation  Generation, prompt_text, generate (batched, left padding, stops at EOS), chats_of,
               answers_of, check_generates (one greedy answer from a reloaded export)
-  loading     load_base, load_tuned (base + a run's adapter/), run_tokenizer (the chat template
-              and EOS training used), reload_options (how an export is reloaded), free_memory
+  loading     load_base, load_tuned (base + a run's adapter/), load_merged, run_tokenizer (the
+              chat template and EOS training used), with_tokenizer, require_adapter,
+              reload_options and reload_and_check (an export reloaded and answering), free_memory
 
 A run is passed in, never looked up: this module sits beside model and device and imports nothing
 above them (runs, evaluate, train, deploy). A run here is anything with `id` and `adapter` (its
@@ -17,6 +18,7 @@ from __future__ import annotations
 import gc
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 from . import model as model_lib
@@ -165,18 +167,40 @@ def check_generates(model, tokenizer, paragraph: str, max_new_tokens: int = 8) -
 
 # ---------------------------------------------------------------- loading
 
+def _loaded(name_or_path: str, cfg):
+    return model_lib.LoadedModel(*model_lib.from_pretrained(name_or_path, cfg), {})
+
+
 def load_base(cfg):
     """The base model alone, as training loads it, without LoRA."""
-    where = model_lib.local_models.resolve(cfg.model.model_name)
-    return model_lib.LoadedModel(*model_lib.from_pretrained(where, cfg), {})
+    return _loaded(model_lib.local_models.resolve(cfg.model.model_name), cfg)
 
 
 def load_tuned(cfg, run):
     """Base + the run's saved adapter (adapter/), as a user would load it."""
-    if not (run.adapter / "adapter_config.json").is_file():
-        raise RunError(f"run {run.id} has no adapter in {run.adapter}: train it first "
+    require_adapter(run)
+    return _loaded(str(run.adapter), cfg)
+
+
+def load_merged(cfg, folder: Path):
+    """A merged export (base + adapter in 16-bit weights), loaded as training loads a base."""
+    return _loaded(str(folder), cfg)
+
+
+def with_tokenizer(lm, tokenizer):
+    """`lm`'s model prompted by `tokenizer`: pass run_tokenizer(run), whose template and EOS training used."""
+    return model_lib.LoadedModel(lm.model, tokenizer, {})
+
+
+def _require_saved(run, filename: str, what: str) -> None:
+    if not (run.adapter / filename).is_file():
+        raise RunError(f"run {run.id} has no {what} in {run.adapter}: train it first "
                        "(notebooks/train.ipynb with this run_id, or `polo run`).")
-    return model_lib.LoadedModel(*model_lib.from_pretrained(str(run.adapter), cfg), {})
+
+
+def require_adapter(run) -> None:
+    """A RunError naming the run and how to train it when its adapter/ holds no adapter."""
+    _require_saved(run, "adapter_config.json", "adapter")
 
 
 def run_tokenizer(run):
@@ -184,9 +208,7 @@ def run_tokenizer(run):
     model_lib.import_unsloth()
     from transformers import AutoTokenizer
 
-    if not (run.adapter / "tokenizer_config.json").is_file():
-        raise RunError(f"run {run.id} has no saved tokenizer in {run.adapter}: train it first "
-                       "(notebooks/train.ipynb with this run_id, or `polo run`).")
+    _require_saved(run, "tokenizer_config.json", "saved tokenizer")
     return AutoTokenizer.from_pretrained(str(run.adapter))
 
 
@@ -208,6 +230,24 @@ def reload_options(device) -> dict[str, Any]:
         kind = getattr(device, "kind", device)
         raise ModelError(f"reload_options: device {kind!r} is neither 'cuda' nor 'cpu'; pass device.describe().")
     return {"dtype": getattr(torch, device_lib.auto_dtype(device)), "device_map": device.kind}
+
+
+def reload_and_check(folder: Path, tokenizer, paragraph: str, label: str, **load) -> dict[str, Any]:
+    """Reload an exported folder with transformers (reload_options on this machine), answer
+    `paragraph` (check_generates), and free the model before returning; `load` adds
+    from_pretrained arguments (gguf_file=...). "reloaded" says how: `label` (dtype on device)."""
+    from transformers import AutoModelForCausalLM
+
+    from .device import describe
+
+    options = reload_options(describe())
+    model = AutoModelForCausalLM.from_pretrained(str(folder), **load, **options)
+    try:
+        how = f"{label} ({str(options['dtype']).removeprefix('torch.')} on {options['device_map']})"
+        return {"reloaded": how, **check_generates(model, tokenizer, paragraph)}
+    finally:
+        del model
+        free_memory()  # one reloaded model at a time: f16 and q8_0 of a 3B model do not fit together
 
 
 def free_memory() -> None:

@@ -283,23 +283,20 @@ def create_app(backend: Backend) -> FastAPI:
 
 def load_backend(run, merged: bool = False, **options: Any) -> Backend:
     """The run's model (base + adapter, or its merged export) with the run's own tokenizer."""
-    from . import model as model_lib
-
     cfg = run.params()
     tokenizer = inference.run_tokenizer(run)  # the chat template and EOS training used
+    if tokenizer.pad_token_id is None:
+        raise ModelError(f"run {run.id}: its tokenizer has no pad token, which batched generation needs.")
     if merged:
         folder = export.export_dir(run, "merged")
         if not (folder / "config.json").is_file():
             raise ModelError(f"run {run.id} has no merged export in {folder}: run "
                              f"`polo export {run.id} --format merged` first, or serve without --merged.")
-        model, _ = model_lib.from_pretrained(str(folder), cfg)
-        lm = model_lib.LoadedModel(model, tokenizer, {})
+        lm = inference.load_merged(cfg, folder)
     else:
-        loaded = inference.load_tuned(cfg, run)
-        lm = model_lib.LoadedModel(loaded.model, tokenizer, {})
-    if tokenizer.pad_token_id is None:
-        raise ModelError(f"run {run.id}: its tokenizer has no pad token, which batched generation needs.")
-    return Backend(lm, model_id=f"polo-easy-{run.id}", max_seq_length=cfg.model.max_seq_length, **options)
+        lm = inference.load_tuned(cfg, run)
+    return Backend(inference.with_tokenizer(lm, tokenizer), model_id=f"polo-easy-{run.id}",
+                   max_seq_length=cfg.model.max_seq_length, **options)
 
 
 def start_in_thread(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, timeout: float = 30.0):
