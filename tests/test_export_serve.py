@@ -18,7 +18,8 @@ import httpx
 import pytest
 import torch
 
-from polo_lib import cli, export, inference, model, params, prompts, runs, serve
+from polo_lib import cli, inference, model, params, prompts, runs
+from polo_lib.deploy import export, serve
 from polo_lib.errors import ModelError, PoloError, RunError
 
 pytestmark = pytest.mark.slow
@@ -287,7 +288,7 @@ def test_smollm2_server_stops_at_the_training_eos(smollm2_run):
 # ---------------------------------------------------------------- chat app and CLI
 
 def test_chat_app_handlers_answer_and_the_app_opens(tiny_run):
-    from polo_lib import chat_app
+    from polo_lib.deploy import chat_app
 
     models = chat_app.load_models(tiny_run)
     reply = chat_app.chat_reply(models, "What is a grid cell?", [

@@ -33,8 +33,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from . import export, inference, prompts, runs
-from .errors import ModelError, PoloError
+from .. import inference, prompts, runs
+from ..errors import ModelError, PoloError
+from . import export
 
 log = logging.getLogger(__name__)
 
@@ -346,7 +347,7 @@ def load_test(base_url: str, concurrency: int, requests: int = 8, max_tokens: in
 
     import httpx
 
-    from .data import group_paragraphs, load_raw
+    from ..data import group_paragraphs, load_raw
 
     paragraphs = [p.original for p in group_paragraphs(load_raw(raw_file))][:requests]
     url = base_url.rstrip("/") + "/v1/chat/completions"

@@ -30,9 +30,9 @@ from typing import Any, Sequence
 
 import yaml
 
-from . import inference, paths, prompts
-from .atomic import atomic_replace_dir
-from .errors import ModelError, PoloError, RunError
+from .. import inference, paths, prompts
+from ..atomic import atomic_replace_dir
+from ..errors import ModelError, PoloError, RunError
 
 log = logging.getLogger(__name__)
 
