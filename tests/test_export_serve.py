@@ -18,7 +18,7 @@ import httpx
 import pytest
 import torch
 
-from polo_lib import cli, inference, model, params, prompts, runs
+from polo_lib import cli, inference, model, params, paths, prompts, runs
 from polo_lib.deploy import export, serve
 from polo_lib.errors import ModelError, PoloError, RunError
 
@@ -263,6 +263,26 @@ def test_bad_requests_get_a_clear_400_and_the_server_keeps_serving(tiny_server):
                       headers={"content-type": "application/json"}).status_code == 400
     ok = httpx.post(f"{url}/v1/chat/completions", json={"messages": [user], "max_tokens": 4}, timeout=60)
     assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] <= 4
+
+
+def test_the_load_test_measures_a_running_server(tiny_server, capsys):
+    """`python -m benchmarks.serve_load URL CONCURRENCY REQUESTS`: one warm-up request, then the
+    requests in waves of CONCURRENCY; one JSON line. polo_lib.deploy keeps no entry point of its own."""
+    from benchmarks import serve_load
+
+    backend, url = tiny_server
+    before = backend.stats.requests
+    assert serve_load.main([url, "2", "3", "--max-tokens", "4"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["concurrency"] == 2 and result["requests"] == 3 and result["max_tokens"] == 4
+    assert 0 < result["completion_tokens"] <= 3 * 4 and result["tokens_per_s"] > 0
+    assert result["prompt_tokens_mean"] > 100  # the Easy prompt around a YOLO paragraph
+    assert backend.stats.requests - before == 1 + 3  # the warm-up is sent but not counted
+    with pytest.raises(SystemExit):
+        serve_load.main([url, "0"])
+    deploy = sorted((paths.PROJ_ROOT / "polo_lib" / "deploy").glob("*.py"))
+    mains = [p.name for p in deploy if '__name__ == "__main__"' in p.read_text(encoding="utf-8")]
+    assert len(deploy) == 4 and not mains, mains
 
 
 def test_smollm2_server_stops_at_the_training_eos(smollm2_run):

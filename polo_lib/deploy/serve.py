@@ -33,7 +33,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from .. import inference, prompts, runs
+from .. import inference, runs
 from ..errors import ModelError, PoloError
 from . import export
 
@@ -330,55 +330,3 @@ def serve(run_id: str, host: str = "127.0.0.1", port: int = 8000, merged: bool =
         uvicorn.run(create_app(backend), host=host, port=port, log_level="info")
     finally:
         backend.close()
-
-
-# ---------------------------------------------------------------- measuring a running server
-
-def load_test(base_url: str, concurrency: int, requests: int = 8, max_tokens: int = 64,
-              raw_file: str = "data/raw/yolo_v1.json") -> dict[str, Any]:
-    """Latency and tokens/s of a running server with `concurrency` clients sending Easy prompts.
-
-    The same `requests` chats (the first YOLO paragraphs, greedy, `max_tokens` each) at every
-    concurrency, sent in waves of `concurrency` at once, so the levels compare like for like.
-    One request first warms the server up and is not counted.
-    """
-    import concurrent.futures as cf
-    import statistics
-
-    import httpx
-
-    from ..data import group_paragraphs, load_raw
-
-    paragraphs = [p.original for p in group_paragraphs(load_raw(raw_file))][:requests]
-    url = base_url.rstrip("/") + "/v1/chat/completions"
-
-    def ask(text: str) -> tuple[float, int, int]:
-        body = {"messages": prompts.build_messages(text), "max_tokens": max_tokens}
-        start = time.perf_counter()
-        r = httpx.post(url, json=body, timeout=900)
-        r.raise_for_status()
-        usage = r.json()["usage"]
-        return time.perf_counter() - start, usage["completion_tokens"], usage["prompt_tokens"]
-
-    ask(paragraphs[0])
-    results, start = [], time.perf_counter()
-    with cf.ThreadPoolExecutor(concurrency) as pool:
-        for i in range(0, len(paragraphs), concurrency):
-            results += list(pool.map(ask, paragraphs[i:i + concurrency]))
-    wall = time.perf_counter() - start
-    latencies = [r[0] for r in results]
-    tokens = sum(r[1] for r in results)
-    return {"concurrency": concurrency, "requests": len(results), "max_tokens": max_tokens,
-            "prompt_tokens_mean": round(statistics.mean(r[2] for r in results)),
-            "latency_s_median": round(statistics.median(latencies), 2), "latency_s_max": round(max(latencies), 2),
-            "completion_tokens": tokens, "wall_s": round(wall, 1), "tokens_per_s": round(tokens / wall, 1)}
-
-
-if __name__ == "__main__":  # python -m polo_lib.serve load-test http://127.0.0.1:8000 1 8
-    import json
-    import sys
-
-    if len(sys.argv) < 4 or sys.argv[1] != "load-test":
-        sys.exit("usage: python -m polo_lib.serve load-test BASE_URL CONCURRENCY [CONCURRENCY ...]")
-    for c in sys.argv[3:]:
-        print(json.dumps(load_test(sys.argv[2], int(c))))
