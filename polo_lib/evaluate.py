@@ -57,7 +57,8 @@ def speed_table(predictions: pd.DataFrame) -> pd.DataFrame:
     for name in ("base", "tuned"):
         tokens, seconds = predictions[f"{name}_new_tokens"].sum(), predictions[f"{name}_seconds"].sum()
         rows.append({"model": name, "examples": len(predictions), "new_tokens": int(tokens),
-                     "seconds": round(float(seconds), 1), "tokens_per_s": round(tokens / seconds, 1) if seconds else None})
+                     "seconds": round(float(seconds), 1),
+                     "tokens_per_s": round(tokens / seconds, 1) if seconds else None})
     return pd.DataFrame(rows).set_index("model")
 
 

@@ -3,7 +3,6 @@ import gc
 import json
 import weakref
 
-import pandas as pd
 import pytest
 
 from polo_lib import data, evaluate, inference, model, params, pipeline, runs

@@ -125,8 +125,8 @@ def main(argv=None) -> int:
     import torch
 
     from polo_lib import data, evaluate, local_models, model, params, runs, train
-    from polo_lib.deploy import export, serve
     from polo_lib.cli import parse_sets
+    from polo_lib.deploy import export, serve
 
     steps = Steps(args.out)
     on_gpu = torch.cuda.is_available()
