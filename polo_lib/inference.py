@@ -22,8 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import device as device_lib
+from . import local_models, prompts
 from . import model as model_lib
-from . import prompts
 from .errors import ModelError, RunError
 
 
@@ -174,7 +175,7 @@ def _loaded(name_or_path: str, cfg):
 
 def load_base(cfg):
     """The base model alone, as training loads it, without LoRA."""
-    return _loaded(model_lib.local_models.resolve(cfg.model.model_name), cfg)
+    return _loaded(local_models.resolve(cfg.model.model_name), cfg)
 
 
 def load_tuned(cfg, run):
@@ -223,8 +224,6 @@ def reload_options(device) -> dict[str, Any]:
     """
     import torch
 
-    from . import device as device_lib
-
     if isinstance(device, dict):
         device = device_lib.as_device(device)
     if not isinstance(device, device_lib.Device) or device.kind not in ("cuda", "cpu"):
@@ -239,9 +238,7 @@ def reload_and_check(folder: Path, tokenizer, paragraph: str, label: str, **load
     from_pretrained arguments (gguf_file=...). "reloaded" says how: `label` (dtype on device)."""
     from transformers import AutoModelForCausalLM
 
-    from .device import describe
-
-    options = reload_options(describe())
+    options = reload_options(device_lib.describe())
     model = AutoModelForCausalLM.from_pretrained(str(folder), **load, **options)
     try:
         how = f"{label} ({str(options['dtype']).removeprefix('torch.')} on {options['device_map']})"
