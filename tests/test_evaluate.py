@@ -26,7 +26,7 @@ def test_evaluate_stage_writes_everything_into_the_run(tiny_model_dir):
     for values in metrics["metrics"].values():
         assert set(values) >= {"base", "tuned", "delta"}
     summary = run.summary()
-    assert summary["evaluation"]["examples"] == cfg.evaluation.limit and "training" in summary
+    assert summary.evaluation.examples == cfg.evaluation.limit and summary.training is not None
     report = (run.path / "report.md").read_text(encoding="utf-8")
     assert "## Evaluation" in report and "plots/loss.png" in report and "chrf" in report
     assert run.manifest()["stages"]["evaluate"]["status"] == "finished"

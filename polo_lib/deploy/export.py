@@ -158,7 +158,7 @@ def gguf_metadata(path: Path) -> dict[str, Any]:
 def model_card(run, fmt: str, tokenizer, files: Sequence[str], check: dict[str, Any]) -> str:
     """README.md of an export: base model, run id, params, metrics, chat template, EOS, check."""
     cfg = run.params()
-    summary = run.summary()
+    summary = run.summary().model_dump(by_alias=True, exclude_unset=True)  # the figures summary.json holds
     evaluation = summary.get("evaluation") or {}
     metrics = {k: {"base": (evaluation.get("base") or {}).get(k), "tuned": (evaluation.get("tuned") or {}).get(k)}
                for k in ("chrf", "bleu", "rouge_l", "sari", "meaning_src", "hangul_share")
