@@ -4,7 +4,7 @@ training    the same model, data, batches, steps and seed through (a) polo_lib's
             (b) a bare Unsloth + TRL script and (c) transformers + PEFT with transformers.Trainer
             (benchmarks/training/), each run in its own process, the order rotated every repeat;
             tokens/s after warm-up, peak memory, per-step losses (which must agree).
-generation  the same prompts through polo_lib.evaluate.generate, batched vs one at a time.
+generation  the same prompts through polo_lib.inference.generate, batched vs one at a time.
 overhead    `polo run` (preflight + papermill) vs the same library calls in a plain process.
 whole-job   `make setup`, `make demo`, `make test` on a fresh clone of HEAD (~20 min on 2 cores).
 
@@ -43,7 +43,7 @@ def machine() -> dict:
 def bench_generation(params_file: str, repeats: int, examples: int, max_new_tokens: int, batch_size: int,
                      overrides: dict | None = None) -> dict:
     """Batched (left padding) vs unbatched greedy generation on the same prompts."""
-    from polo_lib import data, evaluate, model, params
+    from polo_lib import data, inference, model, params
     from polo_lib.errors import PoloError
 
     cfg = params.load(params_file, overrides=overrides)
@@ -54,14 +54,14 @@ def bench_generation(params_file: str, repeats: int, examples: int, max_new_toke
         data.save(data.prepare(cfg.data, tokenizer, cfg.model.max_seq_length), cfg.data)
         dataset = data.load_processed(cfg.data)
     split = dataset["test"].select(range(min(examples, len(dataset["test"]))))
-    chats = evaluate.chats_of(split)
-    lm = evaluate.load_base(cfg)
-    evaluate.generate(lm, chats[:1], max_new_tokens=4)  # warm-up: kernels, caches
+    chats = inference.chats_of(split)
+    lm = inference.load_base(cfg)
+    inference.generate(lm, chats[:1], max_new_tokens=4)  # warm-up: kernels, caches
     rates: dict[str, list[float]] = {"batched": [], "one_at_a_time": []}
     for _ in range(repeats):
         for mode, size in (("batched", batch_size), ("one_at_a_time", 1)):  # alternated
             start = time.perf_counter()
-            out = evaluate.generate(lm, chats, max_new_tokens=max_new_tokens, batch_size=size)
+            out = inference.generate(lm, chats, max_new_tokens=max_new_tokens, batch_size=size)
             seconds = time.perf_counter() - start
             rates[mode].append(sum(g.new_tokens for g in out) / seconds)
     medians = {m: round(statistics.median(r), 2) for m, r in rates.items()}

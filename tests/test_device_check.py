@@ -150,7 +150,7 @@ def test_offline_resolver_accepts_a_complete_set_and_names_a_missing_wheel(tmp_p
 def _llama_cpp_files(tmp: Path) -> tuple[Path, Path]:
     """Llama 3's vocabulary GGUF and Llama-3.2's chat template, as `make export-tools` (which `make
     test` runs first) unpacks them from the llama-cpp-python sdist into the model cache."""
-    from polo_lib import export
+    from polo_lib.deploy import export
 
     where = export.converter_dir()
     files = where / export.LLAMA3_VOCAB, where / export.LLAMA32_TEMPLATE

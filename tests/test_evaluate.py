@@ -3,16 +3,16 @@ import gc
 import json
 import weakref
 
-import pandas as pd
 import pytest
 
-from polo_lib import cli, data, evaluate, model, params, runs
+from polo_lib import data, evaluate, inference, model, params, pipeline, runs
+from polo_lib.errors import RunError
 
 pytestmark = pytest.mark.slow
 
 
 def test_evaluate_stage_writes_everything_into_the_run(tiny_model_dir):
-    run = cli.run_pipeline("smoke", log=lambda *a: None)  # prepare, train, evaluate
+    run = pipeline.run_pipeline("smoke", log=lambda *a: None)  # prepare, train, evaluate
     for name in ("eval/predictions.jsonl", "eval/metrics.json", "eval/examples.md", "plots/metrics.png",
                  "report.md", "notebooks/evaluate.ipynb"):
         assert (run.path / name).is_file(), name
@@ -26,13 +26,13 @@ def test_evaluate_stage_writes_everything_into_the_run(tiny_model_dir):
     for values in metrics["metrics"].values():
         assert set(values) >= {"base", "tuned", "delta"}
     summary = run.summary()
-    assert summary["evaluation"]["examples"] == cfg.evaluation.limit and "training" in summary
+    assert summary.evaluation.examples == cfg.evaluation.limit and summary.training is not None
     report = (run.path / "report.md").read_text(encoding="utf-8")
     assert "## Evaluation" in report and "plots/loss.png" in report and "chrf" in report
     assert run.manifest()["stages"]["evaluate"]["status"] == "finished"
 
     # evaluate the same run again with other evaluation settings: allowed, and recorded
-    again = cli.run_pipeline("smoke", overrides={"evaluation.limit": 1}, stages=["evaluate"], run_id=run.id,
+    again = pipeline.run_pipeline("smoke", overrides={"evaluation.limit": 1}, stages=["evaluate"], run_id=run.id,
                              log=lambda *a: None)
     assert again.id == run.id and len((run.eval / "predictions.jsonl").read_text().splitlines()) == 1
     assert run.manifest()["evaluate_params"]["evaluation"]["limit"] == 1
@@ -43,7 +43,7 @@ def test_tuned_model_beats_base_on_what_it_learned(tiny_model_dir):
     model's chrF on those paragraphs is higher than the untrained base model's."""
     overrides = {"max_steps": 30, "eval_steps": 15, "save_steps": 15, "evaluation.split": "train",
                  "evaluation.limit": 6, "evaluation.max_new_tokens": 48}
-    run = cli.run_pipeline("smoke", overrides=overrides, log=lambda *a: None)
+    run = pipeline.run_pipeline("smoke", overrides=overrides, log=lambda *a: None)
     metrics = json.loads((run.eval / "metrics.json").read_text(encoding="utf-8"))["metrics"]
     assert metrics["chrf"]["tuned"] > metrics["chrf"]["base"] + 2.0, metrics["chrf"]
     assert metrics["hangul_share"]["tuned"] > metrics["hangul_share"]["base"]
@@ -52,19 +52,19 @@ def test_tuned_model_beats_base_on_what_it_learned(tiny_model_dir):
 def test_evaluating_a_run_without_adapter_is_a_clear_error(tiny_model_dir):
     cfg = params.load("smoke")
     run = runs.open_run(cfg)
-    with pytest.raises(evaluate.RunError, match="has no adapter"):
-        evaluate.load_tuned(cfg, run)
+    with pytest.raises(RunError, match="has no adapter"):
+        inference.load_tuned(cfg, run)
 
 
 def test_generation_is_batched_and_stops_at_eos(tiny_model_dir, monkeypatch):
     cfg = params.load("smoke")
     data.save(data.prepare(cfg.data, model.load_tokenizer(cfg.model), cfg.model.max_seq_length), cfg.data)
     ds = data.load_processed(cfg.data)
-    lm = evaluate.load_base(cfg)
+    lm = inference.load_base(cfg)
     tok, eos, pad = lm.tokenizer, lm.tokenizer.eos_token_id, lm.tokenizer.pad_token_id
     assert eos != pad
     # the untrained tiny model ends some answers with EOS within a few tokens and runs on in others
-    chats = evaluate.chats_of(ds["test"]) + evaluate.chats_of(ds["train"].select(range(10)))
+    chats = inference.chats_of(ds["test"]) + inference.chats_of(ds["train"].select(range(10)))
     calls, real_generate = [], lm.model.generate  # per batch: prompt length, the ids generate returned
 
     def recorded(*args, **kwargs):
@@ -73,10 +73,10 @@ def test_generation_is_batched_and_stops_at_eos(tiny_model_dir, monkeypatch):
         return out
 
     monkeypatch.setattr(lm.model, "generate", recorded)
-    batched = evaluate.generate(lm, chats, max_new_tokens=8, batch_size=4)
+    batched = inference.generate(lm, chats, max_new_tokens=8, batch_size=4)
     generated = [len(out[0]) - prompt for prompt, out in calls]  # new tokens per batch
     rows = [ids[prompt:] for prompt, out in calls for ids in out]
-    single = evaluate.generate(lm, chats, max_new_tokens=8, batch_size=1)
+    single = inference.generate(lm, chats, max_new_tokens=8, batch_size=1)
     assert len(batched) == len(chats) == len(rows) and all(g.new_tokens <= 8 for g in batched)
     # left padding: batched greedy output equals one-at-a-time output
     assert [(g.text, g.new_tokens, g.stopped) for g in batched] == [(g.text, g.new_tokens, g.stopped) for g in single]
@@ -117,7 +117,7 @@ def test_base_model_is_freed_before_the_tuned_model_loads(tiny_model_dir, monkey
     del lm
     gc.collect()
 
-    load_base, load_tuned = evaluate.load_base, evaluate.load_tuned
+    load_base, load_tuned = inference.load_base, inference.load_tuned
     base_models, alive_at_tuned_load = [], []
 
     def watched_base(c):
@@ -129,8 +129,8 @@ def test_base_model_is_freed_before_the_tuned_model_loads(tiny_model_dir, monkey
         alive_at_tuned_load.append(base_models[0]() is not None)
         return load_tuned(c, r)
 
-    monkeypatch.setattr(evaluate, "load_base", watched_base)
-    monkeypatch.setattr(evaluate, "load_tuned", watched_tuned)
+    monkeypatch.setattr(inference, "load_base", watched_base)
+    monkeypatch.setattr(inference, "load_tuned", watched_tuned)
     predictions = evaluate.predict(run, cfg, data.load_processed(cfg.data))
     assert len(predictions) == 1 and predictions["tuned_new_tokens"].iloc[0] > 0
     assert alive_at_tuned_load == [False], "the base model was still in memory when the tuned one loaded"

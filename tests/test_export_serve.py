@@ -18,7 +18,8 @@ import httpx
 import pytest
 import torch
 
-from polo_lib import cli, evaluate, export, model, params, prompts, runs, serve
+from polo_lib import cli, inference, model, params, paths, prompts, runs
+from polo_lib.deploy import export, serve
 from polo_lib.errors import ModelError, PoloError, RunError
 
 pytestmark = pytest.mark.slow
@@ -97,8 +98,8 @@ def test_adapter_and_merged_exports_reload_and_keep_the_adapter(tiny_run):
     cfg = tiny_run.params()
     text = easy_prompt(tok)
     merged_model = AutoModelForCausalLM.from_pretrained(str(merged.path), dtype=torch.float32)
-    tuned = evaluate.load_tuned(cfg, tiny_run)
-    base = evaluate.load_base(cfg)
+    tuned = inference.load_tuned(cfg, tiny_run)
+    base = inference.load_base(cfg)
     m, t, b = (last_logits(x, tok, text) for x in (merged_model, tuned.model, base.model))
     assert (m - t).abs().max() < 0.25 * (t - b).abs().max(), ((m - t).abs().max(), (t - b).abs().max())
 
@@ -106,7 +107,7 @@ def test_adapter_and_merged_exports_reload_and_keep_the_adapter(tiny_run):
     backend = serve.load_backend(tiny_run, merged=True)
     try:
         assert backend.render(prompts.build_messages(PARAGRAPH)) == text
-        assert evaluate.generate(backend.lm, [prompts.build_messages(PARAGRAPH)], max_new_tokens=4)[0].new_tokens > 0
+        assert inference.generate(backend.lm, [prompts.build_messages(PARAGRAPH)], max_new_tokens=4)[0].new_tokens > 0
     finally:
         backend.close()
 
@@ -116,7 +117,7 @@ def test_merged_export_frees_the_tuned_model_before_reloading_the_merge(tiny_run
     GPU: when the check reloads the merged folder, the tuned model is gone (real loaders)."""
     from transformers import AutoModelForCausalLM
 
-    load_tuned, reload = evaluate.load_tuned, AutoModelForCausalLM.from_pretrained.__func__
+    load_tuned, reload = inference.load_tuned, AutoModelForCausalLM.from_pretrained.__func__
     tuned_models, tuned_alive_at_reload = [], []
 
     def watched_tuned(cfg, run):
@@ -129,7 +130,7 @@ def test_merged_export_frees_the_tuned_model_before_reloading_the_merge(tiny_run
             tuned_alive_at_reload.append(tuned_models[-1]() is not None)
         return reload(cls, *args, **kwargs)
 
-    monkeypatch.setattr(evaluate, "load_tuned", watched_tuned)
+    monkeypatch.setattr(inference, "load_tuned", watched_tuned)
     monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", classmethod(watched_reload))
     merged = export.export(tiny_run, "merged", overwrite=True)
     assert merged.check["generated_tokens"] > 0
@@ -168,7 +169,7 @@ def test_gguf_export_of_smollm2_loads_back_and_matches_the_tuned_model(smollm2_r
     done = export.export(smollm2_run, "gguf")
     f16, q8 = (export.export_dir(smollm2_run, "gguf") / f"{smollm2_run.id}-{t}.gguf" for t in ("f16", "q8_0"))
     assert f16.is_file() and q8.is_file() and q8.stat().st_size < 0.7 * f16.stat().st_size
-    tok = export.run_tokenizer(smollm2_run)
+    tok = inference.run_tokenizer(smollm2_run)
     assert tok.eos_token == "<|im_end|>"
     for path in (f16, q8):
         meta = export.gguf_metadata(path)
@@ -176,7 +177,7 @@ def test_gguf_export_of_smollm2_loads_back_and_matches_the_tuned_model(smollm2_r
         assert meta["eos_token_id"] == tok.eos_token_id
         assert done.check[path.name]["generated_tokens"] > 0
     gguf_model = AutoModelForCausalLM.from_pretrained(str(f16.parent), gguf_file=f16.name, dtype=torch.float32)
-    tuned = evaluate.load_tuned(smollm2_run.params(), smollm2_run)
+    tuned = inference.load_tuned(smollm2_run.params(), smollm2_run)
     g, t = last_logits(gguf_model, tok, easy_prompt(tok)), last_logits(tuned.model, tok, easy_prompt(tok))
     assert g.argmax() == t.argmax() and torch.corrcoef(torch.stack([g, t]))[0, 1] > 0.99
 
@@ -214,7 +215,7 @@ def test_server_answers_the_openai_client_with_the_training_template(tiny_server
     assert reply.usage.prompt_tokens == len(training_tok(expected, add_special_tokens=False)["input_ids"])
     assert backend.lm.tokenizer.eos_token_id == training_tok.eos_token_id
     # and the answer is what evaluation's generate gives for the same chat
-    assert reply.choices[0].message.content == evaluate.generate(backend.lm, [messages], max_new_tokens=12)[0].text
+    assert reply.choices[0].message.content == inference.generate(backend.lm, [messages], max_new_tokens=12)[0].text
     assert httpx.get(f"{url}/health").json()["status"] == "ok"
 
 
@@ -264,6 +265,26 @@ def test_bad_requests_get_a_clear_400_and_the_server_keeps_serving(tiny_server):
     assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] <= 4
 
 
+def test_the_load_test_measures_a_running_server(tiny_server, capsys):
+    """`python -m benchmarks.serve_load URL CONCURRENCY REQUESTS`: one warm-up request, then the
+    requests in waves of CONCURRENCY; one JSON line. polo_lib.deploy keeps no entry point of its own."""
+    from benchmarks import serve_load
+
+    backend, url = tiny_server
+    before = backend.stats.requests
+    assert serve_load.main([url, "2", "3", "--max-tokens", "4"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["concurrency"] == 2 and result["requests"] == 3 and result["max_tokens"] == 4
+    assert 0 < result["completion_tokens"] <= 3 * 4 and result["tokens_per_s"] > 0
+    assert result["prompt_tokens_mean"] > 100  # the Easy prompt around a YOLO paragraph
+    assert backend.stats.requests - before == 1 + 3  # the warm-up is sent but not counted
+    with pytest.raises(SystemExit):
+        serve_load.main([url, "0"])
+    deploy = sorted((paths.PROJ_ROOT / "polo_lib" / "deploy").glob("*.py"))
+    mains = [p.name for p in deploy if '__name__ == "__main__"' in p.read_text(encoding="utf-8")]
+    assert len(deploy) == 4 and not mains, mains
+
+
 def test_smollm2_server_stops_at_the_training_eos(smollm2_run):
     """SmolLM2's training EOS is <|im_end|> (not the GGUF's <|im_start|>): the server ends there."""
     from openai import OpenAI
@@ -287,7 +308,7 @@ def test_smollm2_server_stops_at_the_training_eos(smollm2_run):
 # ---------------------------------------------------------------- chat app and CLI
 
 def test_chat_app_handlers_answer_and_the_app_opens(tiny_run):
-    from polo_lib import chat_app
+    from polo_lib.deploy import chat_app
 
     models = chat_app.load_models(tiny_run)
     reply = chat_app.chat_reply(models, "What is a grid cell?", [
@@ -297,7 +318,7 @@ def test_chat_app_handlers_answer_and_the_app_opens(tiny_run):
     explained = chat_app.explain(models, PARAGRAPH, max_new_tokens=8)
     assert reply and base and tuned and base != tuned
     # "explain" is the Easy prompt, exactly as training built it
-    assert explained == tuned == evaluate.generate(models.tuned, [prompts.build_messages(PARAGRAPH)],
+    assert explained == tuned == inference.generate(models.tuned, [prompts.build_messages(PARAGRAPH)],
                                                    max_new_tokens=8)[0].text
     app = chat_app.build_app(models)
     port = free_port()

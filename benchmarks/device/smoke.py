@@ -124,8 +124,9 @@ def main(argv=None) -> int:
     import_unsloth()
     import torch
 
-    from polo_lib import data, evaluate, export, local_models, model, params, runs, serve, train
+    from polo_lib import data, evaluate, local_models, model, params, runs, train
     from polo_lib.cli import parse_sets
+    from polo_lib.deploy import export, serve
 
     steps = Steps(args.out)
     on_gpu = torch.cuda.is_available()

@@ -2,7 +2,7 @@
 explain a paragraph with the Easy prompt.
 
 Three tabs, one model pair (base, and base + the run's adapter), all through
-evaluate.generate with the run's saved tokenizer, so what you see here is what evaluation
+inference.generate with the run's saved tokenizer, so what you see here is what evaluation
 measured and what `polo serve` answers:
 
   Chat          multi-turn chat with the tuned model (the Easy system prompt first)
@@ -18,7 +18,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from . import evaluate, export, prompts, runs
+from .. import inference, prompts, runs
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # offline machine: no telemetry calls
 
@@ -36,14 +36,11 @@ class Models:
 
 def load_models(run, with_base: bool = True) -> Models:
     """Base + adapter, and the base alone, both with the run's own tokenizer (template, EOS)."""
-    from . import model as model_lib
-
     cfg = run.params()
-    tokenizer = export.run_tokenizer(run)
-    tuned = evaluate.load_tuned(cfg, run)
-    base = evaluate.load_base(cfg) if with_base else None
-    wrap = lambda lm: None if lm is None else model_lib.LoadedModel(lm.model, tokenizer, {})  # noqa: E731
-    return Models(wrap(tuned), wrap(base), run.id, threading.Lock())
+    tokenizer = inference.run_tokenizer(run)
+    tuned = inference.with_tokenizer(inference.load_tuned(cfg, run), tokenizer)
+    base = inference.with_tokenizer(inference.load_base(cfg), tokenizer) if with_base else None
+    return Models(tuned, base, run.id, threading.Lock())
 
 
 def _text(content: Any) -> str:
@@ -59,7 +56,7 @@ def _text(content: Any) -> str:
 
 def _answer(models: Models, lm, chat: list[dict[str, str]], max_new_tokens: int) -> str:
     with models.lock:
-        return evaluate.generate(lm, [chat], max_new_tokens=int(max_new_tokens), batch_size=1)[0].text
+        return inference.generate(lm, [chat], max_new_tokens=int(max_new_tokens), batch_size=1)[0].text
 
 
 def chat_reply(models: Models, message: str, history: list[dict[str, Any]],

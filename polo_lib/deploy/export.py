@@ -24,15 +24,16 @@ import sys
 import tarfile
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import yaml
 
-from . import paths, prompts, runs
-from .atomic import atomic_replace_dir
-from .errors import ModelError, PoloError, RunError
+from .. import inference, paths, prompts
+from ..atomic import atomic_replace_dir
+from ..errors import ModelError, PoloError, RunError
 
 log = logging.getLogger(__name__)
 
@@ -152,71 +153,12 @@ def gguf_metadata(path: Path) -> dict[str, Any]:
             "tensors": len(reader.tensors)}
 
 
-# ---------------------------------------------------------------- loading and checks
-
-def run_tokenizer(run):
-    """The tokenizer training saved with the adapter: its chat template and EOS are the truth."""
-    from .model import import_unsloth
-
-    import_unsloth()
-    from transformers import AutoTokenizer
-
-    if not (run.adapter / "tokenizer_config.json").is_file():
-        raise RunError(f"run {run.id} has no saved tokenizer in {run.adapter}: train it first "
-                       "(notebooks/train.ipynb with this run_id, or `polo run`).")
-    return AutoTokenizer.from_pretrained(str(run.adapter))
-
-
-def reload_options(device) -> dict[str, Any]:
-    """from_pretrained settings for reloading an export to check it, on `device` (a Device or its dict).
-
-    On a GPU: 16-bit on cuda in `device.auto_dtype` (bf16 only from compute capability 8.0, fp16
-    on a T4). On a CPU: float32 (bf16 matmuls measured 6-25x slower there). Never fp32 on the CPU
-    when a GPU is there: Llama-3.2-3B in fp32 is ~12 GiB of RAM, more than a Colab runtime has;
-    in fp16 on the GPU it is ~6.4 GB of VRAM.
-    """
-    import torch
-
-    from . import device as device_lib
-
-    if isinstance(device, dict):
-        device = device_lib.as_device(device)
-    if not isinstance(device, device_lib.Device) or device.kind not in ("cuda", "cpu"):
-        kind = getattr(device, "kind", device)
-        raise ModelError(f"reload_options: device {kind!r} is neither 'cuda' nor 'cpu'; pass device.describe().")
-    return {"dtype": getattr(torch, device_lib.auto_dtype(device)), "device_map": device.kind}
-
-
-def _described(options: dict[str, Any]) -> str:
-    return f"{str(options['dtype']).removeprefix('torch.')} on {options['device_map']}"
-
-
-def check_generates(model, tokenizer, max_new_tokens: int = 8) -> dict[str, Any]:
-    """Greedy answer to the Easy prompt from a reloaded export; an empty answer fails the export."""
-    import torch
-
-    from .evaluate import encode_prompts
-
-    text = tokenizer.apply_chat_template(prompts.build_messages(VERIFY_PARAGRAPH), tokenize=False,
-                                         add_generation_prompt=True)
-    enc = encode_prompts(tokenizer, [text], model)  # on the model's device (CPU ids fail on CUDA)
-    start = time.perf_counter()
-    with torch.no_grad():
-        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                             eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    new = out[0, enc["input_ids"].shape[1]:].tolist()
-    if not new:
-        raise ModelError("the reloaded export generated no token at all")
-    return {"generated_tokens": len(new), "seconds": round(time.perf_counter() - start, 2),
-            "sample": tokenizer.decode(new, skip_special_tokens=True).strip()[:200]}
-
-
 # ---------------------------------------------------------------- model card
 
 def model_card(run, fmt: str, tokenizer, files: Sequence[str], check: dict[str, Any]) -> str:
     """README.md of an export: base model, run id, params, metrics, chat template, EOS, check."""
     cfg = run.params()
-    summary = run.summary()
+    summary = run.summary().model_dump(by_alias=True, exclude_unset=True)  # the figures summary.json holds
     evaluation = summary.get("evaluation") or {}
     metrics = {k: {"base": (evaluation.get("base") or {}).get(k), "tuned": (evaluation.get("tuned") or {}).get(k)}
                for k in ("chrf", "bleu", "rouge_l", "sari", "meaning_src", "hangul_share")
@@ -266,9 +208,7 @@ def _check_request(run, fmt: str, gguf_types: Sequence[str], overwrite: bool) ->
     """Every refusal before any model loads."""
     if fmt not in FORMATS:
         raise PoloError(f"--format '{fmt}': choose one of {', '.join(FORMATS)}.")
-    if not (run.adapter / "adapter_config.json").is_file():
-        raise RunError(f"run {run.id} has no adapter in {run.adapter}: train it first "
-                       "(notebooks/train.ipynb with this run_id, or `polo run`).")
+    inference.require_adapter(run)
     bad = [t for t in gguf_types if t not in GGUF_TYPES]
     if bad:
         raise PoloError(f"GGUF type(s) {bad} not supported offline; choose from {', '.join(GGUF_TYPES)} "
@@ -289,7 +229,7 @@ def export(run, fmt: str, gguf_types: Sequence[str] = DEFAULT_GGUF_TYPES, overwr
     def build(tmp: Path) -> None:
         builder = {"adapter": _build_adapter, "merged": _build_merged, "gguf": _build_gguf}[fmt]
         result.update(builder(run, tmp, gguf_types))
-        tokenizer = run_tokenizer(run)
+        tokenizer = inference.run_tokenizer(run)
         files = sorted(p.name for p in tmp.iterdir())
         (tmp / "README.md").write_text(model_card(run, fmt, tokenizer, files, result), encoding="utf-8")
 
@@ -302,75 +242,58 @@ def export(run, fmt: str, gguf_types: Sequence[str] = DEFAULT_GGUF_TYPES, overwr
 
 def _build_adapter(run, out: Path, _types) -> dict[str, Any]:
     """The saved adapter + tokenizer as they are; checked by loading base + adapter and generating."""
-    from . import evaluate
-
     for p in run.adapter.iterdir():
         if p.is_file() and p.name != "README.md":
             shutil.copy2(p, out / p.name)
-    lm = evaluate.load_tuned(run.params(), run)
+    lm = inference.load_tuned(run.params(), run)
     from unsloth import FastLanguageModel
 
     FastLanguageModel.for_inference(lm.model)
-    return {"reloaded": "base + adapter (FastLanguageModel)", **check_generates(lm.model, lm.tokenizer)}
+    return {"reloaded": "base + adapter (FastLanguageModel)",
+            **inference.check_generates(lm.model, lm.tokenizer, VERIFY_PARAGRAPH)}
 
 
 def merge_into(run, out: Path) -> Path:
     """Base + adapter merged into 16-bit weights with Unsloth's save_pretrained_merged."""
-    from . import evaluate
-
-    lm = evaluate.load_tuned(run.params(), run)
+    lm = inference.load_tuned(run.params(), run)
     # On a GPU a 4-bit hub base (the default recipe) is not dequantized: Unsloth downloads its
     # 16-bit original (unsloth/Llama-3.2-3B-Instruct, ~6.4 GB) and merges LoRA into those shards
     # (README, "Merging a 4-bit base"). Unsloth's CPU backend merges the loaded weights in memory.
     lm.model.save_pretrained_merged(str(out), lm.tokenizer, save_method="merged_16bit")
     del lm
-    evaluate.free_memory()  # the tuned model goes before the merged one is reloaded to check it
+    inference.free_memory()  # the tuned model goes before the merged one is reloaded to check it
     if not (out / "config.json").is_file():
         raise ModelError(f"save_pretrained_merged wrote no config.json into {out}")
     return out
 
 
 def _build_merged(run, out: Path, _types) -> dict[str, Any]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from .device import describe
+    from transformers import AutoTokenizer
 
     merge_into(run, out)
-    options = reload_options(describe())
-    model = AutoModelForCausalLM.from_pretrained(str(out), **options)
     tokenizer = AutoTokenizer.from_pretrained(str(out))
     _same_template(run, tokenizer.chat_template, tokenizer.eos_token_id, "merged model")
     on_disk = json.loads((out / "config.json").read_text(encoding="utf-8"))
-    return {"reloaded": f"AutoModelForCausalLM ({_described(options)})",
-            "dtype_on_disk": on_disk.get("dtype") or on_disk.get("torch_dtype"),
-            **check_generates(model, tokenizer)}
+    return {"dtype_on_disk": on_disk.get("dtype") or on_disk.get("torch_dtype"),
+            **inference.reload_and_check(out, tokenizer, VERIFY_PARAGRAPH, "AutoModelForCausalLM")}
 
 
 def _build_gguf(run, out: Path, gguf_types: Sequence[str]) -> dict[str, Any]:
     """Merge into a scratch folder beside `out`, convert once per type, reload each with transformers."""
-    from transformers import AutoModelForCausalLM
-
-    from .evaluate import free_memory
-    from .device import describe
-
     scratch = out.parent / f"{out.name}.merged"
     try:
         merge_into(run, scratch)
-        options = reload_options(describe())
         checks = {}
-        tokenizer = run_tokenizer(run)
+        tokenizer = inference.run_tokenizer(run)
         for outtype in _progress(gguf_types):
             path = convert_to_gguf(scratch, out / f"{run.id}-{outtype}.gguf", outtype)
             meta = gguf_metadata(path)
             _same_template(run, meta["chat_template"], meta["eos_token_id"], path.name)
-            # transformers dequantizes a GGUF file on load: reloaded at `options`' dtype, not q8_0.
-            model = AutoModelForCausalLM.from_pretrained(str(out), gguf_file=path.name, **options)
+            # transformers dequantizes a GGUF file on load: reloaded at reload_options' dtype, not q8_0.
             checks[path.name] = {"bytes": path.stat().st_size, "architecture": meta["architecture"],
                                  "eos_token_id": meta["eos_token_id"],
-                                 "reloaded": f"transformers gguf_file= ({_described(options)})",
-                                 **check_generates(model, tokenizer)}
-            del model
-            free_memory()  # one reloaded model at a time: f16 and q8_0 of a 3B model do not fit together
+                                 **inference.reload_and_check(out, tokenizer, VERIFY_PARAGRAPH,
+                                                              "transformers gguf_file=", gguf_file=path.name)}
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return checks
@@ -384,7 +307,7 @@ def _progress(types: Sequence[str]):
 
 def _same_template(run, template: str | None, eos_id, what: str) -> None:
     """An export whose chat template or EOS differs from training would serve other prompts: refuse it."""
-    tokenizer = run_tokenizer(run)
+    tokenizer = inference.run_tokenizer(run)
     problems = []
     if (template or "").strip() != (tokenizer.chat_template or "").strip():
         problems.append("its chat template differs from the run's tokenizer")

@@ -7,7 +7,7 @@
 
 The most common serving bug is a prompt or stop token that differs from training. Here the
 prompt is the run's saved tokenizer (adapter/, the object training used) applying its own
-chat template, and generation is evaluate.generate, which stops at that tokenizer's EOS: the
+chat template, and generation is inference.generate, which stops at that tokenizer's EOS: the
 same code path evaluation measured. Concurrent requests are collected for a few
 milliseconds and generated in one left-padded batch (greedy rows are identical to
 one-at-a-time generation, see tests/test_evaluate.py).
@@ -33,8 +33,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from . import evaluate, export, prompts, runs
-from .errors import ModelError, PoloError
+from .. import inference, runs
+from ..errors import ModelError, PoloError
+from . import export
 
 log = logging.getLogger(__name__)
 
@@ -127,14 +128,14 @@ class Backend:
         return self.lm.tokenizer
 
     def render(self, chat: list[dict[str, str]]) -> str:
-        """The prompt string: exactly what evaluate.generate feeds the model for this chat."""
-        return self.request_tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+        """The prompt string: exactly what inference.generate feeds the model for this chat."""
+        return inference.prompt_text(self.request_tokenizer, chat)
 
     def count_tokens(self, text: str) -> int:
         return len(self.request_tokenizer(text, add_special_tokens=False)["input_ids"])
 
     async def generate(self, chat: list[dict[str, str]], max_tokens: int, temperature: float | None,
-                       top_p: float | None) -> evaluate.Generation:
+                       top_p: float | None) -> inference.Generation:
         loop = asyncio.get_running_loop()
         sampling = (True, float(temperature), float(top_p or 1.0)) if temperature else (False, 1.0, 1.0)
         pending = _Pending(chat, (max_tokens, *sampling), loop.create_future(), loop)
@@ -172,9 +173,9 @@ class Backend:
             for (max_tokens, do_sample, temperature, top_p), items in groups.items():
                 start = time.perf_counter()
                 try:
-                    gens = evaluate.generate(self.lm, [i.chat for i in items], max_new_tokens=max_tokens,
-                                             batch_size=len(items), do_sample=do_sample,
-                                             temperature=temperature, top_p=top_p)
+                    gens = inference.generate(self.lm, [i.chat for i in items], max_new_tokens=max_tokens,
+                                              batch_size=len(items), do_sample=do_sample,
+                                              temperature=temperature, top_p=top_p)
                 except Exception as e:  # one bad batch must not kill the server
                     log.exception("generation failed")
                     for i in items:
@@ -283,23 +284,20 @@ def create_app(backend: Backend) -> FastAPI:
 
 def load_backend(run, merged: bool = False, **options: Any) -> Backend:
     """The run's model (base + adapter, or its merged export) with the run's own tokenizer."""
-    from . import model as model_lib
-
     cfg = run.params()
-    tokenizer = export.run_tokenizer(run)  # the chat template and EOS training used
+    tokenizer = inference.run_tokenizer(run)  # the chat template and EOS training used
+    if tokenizer.pad_token_id is None:
+        raise ModelError(f"run {run.id}: its tokenizer has no pad token, which batched generation needs.")
     if merged:
         folder = export.export_dir(run, "merged")
         if not (folder / "config.json").is_file():
             raise ModelError(f"run {run.id} has no merged export in {folder}: run "
                              f"`polo export {run.id} --format merged` first, or serve without --merged.")
-        model, _ = model_lib.from_pretrained(str(folder), cfg)
-        lm = model_lib.LoadedModel(model, tokenizer, {})
+        lm = inference.load_merged(cfg, folder)
     else:
-        loaded = evaluate.load_tuned(cfg, run)
-        lm = model_lib.LoadedModel(loaded.model, tokenizer, {})
-    if tokenizer.pad_token_id is None:
-        raise ModelError(f"run {run.id}: its tokenizer has no pad token, which batched generation needs.")
-    return Backend(lm, model_id=f"polo-easy-{run.id}", max_seq_length=cfg.model.max_seq_length, **options)
+        lm = inference.load_tuned(cfg, run)
+    return Backend(inference.with_tokenizer(lm, tokenizer), model_id=f"polo-easy-{run.id}",
+                   max_seq_length=cfg.model.max_seq_length, **options)
 
 
 def start_in_thread(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, timeout: float = 30.0):
@@ -332,55 +330,3 @@ def serve(run_id: str, host: str = "127.0.0.1", port: int = 8000, merged: bool =
         uvicorn.run(create_app(backend), host=host, port=port, log_level="info")
     finally:
         backend.close()
-
-
-# ---------------------------------------------------------------- measuring a running server
-
-def load_test(base_url: str, concurrency: int, requests: int = 8, max_tokens: int = 64,
-              raw_file: str = "data/raw/yolo_v1.json") -> dict[str, Any]:
-    """Latency and tokens/s of a running server with `concurrency` clients sending Easy prompts.
-
-    The same `requests` chats (the first YOLO paragraphs, greedy, `max_tokens` each) at every
-    concurrency, sent in waves of `concurrency` at once, so the levels compare like for like.
-    One request first warms the server up and is not counted.
-    """
-    import concurrent.futures as cf
-    import statistics
-
-    import httpx
-
-    from .data import group_paragraphs, load_raw
-
-    paragraphs = [p.original for p in group_paragraphs(load_raw(raw_file))][:requests]
-    url = base_url.rstrip("/") + "/v1/chat/completions"
-
-    def ask(text: str) -> tuple[float, int, int]:
-        body = {"messages": prompts.build_messages(text), "max_tokens": max_tokens}
-        start = time.perf_counter()
-        r = httpx.post(url, json=body, timeout=900)
-        r.raise_for_status()
-        usage = r.json()["usage"]
-        return time.perf_counter() - start, usage["completion_tokens"], usage["prompt_tokens"]
-
-    ask(paragraphs[0])
-    results, start = [], time.perf_counter()
-    with cf.ThreadPoolExecutor(concurrency) as pool:
-        for i in range(0, len(paragraphs), concurrency):
-            results += list(pool.map(ask, paragraphs[i:i + concurrency]))
-    wall = time.perf_counter() - start
-    latencies = [r[0] for r in results]
-    tokens = sum(r[1] for r in results)
-    return {"concurrency": concurrency, "requests": len(results), "max_tokens": max_tokens,
-            "prompt_tokens_mean": round(statistics.mean(r[2] for r in results)),
-            "latency_s_median": round(statistics.median(latencies), 2), "latency_s_max": round(max(latencies), 2),
-            "completion_tokens": tokens, "wall_s": round(wall, 1), "tokens_per_s": round(tokens / wall, 1)}
-
-
-if __name__ == "__main__":  # python -m polo_lib.serve load-test http://127.0.0.1:8000 1 8
-    import json
-    import sys
-
-    if len(sys.argv) < 4 or sys.argv[1] != "load-test":
-        sys.exit("usage: python -m polo_lib.serve load-test BASE_URL CONCURRENCY [CONCURRENCY ...]")
-    for c in sys.argv[3:]:
-        print(json.dumps(load_test(sys.argv[2], int(c))))

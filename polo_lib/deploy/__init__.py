@@ -1,0 +1,10 @@
+"""Where a trained run leaves the workspace: the edges of polo_lib.
+
+  export     a run as its LoRA adapter, a merged 16-bit model or GGUF files, each checked by reloading
+  serve      `polo serve RUN`: an OpenAI-compatible HTTP server (FastAPI + uvicorn)
+  chat_app   `polo chat RUN`: a Gradio app, tuned vs base side by side
+
+Edges: nothing below imports them. Within polo_lib only cli.py imports polo_lib.deploy; these
+modules build on inference (loading, generation), runs (lookup) and prompts. Importing the
+package imports none of its modules, so FastAPI and Gradio load only with serve and chat_app.
+"""

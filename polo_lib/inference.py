@@ -1,0 +1,265 @@
+"""Generation and model loading for inference: what evaluation, training samples, export checks,
+the server and the chat app share.
+
+  placement   pick_input_device, input_device, encode_prompts: token ids go where the model
+              reads them (Unsloth's fast generation does not move them)
+  generation  Generation, prompt_text, generate (batched, left padding, stops at EOS), chats_of,
+              answers_of, check_generates (one greedy answer from a reloaded export)
+  loading     load_base, load_tuned (base + a run's adapter/), load_merged, run_tokenizer (the
+              chat template and EOS training used), with_tokenizer, require_adapter,
+              reload_options and reload_and_check (an export reloaded and answering), free_memory
+
+A run is passed in, never looked up: this module sits beside model and device and imports nothing
+above them (runs, evaluate, train, deploy). A run here is anything with `id` and `adapter` (its
+adapter/ folder), such as runs.Run.
+"""
+from __future__ import annotations
+
+import gc
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import device as device_lib
+from . import local_models, prompts
+from . import model as model_lib
+from .errors import ModelError, RunError
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    new_tokens: int
+    seconds: float  # the batch's wall time shared equally by its examples
+    stopped: bool = False  # ended at EOS (OpenAI finish_reason "stop"), not at max_new_tokens
+
+
+# ---------------------------------------------------------------- where token ids go
+
+def pick_input_device(embedding_device, model_device):
+    """Where token ids must go: the input embeddings' device, else the model's (pure, table-tested).
+
+    A model spread over devices (device_map "auto") looks token ids up where its embeddings
+    are, which need not be `model.device` (the first parameter's); a meta embedding (offloaded
+    weights) says nothing, so the model's device decides then.
+    """
+    import torch
+
+    for candidate in (embedding_device, model_device):
+        if candidate is not None and torch.device(candidate).type != "meta":
+            return torch.device(candidate)
+    for candidate in (embedding_device, model_device):
+        if candidate is not None:
+            return torch.device(candidate)
+    raise ModelError("cannot tell which device the model is on: it has neither input embeddings nor a "
+                     "`device`. Pass a transformers / PEFT model.")
+
+
+def input_device(model):
+    """The device `model.generate` needs its inputs on (see pick_input_device)."""
+    get = getattr(model, "get_input_embeddings", None)
+    embeddings = get() if callable(get) else None
+    weight = getattr(embeddings, "weight", None)
+    return pick_input_device(getattr(weight, "device", None), getattr(model, "device", None))
+
+
+def encode_prompts(tokenizer, texts: Sequence[str], model):
+    """Token ids (left padding as the tokenizer is set) on the model's input device.
+
+    Every generate call in polo_lib encodes through here: Unsloth's fast generation
+    (`_fast_prepare_inputs_for_generation`) keeps input_ids on the device they come on, so CPU
+    tensors given to a CUDA model fail instead of being moved.
+    """
+    enc = tokenizer(list(texts), return_tensors="pt", padding=True, add_special_tokens=False)
+    return enc.to(input_device(model))
+
+
+# ---------------------------------------------------------------- generation
+
+def prompt_text(tokenizer, chat: list[dict[str, str]]) -> str:
+    """The prompt string a chat becomes: the tokenizer's chat template with the generation prompt."""
+    return tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+
+
+def _generate_ids(model, tokenizer, texts: Sequence[str], max_new_tokens: int,
+                  **sampling) -> tuple[list[list[int]], float]:
+    """The new token ids of each prompt (padding and EOS included) and the seconds model.generate took."""
+    import torch
+
+    enc = encode_prompts(tokenizer, texts, model)  # on the model's device (CPU ids fail on CUDA)
+    start = time.perf_counter()
+    with torch.no_grad():
+        out = model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                             eos_token_id=tokenizer.eos_token_id, **sampling)
+    seconds = time.perf_counter() - start
+    return out[:, enc["input_ids"].shape[1]:].tolist(), seconds
+
+
+def _decoded(tokenizer, ids: list[int], seconds: float) -> Generation:
+    """One row of new ids as text, cut after the first EOS (what follows is padding)."""
+    eos = tokenizer.eos_token_id
+    n = ids.index(eos) + 1 if eos in ids else len(ids)
+    text = tokenizer.decode(ids[:n], skip_special_tokens=True).strip()
+    return Generation(text, n, seconds, eos in ids[:n])
+
+
+def generate(lm, chats: Sequence[list[dict[str, str]]], max_new_tokens: int = 128, batch_size: int = 8,
+             do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
+             progress: str | None = None) -> list[Generation]:
+    """Answers for chats (system + user), batched with left padding, stopping at EOS.
+
+    Greedy by default, so two runs (or base vs tuned) are compared on decoding-noise-free text.
+    """
+    from tqdm.auto import tqdm
+    from unsloth import FastLanguageModel
+
+    tok, model = lm.tokenizer, lm.model
+    FastLanguageModel.for_inference(model)
+    side, tok.padding_side = tok.padding_side, "left"  # decoder-only: pad on the left to generate
+    sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if do_sample else {"do_sample": False}
+    results: list[Generation] = []
+    bar = tqdm(total=len(chats), desc=progress or "generating", unit="example", disable=progress is None)
+    try:
+        for i in range(0, len(chats), batch_size):
+            batch = chats[i:i + batch_size]
+            rows, seconds = _generate_ids(model, tok, [prompt_text(tok, m) for m in batch], max_new_tokens,
+                                          **sampling)
+            gens = [_decoded(tok, ids, round(seconds / len(batch), 3)) for ids in rows]
+            results += gens
+            bar.update(len(batch))
+            bar.set_postfix(tokens_per_s=round(sum(g.new_tokens for g in gens) / seconds, 1))
+    finally:
+        bar.close()
+        tok.padding_side = side
+        FastLanguageModel.for_training(model)
+    return results
+
+
+def chats_of(split) -> list[list[dict[str, str]]]:
+    """The prompts of a split: each example's messages without its reference answer."""
+    return [prompts.build_messages(o) for o in split["original"]]
+
+
+def answers_of(loader, chats, progress: str, **decoding) -> list[Generation]:
+    """Load a model with `loader`, generate, and free it before returning.
+
+    The model lives only inside this call, so the next model loads into freed memory (on a
+    16 GB T4, base and tuned 3B models together would not fit beside generation).
+    """
+    lm = loader()
+    try:
+        return generate(lm, chats, progress=progress, **decoding)
+    finally:
+        del lm
+        free_memory()
+
+
+def check_generates(model, tokenizer, paragraph: str, max_new_tokens: int = 8) -> dict[str, Any]:
+    """Greedy answer to the Easy prompt around `paragraph` from any transformers model (a reloaded
+    export); an answer without a single token is a ModelError."""
+    text = prompt_text(tokenizer, prompts.build_messages(paragraph))
+    rows, seconds = _generate_ids(model, tokenizer, [text], max_new_tokens, do_sample=False)
+    if not rows[0]:
+        raise ModelError("the reloaded export generated no token at all")
+    gen = _decoded(tokenizer, rows[0], seconds)
+    return {"generated_tokens": gen.new_tokens, "seconds": round(seconds, 2), "sample": gen.text[:200]}
+
+
+# ---------------------------------------------------------------- loading
+
+def _loaded(name_or_path: str, cfg):
+    return model_lib.LoadedModel(*model_lib.from_pretrained(name_or_path, cfg), {})
+
+
+def load_base(cfg):
+    """The base model alone, as training loads it, without LoRA."""
+    return _loaded(local_models.resolve(cfg.model.model_name), cfg)
+
+
+def load_tuned(cfg, run):
+    """Base + the run's saved adapter (adapter/), as a user would load it."""
+    require_adapter(run)
+    return _loaded(str(run.adapter), cfg)
+
+
+def load_merged(cfg, folder: Path):
+    """A merged export (base + adapter in 16-bit weights), loaded as training loads a base."""
+    return _loaded(str(folder), cfg)
+
+
+def with_tokenizer(lm, tokenizer):
+    """`lm`'s model prompted by `tokenizer`: pass run_tokenizer(run), whose template and EOS training used."""
+    return model_lib.LoadedModel(lm.model, tokenizer, {})
+
+
+def _require_saved(run, filename: str, what: str) -> None:
+    if not (run.adapter / filename).is_file():
+        raise RunError(f"run {run.id} has no {what} in {run.adapter}: train it first "
+                       "(notebooks/train.ipynb with this run_id, or `polo run`).")
+
+
+def require_adapter(run) -> None:
+    """A RunError naming the run and how to train it when its adapter/ holds no adapter."""
+    _require_saved(run, "adapter_config.json", "adapter")
+
+
+def run_tokenizer(run):
+    """The tokenizer training saved with the adapter: its chat template and EOS are the truth."""
+    model_lib.import_unsloth()
+    from transformers import AutoTokenizer
+
+    _require_saved(run, "tokenizer_config.json", "saved tokenizer")
+    return AutoTokenizer.from_pretrained(str(run.adapter))
+
+
+def reload_options(device) -> dict[str, Any]:
+    """from_pretrained settings for reloading an export to check it, on `device` (a Device or its dict).
+
+    On a GPU: 16-bit on cuda in `device.auto_dtype` (bf16 only from compute capability 8.0, fp16
+    on a T4). On a CPU: float32 (bf16 matmuls measured 6-25x slower there). Never fp32 on the CPU
+    when a GPU is there: Llama-3.2-3B in fp32 is ~12 GiB of RAM, more than a Colab runtime has;
+    in fp16 on the GPU it is ~6.4 GB of VRAM.
+    """
+    import torch
+
+    if isinstance(device, dict):
+        device = device_lib.as_device(device)
+    if not isinstance(device, device_lib.Device) or device.kind not in ("cuda", "cpu"):
+        kind = getattr(device, "kind", device)
+        raise ModelError(f"reload_options: device {kind!r} is neither 'cuda' nor 'cpu'; pass device.describe().")
+    return {"dtype": getattr(torch, device_lib.auto_dtype(device)), "device_map": device.kind}
+
+
+def reload_and_check(folder: Path, tokenizer, paragraph: str, label: str, **load) -> dict[str, Any]:
+    """Reload an exported folder with transformers (reload_options on this machine), answer
+    `paragraph` (check_generates), and free the model before returning; `load` adds
+    from_pretrained arguments (gguf_file=...). "reloaded" says how: `label` (dtype on device)."""
+    from transformers import AutoModelForCausalLM
+
+    options = reload_options(device_lib.describe())
+    model = AutoModelForCausalLM.from_pretrained(str(folder), **load, **options)
+    try:
+        how = f"{label} ({str(options['dtype']).removeprefix('torch.')} on {options['device_map']})"
+        return {"reloaded": how, **check_generates(model, tokenizer, paragraph)}
+    finally:
+        del model
+        free_memory()  # one reloaded model at a time: f16 and q8_0 of a 3B model do not fit together
+
+
+def free_memory() -> None:
+    """Return memory of models the caller has already dropped every reference to.
+
+    A function cannot free its caller's model: `del` inside it drops only its own name. So
+    callers `del` their references, then call this. gc.collect() because PEFT / Unsloth
+    models hold reference cycles; empty_cache() so the next model's CUDA allocations can use
+    the cached blocks (a 3B fp16 model is ~6.4 GB of them).
+    """
+    gc.collect()
+    try:
+        import torch
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:
+        pass
