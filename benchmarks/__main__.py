@@ -118,7 +118,8 @@ def bench_training(params_file: str, overrides: dict, repeats: int, warmup: int,
     import subprocess
     import tempfile
 
-    from polo_lib import params, paths as polo_paths
+    from polo_lib import params
+    from polo_lib import paths as polo_paths
 
     total = warmup + steps
     # logging_steps 1: the per-step losses compared below (default.yaml logs every 10 steps)

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import yaml
 
 from . import params as params_lib
 from . import pipeline, reports, runs
 from .errors import ParamsError, PoloError
+
 
 def parse_sets(items: Sequence[str]) -> dict[str, Any]:
     """`key=value` pairs; values parsed as YAML (1e-4 -> float, true -> bool, [a, b] -> list)."""

@@ -1,7 +1,7 @@
 """Compare runs: which to show, their curves, metrics, the best one, and what differs."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import pandas as pd
 

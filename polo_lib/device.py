@@ -58,7 +58,7 @@ class Device:
         return out
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Device":
+    def from_dict(cls, d: dict[str, Any]) -> Device:
         """Inverse of `as_dict` (also takes a manifest written before compute capability was recorded)."""
         cc = d.get("compute_capability")
         if isinstance(cc, str):
@@ -69,7 +69,7 @@ class Device:
                    count=int(d.get("count") or 1), threads=d.get("threads"))
 
 
-def as_device(device: "Device | dict | None") -> Device:
+def as_device(device: Device | dict | None) -> Device:
     """A Device from a Device, a device dict (a manifest's) or None (this machine)."""
     if device is None:
         return describe()

@@ -30,8 +30,9 @@ import re
 import shutil
 import time
 import uuid
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 from polo_lib import paths
 from polo_lib.errors import ModelError

@@ -6,7 +6,7 @@ core layer rather than with the edges because the recipe's own calls install the
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from .errors import PoloError
 

@@ -14,8 +14,9 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -91,7 +92,7 @@ class TrainingParams(_Section):
         if isinstance(value, str) and value.strip().isdigit():
             value = int(value)
         if isinstance(value, bool) or not (value in STEP_SCHEDULES or (isinstance(value, int) and value >= 1)):
-            raise ValueError(f"must be a number of steps (1 or more), 'epoch' (once per epoch) or 'auto' "
+            raise ValueError("must be a number of steps (1 or more), 'epoch' (once per epoch) or 'auto' "
                              "(about ten evaluations, at least one per epoch)")
         return value
 

@@ -14,7 +14,8 @@ records it as params.yaml, and each notebook stage reads that file back.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from . import data, evaluate, model, paths, reports, runs, train
 from . import params as params_lib

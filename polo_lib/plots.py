@@ -1,8 +1,9 @@
 """Figures (matplotlib): returned to the notebook to show inline, saved by the caller's path."""
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -34,7 +35,7 @@ def save(fig, path: str | Path) -> Path:
     return path
 
 
-def loss_curve(log: "pd.DataFrame", title: str = "loss"):
+def loss_curve(log: pd.DataFrame, title: str = "loss"):
     """Train loss per logging step and eval loss per evaluation, on one axis."""
     fig, ax = plt.subplots(figsize=(7, 3.5))
     train = log.dropna(subset=["loss"]) if "loss" in log else log.iloc[0:0]
@@ -54,7 +55,7 @@ def loss_curve(log: "pd.DataFrame", title: str = "loss"):
     return fig
 
 
-def metrics_chart(table: "pd.DataFrame", title: str = "base vs tuned"):
+def metrics_chart(table: pd.DataFrame, title: str = "base vs tuned"):
     """One small bar pair per metric (rows of `table`, columns = models): each on its own scale."""
     names = list(table.index)
     cols = 4
@@ -75,7 +76,7 @@ def metrics_chart(table: "pd.DataFrame", title: str = "base vs tuned"):
     return fig
 
 
-def loss_overlay(logs: Mapping[str, "pd.DataFrame"]):
+def loss_overlay(logs: Mapping[str, pd.DataFrame]):
     """Eval loss (markers) and train loss (thin lines) of several runs on one chart."""
     fig, ax = plt.subplots(figsize=(8, 4))
     for i, (name, log) in enumerate(logs.items()):
@@ -94,7 +95,7 @@ def loss_overlay(logs: Mapping[str, "pd.DataFrame"]):
     return fig
 
 
-def bars(values: "pd.Series", title: str):
+def bars(values: pd.Series, title: str):
     """One bar per run for a metric."""
     fig, ax = plt.subplots(figsize=(8, 0.5 + 0.4 * len(values)))
     ax.barh([str(i) for i in values.index], values.fillna(0).values, color="tab:green")

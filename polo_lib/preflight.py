@@ -5,8 +5,9 @@ that broke; each check here says what will really apply and stops a run that can
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import pandas as pd
 

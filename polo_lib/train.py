@@ -7,7 +7,6 @@ early stopping, resume); `finish(session)` saves the adapter and the loss plot.
 """
 from __future__ import annotations
 
-import csv
 import io
 import logging
 import math
@@ -107,7 +106,7 @@ def check_labels(split: str, ids: list[str], counts: list[int], markers: Markers
 
 # ------------------------------------------------------------------- config
 
-def sft_config(cfg, run, decisions, plan: "Plan"):
+def sft_config(cfg, run, decisions, plan: Plan):
     """SFTConfig from the params (TRL field names), precision and optimizer from `device.decide`,
     evaluation and save cadence from the plan (auto / epoch resolved to steps)."""
     from trl import SFTConfig
@@ -291,7 +290,7 @@ class Plan:
                     f"{self.total_steps // needed or 1}), train longer, or set early_stopping_patience: 0."]
         return []
 
-    def check(self) -> "Plan":
+    def check(self) -> Plan:
         if problems := self.problems():
             raise ParamsError(" ".join(problems))
         return self

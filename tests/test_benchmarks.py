@@ -3,13 +3,12 @@ transformers + PEFT) train the tiny model on the same batches and agree on the l
 not, a tokens/s ratio between them would mean nothing."""
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 
 import pytest
 
-from benchmarks.__main__ import bench_training, markdown, machine
+from benchmarks.__main__ import bench_training, machine, markdown
 from benchmarks.training import probe
 
 

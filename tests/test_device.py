@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import json
 
-import yaml
-
 import pytest
+import yaml
 
 from polo_lib import data, device, params, paths, preflight, runs, train
 from polo_lib.device import Device

@@ -32,7 +32,7 @@ def make_wheel(folder: Path, name: str = "demo_pkg", version: str = "1.0", requi
         f"{name}/core.py": "def f():\n    return 1\n",
         f"{name}/lib_cuda118.so": "x" * 5000,
         f"{name}/lib_cuda130.so": "y" * 300,
-        f"studio/frontend/app.js": "z" * 8000,
+        "studio/frontend/app.js": "z" * 8000,
         f"{di}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
                           + "".join(f"Requires-Dist: {r}\n" for r in requires),
         f"{di}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",

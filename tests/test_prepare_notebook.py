@@ -5,7 +5,6 @@ import papermill as pm
 import pytest
 
 from polo_lib import params, paths
-from polo_lib.errors import ParamsError
 
 pytestmark = pytest.mark.slow
 

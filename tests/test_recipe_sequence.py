@@ -8,7 +8,6 @@ and the calls that open a stage (OPENING), which `run_pipeline` and the notebook
 import ast
 import inspect
 import json
-from pathlib import Path
 
 import pytest
 

@@ -144,7 +144,7 @@ def test_the_pruner_stops_a_trial_whose_first_eval_loss_is_worst(tmp_path, tiny_
     assert table.loc[5e-3, "status"] == "finished" and table.loc[1e-9, "status"] == "pruned"
     pruned = runs.lookup(table.loc[1e-9, "run_id"])
     assert pruned.manifest()["status"] == "pruned" and pruned.manifest()["pruned_at_step"] == 2
-    assert pruned.summary()["training"]["steps"] == 2 and pruned.summary()["sweep"]["status"] == "pruned"
+    assert pruned.summary().training.steps == 2 and pruned.summary().sweep.status == "pruned"
     assert runs.registry().loc[pruned.id, "status"] == "pruned"
     study = sweeps.load_study(result.sweep_id)
     assert study.trials[1].intermediate_values[2] > study.trials[0].intermediate_values[2]

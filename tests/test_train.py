@@ -3,8 +3,8 @@ import math
 import re
 
 import pandas as pd
-import torch
 import pytest
+import torch
 from transformers import AutoTokenizer, TrainerCallback
 
 from polo_lib import data, model, params, pipeline, runs, train

@@ -6,7 +6,7 @@ import papermill as pm
 import pytest
 import torch
 
-from polo_lib import cli, data, model, params, paths, pipeline, runs
+from polo_lib import cli, data, params, paths, pipeline, runs
 from polo_lib.errors import PoloError
 
 pytestmark = pytest.mark.slow

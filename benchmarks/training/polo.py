@@ -11,9 +11,9 @@ started = time.perf_counter()
 from polo_lib.model import import_unsloth  # noqa: E402
 
 import_unsloth()
-from polo_lib import params, pipeline, runs  # noqa: E402
-
 import probe  # noqa: E402
+
+from polo_lib import params, pipeline, runs  # noqa: E402
 
 s = probe.settings()
 cfg = params.load(s["params_file"], overrides=s["polo_overrides"])

@@ -6,14 +6,13 @@ import time
 
 started = time.perf_counter()
 
-import unsloth  # noqa: E402,F401  (before transformers/trl/peft: it patches them)
+import probe  # noqa: E402
 import torch  # noqa: E402
+import unsloth  # noqa: E402,F401  (before transformers/trl/peft: it patches them)
 from datasets import Dataset  # noqa: E402
 from trl import SFTConfig, SFTTrainer  # noqa: E402
 from unsloth import FastLanguageModel  # noqa: E402
 from unsloth.chat_templates import train_on_responses_only  # noqa: E402
-
-import probe  # noqa: E402
 
 s = probe.settings()
 on_gpu = torch.cuda.is_available()

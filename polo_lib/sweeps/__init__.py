@@ -26,11 +26,31 @@ from .engine import ENGINES, run_sweep
 from .folder import get_sweep, latest_sweep, new_sweep_id, open_folder, storage_url, sweeps_dir
 from .optuna_engine import close_interrupted, counted_trials, load_study, make_pruner, make_sampler, open_study
 from .ray_engine import add_ray_trial, ray_resources
-from .results import (SweepResult, best_trial, history_figure, importance_figure, interrupted_trials,
-                      results_table, save_plots, trial_runs, write_results)
-from .spec import (SWEEPS_DIR, CategoricalDim, FloatDim, IntDim, Sweep, SweepFile, distributions, load,
-                   resolve_file, suggest, validate)
-from .trial import TrialFailed, TrialOutcome, run_trial, summary_figure, trial_params
+from .results import (
+                      SweepResult,
+                      best_trial,
+                      history_figure,
+                      importance_figure,
+                      interrupted_trials,
+                      results_table,
+                      save_plots,
+                      trial_runs,
+                      write_results,
+)
+from .spec import (
+                      SWEEPS_DIR,
+                      CategoricalDim,
+                      FloatDim,
+                      IntDim,
+                      Sweep,
+                      SweepFile,
+                      distributions,
+                      load,
+                      resolve_file,
+                      suggest,
+                      validate,
+)
+from .trial import TrialFailed, TrialOutcome, run_trial, trial_params
 
 __all__ = [
     "ENGINES", "run_sweep",
@@ -41,5 +61,5 @@ __all__ = [
     "results_table", "save_plots", "trial_runs", "write_results",
     "SWEEPS_DIR", "CategoricalDim", "FloatDim", "IntDim", "Sweep", "SweepFile", "distributions", "load",
     "resolve_file", "suggest", "validate",
-    "TrialFailed", "TrialOutcome", "run_trial", "summary_figure", "trial_params",
+    "TrialFailed", "TrialOutcome", "run_trial", "trial_params",
 ]

@@ -21,7 +21,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -76,10 +76,10 @@ class IntDim(_Strict):
 
 class CategoricalDim(_Strict):
     type: Literal["categorical"]
-    choices: list[Union[bool, int, float, str]] = Field(min_length=1)
+    choices: list[bool | int | float | str] = Field(min_length=1)
 
 
-Dimension = Annotated[Union[FloatDim, IntDim, CategoricalDim], Field(discriminator="type")]
+Dimension = Annotated[FloatDim | IntDim | CategoricalDim, Field(discriminator="type")]
 
 
 class Objective(_Strict):

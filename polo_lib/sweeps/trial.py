@@ -10,8 +10,9 @@ from __future__ import annotations
 import gc
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from .. import params as params_lib
 from .. import pipeline, reports, runs
@@ -131,18 +132,8 @@ def _train_and_score(sweep: Sweep, cfg, run: runs.Run, tag: dict[str, Any], repo
     if sweep.needs_evaluation:
         run.start_stage("evaluate")
         pipeline.evaluate_stage(cfg, run)
-    out.value = summary_figure(run.summary(), sweep.metric)
+    out.value = run.summary().figure(sweep.metric)
     if out.value is None:
         raise RunError(f"run {run.id}: summary.json has no '{sweep.metric}' (objective)")
     out.status = "finished"
     run.update_summary(sweep={**tag, "status": "finished", "objective": sweep.metric, "value": out.value})
-
-
-def summary_figure(summary: dict[str, Any], dotted: str) -> float | None:
-    """The number at a dotted path of summary.json (training.eval_loss_best); None if absent."""
-    node: Any = summary
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return float(node) if isinstance(node, (int, float)) and not isinstance(node, bool) else None
