@@ -57,7 +57,7 @@ def load_config(model_name: str):
     where = local_models.resolve(model_name)
     try:
         return AutoConfig.from_pretrained(where)
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - OSError, ValueError, a hub error: each means "cannot read"
         raise ModelError(f"model_name '{model_name}': cannot read its config ({type(e).__name__}: {e}). "
                          "Check the name, the path, or your network for a hub id.") from None
 

@@ -119,7 +119,7 @@ def _run_one(rows: list[dict[str, str]], name: str, check: Check, cfg, found: di
         status, detail = check(cfg, found)
     except PoloError as e:
         status, detail = FAIL, str(e)
-    except Exception as e:  # noqa: BLE001: a library error is still a failed check, named in the report
+    except Exception as e:  # noqa: BLE001 - a library error is still a failed check, named in the report
         status, detail = FAIL, f"{type(e).__name__}: {e}"
     rows.append({"check": name, "status": status, "detail": detail})
     return status != FAIL

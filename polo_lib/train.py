@@ -63,7 +63,7 @@ def derive_markers(tokenizer) -> Markers:
         two_turns = render([system, {"role": "user", "content": u1}, {"role": "assistant", "content": a1},
                             {"role": "user", "content": u2}])
         prompt = render([system, {"role": "user", "content": u1}], add_generation_prompt=True)
-    except Exception as e:  # templates raise their own errors (e.g. role alternation)
+    except Exception as e:  # noqa: BLE001 - templates raise their own errors (e.g. role alternation)
         raise ModelError(f"the chat template cannot render system/user/assistant turns: {e}") from None
     user_end = one_turn[one_turn.index(u1) + len(u1):]
     between_ua = with_answer[with_answer.index(u1) + len(u1):with_answer.index(a1)]

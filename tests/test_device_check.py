@@ -277,9 +277,9 @@ def test_a_failing_and_a_hanging_part_keep_the_results_of_the_others(tmp_path, m
         "imports": 'print("RESULT " + \'{"import_unsloth_s": 1.5}\')',
         "models": "import sys; print('building...'); sys.exit(7)",
         # reads the results file while it runs: what the parts before it wrote is on disk already
-        "smoke": ("import json, time; d = json.load(open(%r)); "
+        "smoke": (f"import json, time; d = json.load(open({str(json_path)!r})); "
                   "print('seen', d['parts']['imports']['status'], d['parts']['models']['status'], flush=True); "
-                  "time.sleep(60)") % str(json_path),
+                  "time.sleep(60)"),
     }
     args = argparse.Namespace(cpu=True, work=str(tmp_path / "work"), results=str(out), deadline_s=100.0,
                               models=str(tmp_path))

@@ -3,6 +3,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from polo_lib import params, paths
 from polo_lib.errors import ParamsError
@@ -129,7 +130,7 @@ def test_unknown_override_suggests_the_knob():
 
 def test_params_are_frozen():
     cfg = params.load("smoke")
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen"):
         cfg.training.learning_rate = 1.0
 
 

@@ -87,7 +87,7 @@ def machine() -> dict[str, Any]:
             cap = torch.cuda.get_device_capability()
             info.update(compute_capability=f"{cap[0]}.{cap[1]}", gpu=torch.cuda.get_device_name(0),
                         gpu_memory=f"{torch.cuda.get_device_properties(0).total_memory / 2 ** 30:.1f} GiB")
-    except Exception as e:  # recorded: the parts will say more
+    except Exception as e:  # noqa: BLE001 - recorded: the parts will say more
         info["torch_error"] = f"{type(e).__name__}: {e}"
     if shutil.which("nvidia-smi"):
         q = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
@@ -259,7 +259,7 @@ class Check:
                     break
             try:
                 result = self.result_of(part)
-            except Exception as e:  # a half-written part file: keep the status, say why no result
+            except Exception as e:  # noqa: BLE001 - a half-written part file: keep the status, say why no result
                 result, error = None, (error or "") + f"\nresult unreadable: {type(e).__name__}: {e}"
             results.finish(part, status, result=result, error=error, box_seconds=round(box))
             print(f"[device-check]   {status} in {seconds:.0f} s", flush=True)

@@ -64,7 +64,7 @@ class Results:
         _atomic_write(self.json_path, json.dumps(self.data, indent=2, default=str) + "\n")
         try:
             text = markdown(self.data)
-        except Exception as e:  # the table is a view of the JSON: never lose the JSON over it
+        except Exception as e:  # noqa: BLE001 - the table is a view of the JSON: never lose the JSON over it
             text = f"# Device check\n\nThe table could not be rendered ({type(e).__name__}: {e}); see {self.json_path.name}.\n"
         _atomic_write(self.md_path, text)
 

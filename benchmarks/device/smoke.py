@@ -54,7 +54,7 @@ class Steps:
             value, detail = fn()
             self.values[name] = value
             entry.update(status="ok", detail=detail)
-        except Exception as e:  # recorded, and the steps that do not need this one still run
+        except Exception as e:  # noqa: BLE001 - recorded, and the steps that do not need this one still run
             entry.update(status="failed", error=f"{type(e).__name__}: {e}\n{traceback.format_exc()[-2500:]}")
         entry["seconds"] = round(time.perf_counter() - start, 2)
         self.record["steps"].append(entry)
@@ -84,7 +84,7 @@ def peak_vram_mib() -> float | None:
 def available_metrics(predictions, cfg) -> tuple[dict, list[str]]:
     """polo_lib.evaluate.score when every metric package is there; else the metrics whose
     packages are, one by one, and the names of those skipped."""
-    from polo_lib import evaluate, metrics
+    from polo_lib import evaluate
 
     try:
         return evaluate.score(predictions, cfg).to_dict(orient="index"), []
@@ -94,15 +94,7 @@ def available_metrics(predictions, cfg) -> tuple[dict, list[str]]:
     skipped = set()
     sources, refs = list(predictions["original"]), list(predictions["reference"])
     for system in ("base", "tuned"):
-        preds = list(predictions[system])
-        candidates = {
-            "chrf": lambda: metrics.chrf(preds, refs), "bleu": lambda: metrics.bleu(preds, refs),
-            "hangul_share": lambda: sum(metrics.hangul_share(p) for p in preds) / len(preds),
-            "distinct_2": lambda: metrics.distinct_n(preds, 2),
-            "filler_rate": lambda: metrics.filler_rate(preds, cfg.data.filler_phrases),
-            "length_ratio_ref": lambda: sum(metrics.length_ratio(p, r) for p, r in zip(preds, refs)) / len(preds),
-            "length_ratio_src": lambda: sum(metrics.length_ratio(p, s) for p, s in zip(preds, sources)) / len(preds),
-        }
+        candidates = _metric_calls(list(predictions[system]), refs, sources, cfg)
         for key, fn in candidates.items():
             try:
                 scores.setdefault(key, {})[system] = float(fn())
@@ -110,6 +102,20 @@ def available_metrics(predictions, cfg) -> tuple[dict, list[str]]:
                 skipped.add(key)
     skipped |= set(HEAVY_METRICS)
     return scores, sorted(f"{k} ({HEAVY_METRICS.get(k, 'missing package')})" for k in skipped)
+
+
+def _metric_calls(preds, refs, sources, cfg) -> dict:
+    """Each light metric as a call, so one that needs a missing package is skipped alone."""
+    from polo_lib import metrics
+
+    return {
+        "chrf": lambda: metrics.chrf(preds, refs), "bleu": lambda: metrics.bleu(preds, refs),
+        "hangul_share": lambda: sum(metrics.hangul_share(p) for p in preds) / len(preds),
+        "distinct_2": lambda: metrics.distinct_n(preds, 2),
+        "filler_rate": lambda: metrics.filler_rate(preds, cfg.data.filler_phrases),
+        "length_ratio_ref": lambda: sum(metrics.length_ratio(p, r) for p, r in zip(preds, refs)) / len(preds),
+        "length_ratio_src": lambda: sum(metrics.length_ratio(p, s) for p, s in zip(preds, sources)) / len(preds),
+    }
 
 
 def main(argv=None) -> int:

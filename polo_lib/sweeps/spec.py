@@ -232,7 +232,8 @@ def _space_keys(spec: SweepFile) -> tuple[dict[str, str], list[str]]:
     for key in spec.space:
         dotted, key_problems = params_lib.normalize_overrides({key: 0})
         problems += [f"space: {p}" for p in key_problems]
-        by_key.update({key: d for d in dotted})
+        if dotted:  # one entry: the key's dotted name (an unknown key is a problem instead)
+            by_key[key] = next(iter(dotted))
     fixed, set_problems = params_lib.normalize_overrides(spec.set)
     problems += [f"set: {p}" for p in set_problems]
     both = sorted(set(by_key.values()) & set(fixed))
