@@ -252,7 +252,8 @@ def bench_whole_job(log=print) -> dict:
             done = subprocess.run(["make", target], cwd=clone, env=env, capture_output=True, text=True)
             seconds[step] = round(time.perf_counter() - start, 1)
             if done.returncode != 0:
-                raise RuntimeError(f"make {target} failed on the fresh clone:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+                raise RuntimeError(f"make {target} failed on the fresh clone:\n"
+                                   f"{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
             if target == "demo":
                 summary = json.loads(Path(sorted(glob.glob(f"{clone}/outputs/runs/*/summary.json"))[-1]).read_text())
                 for stage, s in summary["stage_seconds"].items():
@@ -305,7 +306,8 @@ def markdown(result: dict) -> str:
     if "overhead" in result:
         o = result["overhead"]
         lines += ["## Workspace overhead: `polo run` vs the same calls in a plain process", "",
-                  f"params `{o['params']}` (prepare + train), fresh process each, median of {o['repeats']} alternated", "",
+                  f"params `{o['params']}` (prepare + train), fresh process each, "
+                  f"median of {o['repeats']} alternated", "",
                   "| path | seconds |", "|---|---|",
                   f"| polo run (preflight + papermill, one kernel per notebook) | {o['median_seconds']['polo_run']} |",
                   f"| direct library calls | {o['median_seconds']['direct']} |",

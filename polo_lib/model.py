@@ -152,7 +152,8 @@ def check_memory(estimate: MemoryEstimate, enabled: bool = True) -> MemoryEstima
     if enabled and not estimate.fits:
         raise ModelError(
             f"training needs about {estimate.total / GiB:.1f} GiB but {estimate.device} has "
-            f"{estimate.available / GiB:.1f} GiB free ({', '.join(f'{k} {v / GiB:.1f}' for k, v in estimate.parts.items())} GiB). "
+            f"{estimate.available / GiB:.1f} GiB free "
+            f"({', '.join(f'{k} {v / GiB:.1f}' for k, v in estimate.parts.items())} GiB). "
             "Lower training.per_device_train_batch_size (raise gradient_accumulation_steps to keep the "
             "effective batch), lower model.max_seq_length, set model.load_in_4bit: true on a GPU, or "
             "set model.memory_check: false to try anyway.")

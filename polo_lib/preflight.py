@@ -152,9 +152,10 @@ def plan_tables(cfg, device) -> dict[str, pd.DataFrame]:
     from . import train
 
     decisions = device_lib.decide(device, cfg.model, cfg.lora, cfg.training)
-    rows = [("device", f"{device.name} ({device.kind}" + (
-                f", compute capability {'.'.join(map(str, device.compute_capability))}" if device.compute_capability else "")
-             + f", bitsandbytes {'yes' if device.bitsandbytes else 'no'})"),
+    capability = (f", compute capability {'.'.join(map(str, device.compute_capability))}"
+                  if device.compute_capability else "")
+    rows = [("device", f"{device.name} ({device.kind}{capability}, "
+                       f"bitsandbytes {'yes' if device.bitsandbytes else 'no'})"),
             ("precision", decisions.precision), ("trainer fp16 / bf16", f"{decisions.fp16} / {decisions.bf16}"),
             ("optimizer", decisions.optim), ("gradient checkpointing", str(decisions.gradient_checkpointing)),
             *[("note", n) for n in decisions.notes]]

@@ -195,7 +195,8 @@ class Run:
         m = self.manifest()
         chosen = f" ({m['params_chosen_by']})" if m.get("params_chosen_by") else ""
         return (f"<b>run</b> <code>{self.id}</code><br>folder: <code>{self.path}</code><br>"
-                f"params: <code>{m.get('params_name', '?')}</code>{chosen}; device: {(m.get('device') or {}).get('name', '?')}, "
+                f"params: <code>{m.get('params_name', '?')}</code>{chosen}; "
+                f"device: {(m.get('device') or {}).get('name', '?')}, "
                 f"{(m.get('decisions') or {}).get('dtype', '?')}")
 
     def __str__(self) -> str:

@@ -71,7 +71,8 @@ def derive_markers(tokenizer) -> Markers:
     generation = prompt[len(one_turn):] if prompt.startswith(one_turn) else ""
     answer_end = with_answer[with_answer.index(a1) + len(a1):]
     between_au = two_turns[two_turns.index(a1) + len(a1):two_turns.index(u2)]
-    instruction = between_au[len(answer_end.rstrip("\n")):] if between_au.startswith(answer_end.rstrip("\n")) else between_au
+    closing = answer_end.rstrip("\n")
+    instruction = between_au[len(closing):] if between_au.startswith(closing) else between_au
     instruction = instruction.lstrip("\n") if instruction.strip() else instruction
     if generation.strip() and generation.strip() != response.strip():
         response = generation  # the generation prompt is what inference will see: trust it
@@ -298,7 +299,8 @@ class Plan:
     def table(self) -> pd.DataFrame:
         shown = self.eval_at if len(self.eval_at) <= 12 else [*self.eval_at[:10], "...", self.eval_at[-1]]
         rows = [("training examples", self.train_examples), ("steps per epoch", self.steps_per_epoch),
-                ("steps planned", self.total_steps), ("eval_steps / save_steps", f"{self.eval_steps} / {self.save_steps}"),
+                ("steps planned", self.total_steps),
+                ("eval_steps / save_steps", f"{self.eval_steps} / {self.save_steps}"),
                 ("evaluations at steps", ", ".join(map(str, shown)) or "none"),
                 ("early stopping", f"patience {self.patience}" if self.patience else "off")]
         return pd.DataFrame(rows, columns=["plan", "value"]).set_index("plan")
@@ -346,6 +348,10 @@ class Session:
         return self.checks._repr_html_()
 
 
+def _precision_name(args) -> str:
+    return "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
+
+
 def build(lm, dataset, cfg, run, live: bool | None = None, callbacks: list | None = None) -> Session:
     """SFTTrainer on the train split, evaluated on validation, loss on answers only.
 
@@ -388,7 +394,7 @@ def build(lm, dataset, cfg, run, live: bool | None = None, callbacks: list | Non
         {"check": "evaluate / save every", "value": f"{schedule.eval_steps} / {schedule.save_steps} steps "
                                                     f"({schedule.evaluations} evaluations)"},
         {"check": "optimizer / precision", "value": f"{getattr(trainer.args.optim, 'value', trainer.args.optim)} / "
-                                                    f"{'bf16' if trainer.args.bf16 else 'fp16' if trainer.args.fp16 else 'fp32'}"},
+                                                    f"{_precision_name(trainer.args)}"},
         {"check": "resume from", "value": str(resume_from.name) if resume_from else "fresh start"},
     ]).set_index("check")
     return Session(trainer, lm, cfg, run, markers, recorder, resume_from, checks, schedule)

@@ -121,7 +121,8 @@ def test_carried_unsloth_wheels_still_import(tmp_path):
     code = ("import unsloth, unsloth_zoo; from unsloth import FastLanguageModel; "
             "from unsloth.chat_templates import train_on_responses_only; print(unsloth.__file__)")
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(target), "UNSLOTH_COMPILE_LOCATION": str(tmp_path / "c")})
+                          env={**os.environ, "PYTHONPATH": str(target),
+                               "UNSLOTH_COMPILE_LOCATION": str(tmp_path / "c")})
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1].startswith(str(target))  # the carried copy, not the venv's
 

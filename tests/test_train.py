@@ -34,7 +34,8 @@ LLAMA3_MARKERS = ("<|start_header_id|>user<|end_header_id|>\n\n", "<|start_heade
     (None, "<|user|>\n", "<|assistant|>\n"),  # the tiny model's own template
     (LLAMA3_TEMPLATE, *LLAMA3_MARKERS),
     ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}", "<|im_start|>user\n", "<|im_start|>assistant\n"),
+     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}",
+     "<|im_start|>user\n", "<|im_start|>assistant\n"),
 ])
 def test_markers_come_from_the_tokenizers_own_template(tiny_model_dir, template, instruction, response):
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)

@@ -143,7 +143,8 @@ class Check:
         self.work.mkdir(parents=True, exist_ok=True)
         self.logs = Path(args.results) / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
-        self.env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+        pythonpath = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+        self.env = {**os.environ, "PYTHONPATH": pythonpath,
                     "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
                     "TOKENIZERS_PARALLELISM": "false", "POLO_OUTPUTS": str(self.work / "outputs"),
                     "POLO_PROCESSED_DIR": str(self.work / "processed"),
@@ -273,9 +274,11 @@ def main(argv=None) -> int:
     parser.add_argument("--cpu", action="store_true", help="no GPU: check the plumbing at a tiny shape")
     parser.add_argument("--deadline-s", type=float, default=540.0, help="all parts end within this (s)")
     parser.add_argument("--parts", default=None, help="comma-separated subset, in the usual order")
-    parser.add_argument("--results", default=os.environ.get("POLO_DEVICE_RESULTS", str(ROOT / "benchmarks" / "results")))
+    parser.add_argument("--results",
+                        default=os.environ.get("POLO_DEVICE_RESULTS", str(ROOT / "benchmarks" / "results")))
     parser.add_argument("--stem", default=None, help="results file stem (default: <date>-device-<gpu>)")
-    parser.add_argument("--models", default=os.environ.get("POLO_DEVICE_MODELS", str(ROOT / "benchmarks" / "device_models")))
+    parser.add_argument("--models",
+                        default=os.environ.get("POLO_DEVICE_MODELS", str(ROOT / "benchmarks" / "device_models")))
     parser.add_argument("--work", default=os.environ.get("POLO_DEVICE_WORK", "/tmp/polo-device"))
     parser.add_argument("--header", default=None, help="JSON file of fields to record (install, carry)")
     args = parser.parse_args(argv)

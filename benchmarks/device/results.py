@@ -65,7 +65,8 @@ class Results:
         try:
             text = markdown(self.data)
         except Exception as e:  # noqa: BLE001 - the table is a view of the JSON: never lose the JSON over it
-            text = f"# Device check\n\nThe table could not be rendered ({type(e).__name__}: {e}); see {self.json_path.name}.\n"
+            text = (f"# Device check\n\nThe table could not be rendered ({type(e).__name__}: {e}); "
+                    f"see {self.json_path.name}.\n")
         _atomic_write(self.md_path, text)
 
 
@@ -92,7 +93,8 @@ def markdown(data: dict[str, Any]) -> str:
                   f"compute capability {m.get('compute_capability', '?')}); torch {v.get('torch')} "
                   f"(CUDA {m.get('torch_cuda')}), python {m.get('python')}; unsloth {v.get('unsloth')}, "
                   f"unsloth_zoo {v.get('unsloth_zoo')}, bitsandbytes {v.get('bitsandbytes')}, transformers "
-                  f"{v.get('transformers')}, trl {v.get('trl')}, peft {v.get('peft')}, datasets {v.get('datasets')}", ""]
+                  f"{v.get('transformers')}, trl {v.get('trl')}, peft {v.get('peft')}, "
+                  f"datasets {v.get('datasets')}", ""]
     if data.get("note"):
         lines += [data["note"], ""]
     lines += ["| part | status | seconds | note |", "|---|---|---|---|"]
@@ -109,7 +111,8 @@ def markdown(data: dict[str, Any]) -> str:
             for path, med in r["median"].items():
                 agree = r.get("agreement", {}).get(path, {})
                 rows.append(f"| {r.get('dtype', name)} | {path} | {med.get('tokens_per_s')} | "
-                            f"{med.get('cuda_max_allocated_mib', med.get('peak_rss_mib'))} | {med.get('load_seconds')} | "
+                            f"{med.get('cuda_max_allocated_mib', med.get('peak_rss_mib'))} | "
+                            f"{med.get('load_seconds')} | "
                             f"{med.get('final_loss')} | {agree.get('max_relative_loss_difference', '')} |")
     if rows:
         shape = "the tiny Llama body (CPU)" if data.get("mode") == "cpu" else "the 3B shape (random weights)"

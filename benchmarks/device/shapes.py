@@ -86,7 +86,8 @@ def llama3_tokenizer(gguf_file: Path, template_file: Path):
     tok = PreTrainedTokenizerFast(
         tokenizer_object=Tokenizer.from_str(json.dumps(spec)), bos_token="<|begin_of_text|>",
         eos_token=LLAMA_EOS_TOKEN, pad_token=LLAMA_PAD_TOKEN, clean_up_tokenization_spaces=False,
-        model_max_length=131072, padding_side="right", add_bos_token=True, add_eos_token=False)  # right for training; polo's generate pads left
+        # padding right for training; polo's generate pads left itself
+        model_max_length=131072, padding_side="right", add_bos_token=True, add_eos_token=False)
     tok.chat_template = template_file.read_text(encoding="utf-8")
     return tok
 
@@ -185,7 +186,8 @@ def main(argv=None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", type=Path, nargs="?")
     parser.add_argument("--llama-gguf", type=Path, help="llama.cpp's models/ggml-vocab-llama-bpe.gguf")
-    parser.add_argument("--llama-template", type=Path, help="llama.cpp's models/templates/meta-llama-Llama-3.2-3B-Instruct.jinja")
+    parser.add_argument("--llama-template", type=Path,
+                        help="llama.cpp's models/templates/meta-llama-Llama-3.2-3B-Instruct.jinja")
     parser.add_argument("--random", nargs=2, type=Path, metavar=("SHAPE_DIR", "MODEL_DIR"))
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--shape-overrides", type=json.loads, default=None, help="JSON of config fields to change")

@@ -207,7 +207,8 @@ def make_stub_wheel(out_dir: Path, name: str, version: str) -> Path:
     path = out_dir / f"{dist}-{ver}-py3-none-any.whl"
     di = f"{dist}-{ver}.dist-info"
     files = {f"{di}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {ver}\n",
-             f"{di}/WHEEL": "Wheel-Version: 1.0\nGenerator: polo-device-stub\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+             f"{di}/WHEEL": "Wheel-Version: 1.0\nGenerator: polo-device-stub\nRoot-Is-Purelib: true\n"
+                            "Tag: py3-none-any\n"}
     with zipfile.ZipFile(path, "w") as z:
         rows = []
         for n, text in files.items():
@@ -289,8 +290,8 @@ def top_level(pins: dict[str, str], closure: dict[str, str], no_deps_wheels: lis
                     lines.append(f"{name}=={pins[name]}")
                 else:
                     lines.append(f"{name}{req.specifier}")
-    lines += [line if canonical(re.split(r"[<>=!~ ]", line)[0]) not in closure else canonical(re.split(r"[<>=!~ ]", line)[0])
-              for line in POLO_DEVICE_DEPS]
+    names = [canonical(re.split(r"[<>=!~ ]", line)[0]) for line in POLO_DEVICE_DEPS]
+    lines += [name if name in closure else line for line, name in zip(POLO_DEVICE_DEPS, names)]
     seen, out = set(), []
     for line in lines:
         if line not in seen:

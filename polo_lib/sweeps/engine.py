@@ -29,7 +29,8 @@ def run_sweep(sweep_file: str | Path | None = None, resume: str | None = None, e
     if engine not in ENGINES:
         raise ParamsError(f"engine '{engine}': use one of {', '.join(ENGINES)}")
     if (sweep_file is None) == (resume is None):
-        raise ParamsError("give exactly one of: a sweep file (polo sweep cpu_lr), or --resume SWEEP_ID to continue a sweep")
+        raise ParamsError("give exactly one of: a sweep file (polo sweep cpu_lr), "
+                          "or --resume SWEEP_ID to continue a sweep")
     if resume:
         sweep, sweep_id, folder = _reopen(resume, engine, n_trials)
     else:

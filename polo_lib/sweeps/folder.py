@@ -59,7 +59,7 @@ def get_sweep(sweep_id: str) -> tuple[Sweep, Path]:
 
 def latest_sweep() -> str:
     """The newest sweep with a study (sweep ids start with their UTC time)."""
-    found = sorted(p.name for p in sweeps_dir().glob("*") if (p / "study.db").is_file()) if sweeps_dir().exists() else []
+    found = sorted(p.name for p in sweeps_dir().glob("*") if (p / "study.db").is_file())
     if not found:
         raise RunError(f"no sweep in {sweeps_dir()}: run one first (`polo sweep smoke`).")
     return found[-1]

@@ -143,7 +143,8 @@ def _overview(table: pd.DataFrame, sweep: Sweep, engine: str, wall_seconds: floa
              f"sampler {spec.sampler.type} (seed {spec.sampler.seed}), pruner {spec.pruner.type}"]
     if wall_seconds is not None:
         lines.append(f"wall time of this invocation: {wall_seconds:.0f} s")
-    seconds = pd.to_numeric(table.get("seconds"), errors="coerce").dropna() if len(table) else pd.Series([], dtype=float)
+    seconds = (pd.to_numeric(table.get("seconds"), errors="coerce").dropna() if len(table)
+               else pd.Series([], dtype=float))
     if len(seconds):
         lines.append(f"seconds per trial: median {seconds.median():.1f}, total {seconds.sum():.0f}")
     return lines
