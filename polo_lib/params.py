@@ -34,6 +34,19 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
 
+class Document(_Section):
+    """A validated YAML document (a params file, a sweep file): plain data and a content hash."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(self.model_dump_json())
+
+    def short_hash(self, ignore: tuple[str, ...] = ("name", "source", "chosen_by")) -> str:  # = META
+        """8 hex digits of the content, the fields about the file (`ignore`) left out: the same
+        experiment gets the same hash whatever its file is called."""
+        body = {k: v for k, v in self.to_dict().items() if k not in ignore}
+        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:8]
+
+
 class ModelParams(_Section):
     model_name: str = Field(min_length=1)  # a local name (polo_lib.local_models), a path or a hub id
     # A GPU recipe: on a machine without CUDA, stop before loading (and say which params to use)
@@ -134,7 +147,7 @@ class RunParams(_Section):
     init_adapter: str | None = None  # a run id or adapter path to start training from
 
 
-class Params(_Section):
+class Params(Document):
     """The whole experiment. `name` is the params file's stem, `source` its path."""
 
     name: str = "custom"
@@ -147,9 +160,6 @@ class Params(_Section):
     evaluation: EvaluationParams = EvaluationParams()
     run: RunParams = RunParams()
 
-    def to_dict(self) -> dict[str, Any]:
-        return json.loads(self.model_dump_json())
-
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
 
@@ -161,10 +171,6 @@ class Params(_Section):
                 if isinstance(body, dict) for k, v in body.items()]
         return pd.DataFrame(rows).set_index(["section", "key"])
 
-    def short_hash(self) -> str:
-        """8 hex digits of the resolved params (name and source excluded): same experiment, same hash."""
-        body = {k: v for k, v in self.to_dict().items() if k not in META}
-        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:8]
 
 
 SECTIONS: dict[str, type[_Section]] = {

@@ -161,3 +161,11 @@ def test_every_queue_file_and_its_variants_validate(path):
     q = queues.load(path)
     for item in q.items:
         params.load(q.base, overrides={**q.common, **item.overrides})
+
+
+def test_the_hash_leaves_out_what_is_about_the_file_not_the_experiment():
+    """Renaming a params file (or choosing it by 'auto') keeps the hash; changing a value does not."""
+    cfg = params.load("smoke")
+    renamed = cfg.model_copy(update={"name": "other", "source": "elsewhere.yaml", "chosen_by": "auto"})
+    assert renamed.short_hash() == cfg.short_hash()
+    assert params.load("smoke", learning_rate=1e-3).short_hash() != cfg.short_hash()

@@ -17,8 +17,6 @@ choice through params.load) before any trial starts: every problem is reported a
 from __future__ import annotations
 
 import difflib
-import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -109,7 +107,7 @@ class RayOptions(_Strict):
     reduction_factor: int = Field(2, ge=2)  # ASHA
 
 
-class SweepFile(_Strict):
+class SweepFile(params_lib.Document):
     name: str = Field("sweep", pattern=r"^[A-Za-z0-9._-]+$")
     source: str | None = None
     base: str = Field(min_length=1)  # a params file: name in params/ or a path
@@ -121,12 +119,6 @@ class SweepFile(_Strict):
     pruner: Pruner = Pruner()
     ray: RayOptions = RayOptions()
 
-    def to_dict(self) -> dict[str, Any]:
-        return json.loads(self.model_dump_json())
-
-    def short_hash(self) -> str:
-        body = {k: v for k, v in self.to_dict().items() if k not in ("name", "source")}
-        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:8]
 
 
 TOP_KEYS = tuple(SweepFile.model_fields)
