@@ -13,8 +13,12 @@ records it as params.yaml, and each notebook stage reads that file back.
 """
 from __future__ import annotations
 
+import os
+import tempfile
 import time
+import uuid
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from . import data, evaluate, model, paths, reports, runs, train
@@ -126,6 +130,30 @@ def params_file_for(run: runs.Run, cfg, may_differ: Sequence[str]):
     return path
 
 
+def local_kernel_manager():
+    """The kernel manager papermill starts each stage's kernel with: on Linux and macOS over IPC
+    (Unix sockets in Jupyter's private runtime folder), so the kernel neither listens on TCP nor
+    prints its "running over TCP without encryption" warning into the user's terminal."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    if os.name != "posix":  # zmq has no IPC transport on Windows: TCP, as Jupyter does
+        return AsyncKernelManager
+
+    class IPCKernelManager(AsyncKernelManager):
+        def __init__(self, **kwargs):
+            from jupyter_core.paths import jupyter_runtime_dir
+
+            runtime = Path(jupyter_runtime_dir())
+            runtime.mkdir(parents=True, exist_ok=True, mode=0o700)
+            if len(str(runtime)) > 60:  # a Unix socket path has ~100 bytes: a private temp folder instead
+                runtime = Path(tempfile.mkdtemp(prefix="polo-"))
+            kwargs.setdefault("transport", "ipc")
+            kwargs.setdefault("ip", str(runtime / f"polo-kernel-{os.getpid()}-{uuid.uuid4().hex[:8]}"))
+            super().__init__(**kwargs)
+
+    return IPCKernelManager
+
+
 def execute_notebook(run: runs.Run, stage: str, parameters: dict[str, Any]) -> None:
     """One stage's notebook into run/notebooks/; a failing cell marks the run failed, naming it."""
     import papermill as pm
@@ -134,7 +162,8 @@ def execute_notebook(run: runs.Run, stage: str, parameters: dict[str, Any]) -> N
     out = run.notebooks / notebook
     try:
         pm.execute_notebook(str(paths.NOTEBOOKS_DIR / notebook), str(out), parameters=parameters,
-                            kernel_name="python3", cwd=str(paths.NOTEBOOKS_DIR), progress_bar=True)
+                            kernel_name="python3", cwd=str(paths.NOTEBOOKS_DIR), progress_bar=True,
+                            kernel_manager_class=local_kernel_manager())
     except pm.PapermillExecutionError as e:
         where = f"{out}, cell {e.exec_count}"
         run.fail(f"{e.ename}: {e.evalue}", where)
