@@ -6,6 +6,7 @@ order; splits are by paragraph so no paragraph leaks between train and test.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import random
@@ -296,6 +297,37 @@ def split_sizes(data_params) -> dict[str, int]:
     return {name: len(ps) for name, ps in _split(data_params)[3].items()}
 
 
+def inputs_hash(data_params, tokenizer, max_seq_length: int) -> str:
+    """12 hex digits of everything the processed data is made from: the raw file's bytes, the data
+    params, max_seq_length, and the tokenizer's identity (class, vocabulary, special tokens and
+    chat template). Equal hashes: preparing again would write the same splits."""
+    raw = paths.resolve_project_path(data_params.raw_file)
+    h = hashlib.sha256(raw.read_bytes() if raw.is_file() else b"")
+    identity = {"data": data_params.model_dump(mode="json"), "max_seq_length": max_seq_length,
+                "tokenizer": type(tokenizer).__name__, "chat_template": getattr(tokenizer, "chat_template", None),
+                "special": {k: str(v) for k, v in getattr(tokenizer, "special_tokens_map", {}).items()}}
+    h.update(json.dumps(identity, sort_keys=True, ensure_ascii=False).encode())
+    h.update(json.dumps(sorted(tokenizer.get_vocab().items()), ensure_ascii=False).encode())
+    return h.hexdigest()[:12]
+
+
+def prepared_hash(data_params) -> str | None:
+    """The inputs hash the processed data on disk was made from; None when there is none (or it
+    predates the hash)."""
+    where = processed_path(data_params)
+    try:
+        return json.loads((where / "stats.json").read_text(encoding="utf-8")).get("inputs_hash") \
+            if (where / "dataset").is_dir() else None
+    except (OSError, ValueError):
+        return None
+
+
+def current_hash(data_params, tokenizer, max_seq_length: int) -> str | None:
+    """The inputs hash when the processed data on disk was made from exactly these inputs, else None."""
+    key = inputs_hash(data_params, tokenizer, max_seq_length)
+    return key if prepared_hash(data_params) == key else None
+
+
 def prepare(data_params, tokenizer, max_seq_length: int) -> Prepared:
     """Load, validate, clean, group, split, build chats and count tokens. Writes nothing."""
     records, cleaning, paragraphs, splits = _split(data_params)
@@ -318,6 +350,7 @@ def prepare(data_params, tokenizer, max_seq_length: int) -> Prepared:
         "tokenizer": Path(str(getattr(tokenizer, "name_or_path", type(tokenizer).__name__))).name,
         "token_lengths": {s: length_stats(n) for s, n in lengths.items()},
         "split_seed": data_params.split_seed,
+        "inputs_hash": inputs_hash(data_params, tokenizer, max_seq_length),
     }
     return Prepared(examples, lengths, dropped, cleaning, paragraph_table(splits), stats)
 
@@ -358,18 +391,22 @@ def load_processed(data_params):
 
 
 def load_or_prepare(cfg):
-    """The processed splits for these params; prepared first, announced, when they are missing.
+    """The processed splits for these params; prepared first, announced, when they are missing or
+    were made from other inputs (`inputs_hash`: an edited raw file must not train on stale splits).
 
     A fresh clone or a Colab runtime has no data/processed/: train.ipynb opened alone must still
     run to its end. The same calls as prepare_data.ipynb (the model's own tokenizer and template).
     """
-    where = processed_path(cfg.data)
-    if not (where / "dataset").is_dir():
-        from .model import load_tokenizer
+    from .model import load_tokenizer
 
-        log.warning("no processed data for '%s' at %s: preparing it now, as prepare_data.ipynb does",
-                    cfg.data.processed_name, _display(where))
-        save(prepare(cfg.data, load_tokenizer(cfg.model), cfg.model.max_seq_length), cfg.data)
+    where = processed_path(cfg.data)
+    tokenizer = load_tokenizer(cfg.model)
+    if not current_hash(cfg.data, tokenizer, cfg.model.max_seq_length):
+        why = "was made from other inputs (raw file, data params or tokenizer)" if (where / "dataset").is_dir() \
+            else "is missing"
+        log.warning("processed data for '%s' at %s %s: preparing it now, as prepare_data.ipynb does",
+                    cfg.data.processed_name, _display(where), why)
+        save(prepare(cfg.data, tokenizer, cfg.model.max_seq_length), cfg.data)
     return load_processed(cfg.data)
 
 

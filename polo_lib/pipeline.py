@@ -28,6 +28,12 @@ from .errors import PoloError
 STAGES = {"prepare": "prepare_data.ipynb", "train": "train.ipynb", "evaluate": "evaluate.ipynb"}
 
 
+def prepared_already(cfg) -> str | None:
+    """The inputs hash when data/processed/ already holds what prepare_stage would write for
+    these params (raw file, data params, tokenizer and template unchanged); else None."""
+    return data.current_hash(cfg.data, model.load_tokenizer(cfg.model), cfg.model.max_seq_length)
+
+
 def prepare_stage(cfg, run: runs.Run | None = None) -> data.Prepared:
     """Raw records -> processed splits on disk, token counts from the model's own chat template."""
     tokenizer = model.load_tokenizer(cfg.model)
@@ -112,6 +118,11 @@ def run_pipeline(params_file: str, overrides: dict[str, Any] | None = None,
     log(f"run {run.id}\n  folder: {run.path}")
     stage_params = params_file_for(run, cfg, may_differ)
     for i, stage in enumerate(stages, 1):
+        if stage == "prepare" and (key := prepared_already(cfg)):
+            log(f"[{i}/{len(stages)}] prepare: skipped, inputs unchanged (hash {key}): "
+                f"{data.processed_path(cfg.data)}")
+            run.skip_stage("prepare", inputs_hash=key)
+            continue
         log(f"[{i}/{len(stages)}] {stage}: {STAGES[stage]}")
         start = time.perf_counter()
         execute_notebook(run, stage, {"params_file": str(stage_params), "run_id": run.id})

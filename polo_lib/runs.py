@@ -181,6 +181,12 @@ class Run:
         self.update_summary(stage_seconds={k: v.get("seconds") for k, v in stages.items()})
         return self.update_manifest(stages=stages, status="finished")
 
+    def skip_stage(self, stage: str, **why: Any) -> dict[str, Any]:
+        """The stage had nothing to do (its inputs are unchanged): recorded, with why."""
+        stages = self.manifest().get("stages", {})
+        stages[stage] = {"status": "skipped", "start": _now(), "end": _now(), "seconds": 0.0, **why}
+        return self.update_manifest(stages=stages)
+
     def fail(self, error: str, where: str | None = None) -> None:
         stages = self.manifest().get("stages", {})
         for entry in stages.values():
