@@ -1,7 +1,7 @@
 """polo_lib: the library under the notebooks. Flat for notebooks (`from polo_lib import data,
 model, params, runs, train`), layered inside; imports only point down (tests/test_layers.py):
 
-  core           paths, atomic, errors, prompts, params, notebook, device
+  core           paths, atomic, errors, prompts, params, notebook, device, progress
   models         model, local_models, inference
   stages         data, train, evaluate, metrics, plots
   records        runs, reports

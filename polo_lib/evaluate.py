@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from . import inference, plots
+from . import inference, plots, progress
 from .atomic import atomic_write_json, atomic_write_text
 from .errors import RunError
 
@@ -28,6 +28,14 @@ def select(dataset, split: str, limit: int | None):
     return ds.select(range(min(limit, len(ds)))) if limit else ds
 
 
+def _progress_to(run, phase: str):
+    """Generation progress into the run's progress file (what `polo run` shows while it runs)."""
+    def on_batch(done: int, total: int, tokens: int, seconds: float) -> None:
+        progress.write(run.logs, stage="evaluate", phase=phase, done=done, total=total, tokens=tokens,
+                       tokens_per_s=round(tokens / seconds, 1) if seconds else None)
+    return on_batch
+
+
 def predict(run, cfg, dataset) -> pd.DataFrame:
     """Generate base and tuned answers for the evaluation split; writes eval/predictions.jsonl."""
     e = cfg.evaluation
@@ -38,7 +46,8 @@ def predict(run, cfg, dataset) -> pd.DataFrame:
     outputs = {}
     loaders = (("base", lambda: inference.load_base(cfg)), ("tuned", lambda: inference.load_tuned(cfg, run)))
     for name, loader in loaders:
-        outputs[name] = inference.answers_of(loader, chats, progress=f"{name} model", **decoding)
+        outputs[name] = inference.answers_of(loader, chats, progress=f"{name} model",
+                                             on_batch=_progress_to(run, f"{name} model"), **decoding)
     rows = []
     for i, pid in enumerate(split["id"]):
         row = {"id": pid, "original": split["original"][i], "reference": split["simplified"][i]}

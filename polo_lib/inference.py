@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import gc
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -107,10 +107,12 @@ def _decoded(tokenizer, ids: list[int], seconds: float) -> Generation:
 
 def generate(lm, chats: Sequence[list[dict[str, str]]], max_new_tokens: int = 128, batch_size: int = 8,
              do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
-             progress: str | None = None) -> list[Generation]:
+             progress: str | None = None,
+             on_batch: Callable[[int, int, int, float], None] | None = None) -> list[Generation]:
     """Answers for chats (system + user), batched with left padding, stopping at EOS.
 
     Greedy by default, so two runs (or base vs tuned) are compared on decoding-noise-free text.
+    `on_batch(done, total, new tokens so far, seconds so far)` after each batch (a progress file).
     """
     from tqdm.auto import tqdm
     from unsloth import FastLanguageModel
@@ -120,6 +122,7 @@ def generate(lm, chats: Sequence[list[dict[str, str]]], max_new_tokens: int = 12
     side, tok.padding_side = tok.padding_side, "left"  # decoder-only: pad on the left to generate
     sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if do_sample else {"do_sample": False}
     results: list[Generation] = []
+    spent = 0.0
     bar = tqdm(total=len(chats), desc=progress or "generating", unit="example", disable=progress is None)
     try:
         for i in range(0, len(chats), batch_size):
@@ -128,8 +131,11 @@ def generate(lm, chats: Sequence[list[dict[str, str]]], max_new_tokens: int = 12
                                           **sampling)
             gens = [_decoded(tok, ids, round(seconds / len(batch), 3)) for ids in rows]
             results += gens
+            spent += seconds
             bar.update(len(batch))
             bar.set_postfix(tokens_per_s=round(sum(g.new_tokens for g in gens) / seconds, 1))
+            if on_batch is not None:
+                on_batch(len(results), len(chats), sum(g.new_tokens for g in results), spent)
     finally:
         bar.close()
         tok.padding_side = side
@@ -142,7 +148,7 @@ def chats_of(split) -> list[list[dict[str, str]]]:
     return [prompts.build_messages(o) for o in split["original"]]
 
 
-def answers_of(loader, chats, progress: str, **decoding) -> list[Generation]:
+def answers_of(loader, chats, progress: str, on_batch=None, **decoding) -> list[Generation]:
     """Load a model with `loader`, generate, and free it before returning.
 
     The model lives only inside this call, so the next model loads into freed memory (on a
@@ -150,7 +156,7 @@ def answers_of(loader, chats, progress: str, **decoding) -> list[Generation]:
     """
     lm = loader()
     try:
-        return generate(lm, chats, progress=progress, **decoding)
+        return generate(lm, chats, progress=progress, on_batch=on_batch, **decoding)
     finally:
         del lm
         free_memory()

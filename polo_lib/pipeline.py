@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import data, evaluate, model, paths, reports, runs, train
+from . import data, evaluate, model, paths, progress, reports, runs, train
 from . import params as params_lib
 from .errors import PoloError
 
@@ -171,10 +171,11 @@ def execute_notebook(run: runs.Run, stage: str, parameters: dict[str, Any]) -> N
 
     notebook = STAGES[stage]
     out = run.notebooks / notebook
-    try:
-        pm.execute_notebook(str(paths.NOTEBOOKS_DIR / notebook), str(out), parameters=parameters,
-                            kernel_name="python3", cwd=str(paths.NOTEBOOKS_DIR), progress_bar=True,
-                            kernel_manager_class=local_kernel_manager())
+    try:  # the stage's own progress (steps, loss, time left) instead of papermill's cell counter
+        with progress.watch(run.logs):
+            pm.execute_notebook(str(paths.NOTEBOOKS_DIR / notebook), str(out), parameters=parameters,
+                                kernel_name="python3", cwd=str(paths.NOTEBOOKS_DIR), progress_bar=False,
+                                kernel_manager_class=local_kernel_manager())
     except pm.PapermillExecutionError as e:
         where = f"{out}, cell {e.exec_count}"
         run.fail(f"{e.ename}: {e.evalue}", where)

@@ -19,7 +19,7 @@ import pandas as pd
 
 from . import device as device_lib
 from . import model as model_lib
-from . import plots
+from . import plots, progress
 from .atomic import atomic_write_text
 from .errors import DataError, ModelError, ParamsError, RunError
 from .notebook import in_notebook
@@ -147,6 +147,7 @@ class _LogRecorder:
         self.live = live
         self.handle = None
         self._last = None  # (time, tokens) at the previous training log
+        self.latest: dict[str, Any] = {}  # last loss, eval_loss and tokens/s, for the progress file
 
     def on_log(self, state, logs: dict[str, Any]) -> None:
         now = time.perf_counter()
@@ -165,6 +166,9 @@ class _LogRecorder:
             return
         self.rows.append(row)
         self.write()
+        self.latest.update({k: row[k] for k in ("loss", "eval_loss", "tokens_per_s") if row.get(k) is not None})
+        progress.write(self.csv_path.parent, stage="train", done=state.global_step, total=state.max_steps,
+                       epoch=row["epoch"], **self.latest)
         if self.live:
             self.redraw()
 

@@ -5,14 +5,21 @@ import weakref
 
 import pytest
 
-from polo_lib import data, evaluate, inference, model, params, pipeline, runs
+from polo_lib import data, evaluate, inference, model, params, pipeline, progress, runs
 from polo_lib.errors import RunError
 
 pytestmark = pytest.mark.slow
 
 
-def test_evaluate_stage_writes_everything_into_the_run(tiny_model_dir):
+def test_evaluate_stage_writes_everything_into_the_run(tiny_model_dir, capsys):
     run = pipeline.run_pipeline("smoke", log=lambda *a: None)  # prepare, train, evaluate
+    # the live view, fed from the progress file the notebooks' kernels wrote (plain lines: not a terminal)
+    shown = capsys.readouterr().out
+    steps, n = run.manifest()["training"]["steps"], params.load("smoke").evaluation.limit
+    assert f"  train {steps}/{steps} (100%)  epoch " in shown and "eval at step 0/" in shown
+    assert f"  evaluate {n}/{n} (100%)  tuned model  " in shown and " tok/s" in shown
+    state = progress.read(run.logs)
+    assert (state["stage"], state["phase"], state["done"], state["total"]) == ("evaluate", "tuned model", n, n)
     for name in ("eval/predictions.jsonl", "eval/metrics.json", "eval/examples.md", "plots/metrics.png",
                  "report.md", "notebooks/evaluate.ipynb"):
         assert (run.path / name).is_file(), name

@@ -1,0 +1,159 @@
+"""Live progress of a run's long stages, in the terminal that started them.
+
+A stage writes its state into `<run>/logs/progress.json` (training at every logged step,
+evaluation at every generated batch); `watch` reads that file while the stage runs, in the
+notebook's kernel or in this process alike, and shows it: on a terminal a bar per stage with
+step / total, epoch, last train and eval loss, tokens/s and time left, and a line per evaluation
+that stays in the scrollback; elsewhere (CI, a log file) plain lines at a steady rate.
+
+Core layer: it imports only `atomic`, so train and evaluate can write and pipeline can watch.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TextIO
+
+from .atomic import atomic_write_json
+
+FILE = "progress.json"
+PLAIN_SECONDS = float(os.environ.get("POLO_PROGRESS_SECONDS", "15"))  # a plain line at most this often
+
+
+def write(folder: Path | None, **state: Any) -> None:
+    """Replace the progress of the stage running in `folder` (a run's logs/); None: not in a run."""
+    if folder is not None:
+        atomic_write_json(Path(folder) / FILE, {**state, "updated": time.time()})
+
+
+def read(folder: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((Path(folder) / FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # not written yet, or replaced while read
+        return None
+
+
+def _clock(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}" if seconds >= 3600 \
+        else f"{seconds // 60}:{seconds % 60:02d}"
+
+
+def _number(value: Any, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def describe(state: dict[str, Any]) -> str:
+    """The figures after the bar: epoch, losses and speed (training), or the model and speed (evaluation)."""
+    if state.get("stage") == "train":
+        return (f"epoch {_number(state.get('epoch'), 2)}  loss {_number(state.get('loss'))}  "
+                f"eval_loss {_number(state.get('eval_loss'))}  {_number(state.get('tokens_per_s'), 0)} tok/s")
+    return f"{state.get('phase', '')}  {state.get('tokens', 0)} tokens  {_number(state.get('tokens_per_s'), 1)} tok/s"
+
+
+class View:
+    """Shows successive progress states of one stage on `stream`: a tqdm bar on a terminal,
+    plain lines at most every `interval` seconds elsewhere; evaluations as lines of their own."""
+
+    def __init__(self, stream: TextIO | None = None, interval: float = PLAIN_SECONDS, tty: bool | None = None):
+        self.stream = stream or sys.stdout
+        self.tty = self.stream.isatty() if tty is None else tty
+        self.interval = interval
+        self.bar = None
+        self.key = None  # (stage, phase): a new one starts a new bar
+        self.started = time.perf_counter()
+        self.last_line = 0.0
+        self.last_eval = None
+        self.state: dict[str, Any] = {}
+        self.printed: dict[str, Any] | None = None  # the state the last plain line showed
+
+    def _left(self, done: int, total: int) -> float | None:
+        elapsed = time.perf_counter() - self.started
+        return elapsed / done * (total - done) if done and total else None
+
+    def _say(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.write(text, file=self.stream)
+        else:
+            print(text, file=self.stream, flush=True)
+
+    def update(self, state: dict[str, Any]) -> None:
+        key = (state.get("stage"), state.get("phase"))
+        if key != self.key:
+            self.close()
+            self.key, self.started, self.last_line = key, time.perf_counter(), 0.0
+        done, total = int(state.get("done") or 0), int(state.get("total") or 0)
+        if state.get("eval_loss") is not None and state.get("eval_loss") != self.last_eval:
+            self.last_eval = state["eval_loss"]
+            self._say(f"  eval at step {done}/{total}: eval_loss {_number(self.last_eval, 4)}")
+        self.state = state
+        if self.tty:
+            self._draw_bar(state, done, total)
+        elif time.perf_counter() - self.last_line >= self.interval or (total and done >= total):
+            self.line()
+
+    def _draw_bar(self, state: dict[str, Any], done: int, total: int) -> None:
+        from tqdm.auto import tqdm
+
+        if self.bar is None:
+            unit = "step" if state.get("stage") == "train" else "example"
+            self.bar = tqdm(total=total or None, desc=f"  {state.get('stage')}", unit=unit, file=self.stream,
+                            dynamic_ncols=True, leave=True)
+        self.bar.n = done
+        self.bar.set_postfix_str(describe(state), refresh=False)
+        self.bar.refresh()
+
+    def line(self) -> None:
+        """One plain line of the last state: stage, done/total, figures, elapsed and time left."""
+        s = self.state
+        if not s:
+            return
+        done, total = int(s.get("done") or 0), int(s.get("total") or 0)
+        share = f" ({100 * done / total:.0f}%)" if total else ""
+        print(f"  {s.get('stage')} {done}/{total or '?'}{share}  {describe(s)}  "
+              f"elapsed {_clock(time.perf_counter() - self.started)}  left {_clock(self._left(done, total))}",
+              file=self.stream, flush=True)
+        self.last_line, self.printed = time.perf_counter(), s
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        elif self.state and not self.tty and self.printed is not self.state:
+            self.line()  # the last state, so the log ends where the stage ended
+        self.state = {}
+
+
+@contextmanager
+def watch(folder: Path, stream: TextIO | None = None, poll: float = 0.5, **view: Any) -> Iterator[View]:
+    """Show the progress a stage writes into `folder` while the block runs (a thread polls it)."""
+    shown = View(stream, **view)
+    stop = threading.Event()
+    seen = {"updated": read(folder).get("updated") if read(folder) else None}
+
+    def loop() -> None:
+        while not stop.wait(poll):
+            state = read(folder)
+            if state and state.get("updated") != seen["updated"]:
+                seen["updated"] = state.get("updated")
+                shown.update(state)
+
+    thread = threading.Thread(target=loop, name="polo-progress", daemon=True)
+    thread.start()
+    try:
+        yield shown
+    finally:
+        stop.set()
+        thread.join()
+        state = read(folder)
+        if state and state.get("updated") != seen["updated"]:
+            shown.update(state)
+        shown.close()

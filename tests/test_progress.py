@@ -1,0 +1,85 @@
+"""The live view of long stages: fed from the progress file a stage writes, a bar on a terminal,
+plain lines at a steady rate elsewhere, and a line per evaluation that stays in the scrollback."""
+import io
+import threading
+import time
+
+from polo_lib import progress
+
+
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def train_states(total=10):
+    for step in range(1, total + 1):
+        yield {"stage": "train", "done": step, "total": total, "epoch": step / 5, "loss": 3.0 - step / 10,
+               "tokens_per_s": 400.0, **({"eval_loss": 2.5 - step / 20} if step % 5 == 0 else {})}
+
+
+def test_plain_lines_come_at_a_steady_rate_with_the_figures_and_time_left():
+    out = io.StringIO()
+    view = progress.View(out, interval=3600)  # one line now, then only evaluations and the end
+    for state in train_states():
+        view.update(state)
+    view.close()
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("  train 1/10 (10%)  epoch 0.20  loss 2.900  eval_loss -  400 tok/s  elapsed ")
+    assert "left " in lines[0]
+    assert [line for line in lines if "eval at step" in line] == [
+        "  eval at step 5/10: eval_loss 2.2500", "  eval at step 10/10: eval_loss 2.0000"]
+    assert lines[-1].startswith("  train 10/10 (100%)") and "loss 2.000  eval_loss 2.000" in lines[-1]
+    assert len(lines) == 4  # the first state, two evaluations, the end: not one line per step
+
+
+def test_every_state_is_a_line_when_the_interval_has_passed():
+    out = io.StringIO()
+    view = progress.View(out, interval=0)
+    for state in train_states(4):
+        view.update(state)
+    view.close()
+    assert [line.split("  epoch")[0] for line in out.getvalue().splitlines()] == [
+        "  train 1/4 (25%)", "  train 2/4 (50%)", "  train 3/4 (75%)", "  train 4/4 (100%)"]
+
+
+def test_a_terminal_gets_a_bar_with_step_loss_and_time_left():
+    out = Terminal()
+    view = progress.View(out)
+    for state in train_states():
+        view.update(state)
+    view.close()
+    text = out.getvalue()
+    assert "\r" in text and "10/10" in text and "loss 2.000" in text and "eval_loss 2.000" in text
+    assert "<00:00" in text  # tqdm's elapsed<left
+    assert "  eval at step 5/10: eval_loss 2.2500\n" in text  # a line of its own, not overwritten
+
+
+def test_generation_progress_names_the_model_and_speed():
+    out = io.StringIO()
+    view = progress.View(out, interval=0)
+    view.update({"stage": "evaluate", "phase": "base model", "done": 4, "total": 6, "tokens": 310,
+                 "tokens_per_s": 52.5})
+    view.update({"stage": "evaluate", "phase": "tuned model", "done": 6, "total": 6, "tokens": 400,
+                 "tokens_per_s": 60.0})
+    view.close()
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("  evaluate 4/6 (67%)  base model  310 tokens  52.5 tok/s")
+    assert lines[1].startswith("  evaluate 6/6 (100%)  tuned model  400 tokens  60.0 tok/s")
+
+
+def test_watch_follows_the_file_a_stage_writes_from_another_process_or_thread(tmp_path):
+    out = io.StringIO()
+
+    def stage():
+        for state in train_states(6):
+            progress.write(tmp_path, **state)
+            time.sleep(0.05)
+
+    with progress.watch(tmp_path, out, poll=0.01, interval=0):
+        writer = threading.Thread(target=stage)
+        writer.start()
+        writer.join()
+    lines = out.getvalue().splitlines()
+    assert lines[-1].startswith("  train 6/6 (100%)")  # the final state is always shown
+    assert any("eval at step 5/6" in line for line in lines)
