@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import params as params_lib
-from .. import pipeline, reports, runs
+from .. import pipeline, progress, reports, runs
 from ..errors import ParamsError, PoloError, RunError
 from .spec import Sweep
 
@@ -122,7 +122,8 @@ def _train_and_score(sweep: Sweep, cfg, run: runs.Run, tag: dict[str, Any], repo
     if prepare:
         pipeline.prepare_stage(cfg)
     pruning = pruning_callback(lambda step, loss: report(run, step, loss), out.evaluations)
-    session = pipeline.train_stage(cfg, run, callbacks=[pruning], live=False)
+    with progress.watch(run.logs):  # the trial's steps, loss and time left, as `polo run` shows them
+        session = pipeline.train_stage(cfg, run, callbacks=[pruning], live=False)
     del session  # the model and trainer: freed before the next trial loads its own
     gc.collect()
     if pruning.pruned_at is not None:
@@ -131,7 +132,8 @@ def _train_and_score(sweep: Sweep, cfg, run: runs.Run, tag: dict[str, Any], repo
         return
     if sweep.needs_evaluation:
         run.start_stage("evaluate")
-        pipeline.evaluate_stage(cfg, run)
+        with progress.watch(run.logs):
+            pipeline.evaluate_stage(cfg, run)
     out.value = run.summary().figure(sweep.metric)
     if out.value is None:
         raise RunError(f"run {run.id}: summary.json has no '{sweep.metric}' (objective)")
