@@ -91,13 +91,15 @@ class View:
             self.close()
             self.key, self.started, self.last_line = key, time.perf_counter(), 0.0
         done, total = int(state.get("done") or 0), int(state.get("total") or 0)
-        if state.get("eval_loss") is not None and state.get("eval_loss") != self.last_eval:
-            self.last_eval = state["eval_loss"]
-            self._say(f"  eval at step {done}/{total}: eval_loss {_number(self.last_eval, 4)}")
+        evaluation = (state.get("eval_step"), state.get("eval_loss"))
+        if evaluation[1] is not None and evaluation != self.last_eval:
+            self.last_eval = evaluation
+            self._say(f"  eval at step {evaluation[0]}/{total}: eval_loss {_number(evaluation[1], 4)}")
         self.state = state
         if self.tty:
             self._draw_bar(state, done, total)
-        elif time.perf_counter() - self.last_line >= self.interval or (total and done >= total):
+        elif time.perf_counter() - self.last_line >= self.interval or (
+                total and done >= total and (self.printed or {}).get("done") != done):
             self.line()
 
     def _draw_bar(self, state: dict[str, Any], done: int, total: int) -> None:

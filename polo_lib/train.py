@@ -139,8 +139,9 @@ def sft_config(cfg, run, decisions, plan: Plan):
 class _LogRecorder:
     """Collects trainer logs into rows: CSV (atomically rewritten) and the live chart."""
 
-    def __init__(self, csv_path: Path, live: bool, keep_until_step: int = 0):
+    def __init__(self, csv_path: Path, live: bool, keep_until_step: int = 0, total_steps: int = 0):
         self.csv_path = csv_path
+        self.total_steps = total_steps  # the plan's: the trainer's max_steps is 0 at the step-0 evaluation
         self.rows: list[dict[str, Any]] = []
         if keep_until_step and csv_path.exists():  # resuming: keep what the checkpoint covers
             self.rows = [r for r in read_train_log(csv_path).to_dict("records") if r["step"] <= keep_until_step]
@@ -166,9 +167,11 @@ class _LogRecorder:
             return
         self.rows.append(row)
         self.write()
-        self.latest.update({k: row[k] for k in ("loss", "eval_loss", "tokens_per_s") if row.get(k) is not None})
-        progress.write(self.csv_path.parent, stage="train", done=state.global_step, total=state.max_steps,
-                       epoch=row["epoch"], **self.latest)
+        self.latest.update({k: row[k] for k in ("loss", "tokens_per_s") if row.get(k) is not None})
+        if row.get("eval_loss") is not None:
+            self.latest.update(eval_loss=row["eval_loss"], eval_step=row["step"])
+        progress.write(self.csv_path.parent, stage="train", done=state.global_step,
+                       total=state.max_steps or self.total_steps, epoch=row["epoch"], **self.latest)
         if self.live:
             self.redraw()
 
@@ -386,7 +389,8 @@ def build(lm, dataset, cfg, run, live: bool | None = None, callbacks: list | Non
     if live is None:
         live = in_notebook()
     step = int(resume_from.name.split("-")[-1]) if resume_from else 0
-    recorder = _LogRecorder(run.logs / "train_log.csv", live=live, keep_until_step=step)
+    recorder = _LogRecorder(run.logs / "train_log.csv", live=live, keep_until_step=step,
+                            total_steps=schedule.total_steps)
     for cb in _callbacks(recorder, cfg, run) + list(callbacks or []):
         trainer.add_callback(cb)
     checks = pd.DataFrame([

@@ -15,7 +15,7 @@ class Terminal(io.StringIO):
 def train_states(total=10):
     for step in range(1, total + 1):
         yield {"stage": "train", "done": step, "total": total, "epoch": step / 5, "loss": 3.0 - step / 10,
-               "tokens_per_s": 400.0, **({"eval_loss": 2.5 - step / 20} if step % 5 == 0 else {})}
+               "tokens_per_s": 400.0, **({"eval_loss": 2.5 - step / 20, "eval_step": step} if step % 5 == 0 else {})}
 
 
 def test_plain_lines_come_at_a_steady_rate_with_the_figures_and_time_left():

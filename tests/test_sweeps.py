@@ -80,6 +80,8 @@ def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(tmp_path, tiny_model_
                        sampler={"type": "grid", "seed": 0}, pruner={"type": "none"})
     assert cli.main(["sweep", str(path)]) == 0
     out = capsys.readouterr().out
+    assert out.count("  eval at step 2/2: ") == 3  # each trial that trained showed its progress
+    assert out.count("  eval at step 0/2: ") == 3 and "  train 2/2 (100%)  epoch " in out
     folder = next((paths.outputs_dir() / "sweeps").iterdir())
     table = sweeps.results_table(sweeps.load_study(folder.name)).set_index("params_max_seq_length")
     assert sorted(table["status"]) == ["failed", "finished", "finished", "finished"]
