@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import threading
 import time
@@ -107,8 +108,10 @@ class View:
 
         if self.bar is None:
             unit = "step" if state.get("stage") == "train" else "example"
+            # the terminal's size, 100 x 20 where it reports none (a pty without a size: tqdm draws nothing)
+            size = shutil.get_terminal_size((100, 20))
             self.bar = tqdm(total=total or None, desc=f"  {state.get('stage')}", unit=unit, file=self.stream,
-                            dynamic_ncols=True, leave=True)
+                            ncols=size.columns or 100, nrows=size.lines or 20, initial=done, leave=True)
         self.bar.n = done
         self.bar.set_postfix_str(describe(state), refresh=False)
         self.bar.refresh()
