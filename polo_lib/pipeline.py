@@ -107,21 +107,20 @@ def run_pipeline(params_file: str, overrides: dict[str, Any] | None = None,
     stages = check_stages(stages)
     evaluate_only = stages == ["evaluate"]
     cfg = resolve(params_file, overrides, name)
+    prepared = None
     if preflight and "train" in stages and run_id is None:
         report = preflight_lib.run_checks(cfg)
         if not report.ok:
             raise PoloError("preflight failed, nothing was started:\n" +
                             "\n".join(f"  {f}" for f in report.failures()))
+        prepared = report.prepared  # what the prepare stage would write: saved below, not made twice
     # Evaluating an existing run again may change how (limit, decoding), never what was trained.
     may_differ = ("evaluation",) if evaluate_only else ()
     run = runs.open_run(cfg, run_id, may_differ=may_differ)
     log(f"run {run.id}\n  folder: {run.path}")
     stage_params = params_file_for(run, cfg, may_differ)
     for i, stage in enumerate(stages, 1):
-        if stage == "prepare" and (key := prepared_already(cfg)):
-            log(f"[{i}/{len(stages)}] prepare: skipped, inputs unchanged (hash {key}): "
-                f"{data.processed_path(cfg.data)}")
-            run.skip_stage("prepare", inputs_hash=key)
+        if stage == "prepare" and _prepare_from_cache(run, cfg, prepared, f"[{i}/{len(stages)}] prepare", log):
             continue
         log(f"[{i}/{len(stages)}] {stage}: {STAGES[stage]}")
         start = time.perf_counter()
@@ -139,6 +138,25 @@ def params_file_for(run: runs.Run, cfg, may_differ: Sequence[str]):
     path = run.notebooks / "params-evaluate.yaml"
     params_lib.save(cfg, path)
     return path
+
+
+def _prepare_from_cache(run: runs.Run, cfg, prepared, label: str, log) -> bool:
+    """True when the prepare stage has nothing left to do: the processed data on disk was made
+    from these inputs (skipped, with the hash), or the preflight already prepared them in memory
+    (saved now, without a kernel). False: run the prepare notebook."""
+    key = prepared_already(cfg)
+    if key:
+        log(f"{label}: skipped, inputs unchanged (hash {key}): {data.processed_path(cfg.data)}")
+        run.skip_stage("prepare", inputs_hash=key)
+        return True
+    if prepared is None:
+        return False
+    run.start_stage("prepare")
+    data.save(prepared, cfg.data)
+    key = prepared.stats["inputs_hash"]
+    runs.finish_stage(run, "prepare", by="preflight", inputs_hash=key)
+    log(f"{label}: the preflight's splits saved (hash {key}): {data.processed_path(cfg.data)}")
+    return True
 
 
 def local_kernel_manager():

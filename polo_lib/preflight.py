@@ -21,7 +21,7 @@ OK, WARN, FAIL = "ok", "warn", "fail"
 @dataclass
 class Report:
     rows: list[dict[str, str]]
-
+    prepared: data.Prepared | None = None  # the splits the template check made: polo run saves them
     @property
     def ok(self) -> bool:
         return all(r["status"] != FAIL for r in self.rows)
@@ -92,7 +92,7 @@ def _template_and_lengths(cfg, found):
 
     tokenizer = model.load_tokenizer(cfg.model)
     markers = train.derive_markers(tokenizer)
-    prepared = data.prepare(cfg.data, tokenizer, cfg.model.max_seq_length)
+    prepared = found["prepared"] = data.prepare(cfg.data, tokenizer, cfg.model.max_seq_length)
     worst = []
     for split in ("train", "validation"):
         ds = {"messages": [e["messages"] for e in prepared.examples[split]]}
@@ -139,7 +139,7 @@ def run_checks(cfg: params.Params) -> Report:
         for name, check in (("architecture and LoRA targets", _architecture), ("memory", _memory),
                             ("chat template, masking, lengths", _template_and_lengths)):
             _run_one(rows, name, check, cfg, found)
-    return Report(rows)
+    return Report(rows, found.get("prepared"))
 
 
 def plan_tables(cfg, device) -> dict[str, pd.DataFrame]:

@@ -171,11 +171,11 @@ class Run:
         stages[stage] = {"status": "running", "start": _now()}
         self.update_manifest(stages=stages, status="running", error=None)
 
-    def finish_stage(self, stage: str) -> dict[str, Any]:
+    def finish_stage(self, stage: str, **info: Any) -> dict[str, Any]:
         stages = self.manifest().get("stages", {})
         entry = stages.get(stage, {"start": _now()})
         end = datetime.now(timezone.utc)
-        entry.update(status="finished", end=end.isoformat(timespec="seconds"),
+        entry.update(info, status="finished", end=end.isoformat(timespec="seconds"),
                      seconds=round((end - datetime.fromisoformat(entry["start"])).total_seconds(), 1))
         stages[stage] = entry
         self.update_summary(stage_seconds={k: v.get("seconds") for k, v in stages.items()})
@@ -322,11 +322,11 @@ def package_versions(names=PACKAGES) -> dict[str, str | None]:
     return out
 
 
-def finish_stage(run: Run | None, stage: str) -> Run | None:
-    """The stage ended well: its time and status go into the manifest. None (a stage run outside
-    any run, see open_run's create) is left as it is."""
+def finish_stage(run: Run | None, stage: str, **info: Any) -> Run | None:
+    """The stage ended well: its time, status and `info` go into the manifest. None (a stage run
+    outside any run, see open_run's create) is left as it is."""
     if run is not None:
-        run.finish_stage(stage)
+        run.finish_stage(stage, **info)
     return run
 
 

@@ -19,7 +19,7 @@ def pipeline_run(tiny_model_dir):
 
 def test_polo_run_leaves_a_complete_run_folder(pipeline_run):
     run = pipeline_run
-    for name in ("params.yaml", "manifest.json", "summary.json", "notebooks/prepare_data.ipynb",
+    for name in ("params.yaml", "manifest.json", "summary.json", "report.md",
                  "notebooks/train.ipynb", "adapter/adapter_model.safetensors", "adapter/adapter_config.json",
                  "adapter/tokenizer_config.json", "logs/train_log.csv", "plots/loss.png"):
         assert (run.path / name).is_file(), name
@@ -29,6 +29,10 @@ def test_polo_run_leaves_a_complete_run_folder(pipeline_run):
     assert manifest["status"] == "finished" and manifest["git"]["commit"]
     assert set(manifest["stages"]) == {"prepare", "train"}
     assert all(s["status"] == "finished" for s in manifest["stages"].values())
+    # the preflight prepared the splits to check them: saved as the prepare stage, no second kernel
+    prepare = manifest["stages"]["prepare"]
+    assert prepare["by"] == "preflight" and prepare["inputs_hash"] == data.prepared_hash(params.load("smoke").data)
+    assert not (run.notebooks / "prepare_data.ipynb").exists()
     assert manifest["model"]["load_in_4bit"] == {"asked": False, "applied": False}
     assert manifest["versions"]["unsloth"] and manifest["versions"]["trl"]
     assert params.load_resolved(run.params_path) == params.load("smoke")
