@@ -29,8 +29,9 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 demo: setup
 	$(BIN)/polo demo
 
+# Test files in parallel (one worker per core, at most 4): a file's tests share one worker and its fixtures.
 test: setup export-tools
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --maxprocesses=4 --dist loadfile
 
 # ruff with the rules in pyproject.toml; .ci/run runs it before the tests
 lint: setup

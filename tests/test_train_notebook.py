@@ -92,14 +92,15 @@ def test_train_notebook_alone_on_a_fresh_clone_takes_papermill_parameters(tmp_pa
 
 
 def test_a_failing_stage_marks_the_run_failed_and_names_the_cell(tiny_model_dir):
-    damaged = data.processed_path(params.load("smoke").data) / "dataset"
-    damaged.mkdir(parents=True)  # a processed folder with nothing in it: loading it fails in the train stage
-    with pytest.raises(PoloError, match=r"(?s)stage .train. failed: FileNotFoundError.*train.ipynb, cell"):
-        pipeline.run_pipeline("smoke", stages=["train"], log=lambda *a: None)
+    # no preflight, and a raw file that is not there: the train notebook's data cell fails
+    with pytest.raises(PoloError, match=r"(?s)stage .train. failed: DataError: .*missing.json: no such file"
+                                        r".*train.ipynb, cell"):
+        pipeline.run_pipeline("smoke", overrides={"data.raw_file": "data/raw/missing.json"}, stages=["train"],
+                              preflight=False, log=lambda *a: None)
     run = runs.lookup(status=None)
     manifest = run.manifest()
     assert manifest["status"] == "failed"
-    assert "FileNotFoundError" in manifest["error"]["message"]
+    assert "DataError" in manifest["error"]["message"]
     assert "train.ipynb" in manifest["error"]["where"]
     assert manifest["stages"]["train"]["status"] == "failed"
 
