@@ -369,11 +369,17 @@ def processed_path(data_params) -> Path:
 
 def save(prepared: Prepared, data_params) -> Path:
     """Write the DatasetDict and stats.json atomically: a failure keeps the previous version."""
-    from datasets import Dataset, DatasetDict
+    import datasets
 
     def build(tmp: Path) -> None:
-        dd = DatasetDict({s: Dataset.from_list(ex) for s, ex in prepared.examples.items()})
-        dd.save_to_disk(str(tmp / "dataset"))
+        dd = datasets.DatasetDict({s: datasets.Dataset.from_list(ex) for s, ex in prepared.examples.items()})
+        quiet = datasets.are_progress_bars_disabled()
+        datasets.disable_progress_bars()  # three bars for 60 small examples: noise in polo run's terminal
+        try:
+            dd.save_to_disk(str(tmp / "dataset"))
+        finally:
+            if not quiet:
+                datasets.enable_progress_bars()
         atomic_write_json(tmp / "stats.json", prepared.stats)
 
     return atomic_replace_dir(processed_path(data_params), build)
