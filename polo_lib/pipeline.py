@@ -144,7 +144,10 @@ def _prepare_from_cache(run: runs.Run, cfg, prepared, label: str, log) -> bool:
     """True when the prepare stage has nothing left to do: the processed data on disk was made
     from these inputs (skipped, with the hash), or the preflight already prepared them in memory
     (saved now, without a kernel). False: run the prepare notebook."""
-    key = prepared_already(cfg)
+    if prepared is None:  # no preflight: hash the inputs here
+        key = prepared_already(cfg)
+    else:  # the preflight's splits carry the hash of their inputs: no second tokenizer load
+        key = prepared.stats["inputs_hash"] if data.prepared_hash(cfg.data) == prepared.stats["inputs_hash"] else None
     if key:
         log(f"{label}: skipped, inputs unchanged (hash {key}): {data.processed_path(cfg.data)}")
         run.skip_stage("prepare", inputs_hash=key)
