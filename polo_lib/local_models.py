@@ -308,7 +308,7 @@ PRETRAIN_BATCH = 16
 PRETRAIN_LR = 3e-3
 
 
-def _pretrain(model, tokenizer, texts: Sequence[str], seed: int) -> dict[str, float]:
+def _pretrain(model, tokenizer, texts: Sequence[str], seed: int, steps: int) -> dict[str, float]:
     """Causal-LM training on `texts`, deterministic for a seed; returns first/last loss."""
     import torch
 
@@ -318,7 +318,7 @@ def _pretrain(model, tokenizer, texts: Sequence[str], seed: int) -> dict[str, fl
     opt = torch.optim.AdamW(model.parameters(), lr=PRETRAIN_LR, weight_decay=0.0)
     model.train()
     first = last = float("nan")
-    for step in range(PRETRAIN_STEPS):
+    for step in range(steps):
         idx = torch.randint(len(encoded), (PRETRAIN_BATCH,), generator=gen).tolist()
         batch = [encoded[i] for i in idx]
         width = max(len(b) for b in batch)
@@ -334,13 +334,15 @@ def _pretrain(model, tokenizer, texts: Sequence[str], seed: int) -> dict[str, fl
         first = loss.item() if step == 0 else first
         last = loss.item()
     model.eval()
-    return {"first": round(first, 3), "last": round(last, 3), "steps": PRETRAIN_STEPS}
+    return {"first": round(first, 3), "last": round(last, 3), "steps": steps}
 
 
-def build_tiny_llama(out_dir: Path, texts: Sequence[str], seed: int = 0) -> Path:
+def build_tiny_llama(out_dir: Path, texts: Sequence[str], seed: int = 0,
+                     pretrain_steps: int = PRETRAIN_STEPS) -> Path:
     """Build a tiny Llama + byte-level BPE tokenizer at `out_dir` in a few seconds.
 
-    Random weights, then a few seconds of language modelling on `texts` (see _pretrain).
+    Random weights, then a few seconds of language modelling on `texts` (see _pretrain);
+    `pretrain_steps` shortens that for tests of the build itself (the marker records it).
 
     It is a real LlamaForCausalLM (the architecture Unsloth patches), so tests exercise the
     same loading, LoRA, masking and generation code as SmolLM2 and the GPU models. The
@@ -367,7 +369,7 @@ def build_tiny_llama(out_dir: Path, texts: Sequence[str], seed: int = 0) -> Path
         )
         torch.manual_seed(seed)
         model = LlamaForCausalLM(config).to(torch.float32)
-        pretrain_loss = _pretrain(model, tokenizer, texts, seed)
+        pretrain_loss = _pretrain(model, tokenizer, texts, seed, pretrain_steps)
         model.generation_config = GenerationConfig(
             bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id,

@@ -32,6 +32,9 @@ TEXTS = [
     "각 칸은 상자 B개와 그 상자의 신뢰도 점수를 예측합니다.",
     "이 신경망은 합성곱 층 24개와 완전 연결 층 2개로 이루어져 있습니다.",
 ] * 3
+# The build's mechanics (files, marker, determinism, races) do not need the 300 pretraining steps
+# that make the cached tiny-llama learnable: a few steps run the same code in a fraction of the time.
+QUICK = {"pretrain_steps": 4}
 
 
 @pytest.fixture(autouse=True)
@@ -45,7 +48,7 @@ def model_cache(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory) -> Path:
-    return lm.build_tiny_llama(tmp_path_factory.mktemp("tiny") / "tiny-llama", TEXTS, seed=0)
+    return lm.build_tiny_llama(tmp_path_factory.mktemp("tiny") / "tiny-llama", TEXTS, seed=0, **QUICK)
 
 
 @pytest.fixture(scope="session")
@@ -122,19 +125,19 @@ def test_existing_folder_is_returned_and_file_is_rejected(tmp_path):
 def test_tiny_llama_build_is_complete(tmp_path):
     # No wall-clock bound here: on a loaded 2-core machine the build took 41 s, and speed belongs
     # to the benchmarks, not to a test that fails when the machine is busy.
-    out = lm.build_tiny_llama(tmp_path / "t", TEXTS)
+    out = lm.build_tiny_llama(tmp_path / "t", TEXTS, **QUICK)
     names = {p.name for p in out.iterdir()}
     assert {"config.json", "model.safetensors", "tokenizer.json", lm.MARKER_NAME} <= names
     marker = json.loads((out / lm.MARKER_NAME).read_text())
-    assert marker["model"] == "tiny-llama" and marker["seed"] == 0
+    assert marker["model"] == "tiny-llama" and marker["seed"] == 0 and marker["pretrain_loss"]["steps"] == 4
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "temp build folder left behind"
 
 
 def test_tiny_llama_is_deterministic(tiny_dir, tmp_path):
-    again = lm.build_tiny_llama(tmp_path / "again", TEXTS, seed=0)
+    again = lm.build_tiny_llama(tmp_path / "again", TEXTS, seed=0, **QUICK)
     for name in ("model.safetensors", "tokenizer.json", "config.json"):
         assert (again / name).read_bytes() == (tiny_dir / name).read_bytes(), name
-    other_seed = lm.build_tiny_llama(tmp_path / "seed1", TEXTS, seed=1)
+    other_seed = lm.build_tiny_llama(tmp_path / "seed1", TEXTS, seed=1, **QUICK)
     assert (other_seed / "model.safetensors").read_bytes() != (tiny_dir / "model.safetensors").read_bytes()
 
 
@@ -196,6 +199,7 @@ def test_resolve_tiny_llama_builds_once_from_raw_data(model_cache):
     marker = first / lm.MARKER_NAME
     info = json.loads(marker.read_text())
     assert info["texts"] > len(lm.TINY_EXTRA_TEXTS)
+    assert info["pretrain_loss"]["steps"] == lm.PRETRAIN_STEPS  # the model the tests train: fully pretrained
     assert 100_000 <= info["parameters"] <= 2_000_000
     mtime = marker.stat().st_mtime_ns
     assert lm.resolve("tiny-llama") == str(first)
@@ -208,7 +212,7 @@ def test_concurrent_builds_leave_one_complete_folder(tmp_path):
 
     def build():
         try:
-            results.append(lm.build_tiny_llama(out, TEXTS))
+            results.append(lm.build_tiny_llama(out, TEXTS, **QUICK))
         except Exception as exc:  # noqa: BLE001 - reported below, with the thread's result
             errors.append(exc)
 
@@ -228,7 +232,7 @@ def test_stray_folder_without_marker_is_not_overwritten(tmp_path):
     out.mkdir()
     (out / "mine.txt").write_text("user data")
     with pytest.raises(ModelError, match="not a finished build"):
-        lm.build_tiny_llama(out, TEXTS)
+        lm.build_tiny_llama(out, TEXTS, **QUICK)
     assert (out / "mine.txt").read_text() == "user data"
 
 
@@ -346,5 +350,5 @@ def test_stale_temp_folder_of_a_killed_build_is_removed(tmp_path):
     os.utime(stale, (old, old))
     fresh = tmp_path / ".tiny-llama.tmp-998-cafecafe"  # may belong to a live build: kept
     fresh.mkdir()
-    lm.build_tiny_llama(tmp_path / "tiny-llama", TEXTS)
+    lm.build_tiny_llama(tmp_path / "tiny-llama", TEXTS, **QUICK)
     assert not stale.exists() and fresh.exists()
