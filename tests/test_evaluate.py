@@ -11,11 +11,21 @@ from polo_lib.errors import RunError
 pytestmark = pytest.mark.slow
 
 
-def test_evaluate_stage_writes_everything_into_the_run(tiny_model_dir, capsys):
-    run = pipeline.run_pipeline("smoke", log=lambda *a: None)  # prepare, train, evaluate
+# Long enough for the tiny model to learn the training paragraphs, evaluated on them.
+LEARNS = {"max_steps": 30, "eval_steps": 15, "save_steps": 15, "evaluation.split": "train",
+          "evaluation.limit": 6, "evaluation.max_new_tokens": 48}
+
+
+def test_evaluate_stage_writes_everything_into_the_run_and_the_tuned_model_beats_base(tiny_model_dir, capsys):
+    """One pipeline run (prepare, train, evaluate), the most expensive thing in this file, read by
+    every check: the run folder, the live view, and a real change measured: after training on the
+    training paragraphs, the tiny model's chrF on those paragraphs beats the untrained base model's."""
+    run = pipeline.run_pipeline("smoke", overrides=LEARNS, log=lambda *a: None)
+    cfg = params.load("smoke", overrides=LEARNS)
     # the live view, fed from the progress file the notebooks' kernels wrote (plain lines: not a terminal)
     shown = capsys.readouterr().out
-    steps, n = run.manifest()["training"]["steps"], params.load("smoke").evaluation.limit
+    steps, n = run.manifest()["training"]["steps"], cfg.evaluation.limit
+    assert steps == 30
     assert f"  train {steps}/{steps} (100%)  epoch " in shown and "eval at step 0/" in shown
     assert f"  evaluate {n}/{n} (100%)  tuned model  " in shown and " tok/s" in shown
     state = progress.read(run.logs)
@@ -24,36 +34,26 @@ def test_evaluate_stage_writes_everything_into_the_run(tiny_model_dir, capsys):
                  "report.md", "notebooks/evaluate.ipynb"):
         assert (run.path / name).is_file(), name
     rows = [json.loads(line) for line in (run.eval / "predictions.jsonl").read_text(encoding="utf-8").splitlines()]
-    cfg = params.load("smoke")
-    assert len(rows) == cfg.evaluation.limit
+    assert len(rows) == n
     assert set(rows[0]) >= {"id", "original", "reference", "base", "tuned", "base_new_tokens", "tuned_seconds"}
     assert all(0 < r["tuned_new_tokens"] <= cfg.evaluation.max_new_tokens for r in rows)
-    metrics = json.loads((run.eval / "metrics.json").read_text(encoding="utf-8"))
-    assert {"chrf", "bleu", "rouge_l", "sari", "meaning_src"} <= set(metrics["metrics"])
-    for values in metrics["metrics"].values():
+    metrics = json.loads((run.eval / "metrics.json").read_text(encoding="utf-8"))["metrics"]
+    assert {"chrf", "bleu", "rouge_l", "sari", "meaning_src"} <= set(metrics)
+    for values in metrics.values():
         assert set(values) >= {"base", "tuned", "delta"}
+    assert metrics["chrf"]["tuned"] > metrics["chrf"]["base"] + 2.0, metrics["chrf"]
+    assert metrics["hangul_share"]["tuned"] > metrics["hangul_share"]["base"]
     summary = run.summary()
-    assert summary.evaluation.examples == cfg.evaluation.limit and summary.training is not None
+    assert summary.evaluation.examples == n and summary.training is not None
     report = (run.path / "report.md").read_text(encoding="utf-8")
     assert "## Evaluation" in report and "plots/loss.png" in report and "chrf" in report
     assert run.manifest()["stages"]["evaluate"]["status"] == "finished"
 
     # evaluate the same run again with other evaluation settings: allowed, and recorded
-    again = pipeline.run_pipeline("smoke", overrides={"evaluation.limit": 1}, stages=["evaluate"], run_id=run.id,
-                             log=lambda *a: None)
+    again = pipeline.run_pipeline("smoke", overrides={**LEARNS, "evaluation.limit": 1}, stages=["evaluate"],
+                                  run_id=run.id, log=lambda *a: None)
     assert again.id == run.id and len((run.eval / "predictions.jsonl").read_text().splitlines()) == 1
     assert run.manifest()["evaluate_params"]["evaluation"]["limit"] == 1
-
-
-def test_tuned_model_beats_base_on_what_it_learned(tiny_model_dir):
-    """The pipeline measures a real change: after training on the training paragraphs, the tiny
-    model's chrF on those paragraphs is higher than the untrained base model's."""
-    overrides = {"max_steps": 30, "eval_steps": 15, "save_steps": 15, "evaluation.split": "train",
-                 "evaluation.limit": 6, "evaluation.max_new_tokens": 48}
-    run = pipeline.run_pipeline("smoke", overrides=overrides, log=lambda *a: None)
-    metrics = json.loads((run.eval / "metrics.json").read_text(encoding="utf-8"))["metrics"]
-    assert metrics["chrf"]["tuned"] > metrics["chrf"]["base"] + 2.0, metrics["chrf"]
-    assert metrics["hangul_share"]["tuned"] > metrics["hangul_share"]["base"]
 
 
 def test_evaluating_a_run_without_adapter_is_a_clear_error(tiny_model_dir):
