@@ -6,15 +6,20 @@ import papermill as pm
 import pytest
 import torch
 
-from polo_lib import cli, data, params, paths, pipeline, runs
+from polo_lib import cli, data, model, params, paths, pipeline, runs
 from polo_lib.errors import PoloError
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def pipeline_run(tiny_model_dir):
-    return pipeline.run_pipeline("smoke", stages=["prepare", "train"], log=lambda *a: None)
+@pytest.fixture(scope="module")
+def pipeline_run(tiny_model_dir, tmp_path_factory):
+    """One `polo run smoke --stages prepare,train` for the tests that only read its run folder."""
+    with pytest.MonkeyPatch.context() as mp:
+        root = tmp_path_factory.mktemp("pipeline_run")
+        mp.setenv("POLO_OUTPUTS", str(root / "outputs"))
+        mp.setenv("POLO_PROCESSED_DIR", str(root / "processed"))
+        yield pipeline.run_pipeline("smoke", stages=["prepare", "train"], log=lambda *a: None)
 
 
 def test_polo_run_leaves_a_complete_run_folder(pipeline_run):
@@ -31,7 +36,9 @@ def test_polo_run_leaves_a_complete_run_folder(pipeline_run):
     assert all(s["status"] == "finished" for s in manifest["stages"].values())
     # the preflight prepared the splits to check them: saved as the prepare stage, no second kernel
     prepare = manifest["stages"]["prepare"]
-    assert prepare["by"] == "preflight" and prepare["inputs_hash"] == data.prepared_hash(params.load("smoke").data)
+    cfg = params.load("smoke")
+    assert prepare["by"] == "preflight"
+    assert prepare["inputs_hash"] == data.inputs_hash(cfg.data, model.load_tokenizer(cfg.model), cfg.model.max_seq_length)
     assert not (run.notebooks / "prepare_data.ipynb").exists()
     assert manifest["model"]["load_in_4bit"] == {"asked": False, "applied": False}
     assert manifest["versions"]["unsloth"] and manifest["versions"]["trl"]
