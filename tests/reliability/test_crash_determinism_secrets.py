@@ -12,21 +12,27 @@ from safetensors.torch import load_file
 from polo_lib import paths, runs
 
 pytestmark = pytest.mark.slow
-# Long enough that the kill lands mid-training, short enough for the suite (~0.05 s a step).
-SETS = ["--set", "max_steps=30", "--set", "eval_steps=3", "--set", "save_steps=3",
+# Long enough that the kill lands mid-training (it lands at the first checkpoint, step 3, with 9
+# steps and 3 evaluations still to go), short enough for the suite (~0.05 s a step).
+STEPS = 12
+SETS = ["--set", f"max_steps={STEPS}", "--set", "eval_steps=3", "--set", "save_steps=3",
         "--set", "early_stopping_patience=0", "--set", "save_total_limit=2"]
 
 
-def polo(*args, **kw):
+def polo(*args, env=None):
     return subprocess.Popen([sys.executable, "-m", "polo_lib.cli", *args], cwd=paths.PROJ_ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
-                            env=os.environ.copy(), **kw)
+                            env=env or os.environ.copy())
 
 
-def finished_run(*args) -> runs.Run:
-    proc = polo("run", "smoke", "--stages", "prepare,train", *SETS, *args)
+TOKEN = "hf_FAKEtokenForTheSecretTest0123456789"
+
+
+def finished_run(*args, env=None) -> runs.Run:
+    proc = polo("run", "smoke", *args, *SETS, env=env)
     _, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err.decode()[-2000:]
+    assert TOKEN not in err.decode()
     return runs.lookup()
 
 
@@ -35,14 +41,33 @@ def comparable(run):
     return pd.read_csv(run.logs / "train_log.csv").drop(columns=["tokens_per_s"])
 
 
-def test_sigkill_after_a_checkpoint_then_resume_ends_like_an_uninterrupted_run(tiny_model_dir):
-    """Also the determinism check: two uninterrupted runs with the same params and seed give
-    the same train_log.csv, to the last digit, on CPU."""
-    whole = finished_run()
-    again = finished_run()
+@pytest.fixture(scope="module")
+def two_runs(tiny_model_dir, tmp_path_factory):
+    """Two uninterrupted `polo run`s with the same params and seed, shared by the tests below (each
+    costs a process, a kernel and Unsloth's import): the second with an HF token in its environment,
+    and with the evaluate stage too, so the secret check covers every file a run writes."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("POLO_OUTPUTS", str(tmp_path_factory.mktemp("two_runs") / "outputs"))
+        whole = finished_run("--stages", "prepare,train")
+        again = finished_run("--stages", "prepare,train,evaluate", env={**os.environ, "HF_TOKEN": TOKEN})
+        yield whole, again
+
+
+def test_the_same_params_and_seed_give_the_same_train_log_to_the_last_digit(two_runs):
+    whole, again = two_runs
     assert again.id != whole.id
     pd.testing.assert_frame_equal(comparable(whole), comparable(again), check_exact=True)
 
+
+def test_an_hf_token_in_the_environment_never_reaches_the_run_folder(two_runs):
+    run = two_runs[1]
+    assert run.manifest()["stages"]["evaluate"]["status"] == "finished"
+    leaked = [p for p in run.path.rglob("*") if p.is_file() and TOKEN.encode() in p.read_bytes()]
+    assert leaked == []
+
+
+def test_sigkill_after_a_checkpoint_then_resume_ends_like_an_uninterrupted_run(two_runs):
+    whole, again = two_runs
     proc = polo("run", "smoke", "--stages", "prepare,train", *SETS)
     deadline = time.time() + 300
     victim = None
@@ -58,7 +83,7 @@ def test_sigkill_after_a_checkpoint_then_resume_ends_like_an_uninterrupted_run(t
     assert victim is not None, "no checkpoint appeared before the run ended"
     assert victim.manifest()["status"] == "running"  # killed: nobody could record anything
     killed_at = pd.read_csv(victim.logs / "train_log.csv")["step"].max()
-    assert killed_at < 30
+    assert killed_at < STEPS
 
     proc = polo("run", "smoke", "--stages", "train", "--run-id", victim.id, *SETS)
     _, err = proc.communicate(timeout=600)
@@ -70,14 +95,3 @@ def test_sigkill_after_a_checkpoint_then_resume_ends_like_an_uninterrupted_run(t
     assert a.keys() == b.keys()
     for key in a:
         assert (a[key] - b[key]).abs().max().item() < 1e-6, key
-
-
-def test_an_hf_token_in_the_environment_never_reaches_the_run_folder(tiny_model_dir, monkeypatch):
-    token = "hf_FAKEtokenForTheSecretTest0123456789"
-    monkeypatch.setenv("HF_TOKEN", token)
-    proc = polo("run", "smoke", *SETS[:2])  # prepare, train, evaluate
-    _, err = proc.communicate(timeout=600)
-    assert proc.returncode == 0, err.decode()[-2000:]
-    run = runs.lookup()
-    leaked = [p for p in run.path.rglob("*") if p.is_file() and token.encode() in p.read_bytes()]
-    assert leaked == [] and token not in err.decode()
