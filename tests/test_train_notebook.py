@@ -38,7 +38,8 @@ def test_polo_run_leaves_a_complete_run_folder(pipeline_run):
     prepare = manifest["stages"]["prepare"]
     cfg = params.load("smoke")
     assert prepare["by"] == "preflight"
-    assert prepare["inputs_hash"] == data.inputs_hash(cfg.data, model.load_tokenizer(cfg.model), cfg.model.max_seq_length)
+    tokenizer = model.load_tokenizer(cfg.model)
+    assert prepare["inputs_hash"] == data.inputs_hash(cfg.data, tokenizer, cfg.model.max_seq_length)
     assert not (run.notebooks / "prepare_data.ipynb").exists()
     assert manifest["model"]["load_in_4bit"] == {"asked": False, "applied": False}
     assert manifest["versions"]["unsloth"] and manifest["versions"]["trl"]
