@@ -19,6 +19,7 @@ without the marker is never taken for a finished build.
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
 import hashlib
 import importlib.metadata
@@ -152,9 +153,30 @@ def ensure_local_model(name: str) -> Path:
     out_dir = paths.model_cache_dir() / CACHE_FOLDERS[name]
     if is_built(out_dir):
         return out_dir
-    if name == SMOLLM2:
-        return build_smollm2(out_dir)
-    return build_tiny_llama(out_dir, tiny_llama_texts())
+    with _build_lock(out_dir):  # a second process waits for the first build instead of repeating it
+        if is_built(out_dir):
+            return out_dir
+        if name == SMOLLM2:
+            return build_smollm2(out_dir)
+        return build_tiny_llama(out_dir, tiny_llama_texts())
+
+
+@contextlib.contextmanager
+def _build_lock(out_dir: Path):
+    """An exclusive lock on `<cache>/.<name>.lock` while a model is built (two notebooks, parallel
+    test workers). Where file locks do not exist (Windows), both build and the first rename wins."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with open(out_dir.parent / f".{out_dir.name}.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def is_built(folder: Path) -> bool:

@@ -27,6 +27,16 @@ def isolated_outputs(tmp_path, monkeypatch):
     return tmp_path
 
 
+SHARED_MODEL_CACHE = Path(os.environ["POLO_MODEL_CACHE"])
+
+
+@pytest.fixture(scope="session")
+def shared_model_cache() -> Path:
+    """The model cache every test session shares (built once per machine; test_local_models points
+    each of its tests at an empty one, and at this one for the slow builds it only reads)."""
+    return SHARED_MODEL_CACHE
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir() -> Path:
     """The tiny random Llama (built once per session into the shared cache)."""

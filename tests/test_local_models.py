@@ -1,8 +1,9 @@
 """Offline models: name resolution, the tiny test Llama and the SmolLM2 GGUF conversion.
 
-Real libraries, no mocks. Every test points the model cache at a tmp folder
-(POLO_MODEL_CACHE), so nothing in the repo's outputs/ is read or written.
-The SmolLM2 conversion (~20 s) runs once per session; the rest takes a few seconds.
+Real libraries, no mocks. Every test points the model cache at an empty tmp folder
+(POLO_MODEL_CACHE) and builds there, except the tests that read the two slow builds (the SmolLM2
+conversion, ~25 s, and the fully pretrained tiny-llama, ~10 s): they read the shared cache the
+rest of the suite uses, built once per machine. The rest takes a few seconds.
 """
 from __future__ import annotations
 
@@ -51,12 +52,12 @@ def tiny_dir(tmp_path_factory) -> Path:
     return lm.build_tiny_llama(tmp_path_factory.mktemp("tiny") / "tiny-llama", TEXTS, seed=0, **QUICK)
 
 
-@pytest.fixture(scope="session")
-def smollm2_cache(tmp_path_factory) -> Path:
-    """A model cache holding the converted SmolLM2, built once for the whole session."""
-    cache = tmp_path_factory.mktemp("smol_cache")
-    lm.build_smollm2(cache / lm.SMOLLM2)
-    return cache
+@pytest.fixture
+def smollm2_cache(shared_model_cache, monkeypatch) -> Path:
+    """The shared model cache, holding the converted SmolLM2 (~25 s to build, once per machine)."""
+    monkeypatch.setenv("POLO_MODEL_CACHE", str(shared_model_cache))
+    lm.ensure_local_model(lm.SMOLLM2)
+    return shared_model_cache
 
 
 # --------------------------------------------------------------------------- resolve
@@ -192,18 +193,44 @@ def test_tiny_llama_model_size_and_generation(tiny_dir):
     assert out.shape[1] > enc["input_ids"].shape[1]
 
 
-def test_resolve_tiny_llama_builds_once_from_raw_data(model_cache):
+def test_resolve_tiny_llama_builds_once_from_raw_data(shared_model_cache, monkeypatch):
+    """The shared cache's tiny-llama (what every other test trains): built by resolve from the raw
+    data, fully pretrained, and taken from the cache afterwards. On a fresh clone this test or the
+    first test that needs the model builds it; the build itself is tested in a private cache above."""
+    monkeypatch.setenv("POLO_MODEL_CACHE", str(shared_model_cache))
     assert (paths.RAW_DIR / "yolo_v1.json").is_file()
     first = Path(lm.resolve("tiny-llama"))
-    assert first == model_cache / lm.CACHE_FOLDERS["tiny-llama"]
+    assert first == shared_model_cache / lm.CACHE_FOLDERS["tiny-llama"]
     marker = first / lm.MARKER_NAME
     info = json.loads(marker.read_text())
-    assert info["texts"] > len(lm.TINY_EXTRA_TEXTS)
+    assert info["texts"] == len(lm.tiny_llama_texts()) > len(lm.TINY_EXTRA_TEXTS)
     assert info["pretrain_loss"]["steps"] == lm.PRETRAIN_STEPS  # the model the tests train: fully pretrained
     assert 100_000 <= info["parameters"] <= 2_000_000
     mtime = marker.stat().st_mtime_ns
     assert lm.resolve("tiny-llama") == str(first)
     assert marker.stat().st_mtime_ns == mtime  # taken from the cache, not rebuilt
+
+
+def test_two_processes_asking_for_a_missing_model_build_it_once(model_cache, monkeypatch):
+    """ensure_local_model holds a file lock while it builds: the second caller waits, then takes
+    the first one's build (parallel test workers, two notebooks opened at once)."""
+    real, built = lm.build_tiny_llama, []
+
+    def counted(out_dir, texts, **kw):
+        built.append(out_dir)
+        time.sleep(0.5)  # long enough for the other thread to reach the lock
+        return real(out_dir, TEXTS, **QUICK)
+
+    monkeypatch.setattr(lm, "build_tiny_llama", counted)
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(lm.ensure_local_model("tiny-llama")))
+               for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert built == [model_cache / lm.CACHE_FOLDERS["tiny-llama"]]
+    assert results == [built[0], built[0]] and lm.is_built(built[0])
 
 
 def test_concurrent_builds_leave_one_complete_folder(tmp_path):
