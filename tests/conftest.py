@@ -14,6 +14,12 @@ from polo_lib import paths
 os.environ.setdefault("POLO_MODEL_CACHE", str(paths.PROJ_ROOT / "outputs" / "models"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")          # no test may reach the hub
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Parallel workers (`make test`: pytest-xdist) share the cores: each worker, and the notebook kernels
+# and `polo` processes it starts, gets its share of torch threads. Two workers on 2 cores with 2
+# threads each spin against each other: the suite took 561 s that way, 330 s with 1 thread each.
+if (workers := int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))) > 1:
+    share = str(max(1, (os.cpu_count() or 1) // workers))
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = share
 from polo_lib.model import import_unsloth  # noqa: E402
 
 import_unsloth()
