@@ -4,9 +4,11 @@ Every JSON/YAML/CSV/Markdown file a run writes goes through here.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
+import stat
 import tempfile
 import uuid
 from collections.abc import Callable
@@ -14,12 +16,46 @@ from pathlib import Path
 from typing import Any
 
 
+@functools.lru_cache(maxsize=1)
+def umask() -> int:
+    """The process umask (read once: os.umask can only be read by setting it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def plain_mode(executable: bool = False) -> int:
+    """The mode a plain open() or mkdir() gives under the umask: 0644 / 0755 under umask 022."""
+    return (0o777 if executable else 0o666) & ~umask()
+
+
+def match_umask(path: Path) -> Path:
+    """Give `path`, and everything under it if it is a folder, the mode a plain write would.
+
+    Private temp files (mkstemp: 0600, used by atomic writes here and by libraries that save
+    weights) would otherwise leave run files that another user, a container or a Ray worker
+    on shared storage cannot read. Execute bits are kept; links are left alone.
+    """
+    path = Path(path)
+    for p in [path, *path.rglob("*")] if path.is_dir() else [path]:
+        if p.is_symlink():
+            continue
+        mode = stat.S_IMODE(p.stat().st_mode)
+        wanted = plain_mode(executable=p.is_dir() or bool(mode & 0o111))
+        if mode != wanted:
+            p.chmod(wanted)
+    return path
+
+
 def atomic_write_text(path: Path, text: str) -> Path:
-    """Write to a temp file beside `path`, fsync, then rename over it (atomic on POSIX)."""
+    """Write to a temp file beside `path`, fsync, then rename over it (atomic on POSIX).
+    The file gets the umask's mode (0644 under 022), not the temp file's private 0600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, plain_mode())
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
@@ -47,6 +83,7 @@ def atomic_replace_dir(target: Path, build: Callable[[Path], None]) -> Path:
     try:
         tmp.mkdir()
         build(tmp)
+        match_umask(tmp)
         old = None
         if target.exists():
             old = target.parent / f".{target.name}.{uuid.uuid4().hex[:8]}.old"

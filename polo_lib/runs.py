@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from . import params as params_lib
 from . import paths
-from .atomic import atomic_write_json
+from .atomic import atomic_write_json, match_umask
 from .errors import RunError
 from .notebook import on_cell_error
 
@@ -179,6 +179,7 @@ class Run:
                      seconds=round((end - datetime.fromisoformat(entry["start"])).total_seconds(), 1))
         stages[stage] = entry
         self.update_summary(stage_seconds={k: v.get("seconds") for k, v in stages.items()})
+        match_umask(self.path)  # weights and checkpoints that libraries saved through private temp files
         return self.update_manifest(stages=stages, status="finished")
 
     def skip_stage(self, stage: str, **why: Any) -> dict[str, Any]:
@@ -192,6 +193,7 @@ class Run:
         for entry in stages.values():
             if entry.get("status") == "running":
                 entry.update(status="failed", end=_now())
+        match_umask(self.path)
         self.update_manifest(stages=stages, status="failed", error={"message": error, "where": where})
 
     def params(self):

@@ -18,7 +18,7 @@ import httpx
 import pytest
 import torch
 
-from polo_lib import cli, inference, local_models, model, params, paths, prompts, runs
+from polo_lib import atomic, cli, inference, local_models, model, params, paths, prompts, runs
 from polo_lib.deploy import export, serve
 from polo_lib.errors import ModelError, PoloError, RunError
 
@@ -114,6 +114,9 @@ def test_adapter_and_merged_exports_reload_and_keep_the_adapter(tiny_run):
     assert merged.check["dtype_on_disk"] == "bfloat16"  # 16-bit merge, even from float32 CPU training
     assert merged.check["reloaded"] == "AutoModelForCausalLM (float32 on cpu)"  # 16-bit on cuda on a GPU
     assert tiny_run.manifest()["exports"]["merged"]["files"] == merged.files
+    for folder in (adapter.path, merged.path):  # readable by others as the umask says (0644 under 022)
+        assert {p.name: oct(p.stat().st_mode & 0o777) for p in folder.iterdir()} == \
+               {p.name: oct(0o666 & ~atomic.umask()) for p in folder.iterdir()}
 
     # the merged weights are base + adapter: closer to the tuned model than to the base
     cfg = tiny_run.params()

@@ -1,12 +1,13 @@
 """The train notebook end to end through papermill (and `polo run`), on the tiny model."""
 import json
+import stat
 
 import pandas as pd
 import papermill as pm
 import pytest
 import torch
 
-from polo_lib import cli, data, model, params, paths, pipeline, runs
+from polo_lib import atomic, cli, data, model, params, paths, pipeline, runs
 from polo_lib.errors import PoloError
 
 pytestmark = pytest.mark.slow
@@ -54,6 +55,17 @@ def test_polo_run_leaves_a_complete_run_folder(pipeline_run):
     assert summary.steps == 6 and 0 < summary.trainable_pct < 5
     executed = json.loads((run.notebooks / "train.ipynb").read_text(encoding="utf-8"))
     assert any("image/png" in o.get("data", {}) for c in executed["cells"] for o in c.get("outputs", []))
+
+
+def test_every_file_of_a_finished_run_is_readable_as_the_umask_says(pipeline_run):
+    """manifest.json, params.yaml, summary.json, report.md, train_log.csv and the adapter's weights
+    were 0600 (private temp files renamed into place): now 0644 / 0755 under umask 022."""
+    mask = atomic.umask()
+    modes = {str(p.relative_to(pipeline_run.path)): stat.S_IMODE(p.stat().st_mode)
+             for p in [pipeline_run.path, *pipeline_run.path.rglob("*")]}
+    wrong = {p: oct(m) for p, m in modes.items()
+             if m != (0o777 if (pipeline_run.path / p).is_dir() else 0o666) & ~mask}
+    assert "adapter/adapter_model.safetensors" in modes and wrong == {}
 
 
 def test_the_adapter_reloads_with_plain_peft_and_with_unsloth(pipeline_run, tiny_model_dir):
