@@ -90,6 +90,7 @@ def training_settings(cfg, params_file: str, overrides: dict, work: Path, warmup
     markers = train.derive_markers(tokenizer)
     decisions = device_lib.decide_for(cfg)  # what polo_lib applies here; (b) and (c) get the same
     t, lora = cfg.training, cfg.lora
+    schedule = train.plan(t, len(data.load_processed(cfg.data)["train"]))  # warmup resolved as polo_lib does
     return {
         "params_file": params_file, "polo_overrides": overrides,
         "model_path": local_models.resolve(cfg.model.model_name), "train_file": str(train_file),
@@ -98,7 +99,7 @@ def training_settings(cfg, params_file: str, overrides: dict, work: Path, warmup
         "lora_dropout": lora.lora_dropout, "target_modules": list(lora.target_modules),
         "gradient_checkpointing": decisions.gradient_checkpointing, "dtype": decisions.dtype,
         "batch_size": t.per_device_train_batch_size, "accumulation": t.gradient_accumulation_steps,
-        "learning_rate": t.learning_rate, "warmup_ratio": t.warmup_steps, "scheduler": t.lr_scheduler_type,
+        "learning_rate": t.learning_rate, "lr_warmup_steps": schedule.warmup_steps, "scheduler": t.lr_scheduler_type,
         "weight_decay": t.weight_decay, "max_grad_norm": t.max_grad_norm,
         "optim": decisions.optim, "seed": t.seed,
         "max_steps": t.max_steps, "warmup_steps": warmup,

@@ -83,7 +83,7 @@ class TrainingParams(_Section):
     per_device_eval_batch_size: int = Field(1, ge=1, le=4096)
     gradient_accumulation_steps: int = Field(4, ge=1, le=4096)
     learning_rate: float = Field(2e-4, gt=0, lt=1)
-    warmup_steps: float = Field(0.0, ge=0)  # < 1: a fraction of all steps (transformers 5)
+    warmup_steps: float = Field(0.0, ge=0)  # >= 1 steps, < 1 a fraction of all steps (train.resolve_warmup)
     lr_scheduler_type: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
     weight_decay: float = Field(0.01, ge=0, lt=1)
     max_grad_norm: float = Field(1.0, gt=0)

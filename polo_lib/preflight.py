@@ -108,8 +108,9 @@ def _template_and_lengths(cfg, found):
     detail = (f"markers {markers.instruction!r} / {markers.response!r}; every example keeps answer tokens "
               f"(min {min(worst)}); longest example {longest} of max_seq_length {cfg.model.max_seq_length}; "
               f"{schedule.total_steps} steps, evaluations at {evaluations}")
-    if dropped:
-        return WARN, detail + f"; {dropped} over-length example(s) will be dropped"
+    warnings = schedule.warnings() + ([f"{dropped} over-length example(s) will be dropped"] if dropped else [])
+    if warnings:
+        return WARN, detail + "; " + "; ".join(warnings)
     return OK, detail
 
 

@@ -120,7 +120,7 @@ def sft_config(cfg, run, decisions, plan: Plan):
         per_device_train_batch_size=t.per_device_train_batch_size,
         per_device_eval_batch_size=t.per_device_eval_batch_size,
         gradient_accumulation_steps=t.gradient_accumulation_steps,
-        learning_rate=t.learning_rate, warmup_steps=t.warmup_steps, lr_scheduler_type=t.lr_scheduler_type,
+        learning_rate=t.learning_rate, warmup_steps=plan.warmup_steps, lr_scheduler_type=t.lr_scheduler_type,
         weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm,
         optim=decisions.optim, fp16=decisions.fp16, bf16=decisions.bf16, use_cpu=decisions.use_cpu,
         logging_steps=t.logging_steps, logging_first_step=True,
@@ -272,6 +272,9 @@ class Plan:
     eval_steps: int
     save_steps: int
     patience: int
+    warmup_asked: float = 0.0
+    warmup_steps: int = 0
+    scheduler: str = "linear"
 
     @property
     def evaluations(self) -> int:
@@ -298,6 +301,14 @@ class Plan:
                     f"{self.total_steps // needed or 1}), train longer, or set early_stopping_patience: 0."]
         return []
 
+    def warnings(self) -> list[str]:
+        """What works but is probably not meant; preflight shows these as warnings."""
+        if self.scheduler != "constant" and self.warmup_steps and self.warmup_steps * 4 >= self.total_steps:
+            return [f"warmup is {self.warmup_steps} of {self.total_steps} steps (training.warmup_steps "
+                    f"{self.warmup_asked:g}): a quarter of the run or more climbs to the learning rate; "
+                    "lower warmup_steps (0.05 is a common choice) or train longer."]
+        return []
+
     def check(self) -> Plan:
         if problems := self.problems():
             raise ParamsError(" ".join(problems))
@@ -309,14 +320,36 @@ class Plan:
                 ("steps planned", self.total_steps),
                 ("eval_steps / save_steps", f"{self.eval_steps} / {self.save_steps}"),
                 ("evaluations at steps", ", ".join(map(str, shown)) or "none"),
+                ("warmup steps", self._warmup_text()),
                 ("early stopping", f"patience {self.patience}" if self.patience else "off")]
         return pd.DataFrame(rows, columns=["plan", "value"]).set_index("plan")
+
+    def _warmup_text(self) -> str:
+        if self.warmup_asked and not self.warmup_steps and self.total_steps < SHORT_RUN_STEPS:
+            return (f"0 (asked {self.warmup_asked:g}; a run under {SHORT_RUN_STEPS} steps trains every step "
+                    "at its learning rate)")
+        return str(self.warmup_steps)
 
     def _repr_html_(self) -> str:
         return self.table()._repr_html_()
 
     def __repr__(self) -> str:
         return str(self.table())
+
+
+# transformers' warmup multiplies the learning rate by step / warmup: the first optimizer step of
+# any warmup trains at learning rate 0. In a long run that is one step of thousands; in a 4-step
+# run it is a quarter of the training (three learning rates in a 2-step queue gave the same loss).
+SHORT_RUN_STEPS = 20
+
+
+def resolve_warmup(asked: float, total_steps: int) -> int:
+    """`training.warmup_steps` as optimizer steps: a number >= 1 is steps, below 1 a fraction of
+    the run, rounded down (transformers rounds up); a run under SHORT_RUN_STEPS steps gets none,
+    so each of its few steps trains at the learning rate asked for."""
+    if total_steps < SHORT_RUN_STEPS:
+        return 0
+    return min(total_steps, int(asked) if asked >= 1 else math.floor(asked * total_steps))
 
 
 def plan(training, n_train: int) -> Plan:
@@ -332,7 +365,9 @@ def plan(training, n_train: int) -> Plan:
             return max(1, min(per_epoch, math.ceil(total / 10)))
         return int(value)
 
-    return Plan(n_train, per_epoch, total, resolve(t.eval_steps), resolve(t.save_steps), t.early_stopping_patience)
+    return Plan(n_train, per_epoch, total, resolve(t.eval_steps), resolve(t.save_steps), t.early_stopping_patience,
+                warmup_asked=t.warmup_steps, warmup_steps=resolve_warmup(t.warmup_steps, total),
+                scheduler=t.lr_scheduler_type)
 
 
 # ------------------------------------------------------------------ session

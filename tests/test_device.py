@@ -142,6 +142,29 @@ def test_the_evaluation_schedule_of_each_params_file(name, steps, total, eval_at
     assert p.save_steps == p.eval_steps
 
 
+@pytest.mark.parametrize("asked, total, steps", [
+    (0.1, 4, 0),     # a short run: transformers' ceil(0.4) = 1 step would train at learning rate 0
+    (0.1, 13, 0),    # the cpu demo's run
+    (3, 19, 0),      # steps asked, still under 20
+    (0.1, 20, 2),
+    (0.05, 65, 3),   # default: rounded down (transformers: ceil(3.25) = 4)
+    (0.0, 100, 0),
+    (10, 65, 10),    # a whole number is steps
+    (500, 65, 65),   # never more than the run
+])
+def test_warmup_is_resolved_to_steps_and_short_runs_use_every_step(asked, total, steps):
+    assert train.resolve_warmup(asked, total) == steps
+
+
+def test_the_plan_shows_warmup_and_warns_when_it_is_a_quarter_of_the_run():
+    cpu = train.plan(params.load("cpu").training, 52)
+    assert cpu.warmup_steps == 0 and cpu.warnings() == []
+    assert cpu.table().loc["warmup steps", "value"].startswith("0 (asked 0.1; a run under 20 steps")
+    long = train.plan(params.load("default", overrides={"warmup_steps": 0.3}).training, 52)
+    assert long.warmup_steps == 19 and "19 of 65 steps" in long.warnings()[0]
+    assert train.plan(params.load("default").training, 52).warnings() == []
+
+
 def test_auto_and_epoch_cadence():
     cfg = params.load("default", overrides={"eval_steps": "auto", "save_steps": "auto"})
     assert train.plan(cfg.training, 52).eval_steps == 7          # ~10 evaluations over 65 steps

@@ -73,6 +73,12 @@ def test_preflight_passes_for_smoke_and_reports_every_check(tiny_model_dir):
     assert "'<|assistant|>\\n'" in report.table().loc["chat template, masking, lengths", "detail"]
 
 
+def test_preflight_warns_when_warmup_is_a_quarter_of_the_run(tiny_model_dir):
+    report = preflight.run_checks(params.load("smoke", {"max_steps": 24, "warmup_steps": 0.3}))
+    row = report.table().loc["chat template, masking, lengths"]
+    assert report.ok and row["status"] == "warn" and "warmup is 7 of 24 steps" in row["detail"]
+
+
 def test_preflight_catches_a_missing_target_module(tiny_model_dir):
     report = preflight.run_checks(params.load("smoke", {"lora.target_modules": ["q_proj", "c_attn"]}))
     assert not report.ok

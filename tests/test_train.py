@@ -197,3 +197,17 @@ def test_merged_16bit_export_when_params_ask(smoke):
     m = AutoModelForCausalLM.from_pretrained(merged)
     assert not any("lora" in n for n, _ in m.named_parameters())
     assert next(m.parameters()).dtype in (torch.float16, torch.bfloat16)
+
+
+def test_a_short_run_with_warmup_trains_its_first_step_and_its_learning_rate_shows(smoke):
+    """With transformers' own warmup, 0.1 of a 2-step run is 1 step at learning rate 0: the loss
+    at step 2 was the same whatever the learning rate (three rates in a queue, one loss_last)."""
+    losses = []
+    for lr in (1e-3, 5e-3):
+        cfg, ds = smoke(max_steps=2, eval_steps=2, save_steps=2, warmup_steps=0.1, learning_rate=lr)
+        run = runs.open_run(cfg)
+        train_once(cfg, ds, run)
+        log = train.read_train_log(run.logs / "train_log.csv").dropna(subset=["loss"])
+        assert log["learning_rate"].iloc[0] == pytest.approx(lr)  # step 1 trains at the rate asked
+        losses.append(log["loss"].iloc[-1])
+    assert losses[0] != losses[1]

@@ -33,7 +33,7 @@ trainer = SFTTrainer(
     args=SFTConfig(
         output_dir=s["output_dir"], max_steps=s["max_steps"],
         per_device_train_batch_size=s["batch_size"], gradient_accumulation_steps=s["accumulation"],
-        learning_rate=s["learning_rate"], warmup_steps=s["warmup_ratio"], lr_scheduler_type=s["scheduler"],
+        learning_rate=s["learning_rate"], warmup_steps=s["lr_warmup_steps"], lr_scheduler_type=s["scheduler"],
         weight_decay=s["weight_decay"], max_grad_norm=s["max_grad_norm"], optim=s["optim"],
         fp16=dtype == "float16", bf16=dtype == "bfloat16",
         use_cpu=not on_gpu, logging_steps=1, save_strategy="no", eval_strategy="no",
