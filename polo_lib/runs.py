@@ -333,6 +333,11 @@ def finish_stage(run: Run | None, stage: str, **info: Any) -> Run | None:
 
 
 LATEST = "latest"
+STATUSES = ("running", "finished", "failed", "pruned", "damaged")  # damaged: no readable manifest (registry)
+# What made a run: `polo run` or a notebook, a step of a queue, a trial of a sweep (manifest keys).
+KINDS = ("run", "queue", "sweep")
+REF_HELP = ("a run id, a unique prefix of one, a run folder, or latest (the newest finished run made by polo run "
+            "or a notebook; latest:sweep, latest:queue or latest:any for sweep trials, queue steps or any run)")
 
 
 def run_folders() -> list[Path]:
@@ -341,18 +346,26 @@ def run_folders() -> list[Path]:
     return sorted(p for p in root.iterdir() if (p / "params.yaml").is_file()) if root.exists() else []
 
 
-def lookup(ref: str | None = LATEST, status: str | None = "finished") -> Run:
-    """The one way to name a run: its id, a unique prefix of it, or `latest` / None (the newest
-    run with `status`; status None: the newest of any status)."""
+def kind_of(manifest: dict[str, Any]) -> str:
+    """'sweep' for a sweep trial, 'queue' for a queue step, else 'run' (polo run, a notebook)."""
+    return "sweep" if manifest.get("sweep") else "queue" if manifest.get("queue") else "run"
+
+
+def lookup(ref: str | Path | None = LATEST, status: str | None = "finished") -> Run:
+    """The one way to name a run, in every command and notebook (REF_HELP): its id, a unique
+    prefix of it, its folder's path, or `latest` / None: the newest run with `status` (None: any
+    status) made by `polo run` or a notebook. Sweep trials and queue steps are runs too, but
+    `latest` never means one of them unless asked: `latest:sweep`, `latest:queue`, `latest:any`."""
     folders = run_folders()
-    if ref in (None, LATEST):
-        for path in reversed(folders):
-            run = Run(path.name, path)
-            if status is None or run.manifest().get("status") == status:
-                return run
-        raise RunError(f"no {status or ''} run in {paths.runs_dir()}: train one first "
-                       "(notebooks/train.ipynb, `polo run` or `make demo`).")
-    ref = str(ref).strip()
+    ref = LATEST if ref is None else str(ref).strip()
+    if ref == LATEST or ref.startswith(LATEST + ":"):
+        return _latest(folders, ref.partition(":")[2] or "run", status)
+    if os.sep in ref or ref.startswith(".") or (Path(ref).is_dir() and (Path(ref) / "params.yaml").is_file()):
+        folder = Path(ref).expanduser()
+        if not (folder / "params.yaml").is_file():
+            raise RunError(f"{ref} is not a run folder (no params.yaml in it). {REF_HELP[0].upper()}{REF_HELP[1:]}.")
+        folder = folder.resolve()
+        return Run(folder.name, folder)
     exact = [p for p in folders if p.name == ref]
     matches = exact or [p for p in folders if p.name.startswith(ref)]
     if len(matches) == 1:
@@ -362,10 +375,31 @@ def lookup(ref: str | None = LATEST, status: str | None = "finished") -> Run:
                        f"({', '.join(p.name for p in matches[:5])}). Give more of the id.")
     known = [p.name for p in folders[-5:]]
     raise RunError(f"run '{ref}' not found in {paths.runs_dir()}. Latest runs: {', '.join(known) or 'none'}. "
-                   "Give a run id, a unique prefix of one, or 'latest'.")
+                   f"Give {REF_HELP}.")
 
 
-REGISTRY_COLUMNS = ["run_id", "params", "status", "created", "steps", "epochs", "loss_first", "loss_last",
+def _latest(folders: list[Path], kind: str, status: str | None) -> Run:
+    if kind not in (*KINDS, "any"):
+        raise RunError(f"'latest:{kind}': unknown kind; use latest, latest:sweep, latest:queue or latest:any.")
+    others: dict[str, int] = {}
+    for path in reversed(folders):
+        run = Run(path.name, path)
+        manifest = run.manifest()
+        if status is not None and manifest.get("status") != status:
+            continue
+        found = kind_of(manifest)
+        if kind in ("any", found):
+            return run
+        others[found] = others.get(found, 0) + 1
+    what = {"run": "run made by polo run or a notebook", "queue": "queue step", "sweep": "sweep trial",
+            "any": "run"}[kind]
+    hint = "; ".join(f"{n} {k} run(s): latest:{k}" for k, n in others.items())
+    raise RunError(f"no {status + ' ' if status else ''}{what} in {paths.runs_dir()}"
+                   + (f" (there are {hint})" if hint else "")
+                   + ". Train one first (notebooks/train.ipynb, `polo run` or `make demo`).")
+
+
+REGISTRY_COLUMNS = ["run_id", "kind", "params", "status", "created", "steps", "epochs", "loss_first", "loss_last",
                     "eval_loss_first", "eval_loss_best", "early_stopped", "tokens_per_s", "trainable_%",
                     "chrf_base", "chrf_tuned", "train_seconds", "problem"]
 
@@ -375,7 +409,7 @@ def _registry_row(path: Path) -> dict[str, Any]:
     problems = []
     try:
         manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
-        row.update(params=manifest.get("params_name"), status=manifest.get("status"),
+        row.update(kind=kind_of(manifest), params=manifest.get("params_name"), status=manifest.get("status"),
                    created=manifest.get("created"))
         if manifest.get("status") == "failed" and manifest.get("error"):
             problems.append(f"failed: {manifest['error'].get('message', '')[:120]}")

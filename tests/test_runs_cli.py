@@ -1,5 +1,6 @@
 """Runs as a workflow: registry, reports, preflight, queues, chained stages, compare_runs."""
 import json
+import os
 import shutil
 
 import pandas as pd
@@ -9,7 +10,7 @@ import torch
 import yaml
 
 from polo_lib import cli, compare, model, params, paths, preflight, queues, runs
-from polo_lib.errors import ParamsError
+from polo_lib.errors import ParamsError, RunError
 
 pytestmark = pytest.mark.slow
 QUIET = {"log": lambda *a: None}
@@ -20,6 +21,38 @@ def test_run_ids_are_time_params_and_hash_and_never_reused():
     a, b = runs.open_run(cfg), runs.open_run(cfg)
     assert a.id != b.id and a.id.split("-")[2:4] == ["smoke", cfg.short_hash()]
     assert (a.path / "params.yaml").is_file() and a.manifest()["status"] == "created"
+
+
+def test_latest_means_the_newest_polo_run_not_a_sweep_trial_or_queue_step_in_every_command(tmp_path, capsys):
+    cfg = params.load("smoke")
+    plain, step, trial, failed = (runs.open_run(cfg) for _ in range(4))
+    plain.update_manifest(status="finished")
+    step.update_manifest(status="finished", queue={"queue_id": "q", "item": "a"})
+    trial.update_manifest(status="finished", sweep={"sweep_id": "s", "trial": 0})
+    failed.fail("DataError: bad")
+    assert runs.lookup().id == runs.lookup("latest").id == runs.lookup("latest:run").id == plain.id
+    assert runs.lookup("latest:sweep").id == trial.id and runs.lookup("latest:queue").id == step.id
+    assert runs.lookup("latest:any").id == trial.id
+    assert runs.lookup("latest", status=None).id == failed.id  # open_run, report: any status
+    assert list(runs.registry()["kind"]) == ["run", "queue", "sweep", "run"]
+    # a run folder's path, as tab completion gives it (trailing slash, relative or absolute)
+    assert runs.lookup(f"{trial.path}/").id == trial.id
+    assert runs.lookup(os.path.relpath(step.path)).id == step.id
+    with pytest.raises(RunError, match="is not a run folder"):
+        runs.lookup(str(tmp_path))
+    with pytest.raises(RunError, match="'latest:sweeps': unknown kind"):
+        runs.lookup("latest:sweeps")
+    # the same in every command (runs.lookup): here polo report, which takes any status
+    assert cli.main(["report", "latest:sweep"]) == 0 and str(trial.path) in capsys.readouterr().out
+    assert cli.main(["report", str(step.path)]) == 0 and str(step.path) in capsys.readouterr().out
+
+
+def test_latest_with_only_sweep_trials_says_where_the_runs_are():
+    trial = runs.open_run(params.load("smoke"))
+    trial.update_manifest(status="finished", sweep={"sweep_id": "s", "trial": 0})
+    with pytest.raises(RunError, match=r"no finished run made by polo run or a notebook .*\(there are 1 sweep "
+                                       r"run\(s\): latest:sweep\)"):
+        runs.lookup()
 
 
 def test_registry_lists_failed_running_and_damaged_runs(capsys):
@@ -120,6 +153,8 @@ def test_queue_records_a_failing_variant_and_goes_on(tiny_model_dir, tmp_path):
     assert "lora_dropout" in table.loc[1, "error"]
     assert (folder / "results.csv").is_file() and (folder / "report.md").is_file()
     assert table.loc[0, "run_id"].split("-")[2:4] == ["smoke", "a"]
+    assert runs.lookup("latest:queue").id == table.loc[2, "run_id"]  # queue steps are not `latest`
+    assert runs.lookup(table.loc[0, "run_id"]).manifest()["queue"] == {"queue_id": folder.name, "item": "a"}
 
     # compare_runs over the two finished runs (a: another learning rate, b: another rank), through papermill
     out = tmp_path / "compare.ipynb"
