@@ -129,7 +129,7 @@ def run_pipeline(params_file: str, overrides: dict[str, Any] | None = None,
         start = time.perf_counter()
         execute_notebook(run, stage, {"params_file": str(stage_params), "run_id": run.id})
         log(f"  {stage} done in {time.perf_counter() - start:.0f} s")
-    run.update_manifest(status="finished")
+    reports.conclude(run, "finished")
     return run
 
 
@@ -203,4 +203,5 @@ def execute_notebook(run: runs.Run, stage: str, parameters: dict[str, Any]) -> N
     except pm.PapermillExecutionError as e:
         where = f"{out}, cell {e.exec_count}"
         run.fail(f"{e.ename}: {e.evalue}", where)
+        reports.conclude(run)
         raise PoloError(f"stage '{stage}' failed: {e.ename}: {e.evalue}\n  see {where}") from None

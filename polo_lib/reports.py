@@ -45,6 +45,16 @@ def write_page(path: Path, title: str, facts: Sequence[str], sections: Sequence[
     return atomic_write_text(path, "\n".join(lines))
 
 
+def conclude(run: Run, status: str | None = None) -> Path:
+    """A run's record made whole at its end, whatever its stages: the final status set (when
+    given), summary.json's stage times brought up to the manifest's, then report.md written from
+    both, so the three agree. Every path ends a run here: `polo run` and queue steps (pipeline),
+    failed stages, sweep trials (after the sweep's verdict)."""
+    manifest = run.update_manifest(status=status) if status else run.manifest()
+    run.update_summary(stage_seconds={k: v.get("seconds") for k, v in (manifest.get("stages") or {}).items()})
+    return write_report(run)
+
+
 def write_report(run: Run) -> Path:
     """report.md from the run folder alone: params, loss curve, metrics, examples, warnings.
     A damaged file in the folder becomes a warning in the report, never a crash."""

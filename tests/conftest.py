@@ -4,6 +4,7 @@ every test writes into temporary outputs; the local model cache is shared across
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -49,3 +50,21 @@ def tiny_model_dir() -> Path:
     from polo_lib import local_models
 
     return Path(local_models.resolve("tiny-llama"))
+
+
+def _assert_record_agrees(run) -> None:
+    """report.md, summary.json and manifest.json of a run tell one story: the run's status, each
+    stage's status, and the stage times (runs end through reports.conclude)."""
+    manifest = run.manifest()
+    report = (run.path / "report.md").read_text(encoding="utf-8")
+    assert f"- status: **{manifest['status']}**" in report, (manifest["status"], report[:400])
+    stages = manifest.get("stages") or {}
+    for stage, entry in stages.items():
+        assert re.search(rf"^\| {stage} \| {entry['status']} \|", report, re.M), (stage, entry["status"])
+    assert run.summary().stage_seconds == {k: v.get("seconds") for k, v in stages.items()}
+
+
+@pytest.fixture
+def record_agrees():
+    """Check that a run's report, summary and manifest agree (see _assert_record_agrees)."""
+    return _assert_record_agrees

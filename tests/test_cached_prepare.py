@@ -31,7 +31,7 @@ def retemplated_tokenizer(tmp_path, tiny_model_dir):
     return str(copy)
 
 
-def test_a_second_run_skips_prepare_and_says_so_with_the_hash(tiny_model_dir):
+def test_a_second_run_skips_prepare_and_says_so_with_the_hash(tiny_model_dir, record_agrees):
     lines = []
     first = pipeline.run_pipeline("smoke", stages=["prepare"], log=lines.append)
     assert first.manifest()["stages"]["prepare"]["status"] == "finished"
@@ -43,6 +43,8 @@ def test_a_second_run_skips_prepare_and_says_so_with_the_hash(tiny_model_dir):
     assert any(f"prepare: skipped, inputs unchanged (hash {key})" in line for line in lines)
     assert not (second.notebooks / "prepare_data.ipynb").exists()  # no kernel was started for it
     assert runs.lookup(second.id).manifest()["status"] == "finished"
+    record_agrees(first)  # prepare-only runs get their report too
+    record_agrees(second)
 
 
 def test_a_changed_raw_file_or_tokenizer_prepares_again(tmp_path, tiny_model_dir):

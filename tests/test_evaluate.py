@@ -16,7 +16,8 @@ LEARNS = {"max_steps": 30, "eval_steps": 15, "save_steps": 15, "evaluation.split
           "evaluation.limit": 6, "evaluation.max_new_tokens": 48}
 
 
-def test_evaluate_stage_writes_everything_into_the_run_and_the_tuned_model_beats_base(tiny_model_dir, capsys):
+def test_evaluate_stage_writes_everything_into_the_run_and_the_tuned_model_beats_base(tiny_model_dir, capsys,
+                                                                                     record_agrees):
     """One pipeline run (prepare, train, evaluate), the most expensive thing in this file, read by
     every check: the run folder, the live view, and a real change measured: after training on the
     training paragraphs, the tiny model's chrF on those paragraphs beats the untrained base model's."""
@@ -48,12 +49,14 @@ def test_evaluate_stage_writes_everything_into_the_run_and_the_tuned_model_beats
     report = (run.path / "report.md").read_text(encoding="utf-8")
     assert "## Evaluation" in report and "plots/loss.png" in report and "chrf" in report
     assert run.manifest()["stages"]["evaluate"]["status"] == "finished"
+    record_agrees(run)
 
     # evaluate the same run again with other evaluation settings: allowed, and recorded
     again = pipeline.run_pipeline("smoke", overrides={**LEARNS, "evaluation.limit": 1}, stages=["evaluate"],
                                   run_id=run.id, log=lambda *a: None)
     assert again.id == run.id and len((run.eval / "predictions.jsonl").read_text().splitlines()) == 1
     assert run.manifest()["evaluate_params"]["evaluation"]["limit"] == 1
+    record_agrees(run)
 
 
 def test_evaluating_a_run_without_adapter_is_a_clear_error(tiny_model_dir):

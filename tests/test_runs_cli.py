@@ -143,7 +143,7 @@ def write_queue(tmp_path, body):
     return path
 
 
-def test_queue_records_a_failing_variant_and_goes_on(tiny_model_dir, tmp_path):
+def test_queue_records_a_failing_variant_and_goes_on(tiny_model_dir, tmp_path, record_agrees):
     path = write_queue(tmp_path, {"base": "smoke", "stages": ["prepare", "train"], "set": {"max_steps": 3},
                                   "variants": [{"name": "a", "set": {"learning_rate": 1e-3}},
                                                {"name": "bad", "set": {"lora_dropout": 1.5}},
@@ -155,6 +155,8 @@ def test_queue_records_a_failing_variant_and_goes_on(tiny_model_dir, tmp_path):
     assert table.loc[0, "run_id"].split("-")[2:4] == ["smoke", "a"]
     assert runs.lookup("latest:queue").id == table.loc[2, "run_id"]  # queue steps are not `latest`
     assert runs.lookup(table.loc[0, "run_id"]).manifest()["queue"] == {"queue_id": folder.name, "item": "a"}
+    for run_id in table["run_id"].dropna():
+        record_agrees(runs.lookup(run_id))
 
     # compare_runs over the two finished runs (a: another learning rate, b: another rank), through papermill
     out = tmp_path / "compare.ipynb"

@@ -133,7 +133,7 @@ def test_an_interrupted_sweep_resumes_and_runs_only_the_remaining_trials(tmp_pat
 
 
 @pytest.mark.slow
-def test_the_pruner_stops_a_trial_whose_first_eval_loss_is_worst(tmp_path, tiny_model_dir):
+def test_the_pruner_stops_a_trial_whose_first_eval_loss_is_worst(tmp_path, tiny_model_dir, record_agrees):
     """A crafted grid: a learning rate that learns (5e-3), then one that cannot move the weights
     (1e-9): at the first report (step 2) its eval loss is above the finished trial's, so the
     median pruner stops it there."""
@@ -148,6 +148,8 @@ def test_the_pruner_stops_a_trial_whose_first_eval_loss_is_worst(tmp_path, tiny_
     assert pruned.manifest()["status"] == "pruned" and pruned.manifest()["pruned_at_step"] == 2
     assert pruned.summary().training.steps == 2 and pruned.summary().sweep.status == "pruned"
     assert runs.registry().loc[pruned.id, "status"] == "pruned"
+    record_agrees(pruned)
+    record_agrees(runs.lookup(table.loc[5e-3, "run_id"]))
     study = sweeps.load_study(result.sweep_id)
     assert study.trials[1].intermediate_values[2] > study.trials[0].intermediate_values[2]
 

@@ -23,8 +23,9 @@ def pipeline_run(tiny_model_dir, tmp_path_factory):
         yield pipeline.run_pipeline("smoke", stages=["prepare", "train"], log=lambda *a: None)
 
 
-def test_polo_run_leaves_a_complete_run_folder(pipeline_run):
+def test_polo_run_leaves_a_complete_run_folder(pipeline_run, record_agrees):
     run = pipeline_run
+    record_agrees(run)
     for name in ("params.yaml", "manifest.json", "summary.json", "report.md",
                  "notebooks/train.ipynb", "adapter/adapter_model.safetensors", "adapter/adapter_config.json",
                  "adapter/tokenizer_config.json", "logs/train_log.csv", "plots/loss.png"):
@@ -111,7 +112,7 @@ def test_train_notebook_alone_on_a_fresh_clone_takes_papermill_parameters(tmp_pa
     assert "preparing it now, as prepare_data.ipynb does" in executed
 
 
-def test_a_failing_stage_marks_the_run_failed_and_names_the_cell(tiny_model_dir):
+def test_a_failing_stage_marks_the_run_failed_and_names_the_cell(tiny_model_dir, record_agrees):
     # no preflight, and a raw file that is not there: the train notebook's data cell fails
     with pytest.raises(PoloError, match=r"(?s)stage .train. failed: DataError: .*missing.json: no such file"
                                         r".*train.ipynb, cell"):
@@ -123,6 +124,8 @@ def test_a_failing_stage_marks_the_run_failed_and_names_the_cell(tiny_model_dir)
     assert "DataError" in manifest["error"]["message"]
     assert "train.ipynb" in manifest["error"]["where"]
     assert manifest["stages"]["train"]["status"] == "failed"
+    record_agrees(run)
+    assert "failed: DataError" in (run.path / "report.md").read_text(encoding="utf-8")
 
 
 def test_polo_run_rejects_unknown_overrides_before_any_work(capsys):

@@ -112,7 +112,7 @@ def run_trial(sweep: Sweep, values: dict[str, Any], sweep_id: str, number: int, 
         out.seconds = round(time.perf_counter() - start, 1)
         gc.collect()
     if run is not None:
-        reports.write_report(run)  # again: report.md shows the sweep's verdict (pruned, failed)
+        reports.conclude(run)  # again: report.md shows the sweep's verdict (pruned, failed)
     return out
 
 
