@@ -37,6 +37,7 @@ from typing import Any
 
 from polo_lib import paths
 from polo_lib.errors import ModelError
+from polo_lib.unsloth_first import import_unsloth
 
 log = logging.getLogger(__name__)
 
@@ -233,6 +234,7 @@ def build_smollm2(out_dir: Path) -> Path:
 
     def write(tmp: Path) -> dict[str, Any]:
         import torch
+        import_unsloth()  # before transformers: this process may load a model with Unsloth next
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         src, fname = str(gguf_path.parent), gguf_path.name
@@ -379,6 +381,7 @@ def build_tiny_llama(out_dir: Path, texts: Sequence[str], seed: int = 0,
 
     def write(tmp: Path) -> dict[str, Any]:
         import torch
+        import_unsloth()  # before transformers: this process may load a model with Unsloth next
         from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
         tokenizer = _train_tiny_tokenizer(texts)

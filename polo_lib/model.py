@@ -16,6 +16,7 @@ import pandas as pd
 from . import device as device_lib
 from . import local_models, paths
 from .errors import ModelError
+from .unsloth_first import import_unsloth  # model.import_unsloth: the name notebooks and entry points use
 
 log = logging.getLogger(__name__)
 
@@ -35,13 +36,6 @@ KNOWN_CONFIGS["unsloth/Llama-3.2-3B-Instruct"] = KNOWN_CONFIGS["unsloth/Llama-3.
 KNOWN_CONFIGS["meta-llama/Llama-3.2-3B-Instruct"] = KNOWN_CONFIGS["unsloth/Llama-3.2-3B-Instruct-bnb-4bit"]
 
 
-def import_unsloth():
-    """Import Unsloth before transformers/trl/peft (it patches them on import) and keep its
-    generated kernels in the model cache instead of `unsloth_compiled_cache/` in the cwd."""
-    os.environ.setdefault("UNSLOTH_COMPILE_LOCATION", str(paths.unsloth_compile_dir()))
-    import unsloth  # noqa: F401
-
-    return unsloth
 
 
 # ------------------------------------------------------------------- config

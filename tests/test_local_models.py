@@ -379,3 +379,16 @@ def test_stale_temp_folder_of_a_killed_build_is_removed(tmp_path):
     fresh.mkdir()
     lm.build_tiny_llama(tmp_path / "tiny-llama", TEXTS, **QUICK)
     assert not stale.exists() and fresh.exists()
+
+
+def test_building_a_model_first_does_not_make_unsloth_warn_later(tmp_path):
+    """A fresh outputs folder builds tiny-llama (or converts SmolLM2) before a stage loads the model
+    with Unsloth: the build imports Unsloth first, so the user's terminal gets no "Unsloth should
+    be imported before [transformers]" warning (it came with the first `polo queue` on a fresh folder)."""
+    script = ("import sys; from polo_lib import local_models as lm; "
+              "lm.build_tiny_llama(sys.argv[1], ['YOLO divides the image into a grid.'] * 4, pretrain_steps=2); "
+              "from polo_lib.model import import_unsloth; import_unsloth()")
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "t")], cwd=paths.PROJ_ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "should be imported before" not in done.stderr
