@@ -10,6 +10,9 @@ PoloError prints as one message and exits 2. No polo_lib module imports this one
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
+import shutil
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -17,7 +20,7 @@ from typing import Any
 import yaml
 
 from . import params as params_lib
-from . import pipeline, reports, runs
+from . import paths, pipeline, reports, runs
 from .errors import ParamsError, PoloError
 
 
@@ -48,11 +51,36 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def _table(df, width: int = 200) -> str:
-    import pandas as pd
+def _width() -> int:
+    """The terminal's width (COLUMNS, else the terminal, else 120 when output is not a terminal)."""
+    return shutil.get_terminal_size((120, 24)).columns
 
-    with pd.option_context("display.width", width, "display.max_columns", 20, "display.max_colwidth", 100):
-        return df.to_string()
+
+def _records(table) -> list[dict[str, Any]]:
+    """A table as JSON records: NaN as null, the index (run_id) as a field."""
+    frame = table.reset_index() if table.index.name else table
+    return json.loads(frame.to_json(orient="records", date_format="iso"))
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+
+
+@contextlib.contextmanager
+def _quiet_unless_json(args):
+    """With --json, what long commands print on the way (stages, progress) goes to stderr, so
+    stdout holds the JSON alone for a script to read."""
+    if getattr(args, "json", False):
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    else:
+        yield
+
+
+# polo list, most telling first: columns that do not fit the terminal are dropped from the right
+LIST_COLUMNS = ["kind", "status", "params", "steps", "eval_loss_best", "loss_last", "chrf_base", "chrf_tuned",
+                "train_seconds", "problem", "created", "epochs", "loss_first", "eval_loss_first", "early_stopped",
+                "tokens_per_s", "trainable_%"]
 
 
 def cmd_run(args) -> int:
@@ -85,26 +113,44 @@ def cmd_plan(args) -> int:
 
     cfg = params_lib.load(args.params, overrides=parse_sets(args.sets))
     for title, table in preflight.plan_tables(cfg, device.profile(args.device)).items():
-        print(f"## {title}\n{_table(table, 160)}\n")
+        print(f"## {title}\n{reports.text_table(table, _width(), limit=200)}\n")
     return 0
 
 
 def cmd_queue(args) -> int:
     from .queues import run_queue
 
-    table, folder = run_queue(args.file)
-    print(table.to_string(index=False))
-    print(f"\nresults: {folder / 'results.csv'}\nreport:  {folder / 'report.md'}")
-    return 0 if (table["status"] == "finished").all() else 1
+    with _quiet_unless_json(args):
+        table, folder = run_queue(args.file)
+    ok = bool((table["status"] == "finished").all())
+    if args.json:
+        _print_json({"folder": str(folder), "all_finished": ok, "runs": _records(table)})
+    else:
+        print(reports.text_table(table, _width(), limit=40, note=f"the whole table: {folder / 'results.csv'}"))
+        print(f"\nresults: {folder / 'results.csv'}\nreport:  {folder / 'report.md'}")
+    return 0 if ok else 1
 
 
 def cmd_list(args) -> int:
-    print(_table(runs.registry(args.status)))
+    table = runs.registry(args.status)
+    if args.json:
+        _print_json(_records(table))
+    elif table.empty:
+        print(f"no {args.status + ' ' if args.status else ''}runs in {paths.runs_dir()}")
+    else:
+        print(reports.text_table(table[LIST_COLUMNS], _width(), note="all of it: polo list --json"))
     return 0
 
 
 def cmd_report(args) -> int:
-    print(reports.write_report(runs.lookup(args.run_id, status=None)))
+    run = runs.lookup(args.run_id, status=None)
+    path = reports.write_report(run)
+    if args.json:
+        _print_json({"run_id": run.id, "folder": str(run.path), "report": str(path), "manifest": run.manifest(),
+                     "summary": json.loads(run.summary_path.read_text(encoding="utf-8"))
+                     if run.summary_path.is_file() else None})
+    else:
+        print(path)
     return 0
 
 
@@ -113,10 +159,16 @@ def cmd_sweep(args) -> int:
 
     if args.address and args.engine != "ray":
         raise PoloError("--address is for --engine ray")
-    result = run_sweep(args.file, resume=args.resume, engine=args.engine, address=args.address,
-                       n_trials=args.n_trials)
-    print(_table(result.table.drop(columns=["error"], errors="ignore")))
+    with _quiet_unless_json(args):
+        result = run_sweep(args.file, resume=args.resume, engine=args.engine, address=args.address,
+                           n_trials=args.n_trials)
     best = result.best
+    if args.json:
+        _print_json({"sweep_id": result.sweep_id, "folder": str(result.folder), "best": best,
+                     "trials": _records(result.table)})
+        return 0 if best else 1
+    print(reports.text_table(result.table, _width(), limit=40,
+                             note=f"the whole table: {result.folder / 'results.csv'}"))
     print(f"\nbest: trial {best['trial']}, run {best['run_id']}, objective {best['value']:.4g}"
           if best else "\nbest: none (no trial finished)")
     return 0 if best else 1
@@ -199,12 +251,16 @@ def build_parser() -> argparse.ArgumentParser:
                                                "(precision, optimizer, schedule, parameters, memory); loads nothing"))
     p.add_argument("--device", default="here", help="here (this machine) or a profile: t4, a10g, rtx4090, "
                                                     "h100, h200, cuda-no-bitsandbytes, cpu")
-    command("queue", cmd_queue, "run a queue of variants (or a chained pipeline) from a YAML file").add_argument(
-        "file", help="a queue file: a name in params/queues/ (cpu_lr, cpu_two_stage) or a path")
+    json_help = "print the result as JSON on stdout (what is printed on the way goes to stderr)"
+    p = command("queue", cmd_queue, "run a queue of variants (or a chained pipeline) from a YAML file")
+    p.add_argument("file", help="a queue file: a name in params/queues/ (cpu_lr, cpu_two_stage) or a path")
+    p.add_argument("--json", action="store_true", help=json_help)
     p = command("list", cmd_list, "every run in outputs/runs, failed and damaged ones included")
     p.add_argument("--status", default=None, choices=runs.STATUSES, help="only runs with this status")
-    command("report", cmd_report, "regenerate a run's report.md from its folder").add_argument(
-        "run_id", help=runs.REF_HELP)
+    p.add_argument("--json", action="store_true", help="every column of every run as JSON")
+    p = command("report", cmd_report, "regenerate a run's report.md from its folder")
+    p.add_argument("run_id", help=runs.REF_HELP)
+    p.add_argument("--json", action="store_true", help="the report's path, manifest and summary as JSON")
     p = command("sweep", cmd_sweep, "hyperparameter sweep (Optuna, or Ray Tune): each trial a run folder")
     p.add_argument("file", nargs="?", help="a sweep file: a name in params/sweeps/ (smoke, cpu_lr) or a path")
     p.add_argument("--resume", default=None, metavar="SWEEP_ID", help="continue an interrupted sweep")
@@ -212,9 +268,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="optuna: trials in this process; ray: Ray Tune, one trial per GPU or per N CPUs")
     p.add_argument("--address", default=None, help="ray: an existing cluster (e.g. auto or HOST:6379)")
     p.add_argument("--n-trials", type=int, default=None, help="replace the file's n_trials (e.g. a quick try)")
+    p.add_argument("--json", action="store_true", help=json_help)
     p = command("export", cmd_export, "export a run: its adapter, a merged 16-bit model, or GGUF")
     p.add_argument("run_id", help=runs.REF_HELP)
-    p.add_argument("--format", required=True, choices=("adapter", "merged", "gguf"))
+    p.add_argument("--format", required=True, choices=("adapter", "merged", "gguf"),
+                   help="adapter: the LoRA adapter as trained; merged: base + adapter, 16-bit; gguf: llama.cpp files")
     p.add_argument("--gguf-types", default="f16,q8_0", help="comma-separated: f16, bf16, q8_0")
     p.add_argument("--force", action="store_true", help="replace an existing export/<format>/")
     p = command("install-converter", cmd_install_converter,

@@ -18,12 +18,58 @@ from .errors import PoloError, RunError
 from .runs import Run, RunSummary
 
 
+def cell_text(v: Any, limit: int | None = None) -> str:
+    """One table cell for people: blank for None/NaN, whole floats as integers (steps 13, not
+    13.0), other floats to 4 significant digits, one line, cut to `limit` characters with '...'."""
+    if v is None or (isinstance(v, float) and v != v):
+        return ""
+    if isinstance(v, float):
+        v = str(int(v)) if v.is_integer() and abs(v) < 1e15 else f"{v:.4g}"
+    text = " ".join(str(v).split())
+    return text if limit is None or len(text) <= limit else text[:max(1, limit - 3)] + "..."
+
+
+def text_table(table, width: int, limit: int = 60, note: str = "") -> str:
+    """A DataFrame as a plain-text table for a terminal `width` columns wide: cells as cell_text
+    (long ones cut at `limit`), columns dropped from the right until it fits, and a last line
+    naming what was left out and where the whole is (`note`, e.g. "--json" or a file)."""
+    frame = table.reset_index() if table.index.name else table
+    full = {str(c): [cell_text(v) for v in frame[c]] for c in frame.columns}
+    columns = [c for c in full if any(full[c]) or frame.empty]  # a column blank in every row says nothing
+    cells = {c: [v if len(v) <= limit else cell_text(v, limit) for v in values] for c, values in full.items()}
+    widths = {c: max([len(c), *map(len, cells[c])]) for c in columns}
+    numeric = {str(c) for c in frame.columns if frame[c].dtype.kind in "iuf"}
+    shown = columns[:1]
+    for c in columns[1:]:
+        room = width - sum(widths[x] + 2 for x in shown)
+        if widths[c] > room:
+            if c not in numeric and room >= 20:  # text gets what is left of the line, cut to it
+                cells[c] = [cell_text(v, room) for v in full[c]]
+                widths[c] = max([len(c), *map(len, cells[c])])
+                shown.append(c)
+            break
+        shown.append(c)
+
+    def line(values) -> str:
+        return "  ".join(values(c).rjust(widths[c]) if c in numeric else values(c).ljust(widths[c])
+                         for c in shown).rstrip()
+
+    lines = [line(lambda c: c)] + [line(lambda c, i=i: cells[c][i]) for i in range(len(frame))]
+    hidden = columns[len(shown):]
+    names = ", ".join(hidden[:4]) + (", ..." if len(hidden) > 4 else "")
+    left = [f"{len(hidden)} more column(s): {names}"] if hidden else []
+    left += ["long cells cut"] if any(len(v) > len(w) for c in shown for v, w in zip(full[c], cells[c])) else []
+    if frame.empty:
+        lines.append("(none)")
+    elif left:
+        lines.append(f"({'; '.join(left)}{': ' + note if note else ''})")
+    return "\n".join(lines)
+
+
 def md_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
-    """A Markdown table; floats to 4 significant digits, pipes and newlines escaped."""
+    """A Markdown table; cells as cell_text (no NaN, whole floats as integers), pipes escaped."""
     def cell(v: Any) -> str:
-        if isinstance(v, float):
-            v = f"{v:.4g}"
-        return str(v).replace("|", "\\|").replace("\n", " ")
+        return cell_text(v).replace("|", "\\|")
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cell(r.get(c, "")) for c in columns) + " |" for r in rows]
     return "\n".join(lines)

@@ -2,6 +2,7 @@
 import json
 import os
 import shutil
+from pathlib import Path
 
 import pandas as pd
 import papermill as pm
@@ -9,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from polo_lib import cli, compare, model, params, paths, preflight, queues, runs
+from polo_lib import cli, compare, model, params, paths, preflight, queues, reports, runs
 from polo_lib.errors import ParamsError, RunError
 
 pytestmark = pytest.mark.slow
@@ -87,6 +88,64 @@ def test_registry_lists_failed_running_and_damaged_runs(capsys):
     assert all(r.id in out for r in damaged) and "no manifest.json" in out
 
 
+def test_polo_list_reads_like_a_tool_table_sized_to_the_terminal_and_json_for_scripts(capsys, monkeypatch):
+    cfg = params.load("smoke")
+    done, failed = runs.open_run(cfg), runs.open_run(cfg)
+    done.update_manifest(status="finished")
+    done.update_summary(training={"steps": 13, "eval_loss_best": 1.2671234, "loss_last": 1.5})
+    failed.fail("DataError: " + "a very long message " * 100, "train.ipynb, cell 4")
+    for columns in (80, 200):
+        monkeypatch.setenv("COLUMNS", str(columns))
+        assert cli.main(["list"]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert max(map(len, lines[:-1])) <= columns and "NaN" not in "\n".join(lines) and "None" not in "\n".join(lines)
+        assert lines[0].split()[:3] == ["run_id", "kind", "status"] and len(lines) == 4  # header, 2 runs, note
+        assert "polo list --json" in lines[-1]
+        row = next(line for line in lines if line.startswith(done.id)).split()
+        assert row[:5] == [done.id, "run", "finished", "smoke", "13"]  # steps an integer, not 13.0
+    assert "1.267" in row and "a very long message a very" in "\n".join(lines) and "..." in "\n".join(lines)
+    assert cli.main(["list", "--json"]) == 0
+    listed = {r["run_id"]: r for r in json.loads(capsys.readouterr().out)}
+    assert listed[done.id]["steps"] == 13 and listed[done.id]["chrf_tuned"] is None
+    assert listed[failed.id]["problem"].startswith("failed: DataError: a very long")
+    assert cli.main(["list", "--status", "pruned"]) == 0
+    assert capsys.readouterr().out.startswith("no pruned runs in ")
+    with pytest.raises(SystemExit) as e:
+        cli.main(["list", "--status", "bogus"])
+    assert e.value.code == 2 and "invalid choice: 'bogus' (choose from 'running', 'finished'" in capsys.readouterr().err
+    assert cli.main(["report", done.id, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["summary"]["training"]["steps"] == 13 and out["manifest"]["status"] == "finished"
+
+
+def test_table_cells_are_blank_for_missing_integers_for_whole_numbers_and_cut_with_a_pointer():
+    table = pd.DataFrame({"item": ["a", "bad"], "steps": [13.0, float("nan")], "loss": [1.23456, None],
+                          "error": [None, "ParamsError: " + "x" * 200]})
+    text = reports.text_table(table, width=60, limit=30, note="the whole table: results.csv")
+    assert "nan" not in text.lower() and "13.0" not in text and " 13 " in text.splitlines()[1] + " "
+    assert "1.235" in text and "ParamsError: xxxxxxxxxxxxxx..." in text
+    assert max(map(len, text.splitlines()[:-1])) <= 60
+    assert text.splitlines()[-1] == "(long cells cut: the whole table: results.csv)"
+    md = reports.md_table(table.to_dict("records"), list(table.columns))
+    assert "nan" not in md and "| a | 13 | 1.235 |  |" in md
+
+
+def test_command_help_names_every_positional_and_shows_defaults(capsys):
+    import argparse
+
+    subcommands = next(a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for name, parser in subcommands.choices.items():
+        for action in parser._actions:
+            assert action.help, (name, action.dest)  # every positional and option says what it is
+        with pytest.raises(SystemExit):
+            cli.main([name, "--help"])
+        text = capsys.readouterr().out
+        assert "(default: None)" not in text and "(default: False)" not in text, name
+    with pytest.raises(SystemExit):
+        cli.main(["serve", "--help"])
+    assert "port to listen on (default: 8000)" in " ".join(capsys.readouterr().out.split())
+
+
 def test_polo_list_and_report_work_from_the_folder_alone(capsys):
     cfg = params.load("smoke")
     run = runs.open_run(cfg)
@@ -143,12 +202,16 @@ def write_queue(tmp_path, body):
     return path
 
 
-def test_queue_records_a_failing_variant_and_goes_on(tiny_model_dir, tmp_path, record_agrees):
+def test_queue_records_a_failing_variant_and_goes_on(tiny_model_dir, tmp_path, record_agrees, capsys):
     path = write_queue(tmp_path, {"base": "smoke", "stages": ["prepare", "train"], "set": {"max_steps": 3},
                                   "variants": [{"name": "a", "set": {"learning_rate": 1e-3}},
                                                {"name": "bad", "set": {"lora_dropout": 1.5}},
                                                {"name": "b", "set": {"lora_r": 4}}]})
-    table, folder = queues.run_queue(path, **QUIET)
+    # through the command line, as a script would: --json keeps stdout for the result alone
+    assert cli.main(["queue", str(path), "--json"]) == 1  # not every variant finished
+    out = json.loads(capsys.readouterr().out)
+    table, folder = pd.DataFrame(out["runs"]), Path(out["folder"])
+    assert out["all_finished"] is False and out["runs"][1]["run_id"] is None  # null, not NaN
     assert list(table["status"]) == ["finished", "failed", "finished"]
     assert "lora_dropout" in table.loc[1, "error"]
     assert (folder / "results.csv").is_file() and (folder / "report.md").is_file()
