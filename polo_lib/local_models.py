@@ -185,6 +185,45 @@ def is_built(folder: Path) -> bool:
     return (Path(folder) / MARKER_NAME).is_file()
 
 
+HUB_FILES = ("config.json", "tokenizer_config.json")  # what preflight reads before any weights
+
+
+def check_hub_model(model_id: str, timeout: float = 3.0) -> str:
+    """For a hub id: 'cached' when its config and tokenizer are in the local Hugging Face cache,
+    'reachable' when the hub answers. Otherwise one ModelError, within seconds, that names the
+    ways out, instead of transformers' minute of retries and a warning per retry."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    cached = [try_to_load_from_cache(model_id, f, cache_dir=constants.HF_HUB_CACHE) for f in HUB_FILES]
+    if all(isinstance(c, str) for c in cached):
+        return "cached"
+    ways_out = ("Ways out: connect this machine to the internet; download the model once elsewhere and set "
+                "HF_HUB_OFFLINE=1 with it in the cache (HF_HOME); set model_name to a local folder; or use the "
+                "offline params: `cpu` (smollm2-135m-instruct) or `smoke` (tiny-llama).")
+    if constants.HF_HUB_OFFLINE:
+        raise ModelError(f"model_name {model_id!r} is a hub id, HF_HUB_OFFLINE is set and it is not in the local "
+                         f"cache ({constants.HF_HUB_CACHE}). {ways_out}")
+    endpoint = urlparse(constants.ENDPOINT)
+    host, port = endpoint.hostname or "huggingface.co", endpoint.port or (80 if endpoint.scheme == "http" else 443)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as e:
+        raise ModelError(f"model_name {model_id!r} is a hub id, but the hub ({host}:{port}) cannot be reached "
+                         f"({e.strerror or type(e).__name__}) and the model is not in the local cache "
+                         f"({constants.HF_HUB_CACHE}). {ways_out}") from None
+    return "reachable"
+
+
+def check_reachable(where: str) -> str:
+    """check_hub_model for a hub id that is not a local folder; a local folder passes as it is."""
+    if _looks_like_hub_id(where) and not os.path.isdir(where):
+        check_hub_model(where)
+    return where
+
+
 def _looks_like_hub_id(name: str) -> bool:
     # Hub ids are "org/name" with letters, digits, '-', '_', '.'; paths start with . / ~.
     if name.startswith((".", "/", "~")):

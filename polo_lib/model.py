@@ -48,7 +48,7 @@ def load_config(model_name: str):
     if model_name in KNOWN_CONFIGS and not os.path.isdir(model_name):
         # No hub round trip (and no minutes of retries offline): the architecture is recorded.
         return LlamaConfig(**{k: v for k, v in KNOWN_CONFIGS[model_name].items() if k != "model_type"})
-    where = local_models.resolve(model_name)
+    where = local_models.check_reachable(local_models.resolve(model_name))
     try:
         return AutoConfig.from_pretrained(where)
     except Exception as e:  # noqa: BLE001 - OSError, ValueError, a hub error: each means "cannot read"
@@ -182,7 +182,7 @@ def load_tokenizer(model_params):
     import_unsloth()
     from transformers import AutoTokenizer
 
-    where = local_models.resolve(model_params.model_name)
+    where = local_models.check_reachable(local_models.resolve(model_params.model_name))
     try:
         return AutoTokenizer.from_pretrained(where)
     except OSError as e:
@@ -201,6 +201,7 @@ def from_pretrained(name_or_path: str, cfg, device=None):
     from unsloth import FastLanguageModel
 
     decisions = device_lib.decide(device_lib.as_device(device), cfg.model, cfg.lora, cfg.training)
+    local_models.check_reachable(name_or_path)  # offline: one clear error now, not a minute of hub retries
     try:
         return FastLanguageModel.from_pretrained(
             model_name=name_or_path, max_seq_length=cfg.model.max_seq_length,

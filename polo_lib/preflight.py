@@ -68,7 +68,10 @@ def _precision(cfg, found):
 def _model_found(cfg, found):
     where = local_models.resolve(cfg.model.model_name)
     hub = where == cfg.model.model_name and "/" in where and not paths.resolve_project_path(where).exists()
-    return OK, "hub id (downloaded on first use)" if hub else f"local folder {where}"
+    if not hub:
+        return OK, f"local folder {where}"
+    how = local_models.check_hub_model(where)  # offline: fails here, within seconds, before any "ok"
+    return OK, "hub id, in the local cache" if how == "cached" else "hub id (the hub answers; downloaded on first use)"
 
 
 def _architecture(cfg, found):

@@ -11,6 +11,7 @@ import importlib.util
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import textwrap
@@ -392,3 +393,50 @@ def test_building_a_model_first_does_not_make_unsloth_warn_later(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "should be imported before" not in done.stderr
+
+
+def _unreachable_hub(monkeypatch, tmp_path, offline: bool):
+    """A hub that refuses connections (a closed local port) and an empty Hugging Face cache."""
+    from huggingface_hub import constants
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed once the block ends: connections are refused
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", offline)
+    return port
+
+
+@pytest.mark.parametrize("offline", [False, True])
+def test_a_hub_model_without_network_fails_once_within_seconds_naming_the_ways_out(tmp_path, monkeypatch, offline):
+    from polo_lib import params, preflight
+
+    port = _unreachable_hub(monkeypatch, tmp_path, offline)
+    start = time.perf_counter()
+    report = preflight.run_checks(params.load("smoke", {"model.model_name": "some-org/some-model"}))
+    took = time.perf_counter() - start
+    table = report.table()
+    assert not report.ok and table.loc["model", "status"] == "fail" and took < 10, (took, str(report))
+    assert "architecture and LoRA targets" not in table.index  # nothing reported ok after what failed
+    detail = table.loc["model", "detail"]
+    assert ("HF_HUB_OFFLINE is set" if offline else "cannot be reached") in detail
+    assert "`cpu` (smollm2-135m-instruct)" in detail and "local folder" in detail
+    assert offline or f"127.0.0.1:{port}" in detail
+    # loading says the same, before transformers tries
+    from polo_lib import model
+    with pytest.raises(ModelError, match="is a hub id"):
+        model.load_tokenizer(params.load("smoke", {"model.model_name": "some-org/some-model"}).model)
+
+
+def test_a_hub_model_in_the_local_cache_passes_offline(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    _unreachable_hub(monkeypatch, tmp_path, offline=True)
+    snapshot = Path(constants.HF_HUB_CACHE) / "models--some-org--some-model" / "snapshots" / "abc"
+    snapshot.mkdir(parents=True)
+    for name in lm.HUB_FILES:
+        (snapshot / name).write_text("{}")
+    (snapshot.parent.parent / "refs").mkdir()
+    (snapshot.parent.parent / "refs" / "main").write_text("abc")
+    assert lm.check_hub_model("some-org/some-model") == "cached"
