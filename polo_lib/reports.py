@@ -62,7 +62,7 @@ def text_table(table, width: int, limit: int = 60, note: str = "") -> str:
     if frame.empty:
         lines.append("(none)")
     elif left:
-        lines.append(f"({'; '.join(left)}{': ' + note if note else ''})")
+        lines.append(f"({'; '.join(left)}{'; ' + note if note else ''})")
     return "\n".join(lines)
 
 

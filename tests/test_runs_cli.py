@@ -125,7 +125,7 @@ def test_table_cells_are_blank_for_missing_integers_for_whole_numbers_and_cut_wi
     assert "nan" not in text.lower() and "13.0" not in text and " 13 " in text.splitlines()[1] + " "
     assert "1.235" in text and "ParamsError: xxxxxxxxxxxxxx..." in text
     assert max(map(len, text.splitlines()[:-1])) <= 60
-    assert text.splitlines()[-1] == "(long cells cut: the whole table: results.csv)"
+    assert text.splitlines()[-1] == "(long cells cut; the whole table: results.csv)"
     md = reports.md_table(table.to_dict("records"), list(table.columns))
     assert "nan" not in md and "| a | 13 | 1.235 |  |" in md
 
