@@ -25,6 +25,12 @@ def in_notebook() -> bool:
     return shell is not None and "IPKernelApp" in shell.config
 
 
+def say(command_line: str, notebook: str) -> str:
+    """The words for where the user is: a fix in notebook terms (parameters) in a Jupyter kernel,
+    in command-line terms (options) elsewhere."""
+    return notebook if in_notebook() else command_line
+
+
 def show_errors_briefly() -> None:
     """In a notebook, a PoloError (a mistake the user can fix) shows as its message alone, not a
     60-line traceback through TRL or pydantic. The cell still fails with the error's name and

@@ -27,7 +27,7 @@ from . import params as params_lib
 from . import paths
 from .atomic import atomic_write_json, match_umask
 from .errors import RunError
-from .notebook import on_cell_error
+from .notebook import on_cell_error, say
 
 PACKAGES = ("torch", "unsloth", "unsloth_zoo", "trl", "transformers", "peft", "datasets", "accelerate",
             "papermill", "bitsandbytes")
@@ -268,7 +268,8 @@ def open_run(cfg, run_id: str | None = None, stage: str | None = None,
                   if d.split(".", 1)[0] not in may_differ]
         if differ:
             raise RunError(f"run {run_id} was made with other params ({'; '.join(differ[:8])}). "
-                           "Continue it with the same params, or start a new run (run_id=None).")
+                           "Continue it with the same params, or start a new run ("
+                           + say("leave out --run-id", "run_id = None") + ").")
     if stage:
         run.start_stage(stage)
         for section in may_differ:

@@ -22,7 +22,7 @@ from . import model as model_lib
 from . import plots, progress
 from .atomic import atomic_write_text
 from .errors import DataError, ModelError, ParamsError, RunError
-from .notebook import in_notebook
+from .notebook import in_notebook, say
 
 log = logging.getLogger(__name__)
 
@@ -235,8 +235,9 @@ def resolve_resume(run, resume: str) -> Path | None:
     if resume == "never":
         if existing:
             raise RunError(f"run {run.id} already has checkpoints ({', '.join(p.name for p in existing)}); "
-                           "starting it fresh would mix two trainings in one folder. Start a new run "
-                           "(run_id=None) or continue this one with resume='auto'.")
+                           "starting it fresh would mix two trainings in one folder. Start a new run ("
+                           + say("leave out --run-id", "run_id = None") + ") or continue this one with "
+                           + say("--set run.resume=auto", "resume='auto'") + ".")
         return None
     if resume == "auto":
         for p in reversed(existing):

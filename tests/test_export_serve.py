@@ -164,7 +164,7 @@ def test_merged_export_frees_the_tuned_model_before_reloading_the_merge(tiny_run
 def test_export_refusals_leave_nothing_half_written(tiny_run):
     first = export.export(tiny_run, "adapter", overwrite=True)
     stamp = (first.path / "README.md").stat().st_mtime_ns
-    with pytest.raises(RunError, match="already exists: pass --force"):
+    with pytest.raises(RunError, match="already exists: pass --force to replace it"):
         export.export(tiny_run, "adapter")
     assert (first.path / "README.md").stat().st_mtime_ns == stamp
     with pytest.raises(PoloError, match="--format 'onnx'"):

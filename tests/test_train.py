@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer, TrainerCallback
 
-from polo_lib import data, model, params, pipeline, runs, train
+from polo_lib import data, model, notebook, params, pipeline, runs, train
 from polo_lib.errors import DataError, ModelError, RunError
 
 pytestmark = pytest.mark.slow
@@ -152,12 +152,17 @@ def test_resumed_run_matches_uninterrupted_run(smoke):
     pd.testing.assert_series_equal(a["eval_loss"], b["eval_loss"], rtol=1e-5)
 
 
-def test_fresh_start_in_a_run_with_checkpoints_is_refused(smoke):
+def test_fresh_start_in_a_run_with_checkpoints_is_refused(smoke, monkeypatch):
     cfg, ds = smoke()
     run = runs.open_run(cfg)
     train_once(cfg, ds, run, callbacks=[StopAt(3)])
     never = params.load("smoke", overrides={"run.resume": "never"})
-    with pytest.raises(RunError, match="already has checkpoints .*Start a new run"):
+    # command-line words outside a notebook (options), notebook words in one (parameters)
+    with pytest.raises(RunError, match=r"already has checkpoints .*Start a new run \(leave out --run-id\) or "
+                                       r"continue this one with --set run.resume=auto"):
+        train.resolve_resume(run, never.run.resume)
+    monkeypatch.setattr(notebook, "in_notebook", lambda: True)
+    with pytest.raises(RunError, match=r"Start a new run \(run_id = None\) or continue this one with resume='auto'"):
         train.resolve_resume(run, never.run.resume)
 
 

@@ -34,6 +34,7 @@ import yaml
 from .. import inference, paths, prompts
 from ..atomic import atomic_replace_dir
 from ..errors import ModelError, PoloError, RunError
+from ..notebook import say
 
 log = logging.getLogger(__name__)
 
@@ -216,7 +217,8 @@ def _check_request(run, fmt: str, gguf_types: Sequence[str], overwrite: bool) ->
     if fmt == "gguf":
         find_converter()
     if export_dir(run, fmt).exists() and not overwrite:
-        raise RunError(f"{export_dir(run, fmt)} already exists: pass --force (overwrite=True) to replace it.")
+        raise RunError(f"{export_dir(run, fmt)} already exists: "
+                       + say("pass --force", "pass overwrite=True") + " to replace it.")
 
 
 def export(run, fmt: str, gguf_types: Sequence[str] = DEFAULT_GGUF_TYPES, overwrite: bool = False) -> Export:
