@@ -385,7 +385,10 @@ def _latest(folders: list[Path], kind: str, status: str | None) -> Run:
     others: dict[str, int] = {}
     for path in reversed(folders):
         run = Run(path.name, path)
-        manifest = run.manifest()
+        try:
+            manifest = run.manifest()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            continue  # a damaged run (polo list shows it) is never `latest`
         if status is not None and manifest.get("status") != status:
             continue
         found = kind_of(manifest)

@@ -69,6 +69,7 @@ def test_registry_lists_failed_running_and_damaged_runs(capsys):
     (bad_manifest.path / "manifest.json").write_text('{"status": "finis', encoding="utf-8")
     assert not (no_manifest.path / "manifest.json").exists()
     reg = runs.registry()  # lists every folder, never raises on a damaged one
+    assert runs.lookup().id == ok.id and runs.lookup("latest", status=None).id == no_manifest.id
     damaged = [bad_summary, no_manifest, bad_manifest]
     assert set(reg.index) == {r.id for r in (ok, failed, running, *damaged)}
     assert reg.loc[ok.id, "status"] == "finished" and reg.loc[ok.id, "eval_loss_best"] == 1.5
