@@ -101,6 +101,11 @@ def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(tmp_path, tiny_model_
     assert "3 finished" in report and "1 failed" in report and table.loc[best, "run_id"] in report
     saved = runs.lookup(table.loc[best, "run_id"]).params()
     assert saved.model.max_seq_length == best and saved.training.max_steps == 2   # the trial's params, resolved
+    # for a script: resuming the finished sweep runs nothing and prints its result as JSON alone
+    assert cli.main(["sweep", "--resume", folder.name, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["sweep_id"] == folder.name and result["best"]["run_id"] == table.loc[best, "run_id"]
+    assert sorted(t["status"] for t in result["trials"]) == ["failed", "finished", "finished", "finished"]
     # the notebook shows the same table and best trial, headless
     out_nb = tmp_path / "sweep_results.ipynb"
     pm.execute_notebook(str(paths.NOTEBOOKS_DIR / "sweep_results.ipynb"), str(out_nb), kernel_name="python3",
