@@ -34,16 +34,20 @@ def match_umask(path: Path) -> Path:
 
     Private temp files (mkstemp: 0600, used by atomic writes here and by libraries that save
     weights) would otherwise leave run files that another user, a container or a Ray worker
-    on shared storage cannot read. Execute bits are kept; links are left alone.
+    on shared storage cannot read. Execute bits are kept; links, and files this user may not
+    change, are left alone.
     """
     path = Path(path)
     for p in [path, *path.rglob("*")] if path.is_dir() else [path]:
         if p.is_symlink():
             continue
-        mode = stat.S_IMODE(p.stat().st_mode)
-        wanted = plain_mode(executable=p.is_dir() or bool(mode & 0o111))
-        if mode != wanted:
-            p.chmod(wanted)
+        try:
+            mode = stat.S_IMODE(p.stat().st_mode)
+            wanted = plain_mode(executable=p.is_dir() or bool(mode & 0o111))
+            if mode != wanted:
+                p.chmod(wanted)
+        except OSError:  # another user's file on shared storage, or gone meanwhile: not ours to change
+            continue
     return path
 
 
