@@ -218,10 +218,11 @@ def check_hub_model(model_id: str, timeout: float = 3.0) -> str:
 
 
 def check_reachable(where: str) -> str:
-    """check_hub_model for a hub id that is not a local folder; a local folder passes as it is."""
+    """'local' for a local folder (what `resolve` returns for one); for a hub id, check_hub_model's
+    answer ('cached', 'reachable') or its error."""
     if _looks_like_hub_id(where) and not os.path.isdir(where):
-        check_hub_model(where)
-    return where
+        return check_hub_model(where)
+    return "local"
 
 
 def _looks_like_hub_id(name: str) -> bool:

@@ -48,7 +48,8 @@ def load_config(model_name: str):
     if model_name in KNOWN_CONFIGS and not os.path.isdir(model_name):
         # No hub round trip (and no minutes of retries offline): the architecture is recorded.
         return LlamaConfig(**{k: v for k, v in KNOWN_CONFIGS[model_name].items() if k != "model_type"})
-    where = local_models.check_reachable(local_models.resolve(model_name))
+    where = local_models.resolve(model_name)
+    local_models.check_reachable(where)
     try:
         return AutoConfig.from_pretrained(where)
     except Exception as e:  # noqa: BLE001 - OSError, ValueError, a hub error: each means "cannot read"
@@ -182,7 +183,8 @@ def load_tokenizer(model_params):
     import_unsloth()
     from transformers import AutoTokenizer
 
-    where = local_models.check_reachable(local_models.resolve(model_params.model_name))
+    where = local_models.resolve(model_params.model_name)
+    local_models.check_reachable(where)
     try:
         return AutoTokenizer.from_pretrained(where)
     except OSError as e:

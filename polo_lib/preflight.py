@@ -67,10 +67,9 @@ def _precision(cfg, found):
 
 def _model_found(cfg, found):
     where = local_models.resolve(cfg.model.model_name)
-    hub = where == cfg.model.model_name and "/" in where and not paths.resolve_project_path(where).exists()
-    if not hub:
+    how = local_models.check_reachable(where)  # offline: fails here, within seconds, before any "ok"
+    if how == "local":
         return OK, f"local folder {where}"
-    how = local_models.check_hub_model(where)  # offline: fails here, within seconds, before any "ok"
     return OK, "hub id, in the local cache" if how == "cached" else "hub id (the hub answers; downloaded on first use)"
 
 
