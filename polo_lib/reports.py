@@ -97,7 +97,7 @@ def conclude(run: Run, status: str | None = None) -> Path:
     both, so the three agree. Every path ends a run here: `polo run` and queue steps (pipeline),
     failed stages, sweep trials (after the sweep's verdict)."""
     manifest = run.update_manifest(status=status) if status else run.manifest()
-    run.update_summary(stage_seconds={k: v.get("seconds") for k, v in (manifest.get("stages") or {}).items()})
+    run.record_stage_seconds(manifest.get("stages") or {})
     return write_report(run)
 
 

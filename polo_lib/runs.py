@@ -178,9 +178,13 @@ class Run:
         entry.update(info, status="finished", end=end.isoformat(timespec="seconds"),
                      seconds=round((end - datetime.fromisoformat(entry["start"])).total_seconds(), 1))
         stages[stage] = entry
-        self.update_summary(stage_seconds={k: v.get("seconds") for k, v in stages.items()})
+        self.record_stage_seconds(stages)
         match_umask(self.path)  # weights and checkpoints that libraries saved through private temp files
         return self.update_manifest(stages=stages, status="finished")
+
+    def record_stage_seconds(self, stages: dict[str, Any]) -> RunSummary:
+        """summary.json's stage times, from the manifest's stages."""
+        return self.update_summary(stage_seconds={k: v.get("seconds") for k, v in stages.items()})
 
     def skip_stage(self, stage: str, **why: Any) -> dict[str, Any]:
         """The stage had nothing to do (its inputs are unchanged): recorded, with why."""
