@@ -43,7 +43,7 @@ def measure(params_file: str, run_id: str) -> dict:
     dataset = data.load_processed(cfg.data)
     before = peak_rss_bytes()
     start = time.perf_counter()
-    evaluate.predict(run, cfg, dataset)
+    evaluate.predict(runs.start_evaluation(run, cfg), cfg, dataset)
     return {"params": params_file, "run": run_id, **EVAL_OVERRIDES,
             "peak_rss_mib_before_predict": round(before / 2 ** 20, 1), **peak_memory(),
             "seconds": round(time.perf_counter() - start, 1)}

@@ -1,7 +1,8 @@
-"""Compare runs: which to show, their curves, metrics, the best one, and what differs."""
+"""Compare runs: which to show, their curves, metrics (of each run's latest evaluation, or one
+chosen), the best one, and what differs."""
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import pandas as pd
 
@@ -40,17 +41,35 @@ def loss_overlay(chosen: Sequence[runs.Run]):
     return plots.loss_overlay(logs(chosen))
 
 
-def metrics_table(chosen: Sequence[runs.Run]) -> pd.DataFrame:
-    """One row per run: training figures and every tuned metric (chrf, bleu, ...)."""
+def metrics_table(chosen: Sequence[runs.Run], evaluations: Mapping[str, str] | str | None = None) -> pd.DataFrame:
+    """One row per run: training figures and every tuned metric (chrf, bleu, ...) of one of its
+    evaluations: the latest, or the one `evaluations` names for that run ({run: evaluation id or
+    prefix}; runs named as `select` takes them; a YAML/JSON string from papermill works)."""
+    picks = {runs.lookup(ref, status=None).id: ev for ref, ev in _mapping(evaluations).items()}
+    unknown = set(picks) - {r.id for r in chosen}
+    if unknown:
+        raise RunError(f"evaluations names run(s) not compared here: {', '.join(sorted(unknown))}")
     rows = []
     for r in chosen:
-        s = r.summary()
-        t = s.training
-        row = {"run_id": r.id, **{k: getattr(t, k) if t else None
-                                  for k in ("eval_loss_best", "loss_last", "steps", "train_seconds")}}
-        row.update(s.evaluation.tuned if s.evaluation else {})
-        rows.append(row)
+        t = r.summary().training
+        evaluation = r.evaluation(picks.get(r.id))
+        scores = evaluation.metrics().get("metrics", {}) if evaluation else {}
+        rows.append({"run_id": r.id, **{k: getattr(t, k) if t else None
+                                        for k in ("eval_loss_best", "loss_last", "steps", "train_seconds")},
+                     "evaluation": evaluation.id if evaluation else None,
+                     **{k: v.get("tuned") for k, v in scores.items()}})
     return pd.DataFrame(rows).set_index("run_id")
+
+
+def _mapping(value: Mapping[str, str] | str | None) -> dict[str, str]:
+    if isinstance(value, str):
+        import yaml
+
+        value = yaml.safe_load(value)
+    if value is not None and not isinstance(value, Mapping):
+        raise RunError(f"evaluations must map run ids to evaluation ids, e.g. {{'<run id>': '<evaluation id>'}}; "
+                       f"got {value!r}")
+    return {str(k): str(v) for k, v in (value or {}).items()}
 
 
 def best(table: pd.DataFrame, metric: str = "eval_loss_best", higher_is_better: bool | None = None) -> pd.Series:

@@ -63,13 +63,15 @@ def train_stage(cfg, run: runs.Run, callbacks: list | None = None, live: bool | 
 
 
 def evaluate_stage(cfg, run: runs.Run):
-    """Base vs tuned on the held-out split into `run` (opened with stage="evaluate"): eval/,
-    plots/metrics.png, the summary's evaluation section, report.md."""
+    """Base vs tuned on the held-out split into a new evaluation of `run` (opened with
+    stage="evaluate"): eval/<id>/ (params, predictions, metrics, chart, examples), then the
+    summary's latest evaluation and report.md."""
+    evaluation = runs.start_evaluation(run, cfg)
     dataset = data.load_processed(cfg.data)
-    predictions = evaluate.predict(run, cfg, dataset)
-    table = evaluate.score(predictions, cfg, run)
-    evaluate.chart(table, run)
-    evaluate.examples(predictions, run)
+    predictions = evaluate.predict(evaluation, cfg, dataset)
+    table = evaluate.score(predictions, cfg, evaluation)
+    evaluate.chart(table, evaluation)
+    evaluate.examples(predictions, evaluation)
     runs.finish_stage(run, "evaluate")
     reports.write_report(run)
     return table

@@ -1,12 +1,11 @@
 """Markdown reports: a run's report.md, and the tables queue and sweep reports are made of.
 
-Written from the run folder alone (manifest.json, summary.json, eval/, plots/), so a report
+Written from the run folder alone (manifest.json, summary.json, eval/<id>/, plots/), so a report
 can be regenerated at any time: `polo report RUN`.
 """
 from __future__ import annotations
 
 import io
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -111,7 +110,7 @@ def write_report(run: Run) -> Path:
         out += _training(run, run.summary(), warnings)
     except RunError as e:
         warnings.append(str(e))
-    out += _evaluation(run)
+    out += _evaluation(run, warnings)
     out += _params(run, warnings)
     if manifest.get("error"):
         warnings.append(f"failed: {manifest['error'].get('message')} ({manifest['error'].get('where')})")
@@ -149,19 +148,43 @@ def _training(run: Run, summary: RunSummary, warnings: list[str]) -> list[str]:
     return out
 
 
-def _evaluation(run: Run) -> list[str]:
-    metrics_path = run.eval / "metrics.json"
-    if not metrics_path.is_file():
-        return []
-    body = json.loads(metrics_path.read_text(encoding="utf-8"))
-    rows = [{"metric": k, **v} for k, v in body.get("metrics", {}).items()]
-    out = [f"## Evaluation ({body.get('split')}, {body.get('examples')} examples)", "",
-           md_table(rows, ["metric", "base", "tuned", "delta", "tuned_better"]), ""]
-    if (run.plots / "metrics.png").is_file():
-        out += ["![metrics](plots/metrics.png)", ""]
-    if (run.eval / "examples.md").is_file():
-        out += ["Examples side by side: [eval/examples.md](eval/examples.md)", ""]
+def _evaluation(run: Run, warnings: list[str]) -> list[str]:
+    """The latest finished evaluation in full (its params where they differ from the trained
+    run's), then every evaluation of the run in one table."""
+    every, latest = run.evaluations(), run.evaluation()
+    out = []
+    if latest is not None:
+        body, folder = latest.metrics(), latest.path.relative_to(run.path).as_posix()
+        rows = [{"metric": k, **v} for k, v in body.get("metrics", {}).items()]
+        out += [f"## Evaluation ({body.get('split')}, {body.get('examples')} examples)", "",
+                f"Evaluation `{latest.id}`, the latest of {len(every)}; its params: "
+                f"[{folder}/params.yaml]({folder}/params.yaml){_evaluation_differs(run, latest, warnings)}", "",
+                md_table(rows, ["metric", "base", "tuned", "delta", "tuned_better"]), ""]
+        if (latest.path / "metrics.png").is_file():
+            out += [f"![metrics]({folder}/metrics.png)", ""]
+        if (latest.path / "examples.md").is_file():
+            out += [f"Examples side by side: [{folder}/examples.md]({folder}/examples.md)", ""]
+    if len(every) > 1 or (every and latest is None):
+        rows = []
+        for e in every:
+            body = e.metrics()
+            chrf = body.get("metrics", {}).get("chrf", {})
+            rows.append({**e.entry(), "examples": body.get("examples"),
+                         "chrf base": chrf.get("base"), "chrf tuned": chrf.get("tuned")})
+        out += ["## Every evaluation of this run", "", "Each in its own folder, eval/<id>/, oldest first.", "",
+                md_table(rows, ["id", "status", "split", "limit", "examples", "chrf base", "chrf tuned", "start"]), ""]
     return out
+
+
+def _evaluation_differs(run: Run, evaluation, warnings: list[str]) -> str:
+    """', which differ from params.yaml in: limit 2 (trained: None)', or '' when they agree."""
+    try:
+        used, trained = evaluation.params().evaluation.model_dump(), run.params().evaluation.model_dump()
+    except (PoloError, yaml.YAMLError, OSError) as e:
+        warnings.append(f"{evaluation.params_path} could not be read: {e}")
+        return ""
+    differ = [f"{k} {used[k]} (params.yaml: {trained.get(k)})" for k in used if used[k] != trained.get(k)]
+    return f", which differ from the run's params.yaml in: {', '.join(differ)}" if differ else ""
 
 
 def _params(run: Run, warnings: list[str]) -> list[str]:
@@ -179,7 +202,8 @@ def _params(run: Run, warnings: list[str]) -> list[str]:
             warnings.append(f"{n} example(s) over max_seq_length were dropped: {dropped}")
     rows = [{"key": f"{s}.{k}", "value": v} for s, body in cfg.to_dict().items() if isinstance(body, dict)
             for k, v in body.items()]
-    return ["## Params", "", md_table(rows, ["key", "value"]), ""]
+    return ["## Params", "", "As trained (params.yaml); each evaluation's own are in its folder.", "",
+            md_table(rows, ["key", "value"]), ""]
 
 
 def _number(value: float | None) -> str:
@@ -202,7 +226,8 @@ def headline(run: Run) -> list[str]:
         ]
     e = summary.evaluation
     if e is not None:
-        lines.append(f"evaluation on {e.examples} {e.split} paragraphs (base -> tuned):")
+        count = f", the latest of {len(summary.evaluations)}" if len(summary.evaluations) > 1 else ""
+        lines.append(f"evaluation {e.id or ''} on {e.examples} {e.split} paragraphs{count} (base -> tuned):")
         lines += [f"  {key:<20} {_number(base):>8} -> {_number(e.tuned.get(key)):>8}" for key, base in e.base.items()]
     stages = manifest.get("stages", {})
     lines.append("time per stage: " + ", ".join(f"{k} {v.get('seconds', '?')} s" for k, v in stages.items()))

@@ -1,10 +1,14 @@
 """Run folders: one per experiment, never overwritten, holding everything about it.
 
 outputs/runs/<run_id>/  params.yaml, manifest.json, notebooks/, checkpoints/, adapter/,
-logs/, eval/, plots/, summary.json, report.md. run_id = UTC time + params name + short hash.
+logs/, eval/<evaluation id>/, plots/, summary.json, report.md. run_id = UTC time + params name
++ short hash.
 
 - `open_run` makes a run (or continues one with the same params) and starts a stage;
   `finish_stage` ends it. Every path (notebooks, pipeline, sweeps) uses these two.
+- Each evaluation of a run gets its own folder, eval/<id>/, with the params it used
+  (`start_evaluation`): evaluating again never overwrites an earlier one; `Run.evaluation()`
+  is the latest finished one, and summary.json lists them all.
 - `lookup` is the one way to name a run: its id, a unique prefix, or `latest`.
 - `RunSummary` is summary.json's schema: `Run.update_summary` writes it, `read_summary` reads it.
 - `registry` lists every run, damaged ones included. Reports are in `reports`.
@@ -69,7 +73,8 @@ class TrainingSummary(_Section):
 
 
 class EvaluationSummary(_Section):
-    """evaluate.score's metrics, base and tuned, by metric name (chrf, bleu, ...)."""
+    """One evaluation's metrics (evaluate.score), base and tuned, by metric name (chrf, bleu, ...)."""
+    id: str | None = None  # its folder: eval/<id>/ (None: a run evaluated before evaluations had folders)
     split: str
     examples: int
     base: dict[str, float | None] = {}
@@ -91,7 +96,8 @@ class RunSummary(_Section):
     (Run.summary), written only by Run.update_summary."""
     run_id: str | None = None
     training: TrainingSummary | None = None
-    evaluation: EvaluationSummary | None = None
+    evaluation: EvaluationSummary | None = None  # the latest finished evaluation
+    evaluations: list[EvaluationSummary] = []  # every finished evaluation, oldest first
     stage_seconds: dict[str, float | None] = {}
     sweep: SweepSummary | None = None
 
@@ -178,9 +184,49 @@ class Run:
         entry.update(info, status="finished", end=end.isoformat(timespec="seconds"),
                      seconds=round((end - datetime.fromisoformat(entry["start"])).total_seconds(), 1))
         stages[stage] = entry
+        if stage == "evaluate":
+            self._end_evaluation("finished")
         self.record_stage_seconds(stages)
         match_umask(self.path)  # weights and checkpoints that libraries saved through private temp files
         return self.update_manifest(stages=stages, status="finished")
+
+    def evaluations(self, status: str | None = None) -> list[Evaluation]:
+        """Every evaluation of this run (`status`: only those), oldest first, from the manifest."""
+        return [Evaluation(self, e["id"], self.eval / e["id"]) for e in self.manifest().get("evaluations") or []
+                if status in (None, e.get("status"))]
+
+    def evaluation(self, ref: str | None = None) -> Evaluation | None:
+        """The latest finished evaluation (None before the first), or the one whose id is or
+        starts with `ref`; RunError listing this run's evaluations when none or several match."""
+        if ref is None:
+            finished = self.evaluations("finished")
+            return finished[-1] if finished else None
+        every = self.evaluations()
+        matches = [e for e in every if e.id == ref] or [e for e in every if e.id.startswith(ref)]
+        if len(matches) == 1:
+            return matches[0]
+        known = ", ".join(e.id for e in every) or "none yet"
+        raise RunError(f"run {self.id}: {'several evaluations start with' if matches else 'no evaluation'} "
+                       f"'{ref}'. Its evaluations: {known}.")
+
+    def _end_evaluation(self, status: str) -> None:
+        """The evaluation in progress ends with `status`. A finished one's metrics become summary.json's
+        `evaluation` (the latest) and join its `evaluations`."""
+        entries = self.manifest().get("evaluations") or []
+        running = [e for e in entries if e.get("status") == "running"]
+        if not running:
+            return
+        for entry in running:
+            entry.update(status=status, end=_now())
+        self.update_manifest(evaluations=entries)
+        for entry in running if status == "finished" else []:
+            body = _read_json(self.eval / entry["id"] / "metrics.json")
+            if body:
+                scores = body.get("metrics", {})
+                section = EvaluationSummary(id=entry["id"], split=body["split"], examples=body["examples"],
+                                            base={k: v.get("base") for k, v in scores.items()},
+                                            tuned={k: v.get("tuned") for k, v in scores.items()})
+                self.update_summary(evaluation=section, evaluations=[*self.summary().evaluations, section])
 
     def record_stage_seconds(self, stages: dict[str, Any]) -> RunSummary:
         """summary.json's stage times, from the manifest's stages."""
@@ -197,6 +243,7 @@ class Run:
         for entry in stages.values():
             if entry.get("status") == "running":
                 entry.update(status="failed", end=_now())
+        self._end_evaluation("failed")
         match_umask(self.path)
         self.update_manifest(stages=stages, status="failed", error={"message": error, "where": where})
 
@@ -215,15 +262,69 @@ class Run:
         return str(self.path)
 
 
+@dataclass(frozen=True)
+class Evaluation:
+    """One evaluation of a run, in its own folder eval/<id>/: params.yaml (the params it used: the
+    run's, with its own `evaluation` section), predictions.jsonl, metrics.json, metrics.png and
+    examples.md. Its status and times are in the run's manifest (`evaluations`)."""
+    run: Run
+    id: str
+    path: Path
+
+    params_path = property(lambda self: self.path / "params.yaml")
+
+    def entry(self) -> dict[str, Any]:
+        """Its manifest entry: status, start, end, split, limit."""
+        return next((e for e in self.run.manifest().get("evaluations") or [] if e.get("id") == self.id), {})
+
+    def params(self):
+        return params_lib.load_resolved(self.params_path)
+
+    def metrics(self) -> dict[str, Any]:
+        """metrics.json (split, examples, decoding, metrics, speed); {} before it is written."""
+        return _read_json(self.path / "metrics.json")
+
+    def _repr_html_(self) -> str:
+        entry = self.entry()
+        return (f"<b>evaluation</b> <code>{self.id}</code> of run <code>{self.run.id}</code> "
+                f"({entry.get('status', '?')}; split {entry.get('split')}, limit {entry.get('limit')})<br>"
+                f"folder: <code>{self.path}</code>")
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+
+def start_evaluation(run: Run, cfg) -> Evaluation:
+    """A new evaluation of `run` (opened with stage="evaluate"): eval/<id>/ with the params it uses,
+    and a running entry in the manifest's `evaluations`; `finish_stage(run, "evaluate")` ends it.
+    The id is the UTC time, the split and the limit (20261203-101500-test-all). A run without an
+    adapter is refused before anything is made."""
+    from .inference import require_adapter
+
+    require_adapter(run)
+    e = cfg.evaluation
+    eval_id = _unused_name(run.eval, f"{datetime.now(timezone.utc):%Y%m%d-%H%M%S}-{e.split}-{e.limit or 'all'}")
+    evaluation = Evaluation(run, eval_id, run.eval / eval_id)
+    evaluation.path.mkdir(parents=True)
+    params_lib.save(cfg, evaluation.params_path)
+    entry = {"id": eval_id, "status": "running", "start": _now(), "split": e.split, "limit": e.limit}
+    run.update_manifest(evaluations=[*(run.manifest().get("evaluations") or []), entry])
+    return evaluation
+
+
+def _unused_name(folder: Path, base: str) -> str:
+    """`base`, or base-2, base-3, ... when folder/base exists."""
+    name, n = base, 1
+    while (folder / name).exists():
+        n += 1
+        name = f"{base}-{n}"
+    return name
+
+
 def new_run_id(cfg) -> str:
     """UTC time + params name + hash of the resolved params; a suffix if that folder exists."""
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    base = f"{stamp}-{cfg.name}-{cfg.short_hash()}"
-    run_id, n = base, 1
-    while (paths.runs_dir() / run_id).exists():
-        n += 1
-        run_id = f"{base}-{n}"
-    return run_id
+    return _unused_name(paths.runs_dir(), f"{stamp}-{cfg.name}-{cfg.short_hash()}")
 
 
 def check_writable(folder: Path) -> None:

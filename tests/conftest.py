@@ -61,7 +61,12 @@ def _assert_record_agrees(run) -> None:
     stages = manifest.get("stages") or {}
     for stage, entry in stages.items():
         assert re.search(rf"^\| {stage} \| {entry['status']} \|", report, re.M), (stage, entry["status"])
-    assert run.summary().stage_seconds == {k: v.get("seconds") for k, v in stages.items()}
+    summary = run.summary()
+    assert summary.stage_seconds == {k: v.get("seconds") for k, v in stages.items()}
+    finished = [e["id"] for e in manifest.get("evaluations") or [] if e["status"] == "finished"]
+    assert [e.id for e in summary.evaluations] == finished  # every finished evaluation, oldest first
+    if finished:  # the latest is the summary's and the report's evaluation
+        assert summary.evaluation.id == finished[-1] and f"Evaluation `{finished[-1]}`, the latest" in report
 
 
 @pytest.fixture

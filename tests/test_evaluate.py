@@ -5,7 +5,7 @@ import weakref
 
 import pytest
 
-from polo_lib import data, evaluate, inference, model, params, pipeline, progress, runs
+from polo_lib import compare, data, evaluate, inference, model, params, pipeline, progress, runs
 from polo_lib.errors import RunError
 
 pytestmark = pytest.mark.slow
@@ -31,39 +31,65 @@ def test_evaluate_stage_writes_everything_into_the_run_and_the_tuned_model_beats
     assert f"  evaluate {n}/{n} (100%)  tuned model  " in shown and " tok/s" in shown
     state = progress.read(run.logs)
     assert (state["stage"], state["phase"], state["done"], state["total"]) == ("evaluate", "tuned model", n, n)
-    for name in ("eval/predictions.jsonl", "eval/metrics.json", "eval/examples.md", "plots/metrics.png",
-                 "report.md", "notebooks/evaluate.ipynb"):
+    first = run.evaluation()
+    assert [e.id for e in run.evaluations()] == [first.id] and first.path.parent == run.eval
+    for name in ("params.yaml", "predictions.jsonl", "metrics.json", "examples.md", "metrics.png"):
+        assert (first.path / name).is_file(), name
+    for name in ("report.md", "notebooks/evaluate.ipynb", "plots/loss.png"):
         assert (run.path / name).is_file(), name
-    rows = [json.loads(line) for line in (run.eval / "predictions.jsonl").read_text(encoding="utf-8").splitlines()]
+    rows = [json.loads(line) for line in (first.path / "predictions.jsonl").read_text(encoding="utf-8").splitlines()]
     assert len(rows) == n
     assert set(rows[0]) >= {"id", "original", "reference", "base", "tuned", "base_new_tokens", "tuned_seconds"}
     assert all(0 < r["tuned_new_tokens"] <= cfg.evaluation.max_new_tokens for r in rows)
-    metrics = json.loads((run.eval / "metrics.json").read_text(encoding="utf-8"))["metrics"]
+    metrics = first.metrics()["metrics"]
     assert {"chrf", "bleu", "rouge_l", "sari", "meaning_src"} <= set(metrics)
     for values in metrics.values():
         assert set(values) >= {"base", "tuned", "delta"}
     assert metrics["chrf"]["tuned"] > metrics["chrf"]["base"] + 2.0, metrics["chrf"]
     assert metrics["hangul_share"]["tuned"] > metrics["hangul_share"]["base"]
     summary = run.summary()
-    assert summary.evaluation.examples == n and summary.training is not None
+    assert summary.evaluation.examples == n and summary.evaluation.id == first.id and summary.training is not None
     report = (run.path / "report.md").read_text(encoding="utf-8")
     assert "## Evaluation" in report and "plots/loss.png" in report and "chrf" in report
+    assert f"({first.path.relative_to(run.path).as_posix()}/metrics.png)" in report
     assert run.manifest()["stages"]["evaluate"]["status"] == "finished"
     record_agrees(run)
 
-    # evaluate the same run again with other evaluation settings: allowed, and recorded
+    # evaluate the same run again with other evaluation settings: a second evaluation beside the first
+    files_before = {p.name: p.read_bytes() for p in first.path.iterdir()}
+    trained_params = run.params_path.read_bytes()
     again = pipeline.run_pipeline("smoke", overrides={**LEARNS, "evaluation.limit": 1}, stages=["evaluate"],
                                   run_id=run.id, log=lambda *a: None)
-    assert again.id == run.id and len((run.eval / "predictions.jsonl").read_text().splitlines()) == 1
-    assert run.manifest()["evaluate_params"]["evaluation"]["limit"] == 1
+    second = run.evaluation()
+    assert again.id == run.id and [e.id for e in run.evaluations()] == [first.id, second.id]
+    assert {p.name: p.read_bytes() for p in first.path.iterdir()} == files_before  # the first is untouched
+    assert len((second.path / "predictions.jsonl").read_text().splitlines()) == 1
+    assert second.params().evaluation.limit == 1 and first.params().evaluation.limit == n
+    assert run.params_path.read_bytes() == trained_params  # params.yaml stays what was trained
+    summary = run.summary()
+    assert (summary.evaluation.id, summary.evaluation.examples) == (second.id, 1)
+    assert [(e.id, e.examples) for e in summary.evaluations] == [(first.id, n), (second.id, 1)]
+    report = (run.path / "report.md").read_text(encoding="utf-8")
+    assert "## Evaluation (train, 1 examples)" in report and "the latest of 2" in report
+    assert f"differ from the run's params.yaml in: limit 1 (params.yaml: {n})" in report
+    assert "## Every evaluation of this run" in report and f"| {first.id} | finished | train | {n} | {n} |" in report
     record_agrees(run)
+    # compare_runs: each run's latest evaluation, or the one asked for (by a prefix of its id)
+    assert compare.metrics_table([run]).loc[run.id, "evaluation"] == second.id
+    picked = compare.metrics_table([run], f"{{{run.id[:-2]}: {first.id}}}")  # as papermill -p passes it
+    assert picked.loc[run.id, "evaluation"] == first.id and picked.loc[run.id, "chrf"] == metrics["chrf"]["tuned"]
+    with pytest.raises(RunError, match=f"no evaluation 'nope'. Its evaluations: {first.id}, {second.id}"):
+        compare.metrics_table([run], {run.id: "nope"})
 
 
-def test_evaluating_a_run_without_adapter_is_a_clear_error(tiny_model_dir):
+def test_evaluating_a_run_without_adapter_is_a_clear_error_and_makes_nothing(tiny_model_dir):
     cfg = params.load("smoke")
     run = runs.open_run(cfg)
     with pytest.raises(RunError, match="has no adapter"):
         inference.load_tuned(cfg, run)
+    with pytest.raises(RunError, match="has no adapter"):
+        runs.start_evaluation(run, cfg)
+    assert list(run.eval.iterdir()) == [] and run.evaluations() == []
 
 
 def test_generation_is_batched_and_stops_at_eos(tiny_model_dir, monkeypatch):
@@ -141,6 +167,6 @@ def test_base_model_is_freed_before_the_tuned_model_loads(tiny_model_dir, monkey
 
     monkeypatch.setattr(inference, "load_base", watched_base)
     monkeypatch.setattr(inference, "load_tuned", watched_tuned)
-    predictions = evaluate.predict(run, cfg, data.load_processed(cfg.data))
+    predictions = evaluate.predict(runs.start_evaluation(run, cfg), cfg, data.load_processed(cfg.data))
     assert len(predictions) == 1 and predictions["tuned_new_tokens"].iloc[0] > 0
     assert alive_at_tuned_load == [False], "the base model was still in memory when the tuned one loaded"

@@ -89,6 +89,41 @@ def test_registry_lists_failed_running_and_damaged_runs(capsys):
     assert all(r.id in out for r in damaged) and "no manifest.json" in out
 
 
+def test_each_evaluation_keeps_its_folder_a_failed_one_is_listed_and_never_the_latest():
+    """The bookkeeping of evaluations (the model side is in test_evaluate): ids, statuses, the
+    summary's latest and list, the report's table, lookups by id prefix."""
+    run = runs.open_run(params.load("smoke"))
+    (run.adapter / "adapter_config.json").write_text("{}", encoding="utf-8")  # start_evaluation asks for a saved adapter
+
+    def evaluate(limit: int, chrf: float | None) -> runs.Evaluation:
+        cfg = params.load("smoke", overrides={"evaluation.limit": limit})
+        runs.open_run(cfg, run.id, stage="evaluate", may_differ=("evaluation",))
+        evaluation = runs.start_evaluation(run, cfg)
+        assert evaluation.entry()["status"] == "running" and evaluation.params().evaluation.limit == limit
+        if chrf is None:  # the stage dies, as a failing notebook cell ends it
+            run.fail("OutOfMemoryError: CUDA out of memory", "evaluate.ipynb, cell 8")
+        else:
+            (evaluation.path / "metrics.json").write_text(json.dumps(
+                {"split": "test", "examples": limit, "metrics": {"chrf": {"base": 1.0, "tuned": chrf}}}))
+            runs.finish_stage(run, "evaluate")
+        reports.conclude(run)
+        return evaluation
+
+    first, failed, third = evaluate(2, 5.0), evaluate(1, None), evaluate(3, 7.0)
+    assert len({first.id, failed.id, third.id}) == 3 and first.id.endswith("-test-2")
+    assert [e.entry()["status"] for e in run.evaluations()] == ["finished", "failed", "finished"]
+    assert run.evaluation().id == third.id and run.evaluation(first.id).id == first.id
+    with pytest.raises(RunError, match="several evaluations start with"):
+        run.evaluation(first.id[:8])
+    summary = run.summary()
+    assert [(e.id, e.tuned["chrf"]) for e in summary.evaluations] == [(first.id, 5.0), (third.id, 7.0)]
+    assert summary.evaluation.id == third.id and runs.registry().loc[run.id, "chrf_tuned"] == 7.0
+    report = (run.path / "report.md").read_text(encoding="utf-8")
+    assert "## Evaluation (test, 3 examples)" in report and f"| {failed.id} | failed | test | 1 |  |" in report
+    assert "differ from the run's params.yaml in: limit 3 (params.yaml: 2)" in report
+    assert "chrf" in (first.path / "metrics.json").read_text()  # earlier evaluations stay as they were
+
+
 def test_polo_list_reads_like_a_tool_table_sized_to_the_terminal_and_json_for_scripts(capsys, monkeypatch):
     cfg = params.load("smoke")
     done, failed = runs.open_run(cfg), runs.open_run(cfg)

@@ -174,7 +174,7 @@ def main(argv=None) -> int:
         cfg = steps.values["params"][1]
         run = steps.values["train 16-bit"]
         runs.open_run(cfg, run.id, stage="evaluate", may_differ=("evaluation",))
-        preds = evaluate.predict(run, cfg, steps.values["prepare"])
+        preds = evaluate.predict(runs.start_evaluation(run, cfg), cfg, steps.values["prepare"])
         scores, skipped = available_metrics(preds, cfg)
         run.finish_stage("evaluate")
         free_cuda()
