@@ -101,8 +101,18 @@ def _decoded(tokenizer, ids: list[int], seconds: float) -> Generation:
     """One row of new ids as text, cut after the first EOS (what follows is padding)."""
     eos = tokenizer.eos_token_id
     n = ids.index(eos) + 1 if eos in ids else len(ids)
-    text = tokenizer.decode(ids[:n], skip_special_tokens=True).strip()
-    return Generation(text, n, seconds, eos in ids[:n])
+    return Generation(whole_text(tokenizer, ids[:n]), n, seconds, eos in ids[:n])
+
+
+BROKEN = "\ufffd"  # what decoding makes of bytes that are not a whole UTF-8 character
+
+
+def whole_text(tokenizer, ids: list[int]) -> str:
+    """`ids` as text, never ending in a broken character. A byte-level tokenizer stopped at
+    max_new_tokens inside a character (a Hangul syllable is 3 bytes, often split over 2 tokens)
+    decodes the loose bytes at the end as U+FFFD: those are dropped, the whole characters before
+    them kept."""
+    return tokenizer.decode(ids, skip_special_tokens=True).rstrip(BROKEN).strip()
 
 
 def generate(lm, chats: Sequence[list[dict[str, str]]], max_new_tokens: int = 128, batch_size: int = 8,

@@ -363,6 +363,26 @@ def test_smollm2_tokenizer_and_generation(smollm2_cache):
     assert "4" in answer, answer
 
 
+def test_an_answer_cut_inside_a_hangul_syllable_ends_with_whole_characters(smollm2_cache):
+    """SmolLM2's byte-level BPE spreads Hangul syllables over tokens, so max_new_tokens can stop
+    inside one ("... 사계에서 \ufffd"). Every cut of a Korean answer decodes, through the
+    decoding generation uses, to the answer's whole characters up to the cut."""
+    from transformers import AutoTokenizer
+
+    from polo_lib import inference
+
+    tok = AutoTokenizer.from_pretrained(lm.resolve("smollm2-135m-instruct"))
+    answer = "YOLO는 사진을 7x7 격자로 나누고, 칸마다 물체의 상자와 확률을 한 번에 예측해요."
+    ids = tok(answer, add_special_tokens=False)["input_ids"]
+    broken = [k for k in range(1, len(ids)) if tok.decode(ids[:k]).endswith(inference.BROKEN)]
+    assert len(broken) > 5, "this answer no longer cuts inside a syllable: it tests nothing"
+    for k in range(1, len(ids) + 1):
+        text = inference.whole_text(tok, ids[:k])
+        assert inference.BROKEN not in text and answer.startswith(text), (k, text)
+        assert len(text) >= len(tok.decode(ids[:k]).strip()) - 2, (k, text)  # only the loose bytes' marks go
+    assert inference.whole_text(tok, ids) == answer
+
+
 def test_resolve_smollm2_uses_the_cache_without_rebuilding(smollm2_cache, monkeypatch):
     monkeypatch.setenv("POLO_MODEL_CACHE", str(smollm2_cache))
     marker = smollm2_cache / lm.SMOLLM2 / lm.MARKER_NAME
