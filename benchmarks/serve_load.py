@@ -3,6 +3,11 @@
     polo serve <run> --port 8000                                  # in another terminal
     python -m benchmarks.serve_load http://127.0.0.1:8000 1 8     # 8 requests, one at a time
     python -m benchmarks.serve_load http://127.0.0.1:8000 8 8     # the same 8 requests, 8 at once
+    python -m benchmarks.serve_load http://127.0.0.1:8000 2000 --burst   # 2,000 at once: 200s and 503s
+
+With --burst every request is sent at the same moment and none is retried: it counts the answers
+by status (a bounded server answers 200 or 503, never drops a connection) and, given the server's
+process id (--pid, Linux), its peak memory before and after. POLO_API_KEY is sent when set.
 
 Prints one JSON line. Only HTTP: it loads no model and imports nothing of polo_lib.deploy, so it
 measures any server that speaks /v1/chat/completions.
@@ -11,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -59,6 +65,52 @@ def load_test(base_url: str, concurrency: int, requests: int = 8, max_tokens: in
             "completion_tokens": tokens, "wall_s": round(wall, 1), "tokens_per_s": round(tokens / wall, 1)}
 
 
+def burst(base_url: str, requests: int, max_tokens: int = 2, api_key: str | None = None,
+          pid: int | None = None) -> dict[str, Any]:
+    """`requests` short chats sent at the same moment, no retries: how many got each status (or
+    a connection error), the wall time, and with `pid` the server's peak RSS before and after."""
+    import asyncio
+    import collections
+
+    import httpx
+
+    url = base_url.rstrip("/") + "/v1/chat/completions"
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    before = peak_rss_mib(pid)
+
+    async def run() -> list[str]:
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+        async with httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(600, pool=None)) as client:
+            async def ask(i: int) -> str:
+                body = {"messages": [{"role": "user", "content": f"Explain grid cell {i} of YOLO."}],
+                        "max_tokens": max_tokens}
+                try:
+                    r = await client.post(url, json=body, headers=headers)
+                except httpx.TransportError as e:
+                    return type(e).__name__
+                missing = r.status_code == 503 and not r.headers.get("retry-after")
+                return f"{r.status_code}{' without Retry-After' if missing else ''}"
+            return await asyncio.gather(*(ask(i) for i in range(requests)))
+
+    start = time.perf_counter()
+    statuses = asyncio.run(run())
+    result = {"requests": requests, "max_tokens": max_tokens, "wall_s": round(time.perf_counter() - start, 1),
+              "statuses": dict(sorted(collections.Counter(statuses).items()))}
+    if pid is not None:
+        result.update(server_peak_rss_mib_before=before, server_peak_rss_mib_after=peak_rss_mib(pid))
+    return result
+
+
+def peak_rss_mib(pid: int | None) -> float | None:
+    """A process's peak resident memory (VmHWM, Linux), in MiB; None without a pid."""
+    if pid is None:
+        return None
+    for line in open(f"/proc/{pid}/status", encoding="ascii"):
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return None
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -72,9 +124,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("concurrency", type=_positive, help="requests in flight at once")
     parser.add_argument("requests", type=_positive, nargs="?", default=8,
                         help="how many requests (the first YOLO paragraphs), default 8")
-    parser.add_argument("--max-tokens", type=_positive, default=64, help="max_tokens of each request")
+    parser.add_argument("--max-tokens", type=_positive, default=None, help="max_tokens of each request "
+                        "(default 64; 2 with --burst)")
+    parser.add_argument("--burst", action="store_true", help="send CONCURRENCY short requests at once, no "
+                        "retries, and count the answers by status")
+    parser.add_argument("--pid", type=int, default=None, help="with --burst: the server's process id, for its "
+                        "peak memory")
     args = parser.parse_args(argv)
-    print(json.dumps(load_test(args.url, args.concurrency, args.requests, args.max_tokens)))
+    if args.burst:
+        result = burst(args.url, args.concurrency, args.max_tokens or 2, os.environ.get("POLO_API_KEY"), args.pid)
+    else:
+        result = load_test(args.url, args.concurrency, args.requests, args.max_tokens or 64)
+    print(json.dumps(result))
     return 0
 
 

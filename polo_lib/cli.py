@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import shutil
 import sys
 from collections.abc import Sequence
@@ -203,13 +204,15 @@ def cmd_install_converter(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    for name in ("max_batch_size", "max_tokens_limit"):
-        if getattr(args, name) < 1:
-            raise ParamsError(f"--{name.replace('_', '-')} must be at least 1")
+    for name in ("max_batch_size", "max_tokens_limit", "max_queue", "timeout"):
+        if getattr(args, name) <= 0:
+            raise ParamsError(f"--{name.replace('_', '-')} must be more than 0")
+    api_key = args.api_key if args.api_key is not None else os.environ.get("POLO_API_KEY")
     _unsloth_first()
     from .deploy import serve
-    serve.serve(args.run_id, args.host, args.port, merged=args.merged, max_batch_size=args.max_batch_size,
-                batch_wait_ms=args.batch_wait_ms, max_tokens_limit=args.max_tokens_limit)
+    serve.serve(args.run_id, args.host, args.port, merged=args.merged, api_key=api_key,
+                max_batch_size=args.max_batch_size, batch_wait_ms=args.batch_wait_ms,
+                max_tokens_limit=args.max_tokens_limit, max_queue=args.max_queue, request_timeout_s=args.timeout)
     return 0
 
 
@@ -286,6 +289,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch-size", type=int, default=8, help="requests generated together")
     p.add_argument("--batch-wait-ms", type=float, default=50, help="how long a batch waits for company")
     p.add_argument("--max-tokens-limit", type=int, default=1024, help="largest max_tokens a request may ask")
+    p.add_argument("--max-queue", type=int, default=256, help="requests that may wait at once; one more gets 503")
+    p.add_argument("--timeout", type=float, default=300, help="seconds a request may wait and generate (then 504)")
+    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on every endpoint but "
+                   "/health (default: $POLO_API_KEY if set, else no key; prefer the variable: a command line "
+                   "is visible to other users)")
     p = command("chat", cmd_chat, "Gradio app: chat, base vs tuned, explain a paragraph")
     p.add_argument("run_id", help=runs.REF_HELP)
     p.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to listen on every interface (Docker)")

@@ -294,6 +294,60 @@ def test_bad_requests_get_a_clear_400_and_the_server_keeps_serving(tiny_server):
     assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] <= 4
 
 
+def test_a_server_with_an_api_key_answers_only_who_sends_it_and_health_to_anyone(tiny_server):
+    from openai import AuthenticationError, OpenAI
+
+    backend, _ = tiny_server
+    key = "polo-test-key-7f3a"
+    with pytest.raises(PoloError, match="API key is empty"):
+        serve.create_app(backend, api_key="  ")
+    port = free_port()
+    server = serve.start_in_thread(serve.create_app(backend, api_key=key), port=port)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        right = OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0)
+        reply = right.chat.completions.create(model=backend.model_id, max_tokens=4,
+                                              messages=[{"role": "user", "content": "hello"}])
+        assert 0 < reply.usage.completion_tokens <= 4
+        for wrong in ("wrong", key[:-1], key + "x", key.upper()):  # shorter, longer, other case
+            with pytest.raises(AuthenticationError) as raised:
+                OpenAI(base_url=f"{url}/v1", api_key=wrong, max_retries=0).models.list()
+            assert raised.value.status_code == 401 and raised.value.code == "invalid_api_key"
+        for method, path in (("GET", "/v1/models"), ("POST", "/v1/chat/completions"), ("POST", "/apply-template"),
+                             ("GET", "/docs"), ("GET", "/openapi.json")):
+            for headers in ({}, {"Authorization": f"Basic {key}"}, {"Authorization": key}):
+                r = httpx.request(method, url + path, headers=headers, json={"messages": [{"role": "user",
+                                                                                          "content": "hi"}]})
+                assert r.status_code == 401, (path, headers, r.text)
+                assert r.json()["error"]["type"] == "invalid_request_error" and "Bearer" in r.json()["error"]["message"]
+        health = httpx.get(f"{url}/health")
+        assert health.status_code == 200 and health.json()["api_key_required"] is True
+    finally:
+        server.should_exit = True
+        server.thread.join(timeout=10)
+
+
+def test_a_full_queue_answers_503_with_retry_after_and_a_slow_request_504(tiny_server):
+    backend, url = tiny_server
+    body = {"messages": [{"role": "user", "content": "hello"}], "max_tokens": 2}
+    before = dict(vars(backend.stats))
+    try:
+        backend.max_queue = 0
+        r = httpx.post(f"{url}/v1/chat/completions", json=body)
+        assert r.status_code == 503 and int(r.headers["retry-after"]) >= 1
+        assert r.json()["error"]["code"] == "overloaded" and "busy" in r.json()["error"]["message"]
+        backend.max_queue, backend.request_timeout_s = serve.MAX_QUEUE, 0.01  # shorter than a batch's wait
+        r = httpx.post(f"{url}/v1/chat/completions", json=body)
+        assert r.status_code == 504 and r.json()["error"]["code"] == "timeout"
+    finally:
+        backend.max_queue, backend.request_timeout_s = serve.MAX_QUEUE, serve.REQUEST_TIMEOUT_S
+    assert backend.stats.rejected_busy == before["rejected_busy"] + 1
+    assert backend.stats.timed_out == before["timed_out"] + 1
+    assert backend.stats.requests == before["requests"]  # the timed-out request was never generated
+    assert httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60).status_code == 200
+    assert backend.waiting == 0
+
+
 def test_the_load_test_measures_a_running_server(tiny_server, capsys):
     """`python -m benchmarks.serve_load URL CONCURRENCY REQUESTS`: one warm-up request, then the
     requests in waves of CONCURRENCY; one JSON line. polo_lib.deploy keeps no entry point of its own."""
@@ -372,8 +426,10 @@ def test_polo_export_cli_resolves_latest_and_reports_problems(tiny_run, monkeypa
     assert json.loads((tiny_run.path / "manifest.json").read_text(encoding="utf-8"))["exports"]["adapter"]
 
 
-def test_polo_serve_command_serves_a_run_until_stopped(tiny_run, tmp_path):
-    """The user's command: `polo serve <run>` in its own process answers, then stops on SIGINT."""
+def test_polo_serve_command_serves_a_run_until_stopped(tiny_run, tmp_path, capsys):
+    """The user's command: `polo serve <run>` in its own process, its API key from POLO_API_KEY,
+    answers; 2,000 requests at once with a queue of 256 each get 200 or 503 while the server stays
+    up within a memory bound; the key is in no log or run file; SIGINT stops it."""
     import os
     import signal
     import subprocess
@@ -381,11 +437,13 @@ def test_polo_serve_command_serves_a_run_until_stopped(tiny_run, tmp_path):
     import time
     from pathlib import Path
 
-    port = free_port()
-    env = {**os.environ, "POLO_OUTPUTS": str(tiny_run.path.parent.parent)}
+    from benchmarks import serve_load
+
+    port, key = free_port(), "polo-env-key-c0ffee"
+    env = {**os.environ, "POLO_OUTPUTS": str(tiny_run.path.parent.parent), "POLO_API_KEY": key}
     polo = Path(sys.executable).parent / "polo"
     log = (tmp_path / "serve.log").open("w")
-    proc = subprocess.Popen([str(polo), "serve", tiny_run.id, "--port", str(port)], env=env,
+    proc = subprocess.Popen([str(polo), "serve", tiny_run.id, "--port", str(port), "--max-queue", "256"], env=env,
                             stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 120
@@ -398,13 +456,26 @@ def test_polo_serve_command_serves_a_run_until_stopped(tiny_run, tmp_path):
                 pass
             assert time.monotonic() < deadline, "polo serve did not come up in 120 s"
             time.sleep(0.5)
-        r = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", timeout=60,
-                       json={"messages": prompts.build_messages(PARAGRAPH), "max_tokens": 6})
+        ask = {"messages": prompts.build_messages(PARAGRAPH), "max_tokens": 6}
+        r = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", timeout=60, json=ask,
+                       headers={"Authorization": f"Bearer {key}"})
         assert r.status_code == 200 and r.json()["model"] == f"polo-easy-{tiny_run.id}"
+        assert httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=ask).status_code == 401
+        # a crowd: every request gets 200 or 503 (none dropped), and the server's memory stays bounded
+        load = serve_load.burst(f"http://127.0.0.1:{port}", 2000, max_tokens=2, api_key=key, pid=proc.pid)
+        print(json.dumps(load))  # the figures, for the note (pytest -s)
+        assert set(load["statuses"]) == {"200", "503"} and sum(load["statuses"].values()) == 2000, load
+        assert load["statuses"]["200"] >= 256, load
+        assert load["server_peak_rss_mib_after"] - load["server_peak_rss_mib_before"] < 300, load
+        health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=10).json()
+        assert health["waiting"] == 0 and health["rejected_busy"] == load["statuses"]["503"]
     finally:
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=30) == 0
-    assert f"serving run {tiny_run.id}" in (tmp_path / "serve.log").read_text()
+    served = (tmp_path / "serve.log").read_text()
+    assert f"serving run {tiny_run.id}" in served and "API key required" in served
+    assert not [p for p in tiny_run.path.rglob("*") if p.is_file() and key.encode() in p.read_bytes()]
+    assert key not in served
 
 
 # The Docker files are read here, not built or run (no Docker, no GPU in the tests): what they
@@ -455,6 +526,8 @@ def test_compose_serve_and_chat_listen_on_every_interface_at_the_published_port_
         assert args.handler is handler and args.run_id == "latest" and args.host == "0.0.0.0", name
         # published on the host's loopback only, to the port the command listens on
         assert services[name]["ports"] == [f"127.0.0.1:{args.port}:{args.port}"], name
+    # the API key comes from the host's environment, never from the command line (visible in ps)
+    assert "POLO_API_KEY" in services["serve"]["environment"] and "--api-key" not in services["serve"]["command"]
     serve_port = cli.build_parser().parse_args(_as_run(services["serve"]["command"])[1:]).port
     assert f"http://127.0.0.1:{serve_port}/health" in " ".join(services["serve"]["healthcheck"]["test"])
     assert all("./outputs:/app/outputs" in s["volumes"] for s in services.values())

@@ -93,7 +93,7 @@ def test_each_evaluation_keeps_its_folder_a_failed_one_is_listed_and_never_the_l
     """The bookkeeping of evaluations (the model side is in test_evaluate): ids, statuses, the
     summary's latest and list, the report's table, lookups by id prefix."""
     run = runs.open_run(params.load("smoke"))
-    (run.adapter / "adapter_config.json").write_text("{}", encoding="utf-8")  # start_evaluation asks for a saved adapter
+    (run.adapter / "adapter_config.json").write_text("{}", encoding="utf-8")  # start_evaluation wants an adapter
 
     def evaluate(limit: int, chrf: float | None) -> runs.Evaluation:
         cfg = params.load("smoke", overrides={"evaluation.limit": limit})

@@ -2,8 +2,14 @@
 
     POST /v1/chat/completions   OpenAI chat completions (no streaming, n = 1)
     GET  /v1/models             the one model served
-    GET  /health                ready, queue length, batches served
+    GET  /health                ready, queue length, batches served (never needs the key)
     POST /apply-template        the prompt string a chat becomes (as llama.cpp's server names it)
+
+Started with an API key (`--api-key` or POLO_API_KEY, as vLLM and llama.cpp's server take one),
+every endpoint but /health wants `Authorization: Bearer <key>` (compared in constant time) and
+answers 401 in OpenAI's error shape without it. At most `max_queue` requests wait at once; one
+more gets 503 with Retry-After, and a request not answered within `request_timeout_s` gets 504:
+a crowd slows the server down, it never takes it down.
 
 The most common serving bug is a prompt or stop token that differs from training. Here the
 prompt is the run's saved tokenizer (adapter/, the object training used) applying its own
@@ -20,7 +26,9 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import hmac
 import logging
+import math
 import queue
 import threading
 import time
@@ -43,6 +51,9 @@ DEFAULT_MAX_TOKENS = 256       # OpenAI leaves it to the server; ~128 Hangul syl
 MAX_TOKENS_LIMIT = 1024        # per request; the prompt + answer must also fit max_seq_length
 MAX_BATCH_SIZE = 8             # rows generated together; 8 x 1024 tokens of KV cache is small on CPU
 BATCH_WAIT_MS = 50             # how long the first request of a batch waits for company
+MAX_QUEUE = 256                # requests accepted and not yet answered; one more gets 503
+REQUEST_TIMEOUT_S = 300.0      # a request waiting and generating longer gets 504
+API_KEY_ENV = "POLO_API_KEY"   # the key from the environment: never on a command line, in a log or a run folder
 
 
 # ---------------------------------------------------------------- requests (OpenAI fields)
@@ -78,12 +89,13 @@ class ApiError(Exception):
     """A 4xx in OpenAI's shape: {"error": {"message", "type", "param", "code"}}."""
 
     def __init__(self, status: int, message: str, param: str | None = None,
-                 type_: str = "invalid_request_error", code: str | None = None):
+                 type_: str = "invalid_request_error", code: str | None = None, headers: dict | None = None):
         super().__init__(message)
         self.status, self.message, self.param, self.type, self.code = status, message, param, type_, code
+        self.headers = headers
 
     def response(self) -> JSONResponse:
-        return JSONResponse(status_code=self.status, content={"error": {
+        return JSONResponse(status_code=self.status, headers=self.headers, content={"error": {
             "message": self.message, "type": self.type, "param": self.param, "code": self.code}})
 
 
@@ -104,6 +116,8 @@ class Stats:
     largest_batch: int = 0
     generated_tokens: int = 0
     generate_seconds: float = 0.0
+    rejected_busy: int = 0      # 503: the queue was full
+    timed_out: int = 0          # 504: not answered within the time limit
     batch_sizes: list[int] = field(default_factory=list)
 
 
@@ -111,10 +125,13 @@ class Backend:
     """One model, one generation thread; requests arriving within `batch_wait_ms` share a batch."""
 
     def __init__(self, lm, model_id: str, max_seq_length: int, max_tokens_limit: int = MAX_TOKENS_LIMIT,
-                 max_batch_size: int = MAX_BATCH_SIZE, batch_wait_ms: float = BATCH_WAIT_MS):
+                 max_batch_size: int = MAX_BATCH_SIZE, batch_wait_ms: float = BATCH_WAIT_MS,
+                 max_queue: int = MAX_QUEUE, request_timeout_s: float = REQUEST_TIMEOUT_S):
         self.lm, self.model_id, self.max_seq_length = lm, model_id, max_seq_length
         self.max_tokens_limit = min(max_tokens_limit, max_seq_length)
         self.max_batch_size, self.batch_wait = max_batch_size, batch_wait_ms / 1000
+        self.max_queue, self.request_timeout_s = max_queue, request_timeout_s
+        self.waiting = 0  # accepted, not yet answered (changed on the event loop only)
         self.stats = Stats()
         # The generation thread sets padding on the fast tokenizer while requests are encoded: a
         # shared Rust tokenizer then raises "Already borrowed". Requests get an identical copy.
@@ -136,11 +153,33 @@ class Backend:
 
     async def generate(self, chat: list[dict[str, str]], max_tokens: int, temperature: float | None,
                        top_p: float | None) -> inference.Generation:
+        """The answer, generated in a batch with whatever else is waiting. ApiError 503 (with
+        Retry-After) when max_queue requests already wait; 504 past request_timeout_s."""
+        if self.waiting >= self.max_queue:
+            self.stats.rejected_busy += 1
+            wait = self.retry_after()
+            raise ApiError(503, f"the server is busy: {self.waiting} requests are waiting (its queue holds "
+                                f"{self.max_queue}); retry in {wait} s.", type_="server_error", code="overloaded",
+                           headers={"Retry-After": str(wait)})
         loop = asyncio.get_running_loop()
         sampling = (True, float(temperature), float(top_p or 1.0)) if temperature else (False, 1.0, 1.0)
         pending = _Pending(chat, (max_tokens, *sampling), loop.create_future(), loop)
-        self._queue.put(pending)
-        return await pending.future
+        self.waiting += 1
+        try:
+            self._queue.put(pending)
+            return await asyncio.wait_for(pending.future, self.request_timeout_s)  # cancels it on time out
+        except asyncio.TimeoutError:
+            self.stats.timed_out += 1
+            raise ApiError(504, f"no answer within the server's limit of {self.request_timeout_s:g} s per request "
+                                "(it is busy, or max_tokens is large for this machine); retry, or ask for fewer "
+                                "tokens.", type_="server_error", code="timeout") from None
+        finally:
+            self.waiting -= 1
+
+    def retry_after(self) -> int:
+        """Seconds until the queue has room, from the batches served so far (at least 1)."""
+        per_batch = self.stats.generate_seconds / self.stats.batches if self.stats.batches else 1.0
+        return max(1, math.ceil(per_batch * self.waiting / self.max_batch_size))
 
     def close(self) -> None:
         self._queue.put(None)
@@ -169,7 +208,8 @@ class Backend:
                 return
             groups: dict[tuple, list[_Pending]] = {}
             for item in self._collect(first):
-                groups.setdefault(item.key, []).append(item)
+                if not item.future.cancelled():  # timed out while it waited: nobody reads the answer
+                    groups.setdefault(item.key, []).append(item)
             for (max_tokens, do_sample, temperature, top_p), items in groups.items():
                 start = time.perf_counter()
                 try:
@@ -231,9 +271,29 @@ def validate(req: ChatRequest, backend: Backend) -> tuple[list[dict[str, str]], 
     return chat, prompt, n_prompt, max_tokens
 
 
-def create_app(backend: Backend) -> FastAPI:
+def check_api_key(api_key: str | None) -> str | None:
+    """The key as given, None for none; an empty or blank key is refused (it would let anyone in)."""
+    if api_key is not None and not api_key.strip():
+        raise PoloError(f"the API key is empty: give a real one (--api-key, or {API_KEY_ENV}), or none to "
+                        "serve without a key on this machine only.")
+    return api_key
+
+
+def create_app(backend: Backend, api_key: str | None = None) -> FastAPI:
+    """The HTTP app around `backend`; with `api_key`, every endpoint but /health asks for it."""
     app = FastAPI(title="POLO Easy", description=__doc__.split("\n\n")[0])
     app.state.backend = backend
+    expected = check_api_key(api_key)
+
+    @app.middleware("http")
+    async def require_api_key(request: Request, call_next):
+        if expected is not None and request.url.path != "/health":
+            scheme, _, token = request.headers.get("authorization", "").partition(" ")
+            # compare_digest: the time taken says nothing about how much of the key was right
+            if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected.encode()):
+                return ApiError(401, "Incorrect or missing API key: send the header 'Authorization: Bearer <key>' "
+                                     "with the key this server was started with.", code="invalid_api_key").response()
+        return await call_next(request)
 
     @app.exception_handler(ApiError)
     async def on_api_error(request: Request, exc: ApiError):
@@ -252,7 +312,9 @@ def create_app(backend: Backend) -> FastAPI:
     def health():
         s = backend.stats
         return {"status": "ok", "model": backend.model_id, "requests": s.requests, "batches": s.batches,
-                "largest_batch": s.largest_batch, "max_seq_length": backend.max_seq_length}
+                "largest_batch": s.largest_batch, "max_seq_length": backend.max_seq_length,
+                "waiting": backend.waiting, "max_queue": backend.max_queue, "rejected_busy": s.rejected_busy,
+                "timed_out": s.timed_out, "api_key_required": expected is not None}
 
     @app.get("/v1/models")
     def models():
@@ -316,17 +378,22 @@ def start_in_thread(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, tim
     return server
 
 
-def serve(run_id: str, host: str = "127.0.0.1", port: int = 8000, merged: bool = False, **options: Any) -> None:
-    """Load the run's model and serve it until Ctrl-C."""
+def serve(run_id: str, host: str = "127.0.0.1", port: int = 8000, merged: bool = False,
+          api_key: str | None = None, **options: Any) -> None:
+    """Load the run's model and serve it until Ctrl-C; with `api_key`, only to who sends it."""
     import uvicorn
 
     run = runs.lookup(run_id)
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        log.warning("listening on %s: anyone who reaches this address can use the model (no auth).", host)
+    check_api_key(api_key)  # before the model loads
+    if api_key is None and host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("listening on %s without an API key: anyone who reaches this address can use the model. "
+                    "Set %s (or --api-key) to require one.", host, API_KEY_ENV)
     backend = load_backend(run, merged=merged, **options)
     print(f"serving run {run.id} as '{backend.model_id}' on http://{host}:{port}/v1 "
-          f"(max_seq_length {backend.max_seq_length}, batches of up to {backend.max_batch_size})")
+          f"(max_seq_length {backend.max_seq_length}, batches of up to {backend.max_batch_size}, "
+          f"queue of {backend.max_queue}, {backend.request_timeout_s:g} s per request; "
+          f"API key {'required' if api_key else 'not required'})", flush=True)
     try:
-        uvicorn.run(create_app(backend), host=host, port=port, log_level="info")
+        uvicorn.run(create_app(backend, api_key), host=host, port=port, log_level="info")
     finally:
         backend.close()
