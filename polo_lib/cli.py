@@ -204,9 +204,11 @@ def cmd_install_converter(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    for name in ("max_batch_size", "max_tokens_limit", "max_queue", "timeout"):
-        if getattr(args, name) <= 0:
-            raise ParamsError(f"--{name.replace('_', '-')} must be more than 0")
+    for name in ("max_batch_size", "max_tokens_limit", "max_queue"):
+        if getattr(args, name) < 1:
+            raise ParamsError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.timeout <= 0:
+        raise ParamsError("--timeout must be more than 0 seconds")
     api_key = args.api_key if args.api_key is not None else os.environ.get("POLO_API_KEY")
     _unsloth_first()
     from .deploy import serve

@@ -225,6 +225,16 @@ def check_reachable(where: str) -> str:
     return "local"
 
 
+def portable_name(name: str) -> tuple[str, str]:
+    """(how the model is named on another machine, what kind of name that is): a hub id or a local
+    model's name as it is; a folder by its last part only (its path is this machine's)."""
+    if name in LOCAL_MODELS:
+        return name, "a local model: polo_lib.local_models builds it offline on any machine"
+    if _looks_like_hub_id(name) and not os.path.isdir(name):
+        return name, "a Hugging Face hub id"
+    return Path(name).expanduser().name, "a local folder on the machine that trained it"
+
+
 def _looks_like_hub_id(name: str) -> bool:
     # Hub ids are "org/name" with letters, digits, '-', '_', '.'; paths start with . / ~.
     if name.startswith((".", "/", "~")):

@@ -99,6 +99,19 @@ def easy_prompt(tokenizer) -> str:
 
 # ---------------------------------------------------------------- export
 
+def assert_portable(folder, run) -> None:
+    """An export names its base model and run, never a folder of the machine that made it."""
+    import os
+
+    machine = {str(paths.PROJ_ROOT), str(paths.model_cache_dir()), str(run.path.parents[1]),
+               os.path.expanduser("~"), str(run.path)}
+    for p in folder.rglob("*"):
+        if p.is_file() and p.suffix in (".json", ".md", ".jinja", ".txt", ".yaml", ""):
+            text = p.read_text(encoding="utf-8", errors="replace")
+            leaks = sorted(m for m in machine if m in text)
+            assert not leaks, f"{p.name} holds this machine's path(s) {leaks}"
+
+
 def test_adapter_and_merged_exports_reload_and_keep_the_adapter(tiny_run):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -114,6 +127,8 @@ def test_adapter_and_merged_exports_reload_and_keep_the_adapter(tiny_run):
     assert merged.check["dtype_on_disk"] == "bfloat16"  # 16-bit merge, even from float32 CPU training
     assert merged.check["reloaded"] == "AutoModelForCausalLM (float32 on cpu)"  # 16-bit on cuda on a GPU
     assert tiny_run.manifest()["exports"]["merged"]["files"] == merged.files
+    assert_portable(adapter.path, tiny_run)
+    assert_portable(merged.path, tiny_run)
     for folder in (adapter.path, merged.path):  # readable by others as the umask says (0644 under 022)
         assert {p.name: oct(p.stat().st_mode & 0o777) for p in folder.iterdir()} == \
                {p.name: oct(0o666 & ~atomic.umask()) for p in folder.iterdir()}
@@ -194,6 +209,7 @@ def test_gguf_export_loads_back_and_matches_the_tuned_model(tiny_smollm2_run):
     done = export.export(run, "gguf")
     f16, q8 = (export.export_dir(run, "gguf") / f"{run.id}-{t}.gguf" for t in ("f16", "q8_0"))
     assert f16.is_file() and q8.is_file() and q8.stat().st_size < 0.7 * f16.stat().st_size
+    assert_portable(done.path, run)  # its base is a temporary folder here: named by its last part only
     tok = inference.run_tokenizer(run)
     assert tok.eos_token == "<|im_end|>"
     for path in (f16, q8):

@@ -100,6 +100,18 @@ def test_missing_path_is_named(value, model_cache):
     assert not model_cache.exists(), "a failed resolve must not build anything"
 
 
+@pytest.mark.parametrize("name,portable,kind", [
+    ("unsloth/Llama-3.2-3B-Instruct-bnb-4bit", "unsloth/Llama-3.2-3B-Instruct-bnb-4bit", "hub id"),
+    ("smollm2-135m-instruct", "smollm2-135m-instruct", "local model"),
+    ("tiny-llama", "tiny-llama", "local model"),
+    ("/srv/models/my-llama", "my-llama", "local folder"),
+    ("~/models/my-llama/", "my-llama", "local folder"),
+    ("./checkpoints/base", "base", "local folder"),
+])
+def test_a_model_is_named_for_another_machine_without_this_machines_paths(name, portable, kind):
+    assert lm.portable_name(name)[0] == portable and kind in lm.portable_name(name)[1]
+
+
 def test_empty_name_is_rejected():
     with pytest.raises(ModelError, match="non-empty"):
         lm.resolve("  ")

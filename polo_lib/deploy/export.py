@@ -31,7 +31,7 @@ from typing import Any
 
 import yaml
 
-from .. import inference, paths, prompts
+from .. import inference, local_models, paths, prompts
 from ..atomic import atomic_replace_dir
 from ..errors import ModelError, PoloError, RunError
 from ..notebook import say
@@ -172,7 +172,7 @@ def model_card(run, fmt: str, tokenizer, files: Sequence[str], check: dict[str, 
     }[fmt]
     lines = [
         f"# POLO Easy: run {run.id} ({fmt})", "",
-        f"- base model: `{cfg.model.model_name}` (`{_base_path(run)}`)",
+        "- base model: `{}` ({})".format(*local_models.portable_name(cfg.model.model_name)),
         f"- run: `{run.id}`, params `{cfg.name}` (hash {cfg.short_hash()})",
         f"- files: {', '.join(f'`{f}`' for f in files)}",
         f"- use: {usage}",
@@ -183,21 +183,14 @@ def model_card(run, fmt: str, tokenizer, files: Sequence[str], check: dict[str, 
         "```json", json.dumps({"evaluation": evaluation.get("id"), "split": evaluation.get("split"),
                                "examples": evaluation.get("examples"),
                                "metrics": metrics}, indent=2, ensure_ascii=False), "```",
-        "", "## Params", "", "```yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True).strip(),
+        "", "## Params", "", "```yaml",
+        yaml.safe_dump(_portable_params(cfg), sort_keys=False, allow_unicode=True).strip(),
         "```", "", "## Chat template (from the run's tokenizer, as in training)", "",
         "```jinja", tokenizer.chat_template or "(none)", "```",
         "", "## Easy prompt", "", "```text", prompts.SYSTEM_PROMPT, "", prompts.USER_TEMPLATE, "```",
         "", "## Check after export", "", "```json", json.dumps(check, indent=2, ensure_ascii=False), "```", "",
     ]
     return "\n".join(lines)
-
-
-def _base_path(run) -> str:
-    try:
-        return json.loads((run.adapter / "adapter_config.json").read_text(encoding="utf-8")).get(
-            "base_model_name_or_path", "?")
-    except (OSError, json.JSONDecodeError):
-        return "?"
 
 
 # ---------------------------------------------------------------- exports
@@ -232,6 +225,7 @@ def export(run, fmt: str, gguf_types: Sequence[str] = DEFAULT_GGUF_TYPES, overwr
     def build(tmp: Path) -> None:
         builder = {"adapter": _build_adapter, "merged": _build_merged, "gguf": _build_gguf}[fmt]
         result.update(builder(run, tmp, gguf_types))
+        _name_base_portably(run, tmp)
         tokenizer = inference.run_tokenizer(run)
         files = sorted(p.name for p in tmp.iterdir())
         (tmp / "README.md").write_text(model_card(run, fmt, tokenizer, files, result), encoding="utf-8")
@@ -241,6 +235,24 @@ def export(run, fmt: str, gguf_types: Sequence[str] = DEFAULT_GGUF_TYPES, overwr
     run.update_manifest(exports={fmt: {"path": str(target), "files": done.files, "check": result,
                                        "seconds": round(done.seconds, 1)}})
     return done
+
+
+def _portable_params(cfg) -> dict[str, Any]:
+    """The params as the card shows them: the model by its portable name, without the file they
+    were read from on this machine (the run id and params hash name them)."""
+    body = {k: v for k, v in cfg.to_dict().items() if k not in ("source", "chosen_by")}
+    body["model"] = {**body["model"], "model_name": local_models.portable_name(cfg.model.model_name)[0]}
+    return body
+
+
+def _name_base_portably(run, out: Path) -> None:
+    """An exported adapter names its base as another machine can find it (PEFT saved this
+    machine's path of the base folder): the hub id or local model name the params gave."""
+    config_path = out / "adapter_config.json"
+    if config_path.is_file():
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+        config["base_model_name_or_path"] = local_models.portable_name(run.params().model.model_name)[0]
+        config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def _build_adapter(run, out: Path, _types) -> dict[str, Any]:
