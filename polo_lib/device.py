@@ -96,6 +96,33 @@ def describe() -> Device:
                   threads=torch.get_num_threads())
 
 
+def out_of_memory_errors() -> tuple[type[BaseException], ...]:
+    """What running out of memory raises: torch's OutOfMemoryError (CUDA), MemoryError (CPU)."""
+    import torch
+
+    return (torch.OutOfMemoryError, MemoryError)
+
+
+def memory_in_use() -> dict[str, Any]:
+    """What this process holds (at its peak) and what the device has, in GiB: the figures an
+    out-of-memory message names. CUDA: torch's allocator on GPU 0; CPU: resident memory."""
+    import psutil
+    import torch
+
+    gib = 2 ** 30
+    if torch.cuda.is_available():
+        free, total = torch.cuda.mem_get_info()
+        return {"device": "cuda", "peak_allocated_gib": round(torch.cuda.max_memory_allocated() / gib, 2),
+                "reserved_gib": round(torch.cuda.memory_reserved() / gib, 2),
+                "free_gib": round(free / gib, 2), "total_gib": round(total / gib, 2)}
+    import resource
+
+    vm = psutil.virtual_memory()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux
+    return {"device": "cpu", "peak_rss_gib": round(peak / gib, 2), "available_gib": round(vm.available / gib, 2),
+            "total_gib": round(vm.total / gib, 2)}
+
+
 def cpu_name() -> str:
     try:
         for line in open("/proc/cpuinfo", encoding="utf-8"):

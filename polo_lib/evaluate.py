@@ -59,7 +59,7 @@ def predict(evaluation, cfg, dataset) -> pd.DataFrame:
         row = {"id": pid, "original": split["original"][i], "reference": split["simplified"][i]}
         for name, gens in outputs.items():
             row.update({name: gens[i].text, f"{name}_new_tokens": gens[i].new_tokens,
-                        f"{name}_seconds": gens[i].seconds})
+                        f"{name}_seconds": gens[i].seconds, f"{name}_batch_size": gens[i].batch_size})
         rows.append(row)
     atomic_write_text(evaluation.path / "predictions.jsonl",
                       "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
@@ -73,7 +73,10 @@ def speed_table(predictions: pd.DataFrame) -> pd.DataFrame:
         tokens, seconds = predictions[f"{name}_new_tokens"].sum(), predictions[f"{name}_seconds"].sum()
         rows.append({"model": name, "examples": len(predictions), "new_tokens": int(tokens),
                      "seconds": round(float(seconds), 1),
-                     "tokens_per_s": round(tokens / seconds, 1) if seconds else None})
+                     "tokens_per_s": round(tokens / seconds, 1) if seconds else None,
+                     # the smallest batch generation fell back to after running out of memory, if it did
+                     "batch_size": int(predictions[f"{name}_batch_size"].min())
+                     if f"{name}_batch_size" in predictions else None})
     return pd.DataFrame(rows).set_index("model")
 
 

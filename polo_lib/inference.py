@@ -16,6 +16,7 @@ adapter/ folder), such as runs.Run.
 from __future__ import annotations
 
 import gc
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -27,6 +28,8 @@ from . import local_models, prompts
 from . import model as model_lib
 from .errors import ModelError, RunError
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class Generation:
@@ -34,6 +37,7 @@ class Generation:
     new_tokens: int
     seconds: float  # the batch's wall time shared equally by its examples
     stopped: bool = False  # ended at EOS (OpenAI finish_reason "stop"), not at max_new_tokens
+    batch_size: int = 1  # the batch it was generated in (smaller than asked after running out of memory)
 
 
 # ---------------------------------------------------------------- where token ids go
@@ -97,14 +101,25 @@ def _generate_ids(model, tokenizer, texts: Sequence[str], max_new_tokens: int,
     return out[:, enc["input_ids"].shape[1]:].tolist(), seconds
 
 
-def _decoded(tokenizer, ids: list[int], seconds: float) -> Generation:
+def _decoded(tokenizer, ids: list[int], seconds: float, batch_size: int = 1) -> Generation:
     """One row of new ids as text, cut after the first EOS (what follows is padding)."""
     eos = tokenizer.eos_token_id
     n = ids.index(eos) + 1 if eos in ids else len(ids)
-    return Generation(whole_text(tokenizer, ids[:n]), n, seconds, eos in ids[:n])
+    return Generation(whole_text(tokenizer, ids[:n]), n, seconds, eos in ids[:n], batch_size)
 
 
 BROKEN = "\ufffd"  # what decoding makes of bytes that are not a whole UTF-8 character
+
+
+def _smaller_batch(size: int, asked: int, max_new_tokens: int, error: BaseException) -> int:
+    """Half of `size` after running out of memory at it (memory freed first); at 1, a ModelError."""
+    free_memory()
+    if size == 1:
+        raise ModelError(f"out of memory generating even one answer at a time ({type(error).__name__}; batch size "
+                         f"{asked} halved down to 1): lower max_new_tokens ({max_new_tokens}), or use a smaller "
+                         "or 4-bit model.") from None
+    log.warning("out of memory generating %d answers at once: trying %d", size, size // 2)
+    return size // 2
 
 
 def whole_text(tokenizer, ids: list[int]) -> str:
@@ -123,6 +138,9 @@ def generate(lm, chats: Sequence[list[dict[str, str]]], max_new_tokens: int = 12
 
     Greedy by default, so two runs (or base vs tuned) are compared on decoding-noise-free text.
     `on_batch(done, total, new tokens so far, seconds so far)` after each batch (a progress file).
+    Out of memory in a batch: the batch size is halved, for that batch and the rest, and the batch
+    tried again, down to 1 (each Generation says the batch size it got); out of memory at 1 is a
+    ModelError naming what to lower.
     """
     from tqdm.auto import tqdm
     from unsloth import FastLanguageModel
@@ -134,12 +152,17 @@ def generate(lm, chats: Sequence[list[dict[str, str]]], max_new_tokens: int = 12
     results: list[Generation] = []
     spent = 0.0
     bar = tqdm(total=len(chats), desc=progress or "generating", unit="example", disable=progress is None)
+    size = batch_size
     try:
-        for i in range(0, len(chats), batch_size):
-            batch = chats[i:i + batch_size]
-            rows, seconds = _generate_ids(model, tok, [prompt_text(tok, m) for m in batch], max_new_tokens,
-                                          **sampling)
-            gens = [_decoded(tok, ids, round(seconds / len(batch), 3)) for ids in rows]
+        while len(results) < len(chats):
+            batch = chats[len(results):len(results) + size]
+            try:
+                rows, seconds = _generate_ids(model, tok, [prompt_text(tok, m) for m in batch], max_new_tokens,
+                                              **sampling)
+            except device_lib.out_of_memory_errors() as e:
+                size = _smaller_batch(size, batch_size, max_new_tokens, e)
+                continue
+            gens = [_decoded(tok, ids, round(seconds / len(batch), 3), size) for ids in rows]
             results += gens
             spent += seconds
             bar.update(len(batch))

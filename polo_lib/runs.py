@@ -369,11 +369,14 @@ def open_run(cfg, run_id: str | None = None, stage: str | None = None,
         run = lookup(run_id, status=None)
         check_writable(run.path)
         saved = run.params()
-        differ = [d for d in _differences(saved.to_dict(), cfg.to_dict())
-                  if d.split(".", 1)[0] not in may_differ]
-        if differ:
-            raise RunError(f"run {run_id} was made with other params ({'; '.join(differ[:8])}). "
-                           "Continue it with the same params, or start a new run ("
+        differ = [d for d in _differences(saved.to_dict(), cfg.to_dict()) if d[0].split(".", 1)[0] not in may_differ]
+        if differ and _only_the_micro_batch_split(differ, run):
+            _record_split_change(run, cfg, differ)
+        elif differ:
+            text = "; ".join(f"{key}: {a!r} in the run, {b!r} now" for key, a, b in differ[:8])
+            raise RunError(f"run {run_id} was made with other params ({text}). Continue it with the same params "
+                           "(only a new split of the same effective batch, per_device_train_batch_size x "
+                           "gradient_accumulation_steps, may change in an unfinished training), or start a new run ("
                            + say("leave out --run-id", "run_id = None") + ").")
     if stage:
         run.start_stage(stage)
@@ -383,7 +386,8 @@ def open_run(cfg, run_id: str | None = None, stage: str | None = None,
     return run
 
 
-def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
+def _differences(a: dict, b: dict, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """(dotted key, value in a, value in b) for every param that differs."""
     out = []
     for key in sorted(set(a) | set(b)):
         if key in params_lib.META:
@@ -392,8 +396,47 @@ def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
         if isinstance(va, dict) and isinstance(vb, dict):
             out += _differences(va, vb, f"{prefix}{key}.")
         elif va != vb:
-            out.append(f"{prefix}{key}: {va!r} in the run, {vb!r} now")
+            out.append((f"{prefix}{key}", va, vb))
     return out
+
+
+MICRO_BATCH = "training.per_device_train_batch_size"
+ACCUMULATION = "training.gradient_accumulation_steps"
+
+
+def _only_the_micro_batch_split(differ: list[tuple[str, Any, Any]], run: Run) -> bool:
+    """True when only the micro-batch and accumulation differ, their product (the effective batch,
+    the samples per optimizer step) is the same, and the run's training has not finished: then the
+    run may continue from its last checkpoint with the new split (the way out of running out of
+    memory) and trains on the same samples per step."""
+    changed = {key: (a, b) for key, a, b in differ}
+    if not changed or set(changed) - {MICRO_BATCH, ACCUMULATION}:
+        return False
+    saved = run.params().training
+    before = (saved.per_device_train_batch_size, saved.gradient_accumulation_steps)
+    after = tuple(changed.get(k, (v, v))[1] for k, v in zip((MICRO_BATCH, ACCUMULATION), before))
+    finished = (run.manifest().get("training") or {}).get("status") == "finished"
+    return before[0] * before[1] == after[0] * after[1] and not finished
+
+
+def _record_split_change(run: Run, cfg, differ: list[tuple[str, Any, Any]]) -> None:
+    """params.yaml takes the new split (the rest of the training uses it); the manifest keeps every
+    change, so the record says which steps trained with which split."""
+    t = cfg.training
+    previous = run.params().training
+    out_of_memory = (run.manifest().get("training") or {}).get("out_of_memory") or {}
+    change = {"at": _now(), "out_of_memory_at_step": out_of_memory.get("step"),
+              "from": {"per_device_train_batch_size": previous.per_device_train_batch_size,
+                       "gradient_accumulation_steps": previous.gradient_accumulation_steps},
+              "to": {"per_device_train_batch_size": t.per_device_train_batch_size,
+                     "gradient_accumulation_steps": t.gradient_accumulation_steps},
+              "effective_batch": t.per_device_train_batch_size * t.gradient_accumulation_steps}
+    saved = run.params()
+    updated = saved.model_copy(update={"training": saved.training.model_copy(update={
+        "per_device_train_batch_size": t.per_device_train_batch_size,
+        "gradient_accumulation_steps": t.gradient_accumulation_steps})})
+    params_lib.save(updated, run.params_path)
+    run.update_manifest(batch_split_changes=[*(run.manifest().get("batch_split_changes") or []), change])
 
 
 def _initial_manifest(run: Run, cfg, device, decisions) -> dict[str, Any]:

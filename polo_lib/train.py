@@ -26,7 +26,8 @@ from .notebook import in_notebook, say
 
 log = logging.getLogger(__name__)
 
-LOG_COLUMNS = ["step", "epoch", "loss", "eval_loss", "learning_rate", "grad_norm", "tokens_per_s"]
+# tokens_seen: answer and prompt tokens (not padding) trained on so far, from the trainer's state
+LOG_COLUMNS = ["step", "epoch", "loss", "eval_loss", "learning_rate", "grad_norm", "tokens_per_s", "tokens_seen"]
 
 
 # ------------------------------------------------------------------ markers
@@ -160,7 +161,7 @@ class _LogRecorder:
                 rate = (tokens - self._last[1]) / (now - self._last[0])
             self._last = (now, tokens)
             row.update(loss=logs["loss"], learning_rate=logs.get("learning_rate"),
-                       grad_norm=logs.get("grad_norm"), tokens_per_s=rate and round(rate, 1))
+                       grad_norm=logs.get("grad_norm"), tokens_per_s=rate and round(rate, 1), tokens_seen=tokens)
         elif "eval_loss" in logs:
             row.update(eval_loss=logs["eval_loss"])
         else:
@@ -449,9 +450,12 @@ def fit(session: Session) -> pd.DataFrame:
     run, trainer = session.run, session.trainer
     start = time.perf_counter()
     run.update_manifest(training={"status": "running", "resume_from": str(session.resume_from or "")})
-    if session.resume_from is None:
-        trainer.evaluate()  # eval_loss at step 0: the base model's, so "did it improve" has a baseline
-    output = trainer.train(resume_from_checkpoint=str(session.resume_from) if session.resume_from else None)
+    try:
+        if session.resume_from is None:
+            trainer.evaluate()  # eval_loss at step 0: the base model's, so "did it improve" has a baseline
+        output = trainer.train(resume_from_checkpoint=str(session.resume_from) if session.resume_from else None)
+    except device_lib.out_of_memory_errors() as e:
+        raise _out_of_memory(session, e) from None
     seconds = time.perf_counter() - start
     state = trainer.state
     log_df = session.recorder.frame()
@@ -481,6 +485,84 @@ def fit(session: Session) -> pd.DataFrame:
     }
     run.update_manifest(training={"status": "finished", **session.result})
     return pd.DataFrame([session.result]).T.rename(columns={0: "value"})
+
+
+# ------------------------------------------------------------ out of memory
+
+@dataclass(frozen=True)
+class WayOut:
+    """One way out of an out-of-memory failure: what to change and whether the run can continue
+    with it (only a new split of the same effective batch can; other changes need a new run)."""
+    what: str
+    overrides: dict[str, Any]
+    continues_run: bool
+
+
+def smaller_micro_batch(batch: int) -> int:
+    """The largest divisor of `batch` that is at most half of it (1 for 1, 2 or 3): the micro-batch
+    that keeps the effective batch whole with more accumulation."""
+    return max(d for d in range(1, batch // 2 + 1) if batch % d == 0) if batch > 1 else 1
+
+
+def oom_ways_out(training, lora, max_seq_length: int, longest: int | None) -> list[WayOut]:
+    """The ways out of running out of memory in training, best first, from the params alone."""
+    bs, ga = training.per_device_train_batch_size, training.gradient_accumulation_steps
+    out = []
+    if bs > 1:
+        new = smaller_micro_batch(bs)
+        more = ga * bs // new
+        out.append(WayOut(f"a smaller micro-batch, the same effective batch of {bs * ga}: "
+                          f"per_device_train_batch_size {bs} -> {new}, gradient_accumulation_steps {ga} -> {more}",
+                          {"training.per_device_train_batch_size": new, "training.gradient_accumulation_steps": more},
+                          continues_run=True))
+    if lora.use_gradient_checkpointing == "false":
+        out.append(WayOut("recompute activations instead of keeping them: lora.use_gradient_checkpointing "
+                          "'unsloth' on a GPU ('true' on a CPU)", {"lora.use_gradient_checkpointing": "unsloth"},
+                          continues_run=False))
+    if longest and longest < max_seq_length:
+        out.append(WayOut(f"a shorter sequence limit: model.max_seq_length {max_seq_length} -> {longest} (the longest "
+                          "training example; nothing is cut)", {"model.max_seq_length": longest}, continues_run=False))
+    if bs == 1:
+        out.append(WayOut("the model itself does not fit at micro-batch 1: a 4-bit base (model.load_in_4bit: true) "
+                          "or a smaller lora.r", {}, continues_run=False))
+    return out
+
+
+def continue_command(run, overrides: dict[str, Any]) -> str:
+    """The command line that continues `run` with `overrides` (its params.yaml, the changes as --set)."""
+    return f"polo run {run.params_path} --run-id {run.id} " + " ".join(f"--set {k}={v}" for k, v in overrides.items())
+
+
+def _out_of_memory(session: Session, error: BaseException) -> RunError:
+    """The run's record and a RunError for an out-of-memory failure: the step, the memory figures,
+    the ways out and the exact command that continues the run from its last checkpoint."""
+    from .data import load_stats
+    from .inference import free_memory
+
+    cfg, run, state = session.cfg, session.run, session.trainer.state
+    try:
+        longest = load_stats(cfg.data)["token_lengths"]["train"]["max"]
+    except (OSError, KeyError, ValueError):
+        longest = None
+    session.trainer.model.zero_grad(set_to_none=True)  # the gradients of the failed step
+    free_memory()
+    memory = device_lib.memory_in_use()
+    ways = oom_ways_out(cfg.training, cfg.lora, cfg.model.max_seq_length, longest)
+    last = next((p.name for p in reversed(checkpoints(run)) if _valid_checkpoint(p)), None)
+    follow = next((w for w in ways if w.continues_run), None)
+    command = continue_command(run, follow.overrides) if follow else None
+    record = {"step": state.global_step + 1, "error": f"{type(error).__name__}: {str(error)[:300]}",
+              "memory": memory, "ways_out": [w.what for w in ways], "continue_from": last, "command": command}
+    run.update_manifest(training={"status": "failed", "out_of_memory": record})
+    figures = ", ".join(f"{k} {v}" for k, v in memory.items() if k != "device")
+    lines = [f"out of memory ({memory['device']}) in training step {record['step']} of {state.max_steps} "
+             f"({type(error).__name__}); memory in GiB: {figures}.", "Ways out:"]
+    lines += [f"  - {w.what}" + (" (this run continues)" if w.continues_run else " (a new run)") for w in ways]
+    if command:
+        where = f"from {last}" if last else "from step 0 (no checkpoint was saved yet)"
+        lines.append(f"Continue this run {where} with the first: {command}\n  (in a notebook: train.ipynb "
+                     f"with run_id = '{run.id}' and overrides = {follow.overrides})")
+    return RunError("\n".join(lines))
 
 
 def finish(session: Session) -> pd.DataFrame:

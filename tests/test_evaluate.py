@@ -5,7 +5,7 @@ import weakref
 
 import pytest
 
-from polo_lib import compare, data, evaluate, inference, model, params, pipeline, progress, runs
+from polo_lib import compare, data, evaluate, inference, model, params, pipeline, progress, prompts, runs
 from polo_lib.errors import RunError
 
 pytestmark = pytest.mark.slow
@@ -41,6 +41,8 @@ def test_evaluate_stage_writes_everything_into_the_run_and_the_tuned_model_beats
     assert len(rows) == n
     assert set(rows[0]) >= {"id", "original", "reference", "base", "tuned", "base_new_tokens", "tuned_seconds"}
     assert all(0 < r["tuned_new_tokens"] <= cfg.evaluation.max_new_tokens for r in rows)
+    assert {r["base_batch_size"] for r in rows} == {cfg.evaluation.batch_size}  # memory never ran out here
+    assert first.metrics()["speed"]["tuned"]["batch_size"] == cfg.evaluation.batch_size
     metrics = first.metrics()["metrics"]
     assert {"chrf", "bleu", "rouge_l", "sari", "meaning_src"} <= set(metrics)
     for values in metrics.values():
@@ -128,6 +130,37 @@ def test_generation_is_batched_and_stops_at_eos(tiny_model_dir, monkeypatch):
     # a batch runs as long as its longest answer, not to max_new_tokens once every answer hit EOS
     news = [g.new_tokens for g in batched]
     assert generated == [max(news[i:i + 4]) for i in range(0, len(chats), 4)] and min(generated) < 8
+
+
+def test_generation_halves_its_batch_when_memory_runs_out_and_fails_clearly_at_one(tiny_model_dir, monkeypatch):
+    """Out of memory in a batch (the real exception type, raised where the model generates): the batch
+    size halves and the batch runs again; the answers are the ones generated one at a time."""
+    import torch
+
+    from polo_lib.errors import ModelError
+
+    lm = inference.load_base(params.load("smoke"))
+    chats = [prompts.build_messages(f"YOLO grid cell {i} predicts boxes.") for i in range(5)]
+    real, rows_asked = lm.model.generate, []
+
+    def two_rows_fit(*args, **kwargs):
+        rows_asked.append(kwargs["input_ids"].shape[0])
+        if rows_asked[-1] > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB (injected: over 2 rows)")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(lm.model, "generate", two_rows_fit)
+    gens = inference.generate(lm, chats, max_new_tokens=6, batch_size=8)
+    assert rows_asked == [5, 4, 2, 2, 1] and [g.batch_size for g in gens] == [2] * 5
+    monkeypatch.setattr(lm.model, "generate", real)
+    assert [g.text for g in gens] == [g.text for g in inference.generate(lm, chats, max_new_tokens=6, batch_size=1)]
+
+    def nothing_fits(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+
+    monkeypatch.setattr(lm.model, "generate", nothing_fits)
+    with pytest.raises(ModelError, match=r"one answer at a time .*batch size 8 halved down to 1.*max_new_tokens \(6\)"):
+        inference.generate(lm, chats, max_new_tokens=6, batch_size=8)
 
 
 def test_evaluation_params_may_change_but_training_params_may_not(tiny_model_dir):
