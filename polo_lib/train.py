@@ -374,6 +374,29 @@ def plan(training, n_train: int) -> Plan:
 
 # ------------------------------------------------------------------ session
 
+def relocated(best: str | None, checkpoints_dir: Path) -> str | None:
+    """Where the best checkpoint is now: the same name in `checkpoints_dir` (pure, table-tested).
+    A run folder that moved (outputs/ on Google Drive, mounted again by a new Colab runtime; a
+    copy on another machine) keeps the old absolute path in its checkpoints' trainer_state.json."""
+    return None if not best else str(Path(checkpoints_dir) / Path(best).name)
+
+
+def relocate_checkpoint(checkpoint: Path, checkpoints_dir: Path) -> str | None:
+    """Point the checkpoint's best_model_checkpoint at this run folder before resuming from it;
+    else the trainer cannot find the best model at the end (it only warns, and keeps the last)
+    nor keep it from checkpoint rotation. Returns the best checkpoint's path."""
+    import json
+
+    state_path = checkpoint / "trainer_state.json"
+    state = json.loads(state_path.read_text(encoding="utf-8"))
+    best = relocated(state.get("best_model_checkpoint"), checkpoints_dir)
+    if best != state.get("best_model_checkpoint"):
+        log.info("run folder moved: best checkpoint %s is now %s", state["best_model_checkpoint"], best)
+        state["best_model_checkpoint"] = best
+        atomic_write_text(state_path, json.dumps(state, indent=2, sort_keys=True) + "\n")
+    return best
+
+
 @dataclass
 class Session:
     """A trainer ready to run, and what was checked on the way."""
@@ -407,6 +430,8 @@ def build(lm, dataset, cfg, run, live: bool | None = None, callbacks: list | Non
 
     decisions = device_lib.decide_for(cfg)
     resume_from = resolve_resume(run, cfg.run.resume)
+    if resume_from is not None and resume_from.resolve().parent == run.checkpoints.resolve():  # this run's own
+        relocate_checkpoint(resume_from, run.checkpoints)
     markers = derive_markers(lm.tokenizer)
     train_ds, eval_ds = dataset["train"], dataset["validation"]
     schedule = plan(cfg.training, len(train_ds)).check()

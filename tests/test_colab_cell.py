@@ -44,3 +44,27 @@ def test_a_failed_clone_stops_the_cell_with_gits_message(in_colab, tmp_path):
     with pytest.raises(RuntimeError, match=r"(?s)Colab setup failed \(exit 128\) at: git clone.*no-such-repo"):
         exec(source, {})
     assert not (tmp_path / "clone").exists()  # nothing installed after a failed step
+
+
+@pytest.mark.parametrize("on_drive", [True, False])
+def test_outputs_on_drive_mounts_it_first_and_points_polo_outputs_there(in_colab, tmp_path, monkeypatch, on_drive):
+    """A lost Colab runtime loses its disk: with OUTPUTS_ON_DRIVE the runs and checkpoints live on
+    Drive (POLO_OUTPUTS), where a new runtime finds them (tests/reliability/test_lost_runtime.py)."""
+    import os
+    from pathlib import Path
+
+    mounted: list[str] = []
+    drive = types.ModuleType("google.colab.drive")
+    drive.mount = mounted.append
+    monkeypatch.setattr(sys.modules["google.colab"], "drive", drive, raising=False)
+    monkeypatch.setenv("POLO_OUTPUTS", str(tmp_path / "local-outputs"))
+    source = (colab_cell().replace("OUTPUTS_ON_DRIVE = False", f"OUTPUTS_ON_DRIVE = {on_drive}")
+              .replace("https://github.com/YOUR-ORG/polo-easy.git", str(tmp_path / "no-such-repo"))
+              .replace('"/content/polo-easy"', repr(str(tmp_path / "clone"))))
+    with pytest.raises(RuntimeError, match="git clone"):  # the step after Drive; stops the cell here
+        exec(source, {})
+    if on_drive:
+        assert mounted == ["/content/drive"]
+        assert paths.runs_dir() == Path("/content/drive/MyDrive/polo-easy/outputs/runs")
+    else:
+        assert mounted == [] and os.environ["POLO_OUTPUTS"] == str(tmp_path / "local-outputs")

@@ -8,7 +8,8 @@ import pytest
 from polo_lib import paths
 
 NOTEBOOKS = sorted(paths.NOTEBOOKS_DIR.glob("*.ipynb"))
-ALLOWED_IMPORTS = {"polo_lib", "sys", "os", "subprocess", "pandas", "matplotlib", "IPython"}
+ALLOWED_IMPORTS = {"polo_lib", "sys", "os", "subprocess", "pandas", "matplotlib", "IPython",
+                   "google"}  # google.colab.drive, in the Colab cell only
 
 
 def load(path):
