@@ -222,7 +222,11 @@ def cmd_chat(args) -> int:
     _unsloth_first()
     from .deploy import chat_app
 
-    chat_app.launch(args.run_id, args.host, args.port, with_base=not args.no_base)
+    if args.server and args.run_id:
+        raise ParamsError("give a RUN to load here, or --server URL to talk to a running `polo serve`, not both")
+    api_key = args.api_key if args.api_key is not None else os.environ.get("POLO_API_KEY")
+    chat_app.launch(args.run_id or runs.LATEST, args.host, args.port, with_base=not args.no_base,
+                    server=args.server, api_key=api_key)
     return 0
 
 
@@ -297,7 +301,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "/health (default: $POLO_API_KEY if set, else no key; prefer the variable: a command line "
                    "is visible to other users)")
     p = command("chat", cmd_chat, "Gradio app: chat, base vs tuned, explain a paragraph")
-    p.add_argument("run_id", help=runs.REF_HELP)
+    p.add_argument("run_id", nargs="?", default=None, help=runs.REF_HELP + " (default: latest; none with --server)")
+    p.add_argument("--server", default=None, help="talk to a running `polo serve` at this URL instead of loading "
+                   "the model here, e.g. http://127.0.0.1:8000")
+    p.add_argument("--api-key", default=None, help="the server's API key (default: $POLO_API_KEY if set)")
     p.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to listen on every interface (Docker)")
     p.add_argument("--port", type=int, default=7860, help="port to listen on")
     p.add_argument("--no-base", action="store_true", help="load only the tuned model (half the memory)")

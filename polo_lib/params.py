@@ -373,7 +373,7 @@ def save(cfg: Params, path: str | Path) -> Path:
 
 
 # Names a notebook's parameters cell may define that are not params fields.
-NOTEBOOK_NAMES = {"params_file", "run_id", "run_ids", "sweep_id", "overrides", "REPO_URL"}
+NOTEBOOK_NAMES = {"params_file", "run_id", "run_ids", "sweep_id", "overrides", "REPO_URL", "OUTPUTS_ON_DRIVE"}
 _IPYTHON_NAMES = {"In", "Out", "get_ipython", "exit", "quit", "open"}
 _PLAIN = (str, int, float, bool, type(None), list, tuple, dict)  # what papermill can inject
 

@@ -338,6 +338,18 @@ def test_a_server_with_an_api_key_answers_only_who_sends_it_and_health_to_anyone
                 assert r.json()["error"]["type"] == "invalid_request_error" and "Bearer" in r.json()["error"]["message"]
         health = httpx.get(f"{url}/health")
         assert health.status_code == 200 and health.json()["api_key_required"] is True
+        # `polo chat --server URL` sends the same key and gets the server's answers
+        from polo_lib.deploy import chat_app
+
+        remote = chat_app.connect(url, key)
+        assert remote.run_id == backend.model_id and remote.base is None
+        assert chat_app.explain(remote, PARAGRAPH, 8) == inference.generate(
+            backend.lm, [prompts.build_messages(PARAGRAPH)], max_new_tokens=8)[0].text
+        assert "not loaded" in chat_app.compare(remote, PARAGRAPH, True, 8)[0]
+        with pytest.raises(PoloError, match="refused the API key"):
+            chat_app.connect(url, "wrong")
+        with pytest.raises(PoloError, match="no server answers"):
+            chat_app.connect(f"http://127.0.0.1:{free_port()}", key)
     finally:
         server.should_exit = True
         server.thread.join(timeout=10)

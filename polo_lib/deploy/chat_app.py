@@ -10,6 +10,9 @@ measured and what `polo serve` answers:
   Explain       a paragraph wrapped in the Easy prompt, as in training
 
 The handlers are plain functions (tested without a browser); `build_app` wires them up.
+
+`polo chat --server URL` talks to a running `polo serve` instead of loading the model here (the
+tuned model only; the key from --api-key or POLO_API_KEY, as the server takes it).
 """
 from __future__ import annotations
 
@@ -43,6 +46,43 @@ def load_models(run, with_base: bool = True) -> Models:
     return Models(tuned, base, run.id, threading.Lock())
 
 
+@dataclass
+class Remote:
+    """The tuned model behind an OpenAI-compatible server (`polo serve`), in place of a loaded one."""
+    url: str
+    api_key: str | None
+    model_id: str
+
+    def client(self):
+        from openai import OpenAI
+
+        return OpenAI(base_url=self.url.rstrip("/") + "/v1", api_key=self.api_key or "no-key", max_retries=0)
+
+    def answer(self, chat: list[dict[str, str]], max_new_tokens: int) -> str:
+        reply = self.client().chat.completions.create(model=self.model_id, messages=chat,
+                                                      max_tokens=int(max_new_tokens))
+        return reply.choices[0].message.content or ""
+
+
+def connect(url: str, api_key: str | None = None) -> Models:
+    """Models answered by the server at `url`; a PoloError when it cannot be reached or refuses the key."""
+    import openai
+
+    from ..errors import PoloError
+
+    probe = Remote(url, api_key, "")
+    try:
+        served = [m.id for m in probe.client().models.list().data]
+    except openai.AuthenticationError:
+        raise PoloError(f"the server at {url} refused the API key: give the key it was started with "
+                        "(--api-key, or POLO_API_KEY in the environment).") from None
+    except openai.APIConnectionError:
+        raise PoloError(f"no server answers at {url}: start one with `polo serve RUN`, or check the URL.") from None
+    if not served:
+        raise PoloError(f"the server at {url} serves no model.")
+    return Models(Remote(url, api_key, served[0]), None, served[0], threading.Lock())
+
+
 def _text(content: Any) -> str:
     """Gradio message content as text: a string, or a list of parts ({"type": "text", "text": ...})."""
     if isinstance(content, str):
@@ -55,6 +95,8 @@ def _text(content: Any) -> str:
 
 
 def _answer(models: Models, lm, chat: list[dict[str, str]], max_new_tokens: int) -> str:
+    if isinstance(lm, Remote):  # the server batches and queues requests itself
+        return lm.answer(chat, max_new_tokens)
     with models.lock:
         return inference.generate(lm, [chat], max_new_tokens=int(max_new_tokens), batch_size=1)[0].text
 
@@ -76,7 +118,7 @@ def compare(models: Models, text: str, easy_prompt: bool = True,
         return "", ""
     chat = prompts.build_messages(text) if easy_prompt else [{"role": "user", "content": text}]
     base = _answer(models, models.base, chat, max_new_tokens) if models.base is not None else \
-        "(base model not loaded: start with `polo chat RUN` without --no-base)"
+        "(base model not loaded: start with `polo chat RUN`, without --no-base or --server)"
     return base, _answer(models, models.tuned, chat, max_new_tokens)
 
 
@@ -114,11 +156,12 @@ def build_app(models: Models):
     return app
 
 
-def launch(run_id: str, host: str = "127.0.0.1", port: int = 7860, with_base: bool = True,
-           block: bool = True):
-    """Load the run's models and open the app; `block=False` returns the running app (tests)."""
-    run = runs.lookup(run_id)
-    app = build_app(load_models(run, with_base))
+def launch(run_id: str | None, host: str = "127.0.0.1", port: int = 7860, with_base: bool = True,
+           block: bool = True, server: str | None = None, api_key: str | None = None):
+    """Load the run's models (or connect to `server`) and open the app; `block=False` returns the
+    running app (tests)."""
+    models = connect(server, api_key) if server else load_models(runs.lookup(run_id), with_base)
+    app = build_app(models)
     app.launch(server_name=host, server_port=port, prevent_thread_lock=not block, share=False,
                inbrowser=False, show_error=True)
     return app
