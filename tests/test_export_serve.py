@@ -416,6 +416,57 @@ def test_smollm2_server_stops_at_the_training_eos(smollm2_run):
         backend.close()
 
 
+# ---------------------------------------------------------------- explain a paper
+
+def test_polo_explain_writes_the_paper_side_by_side_with_the_runs_model_and_the_server_agrees(
+        tiny_run, tiny_server, monkeypatch, capsys, tmp_path, text_pdf):
+    """The project's test paper (31 paragraphs, not training data) through the tiny run's adapter:
+    every paragraph explained with the Easy prompt exactly as evaluation generates, the rest kept;
+    the same paper through `polo serve` gives the same answers; a small text PDF works the same."""
+    from polo_lib.deploy import explain
+
+    paper = explain.resolve_paper(None)
+    monkeypatch.setenv("POLO_OUTPUTS", str(tiny_run.path.parents[1]))
+    assert cli.main(["explain", tiny_run.id, str(paper), "--max-new-tokens", "6", "--batch-size", "8", "--force"]) == 0
+    printed = capsys.readouterr().out
+    assert "31 paragraph(s)" in printed and "13 heading(s)" in printed and "tokens/s" in printed
+    written = explain.output_paths(tiny_run, paper)
+    body = json.loads(written["json"].read_text(encoding="utf-8"))
+    assert body["counts"] == {"heading": 13, "paragraph": 31, "caption": 1, "equation": 1, "reference": 4}
+    paragraphs = [b for b in body["blocks"] if b["kind"] == "paragraph"]
+    assert all(b["korean"] is not None for b in paragraphs)
+    assert all(b["korean"] is None for b in body["blocks"] if b["kind"] != "paragraph")  # never sent
+    lm = inference.with_tokenizer(inference.load_tuned(tiny_run.params(), tiny_run), inference.run_tokenizer(tiny_run))
+    alone = inference.generate(lm, [prompts.build_messages(paragraphs[3]["text"])], max_new_tokens=6)[0].text
+    assert paragraphs[3]["korean"] == alone  # the Easy prompt, generated as evaluation generates
+    md = written["md"].read_text(encoding="utf-8")
+    page = written["html"].read_text(encoding="utf-8")
+    assert "## 6. A Loss for Imbalanced Data" in md and "> [3] A focal loss for dense detection" in md
+    assert md.count("**쉬운 설명**") == 31 and page.count("<div class='pair'>") == 31
+    assert '<mark title="IoU">intersection over union</mark>' in page  # glossary terms marked
+    with pytest.raises(RunError, match="already exists: pass --force"):
+        explain.check_outputs(tiny_run, paper, overwrite=False)
+
+    # the same paper through a running server: the same answers
+    _, url = tiny_server
+    served, _ = explain.explain_paper(tiny_run, paper, server=url, max_new_tokens=6, batch_size=4, overwrite=True)
+    assert served.model.startswith("polo-easy-")
+    assert [b.korean for b in served.blocks if b.kind == "paragraph"] == [b["korean"] for b in paragraphs]
+
+    # a text PDF made here
+    pdf = tmp_path / "two_pages.pdf"
+    pdf.write_bytes(text_pdf([["1 Introduction", "", "YOLO looks at the whole image once.", "",
+                               "Table 1: Speed."], ["Anchor boxes bring shapes that must match the data."]]))
+    result, _ = explain.explain_paper(tiny_run, pdf, max_new_tokens=4)
+    assert result.counts == {"heading": 1, "paragraph": 2, "caption": 1} and result.new_tokens > 0
+    # bad input through the command line: a message and exit 2, nothing written
+    scanned = tmp_path / "scanned.pdf"
+    scanned.write_bytes(text_pdf([[]]))
+    assert cli.main(["explain", tiny_run.id, str(scanned)]) == 2
+    assert "no text layer" in capsys.readouterr().err
+    assert not explain.output_paths(tiny_run, scanned)["md"].exists()
+
+
 # ---------------------------------------------------------------- chat app and CLI
 
 def test_chat_app_handlers_answer_and_the_app_opens(tiny_run):

@@ -199,6 +199,20 @@ def export_dir(run, fmt: str) -> Path:
     return run.path / "export" / fmt
 
 
+def require_merged(run) -> Path:
+    """The run's merged export folder; a ModelError saying how to make it when there is none."""
+    folder = export_dir(run, "merged")
+    if not (folder / "config.json").is_file():
+        raise ModelError(f"run {run.id} has no merged export in {folder}: run "
+                         f"`polo export {run.id} --format merged` first, or leave out --merged.")
+    return folder
+
+
+def load_merged(run, cfg):
+    """The run's merged export, loaded as training loads a base (the run's tokenizer is the caller's)."""
+    return inference.load_merged(cfg, require_merged(run))
+
+
 def _check_request(run, fmt: str, gguf_types: Sequence[str], overwrite: bool) -> None:
     """Every refusal before any model loads."""
     if fmt not in FORMATS:

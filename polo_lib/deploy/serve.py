@@ -350,14 +350,7 @@ def load_backend(run, merged: bool = False, **options: Any) -> Backend:
     tokenizer = inference.run_tokenizer(run)  # the chat template and EOS training used
     if tokenizer.pad_token_id is None:
         raise ModelError(f"run {run.id}: its tokenizer has no pad token, which batched generation needs.")
-    if merged:
-        folder = export.export_dir(run, "merged")
-        if not (folder / "config.json").is_file():
-            raise ModelError(f"run {run.id} has no merged export in {folder}: run "
-                             f"`polo export {run.id} --format merged` first, or serve without --merged.")
-        lm = inference.load_merged(cfg, folder)
-    else:
-        lm = inference.load_tuned(cfg, run)
+    lm = export.load_merged(run, cfg) if merged else inference.load_tuned(cfg, run)
     return Backend(inference.with_tokenizer(lm, tokenizer), model_id=f"polo-easy-{run.id}",
                    max_seq_length=cfg.model.max_seq_length, **options)
 

@@ -1,0 +1,417 @@
+"""`polo explain RUN PAPER`: a whole paper in easy Korean, paragraph by paragraph, side by side.
+
+    read_paper    .txt / .md as they are, .pdf through its text layer (pypdf)
+    split_paper   blocks: paragraphs to explain; headings, captions, equations and references
+                  kept as they are (never sent to the model)
+    fit           a paragraph whose prompt + answer would pass max_seq_length is cut at sentence ends
+    explain       every paragraph with the Easy prompt training used, in batches (adapter, merged
+                  export, or a running `polo serve`)
+    write         <run>/explained/<paper>.md and .html (original and easy Korean side by side,
+                  glossary terms marked) and .json (the blocks and the figures)
+
+Every check on the paper runs before a model loads: an unreadable file, a scanned PDF without a
+text layer or a paper with nothing to explain costs a message, not a model load.
+"""
+from __future__ import annotations
+
+import html
+import json
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from .. import inference, prompts
+from ..atomic import atomic_write_text
+from ..errors import DataError, RunError
+from ..notebook import say
+from . import export
+
+SUFFIXES = (".txt", ".md", ".pdf")
+Kind = Literal["heading", "paragraph", "caption", "equation", "reference"]
+
+
+@dataclass
+class Block:
+    kind: Kind
+    text: str
+    korean: str | None = None  # paragraphs only, once explained
+    part: int = 0  # > 0: one of the pieces a paragraph over the length limit was cut into
+
+
+# ---------------------------------------------------------------- reading
+
+def read_paper(path: str | Path) -> str:
+    """The paper's text. DataError naming the file and the fix for a missing, unreadable or empty
+    file, another format, or a PDF without a text layer (scanned pages)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DataError(f"{path}: no such file. Give a paper as .txt, .md or .pdf.")
+    if path.suffix.lower() not in SUFFIXES:
+        raise DataError(f"{path}: '{path.suffix or 'no suffix'}' is not a format polo explain reads; "
+                        f"give {', '.join(SUFFIXES)} (save the paper as text or PDF first).")
+    if path.suffix.lower() == ".pdf":
+        text = _pdf_text(path)
+    else:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise DataError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); save it as UTF-8 text, "
+                            "or give the PDF.") from None
+    if not text.strip():
+        raise DataError(f"{path}: the paper is empty.")
+    return text
+
+
+def _pdf_text(path: Path) -> str:
+    from pypdf import PdfReader
+    from pypdf.errors import PdfReadError
+
+    try:
+        reader = PdfReader(str(path))
+        # layout mode keeps the vertical gaps between paragraphs as blank lines (plain mode drops them)
+        pages = [page.extract_text(extraction_mode="layout") or "" for page in reader.pages]
+    except (PdfReadError, OSError, ValueError) as e:
+        raise DataError(f"{path}: not a readable PDF ({type(e).__name__}: {e}).") from None
+    if pages and not any(p.strip() for p in pages):
+        raise DataError(f"{path}: its {len(pages)} page(s) have no text layer (a scanned paper?). Run OCR on it "
+                        "first (e.g. `ocrmypdf in.pdf out.pdf`), or give the paper as text.")
+    return "\n\n".join(pages)
+
+
+def resolve_paper(paper: str | Path | None) -> Path:
+    """The paper's path: None for the project's own test paper; a relative path from the current
+    folder, else from the repository root (the notebooks run in notebooks/)."""
+    from .. import paths
+
+    if paper is None:
+        return paths.DATA_DIR / "papers" / "dense_detection_notes.md"
+    path = Path(paper).expanduser()
+    return path if path.is_absolute() or path.exists() else paths.PROJ_ROOT / path
+
+
+def blocks_table(blocks: Sequence[Block]):
+    """The blocks as a table (kind, words, the start of the text): what will be explained."""
+    import pandas as pd
+
+    return pd.DataFrame([{"kind": b.kind, "words": len(b.text.split()), "text": b.text[:80]} for b in blocks])
+
+
+# ---------------------------------------------------------------- splitting
+
+_HEADING_NUMBERED = re.compile(r"^(\d+(\.\d+)*\.?|[IVX]+\.)\s+\S.{0,80}$")
+_CAPTION = re.compile(r"^(figure|fig\.|table)\s*\d+[a-z]?\s*[:.]", re.I)
+_REFERENCE_ITEM = re.compile(r"^\[\d+\]\s")
+_REFERENCES = re.compile(r"^(references|bibliography|works cited)$", re.I)
+
+
+def classify(block: str) -> Kind:
+    """What a block of the paper is (pure, table-tested): a heading (markdown '#', a numbered
+    title, a short line without a full stop), a figure or table caption, an equation (display
+    math, or more symbols than letters), a reference ('[12] ...'), or a paragraph to explain."""
+    text = block.strip()
+    one_line = "\n" not in text
+    if text.startswith("#"):
+        return "heading"
+    if _CAPTION.match(text):
+        return "caption"
+    if _REFERENCE_ITEM.match(text):
+        return "reference"
+    if text.startswith(("$$", "\\[", "\\begin{equation")):
+        return "equation"
+    visible = [c for c in text if not c.isspace()]
+    letters = sum(c.isalpha() for c in visible)
+    if visible and letters / len(visible) < 0.5:
+        return "equation"
+    if one_line and not text.endswith((".", "?", "!", ":", ";")) and (
+            _HEADING_NUMBERED.match(text) or (len(text) <= 60 and len(text.split()) <= 8)):
+        return "heading"
+    return "paragraph"
+
+
+def split_paper(text: str) -> list[Block]:
+    """The paper as blocks, in order. Blocks are separated by blank lines; lines within one are
+    joined (a PDF's or a wrapped text's line ends). Everything after a 'References' heading is
+    kept as references."""
+    blocks: list[Block] = []
+    in_references = False
+    for raw in re.split(r"\n\s*\n", text.replace("\r\n", "\n")):
+        lines = [line.strip() for line in raw.strip().splitlines() if line.strip()]
+        if not lines:
+            continue
+        joined = " ".join(lines)
+        kind = classify(joined if len(lines) > 1 else lines[0])
+        if kind == "heading":
+            title = joined.lstrip("#").strip()
+            in_references = bool(_REFERENCES.match(re.sub(r"^[\d.]+\s*", "", title)))
+            blocks.append(Block("heading", title))
+        elif in_references or kind == "reference":
+            blocks.append(Block("reference", "\n".join(lines)))
+        elif kind == "equation":
+            blocks.append(Block("equation", "\n".join(lines)))
+        else:
+            blocks.append(Block(kind, joined))
+    return blocks
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[A-Z0-9])")
+
+
+def fit(blocks: Sequence[Block], tokenizer, max_seq_length: int, max_new_tokens: int) -> list[Block]:
+    """Paragraphs whose Easy prompt + max_new_tokens would pass max_seq_length, cut at sentence
+    ends into pieces that fit (a sentence too long alone is cut at words). Others unchanged."""
+    room = max_seq_length - max_new_tokens
+
+    def tokens(text: str) -> int:
+        prompt = inference.prompt_text(tokenizer, prompts.build_messages(text))
+        return len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+
+    if tokens("") >= room:
+        raise RunError(f"the Easy prompt alone is {tokens('')} tokens: with max_new_tokens {max_new_tokens} nothing "
+                       f"fits in max_seq_length {max_seq_length}. Lower max_new_tokens.")
+    out: list[Block] = []
+    for block in blocks:
+        if block.kind != "paragraph" or tokens(block.text) <= room:
+            out.append(block)
+            continue
+        pieces, current = [], ""
+        for sentence in _pieces(_SENTENCE_END.split(block.text), tokens, room):
+            candidate = f"{current} {sentence}".strip()
+            if current and tokens(candidate) > room:
+                pieces.append(current)
+                candidate = sentence
+            current = candidate
+        pieces.append(current)
+        out += [Block("paragraph", p, part=i) for i, p in enumerate(pieces, 1)]
+    return out
+
+
+def _pieces(sentences: list[str], tokens: Callable[[str], int], room: int) -> list[str]:
+    """Sentences, each one that alone does not fit cut at words into ones that do."""
+    out = []
+    for sentence in sentences:
+        words, current = sentence.split(), ""
+        for word in words:
+            candidate = f"{current} {word}".strip()
+            if current and tokens(candidate) > room:
+                out.append(current)
+                candidate = word
+            current = candidate
+        if current:
+            out.append(current)
+    return out
+
+
+# ---------------------------------------------------------------- explaining
+
+@dataclass
+class Explained:
+    """A paper explained: its blocks and the figures of the run."""
+    paper: str
+    run_id: str
+    model: str  # adapter, merged, or the server's URL
+    blocks: list[Block]
+    seconds: float
+    new_tokens: int
+
+    @property
+    def counts(self) -> dict[str, int]:
+        found: dict[str, int] = {}
+        for b in self.blocks:
+            found[b.kind] = found.get(b.kind, 0) + 1
+        return found
+
+    @property
+    def tokens_per_s(self) -> float | None:
+        return round(self.new_tokens / self.seconds, 1) if self.seconds else None
+
+
+# (chats, max_new_tokens, batch_size) -> [(text, new tokens)]
+Answer = Callable[[list[list[dict[str, str]]], int, int], list[tuple[str, int]]]
+
+
+def local_answer(lm, progress: str = "explaining") -> Answer:
+    """Answers from a loaded model through inference.generate: batched, greedy, stopping at the
+    training EOS, with a progress bar (paragraphs, tokens/s)."""
+    def answer(chats, max_new_tokens, batch_size):
+        gens = inference.generate(lm, chats, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
+        return [(g.text, g.new_tokens) for g in gens]
+    return answer
+
+
+def server_answer(url: str, api_key: str | None) -> tuple[Answer, str]:
+    """Answers from a running `polo serve` (one request per paragraph, the server batches them),
+    and the model id it serves."""
+    from tqdm.auto import tqdm
+
+    from .chat_app import connect
+
+    remote = connect(url, api_key).tuned
+
+    def answer(chats, max_new_tokens, batch_size):
+        import concurrent.futures as cf
+
+        def one(chat):
+            reply = remote.client().chat.completions.create(model=remote.model_id, messages=chat,
+                                                            max_tokens=max_new_tokens)
+            return reply.choices[0].message.content or "", reply.usage.completion_tokens
+        with cf.ThreadPoolExecutor(batch_size) as pool:
+            return list(tqdm(pool.map(one, chats), total=len(chats), desc="explaining", unit="paragraph"))
+    return answer, remote.model_id
+
+
+def check_paragraphs(blocks: Sequence[Block], paper: str | Path = "") -> list[Block]:
+    """The paragraphs to explain; a DataError when there are none."""
+    todo = [b for b in blocks if b.kind == "paragraph"]
+    if not todo:
+        raise DataError(f"{paper or 'the paper'}: no paragraph to explain (only headings, captions, "
+                        "equations or references were found). Separate paragraphs with blank lines.")
+    return todo
+
+
+def explain(blocks: Sequence[Block], answer: Answer, max_new_tokens: int, batch_size: int,
+            paper: str = "", run_id: str = "", model: str = "adapter") -> Explained:
+    """Every paragraph through `answer` with the Easy prompt; other blocks as they are."""
+    todo = check_paragraphs(blocks, paper)
+    start = time.perf_counter()
+    answers = answer([prompts.build_messages(b.text) for b in todo], max_new_tokens, batch_size)
+    seconds = time.perf_counter() - start
+    done = [Block(**asdict(b)) for b in blocks]
+    for block, (text, _) in zip([b for b in done if b.kind == "paragraph"], answers):
+        block.korean = text
+    return Explained(paper, run_id, model, done, round(seconds, 1), sum(n for _, n in answers))
+
+
+# ---------------------------------------------------------------- writing
+
+def glossary_marks(text: str, korean: bool) -> list[tuple[str, str]]:
+    """(form found in `text`, the English term) for each glossary term it uses: Korean renderings
+    in an explanation, English forms in an original."""
+    from ..metrics import load_glossary
+
+    found = []
+    for entry in load_glossary():
+        forms = entry.ko if korean else entry.english_forms
+        for form in sorted(forms, key=len, reverse=True):
+            if form and (form in text if korean else re.search(rf"(?<![A-Za-z]){re.escape(form)}(?![A-Za-z])",
+                                                                 text, re.I)):
+                found.append((form, entry.en))
+                break
+    return found
+
+
+def _marked(text: str, marks: list[tuple[str, str]], html_out: bool) -> str:
+    """`text` with each glossary form marked: **form** in Markdown, <mark title=term> in HTML."""
+    if not marks:
+        return html.escape(text) if html_out else text
+    pattern = re.compile("|".join(re.escape(f) for f, _ in sorted(marks, key=lambda m: -len(m[0]))),
+                         0 if all(not f.isascii() for f, _ in marks) else re.I)
+    terms = {f.lower(): t for f, t in marks}
+    out, last = [], 0
+    for m in pattern.finditer(text):
+        before, word = text[last:m.start()], m.group(0)
+        if html_out:
+            out += [html.escape(before), f'<mark title="{html.escape(terms.get(word.lower(), word))}">'
+                                         f"{html.escape(word)}</mark>"]
+        else:
+            out += [before, f"**{word}**"]
+        last = m.end()
+    tail = text[last:]
+    return "".join(out) + (html.escape(tail) if html_out else tail)
+
+
+def markdown(result: Explained) -> str:
+    lines = [f"# {result.paper}: in easy Korean", "",
+             f"Run `{result.run_id}` ({result.model}); {result.counts.get('paragraph', 0)} paragraphs explained in "
+             f"{result.seconds} s ({result.tokens_per_s} tokens/s). Glossary terms are in bold.", ""]
+    for b in result.blocks:
+        if b.kind == "heading":
+            lines += [f"## {b.text}", ""]
+        elif b.kind == "paragraph":
+            part = f" (part {b.part})" if b.part else ""
+            lines += [f"**Original{part}**", "", _marked(b.text, glossary_marks(b.text, False), False), "",
+                      "**쉬운 설명**", "", _marked(b.korean or "", glossary_marks(b.korean or "", True), False), "",
+                      "---", ""]
+        elif b.kind == "equation":
+            lines += ["```", b.text, "```", ""]
+        else:
+            lines += [f"> {line}" for line in b.text.splitlines()] + [""]
+    return "\n".join(lines)
+
+
+_CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;line-height:1.55}
+.pair{display:grid;grid-template-columns:1fr 1fr;gap:1.5em;border-top:1px solid #ddd;padding:.8em 0}
+.original{color:#333}.korean{color:#0b3d91}.kept{color:#666;font-size:.92em;white-space:pre-wrap}
+mark{background:#fff3b0;padding:0 .1em}h1{font-size:1.5em}h2{margin-top:1.6em}.facts{color:#555}"""
+
+
+def to_html(result: Explained) -> str:
+    parts = [f"<!doctype html><html lang='ko'><head><meta charset='utf-8'><title>{html.escape(result.paper)}"
+             f"</title><style>{_CSS}</style></head><body>",
+             f"<h1>{html.escape(result.paper)}: in easy Korean</h1>",
+             f"<p class='facts'>run <code>{html.escape(result.run_id)}</code> ({html.escape(result.model)}); "
+             f"{result.counts.get('paragraph', 0)} paragraphs explained in {result.seconds} s "
+             f"({result.tokens_per_s} tokens/s). Glossary terms are marked; hover for the English term.</p>"]
+    for b in result.blocks:
+        if b.kind == "heading":
+            parts.append(f"<h2>{html.escape(b.text)}</h2>")
+        elif b.kind == "paragraph":
+            parts.append("<div class='pair'>"
+                         f"<div class='original'>{_marked(b.text, glossary_marks(b.text, False), True)}</div>"
+                         f"<div class='korean'>{_marked(b.korean or '', glossary_marks(b.korean or '', True), True)}"
+                         "</div></div>")
+        else:
+            parts.append(f"<div class='kept {b.kind}'>{html.escape(b.text)}</div>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def output_paths(run, paper: str | Path) -> dict[str, Path]:
+    stem = Path(paper).stem
+    return {suffix: run.path / "explained" / f"{stem}.{suffix}" for suffix in ("md", "html", "json")}
+
+
+def check_outputs(run, paper: str | Path, overwrite: bool) -> None:
+    """Refused before any work when an explanation of this paper exists (unless overwrite)."""
+    existing = [p for p in output_paths(run, paper).values() if p.exists()]
+    if existing and not overwrite:
+        raise RunError(f"{existing[0]} already exists: " + say("pass --force", "pass overwrite=True")
+                       + " to replace it.")
+
+
+def write(result: Explained, run, paper: str | Path) -> dict[str, Path]:
+    """explained/<paper>.md, .html and .json in the run folder (each written atomically)."""
+    out = output_paths(run, paper)
+    atomic_write_text(out["md"], markdown(result))
+    atomic_write_text(out["html"], to_html(result))
+    body: dict[str, Any] = {"paper": result.paper, "run_id": result.run_id, "model": result.model,
+                            "counts": result.counts, "seconds": result.seconds, "new_tokens": result.new_tokens,
+                            "tokens_per_s": result.tokens_per_s, "blocks": [asdict(b) for b in result.blocks]}
+    atomic_write_text(out["json"], json.dumps(body, ensure_ascii=False, indent=1))
+    return out
+
+
+def explain_paper(run, paper: str | Path, merged: bool = False, server: str | None = None,
+                  api_key: str | None = None, max_new_tokens: int | None = None, batch_size: int | None = None,
+                  overwrite: bool = False) -> tuple[Explained, dict[str, Path]]:
+    """The whole command: read and split the paper (every check first), load the model (or
+    connect to the server), fit, explain, write. The notebook makes the same calls one by one."""
+    check_outputs(run, paper, overwrite)
+    blocks = split_paper(read_paper(paper))
+    check_paragraphs(blocks, paper)
+    if not server:  # the model is there before the paper is cut to its length
+        export.require_merged(run) if merged else inference.require_adapter(run)
+    cfg = run.params()
+    n_new = max_new_tokens or cfg.evaluation.max_new_tokens
+    batch = batch_size or cfg.evaluation.batch_size
+    tokenizer = inference.run_tokenizer(run)
+    blocks = fit(blocks, tokenizer, cfg.model.max_seq_length, n_new)
+    if server:
+        answer, model = server_answer(server, api_key)
+    else:
+        lm = export.load_merged(run, cfg) if merged else inference.load_tuned(cfg, run)
+        answer, model = local_answer(inference.with_tokenizer(lm, tokenizer)), "merged" if merged else "adapter"
+    result = explain(blocks, answer, n_new, batch, Path(paper).name, run.id, model)
+    return result, write(result, run, paper)

@@ -1,0 +1,94 @@
+"""polo explain's paper handling, without a model: reading (.txt, .md, .pdf), every bad-input
+message, cutting a paper into blocks, and fitting long paragraphs to the model's limit. The
+model side (adapter, server, CLI) is in tests/test_export_serve.py beside its fixtures."""
+import pytest
+
+from polo_lib import local_models, paths
+from polo_lib.deploy import explain
+from polo_lib.errors import DataError
+
+PAPER = paths.DATA_DIR / "papers" / "dense_detection_notes.md"
+
+
+@pytest.mark.parametrize("block,kind", [
+    ("# Dense Object Detection", "heading"),
+    ("3. Objects of Many Sizes", "heading"),
+    ("2.1 Feature pyramids", "heading"),
+    ("IV. EXPERIMENTS", "heading"),
+    ("Abstract", "heading"),
+    ("Figure 1: Positive locations for one object.", "caption"),
+    ("Fig. 3. The grid of cells.", "caption"),
+    ("Table 2: Results on the test set.", "caption"),
+    ("$$ FL(p_t) = - \\alpha_t (1 - p_t)^{\\gamma} \\log(p_t) $$", "equation"),
+    ("L = Σ (x - x̂)² + (y - ŷ)²  (3)", "equation"),
+    ("[4] An anchor-free detector that predicts box sides.", "reference"),
+    ("A detector must say what is in an image and where it is.", "paragraph"),
+    ("We keep the discussion close to practice and name each choice a designer faces", "paragraph"),
+    ("Single-pass detectors remove the second stage. They place a dense set of predictions.", "paragraph"),
+])
+def test_each_kind_of_block_is_recognised(block, kind):
+    assert explain.classify(block) == kind
+
+
+def test_the_projects_paper_has_31_paragraphs_and_keeps_the_rest_as_it_is():
+    blocks = explain.split_paper(explain.read_paper(PAPER))
+    counts = {k: sum(b.kind == k for b in blocks) for k in ("paragraph", "heading", "caption", "equation", "reference")}
+    assert counts == {"paragraph": 31, "heading": 13, "caption": 1, "equation": 1, "reference": 4}
+    assert blocks[0].text == "Dense Object Detection in One Pass: A Short Study Paper"
+    assert [b.kind for b in blocks[-5:]] == ["heading"] + ["reference"] * 4  # everything after References
+    # wrapped lines of a paragraph are one paragraph
+    assert any(b.text.startswith("A detector must say what is in an image") and b.text.endswith("per image.")
+               for b in blocks)
+
+
+def test_a_text_pdf_is_read_into_the_same_blocks(tmp_path, text_pdf):
+    pdf = tmp_path / "short.pdf"
+    pdf.write_bytes(text_pdf([
+        ["1 Introduction", "", "YOLO looks at the whole image once. It predicts the", "boxes and classes together.",
+         "", "Figure 1: The grid of cells."],
+        ["Anchor boxes bring shapes that must match the data.", "A poor match leaves objects untrained."]]))
+    blocks = explain.split_paper(explain.read_paper(pdf))
+    assert [(b.kind, b.text) for b in blocks] == [
+        ("heading", "1 Introduction"),
+        ("paragraph", "YOLO looks at the whole image once. It predicts the boxes and classes together."),
+        ("caption", "Figure 1: The grid of cells."),
+        ("paragraph", "Anchor boxes bring shapes that must match the data. A poor match leaves objects untrained.")]
+
+
+def test_every_bad_paper_is_named_with_the_way_out_before_any_model_loads(tmp_path, text_pdf):
+    cases = {
+        "missing.md": (None, "no such file"),
+        "paper.docx": (b"PK\x03\x04", "'.docx' is not a format polo explain reads; give .txt, .md, .pdf"),
+        "latin1.txt": ("Résumé of the paper".encode("latin-1"), "not UTF-8 text"),
+        "empty.md": (b"  \n\n ", "the paper is empty"),
+        "scanned.pdf": (text_pdf([[], []]), "2 page(s) have no text layer (a scanned paper?). Run OCR"),
+        "broken.pdf": (b"%PDF-1.4\nnot really a pdf", "not a readable PDF"),
+    }
+    for name, (content, message) in cases.items():
+        path = tmp_path / name
+        if content is not None:
+            path.write_bytes(content)
+        with pytest.raises(DataError, match=message.replace("(", r"\(").replace(")", r"\)").replace("?", r"\?")):
+            explain.read_paper(path)
+    only_headings = explain.split_paper("# Title\n\n## Section\n\n[1] A reference.")
+    with pytest.raises(DataError, match="no paragraph to explain"):
+        explain.check_paragraphs(only_headings, "headings.md")
+
+
+def test_a_paragraph_over_the_limit_is_cut_at_sentence_ends_and_loses_nothing():
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(local_models.resolve("tiny-llama"))
+    sentences = [f"Sentence {i} says that grid cell {i} predicts two boxes and a class." for i in range(40)]
+    long = explain.Block("paragraph", " ".join(sentences))
+    short = explain.Block("paragraph", sentences[0])
+    limit, new = 400, 32
+    fitted = explain.fit([short, explain.Block("heading", "Intro"), long], tokenizer, limit, new)
+    assert fitted[0] == short and fitted[1].kind == "heading"
+    pieces = fitted[2:]
+    assert len(pieces) > 1 and [p.part for p in pieces] == list(range(1, len(pieces) + 1))
+    assert " ".join(p.text for p in pieces) == long.text  # nothing lost, nothing repeated
+    for p in pieces:
+        assert p.text.endswith("class.")  # cut at sentence ends
+        prompt = explain.inference.prompt_text(tokenizer, explain.prompts.build_messages(p.text))
+        assert len(tokenizer(prompt, add_special_tokens=False)["input_ids"]) + new <= limit
