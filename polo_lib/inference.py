@@ -206,6 +206,17 @@ def check_generates(model, tokenizer, paragraph: str, max_new_tokens: int = 8) -
     return {"generated_tokens": gen.new_tokens, "seconds": round(seconds, 2), "sample": gen.text[:200]}
 
 
+def greedy_ids(model, tokenizer, chats: Sequence[list[dict[str, str]]], max_new_tokens: int) -> list[list[int]]:
+    """Each chat's greedy answer as token ids, up to and including EOS, one chat at a time (no
+    padding): what export parity compares token by token."""
+    out = []
+    for chat in chats:
+        rows, _ = _generate_ids(model, tokenizer, [prompt_text(tokenizer, chat)], max_new_tokens, do_sample=False)
+        ids, eos = rows[0], tokenizer.eos_token_id
+        out.append(ids[:ids.index(eos) + 1] if eos in ids else ids)
+    return out
+
+
 # ---------------------------------------------------------------- loading
 
 def _loaded(name_or_path: str, cfg):
@@ -271,17 +282,20 @@ def reload_options(device) -> dict[str, Any]:
     return {"dtype": getattr(torch, device_lib.auto_dtype(device)), "device_map": device.kind}
 
 
-def reload_and_check(folder: Path, tokenizer, paragraph: str, label: str, **load) -> dict[str, Any]:
+def reload_and_check(folder: Path, tokenizer, paragraph: str, label: str,
+                     parity: tuple[Sequence[list[dict[str, str]]], int] | None = None, **load) -> dict[str, Any]:
     """Reload an exported folder with transformers (reload_options on this machine), answer
     `paragraph` (check_generates), and free the model before returning; `load` adds
-    from_pretrained arguments (gguf_file=...). "reloaded" says how: `label` (dtype on device)."""
+    from_pretrained arguments (gguf_file=...). "reloaded" says how: `label` (dtype on device).
+    `parity` (chats, max_new_tokens): their greedy ids come back under "answers" too."""
     from transformers import AutoModelForCausalLM
 
     options = reload_options(device_lib.describe())
     model = AutoModelForCausalLM.from_pretrained(str(folder), **load, **options)
     try:
         how = f"{label} ({str(options['dtype']).removeprefix('torch.')} on {options['device_map']})"
-        return {"reloaded": how, **check_generates(model, tokenizer, paragraph)}
+        answers = {"answers": greedy_ids(model, tokenizer, *parity)} if parity else {}
+        return {"reloaded": how, **check_generates(model, tokenizer, paragraph), **answers}
     finally:
         del model
         free_memory()  # one reloaded model at a time: f16 and q8_0 of a 3B model do not fit together

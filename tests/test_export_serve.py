@@ -99,6 +99,28 @@ def easy_prompt(tokenizer) -> str:
 
 # ---------------------------------------------------------------- export
 
+# Token agreement of the merged export (weights rounded to bf16 on disk, reloaded in fp32) with the
+# fp32 adapter it came from, 3 prompts x 24 greedy tokens on the tiny test model: measured 1.0
+# (3 of 3 answers identical). The floor lets rounding move the tail of one answer.
+MERGED_BF16_AGREEMENT = 0.9
+
+
+# The q8_0 GGUF (8-bit blocks) against the merged model it came from, same prompts: measured 1.0.
+GGUF_Q8_AGREEMENT = 0.5
+
+
+@pytest.mark.parametrize("a,b,expected", [
+    ([[1, 2, 3], [4, 5]], [[1, 2, 3], [4, 5]],
+     {"identical": 2, "token_agreement": 1.0, "first_difference": [None, None]}),
+    ([[1, 2, 3, 4]], [[1, 2, 9, 9]], {"identical": 0, "token_agreement": 0.5, "first_difference": [2]}),
+    ([[1, 2]], [[1, 2, 3, 4]], {"identical": 0, "token_agreement": 0.5, "first_difference": [2]}),  # one stopped early
+    ([[7], [1, 2]], [[8], [1, 2]], {"identical": 1, "token_agreement": 0.6667, "first_difference": [0, None]}),
+])
+def test_parity_counts_identical_answers_and_the_tokens_that_agree(a, b, expected):
+    got = export.compare_answers(a, b)
+    assert {k: got[k] for k in expected} == expected and got["of"] == len(a)
+
+
 def assert_portable(folder, run) -> None:
     """An export names its base model and run, never a folder of the machine that made it."""
     import os
@@ -115,6 +137,10 @@ def assert_portable(folder, run) -> None:
 def test_adapter_and_merged_exports_reload_and_keep_the_adapter(tiny_run):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from polo_lib import data
+
+    cfg = tiny_run.params()  # the processed data parity takes its prompts from
+    data.save(data.prepare(cfg.data, model.load_tokenizer(cfg.model), cfg.model.max_seq_length), cfg.data)
     adapter = export.export(tiny_run, "adapter")
     merged = export.export(tiny_run, "merged")
     assert {"adapter_model.safetensors", "adapter_config.json", "README.md"} <= set(adapter.files)
@@ -129,6 +155,15 @@ def test_adapter_and_merged_exports_reload_and_keep_the_adapter(tiny_run):
     assert tiny_run.manifest()["exports"]["merged"]["files"] == merged.files
     assert_portable(adapter.path, tiny_run)
     assert_portable(merged.path, tiny_run)
+    # parity: the test split's first paragraphs, greedy, through the run's adapter and each export
+    adapter_parity = json.loads((adapter.path / "parity.json").read_text(encoding="utf-8"))
+    merged_parity = json.loads((merged.path / "parity.json").read_text(encoding="utf-8"))
+    (same,), (rounded,) = adapter_parity["pairs"], merged_parity["pairs"]
+    assert adapter_parity["prompts"] == 3 and adapter_parity["source"] == "the first 3 paragraphs of the test split"
+    assert same["expected"] == "identical" and same["identical"] == same["of"] == 3  # the same arithmetic
+    assert rounded["expected"] == "tolerance" and "bfloat16" in rounded["why"]  # fp32 adapter vs bf16 weights
+    assert rounded["token_agreement"] >= MERGED_BF16_AGREEMENT, rounded
+    assert "## Parity" in card and f"| {rounded['identical']} of 3 |" in card
     for folder in (adapter.path, merged.path):  # readable by others as the umask says (0644 under 022)
         assert {p.name: oct(p.stat().st_mode & 0o777) for p in folder.iterdir()} == \
                {p.name: oct(0o666 & ~atomic.umask()) for p in folder.iterdir()}
@@ -205,12 +240,33 @@ def test_gguf_export_loads_back_and_matches_the_tuned_model(tiny_smollm2_run):
     q8_0 files that carry the training chat template and EOS and load back through transformers."""
     from transformers import AutoModelForCausalLM
 
+    from polo_lib import data
+
     run = tiny_smollm2_run
+    cfg = run.params()  # the processed data parity takes its prompts from
+    data.save(data.prepare(cfg.data, model.load_tokenizer(cfg.model), cfg.model.max_seq_length), cfg.data)
     done = export.export(run, "gguf")
     f16, q8 = (export.export_dir(run, "gguf") / f"{run.id}-{t}.gguf" for t in ("f16", "q8_0"))
     assert f16.is_file() and q8.is_file() and q8.stat().st_size < 0.7 * f16.stat().st_size
     assert_portable(done.path, run)  # its base is a temporary folder here: named by its last part only
     tok = inference.run_tokenizer(run)
+    # parity with the merged model each file was converted from, read back the same way
+    parity = json.loads((done.path / "parity.json").read_text(encoding="utf-8"))
+    pairs = {p["export"]: p for p in parity["pairs"]}
+    assert parity["prompts"] == 3 and set(pairs) == {f16.name, q8.name}
+    assert pairs[f16.name]["expected"] == "identical" and pairs[f16.name]["identical"] == 3, pairs[f16.name]
+    assert pairs[q8.name]["expected"] == "tolerance" and pairs[q8.name]["token_agreement"] >= GGUF_Q8_AGREEMENT
+    # the Ollama Modelfile: the smallest file, the template as the tokenizer renders it, its stop tokens
+    modelfile = (done.path / "Modelfile").read_text(encoding="utf-8")
+    assert modelfile.startswith(f"FROM ./{q8.name}\n")
+    template = modelfile.split('TEMPLATE """', 1)[1].split('"""', 1)[0]
+    system, user = prompts.SYSTEM_PROMPT, "Explain: " + PARAGRAPH
+    as_ollama = template.replace("{{ .System }}", system).replace("{{ .Prompt }}", user)  # Ollama's substitution
+    assert as_ollama == tok.apply_chat_template([{"role": "system", "content": system},
+                                                 {"role": "user", "content": user}],
+                                                tokenize=False, add_generation_prompt=True)
+    assert 'PARAMETER stop "<|im_end|>"' in modelfile and 'PARAMETER stop "<|im_start|>"' in modelfile
+    assert f'SYSTEM """{prompts.SYSTEM_PROMPT}"""' in modelfile
     assert tok.eos_token == "<|im_end|>"
     for path in (f16, q8):
         meta = export.gguf_metadata(path)
@@ -259,8 +315,9 @@ def test_server_answers_the_openai_client_with_the_training_template(tiny_server
     assert rendered["prompt"] == expected
     assert reply.usage.prompt_tokens == len(training_tok(expected, add_special_tokens=False)["input_ids"])
     assert backend.lm.tokenizer.eos_token_id == training_tok.eos_token_id
-    # and the answer is what evaluation's generate gives for the same chat
-    assert reply.choices[0].message.content == inference.generate(backend.lm, [messages], max_new_tokens=12)[0].text
+    # and the answer is what evaluation's generate gives for the same chat, token for token
+    alone = inference.generate(backend.lm, [messages], max_new_tokens=12)[0]
+    assert (reply.choices[0].message.content, reply.usage.completion_tokens) == (alone.text, alone.new_tokens)
     assert httpx.get(f"{url}/health").json()["status"] == "ok"
 
 

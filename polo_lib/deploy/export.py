@@ -154,9 +154,73 @@ def gguf_metadata(path: Path) -> dict[str, Any]:
             "tensors": len(reader.tensors)}
 
 
+# ---------------------------------------------------------------- parity
+
+PARITY_PROMPTS = 3   # the test split's first paragraphs
+PARITY_TOKENS = 24   # greedy new tokens per prompt
+
+
+def parity_chats(run) -> tuple[list[list[dict[str, str]]], str]:
+    """The fixed prompts every export answers: the Easy prompt around the test split's first
+    paragraphs (the processed data of the run's params), or the check paragraph without them."""
+    from .. import data
+
+    cfg = run.params()
+    try:
+        test = data.load_processed(cfg.data)["test"]
+    except (OSError, KeyError, PoloError):
+        return [prompts.build_messages(VERIFY_PARAGRAPH)], "the export check's paragraph (no processed data here)"
+    n = min(PARITY_PROMPTS, len(test))
+    return inference.chats_of(test.select(range(n))), f"the first {n} paragraphs of the test split"
+
+
+def compare_answers(a: Sequence[Sequence[int]], b: Sequence[Sequence[int]]) -> dict[str, Any]:
+    """Token-level agreement of two sets of greedy answers (pure, table-tested): how many are
+    identical, the share of tokens that agree (the common prefix of each pair over the longer
+    answer), and where each pair first differs (None: identical)."""
+    firsts, agreed, total = [], 0, 0
+    for x, y in zip(a, b, strict=True):
+        same = next((i for i, (p, q) in enumerate(zip(x, y)) if p != q), min(len(x), len(y)))
+        firsts.append(None if list(x) == list(y) else same)
+        agreed += same
+        total += max(len(x), len(y))
+    return {"identical": sum(f is None for f in firsts), "of": len(firsts),
+            "token_agreement": round(agreed / total, 4) if total else 1.0, "first_difference": firsts}
+
+
+def parity_record(source: str, chats, pairs) -> dict[str, Any]:
+    """parity.json: for each (export, against, reference ids, export ids, identical expected, why),
+    the agreement figures."""
+    return {"prompts": len(chats), "source": source, "max_new_tokens": PARITY_TOKENS, "greedy": True,
+            "pairs": [{"export": name, "against": against, "expected": "identical" if same else "tolerance",
+                       "why": why, **compare_answers(ref, got)} for name, against, ref, got, same, why in pairs]}
+
+
+def ollama_modelfile(tokenizer, gguf_name: str) -> str:
+    """An Ollama Modelfile for a GGUF file: the run's chat template rendered with the tokenizer
+    itself (system and user turns as {{ .System }} and {{ .Prompt }}), the Easy system prompt as
+    the default system, and a stop line for the EOS and for the token that opens a new turn."""
+    from ..train import derive_markers
+
+    system, user = "QQQ_MODELFILE_SYSTEM", "QQQ_MODELFILE_PROMPT"
+    rendered = tokenizer.apply_chat_template([{"role": "system", "content": system}, {"role": "user", "content": user}],
+                                             tokenize=False, add_generation_prompt=True)
+    adds_bos = tokenizer("x")["input_ids"][:1] == [tokenizer.bos_token_id]
+    if adds_bos and rendered.startswith(tokenizer.bos_token):  # llama.cpp adds that BOS itself, as the tokenizer does
+        rendered = rendered[len(tokenizer.bos_token):]
+    template = rendered.replace(system, "{{ .System }}").replace(user, "{{ .Prompt }}")
+    stops = [tokenizer.eos_token]
+    opener = derive_markers(tokenizer).instruction
+    stops += [t for t in tokenizer.all_special_tokens if t and t in opener and t not in stops][:1]
+    lines = [f"FROM ./{gguf_name}", f'TEMPLATE """{template}"""', f'SYSTEM """{prompts.SYSTEM_PROMPT}"""']
+    lines += [f'PARAMETER stop "{t}"' for t in stops] + ["PARAMETER temperature 0", ""]
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------- model card
 
-def model_card(run, fmt: str, tokenizer, files: Sequence[str], check: dict[str, Any]) -> str:
+def model_card(run, fmt: str, tokenizer, files: Sequence[str], check: dict[str, Any],
+               parity: dict[str, Any] | None = None) -> str:
     """README.md of an export: base model, run id, params, metrics, chat template, EOS, check."""
     cfg = run.params()
     summary = run.summary().model_dump(by_alias=True, exclude_unset=True)  # the figures summary.json holds
@@ -190,6 +254,14 @@ def model_card(run, fmt: str, tokenizer, files: Sequence[str], check: dict[str, 
         "", "## Easy prompt", "", "```text", prompts.SYSTEM_PROMPT, "", prompts.USER_TEMPLATE, "```",
         "", "## Check after export", "", "```json", json.dumps(check, indent=2, ensure_ascii=False), "```", "",
     ]
+    if parity:
+        rows = [f"| {p['export']} | {p['against']} | {p['expected']} | {p['identical']} of {p['of']} | "
+                f"{p['token_agreement']} | {p['why']} |" for p in parity["pairs"]]
+        lines += ["## Parity: the same prompts, the same answers?", "",
+                  f"{parity['prompts']} prompts ({parity['source']}), greedy, {parity['max_new_tokens']} new tokens; "
+                  "token ids compared (parity.json has where each pair first differs).", "",
+                  "| export | against | expected | identical answers | token agreement | why |",
+                  "|---|---|---|---|---|---|", *rows, ""]
     return "\n".join(lines)
 
 
@@ -239,10 +311,14 @@ def export(run, fmt: str, gguf_types: Sequence[str] = DEFAULT_GGUF_TYPES, overwr
     def build(tmp: Path) -> None:
         builder = {"adapter": _build_adapter, "merged": _build_merged, "gguf": _build_gguf}[fmt]
         result.update(builder(run, tmp, gguf_types))
+        parity = result.pop("_parity")
+        (tmp / "parity.json").write_text(json.dumps(parity, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        result["parity"] = {p["export"]: {k: p[k] for k in ("expected", "identical", "of", "token_agreement")}
+                            for p in parity["pairs"]}
         _name_base_portably(run, tmp)
         tokenizer = inference.run_tokenizer(run)
         files = sorted(p.name for p in tmp.iterdir())
-        (tmp / "README.md").write_text(model_card(run, fmt, tokenizer, files, result), encoding="utf-8")
+        (tmp / "README.md").write_text(model_card(run, fmt, tokenizer, files, result, parity), encoding="utf-8")
 
     target = atomic_replace_dir(export_dir(run, fmt), build)
     done = Export(fmt, target, sorted(p.name for p in target.iterdir()), time.perf_counter() - start, result)
@@ -270,20 +346,53 @@ def _name_base_portably(run, out: Path) -> None:
 
 
 def _build_adapter(run, out: Path, _types) -> dict[str, Any]:
-    """The saved adapter + tokenizer as they are; checked by loading base + adapter and generating."""
+    """The saved adapter + tokenizer as they are; checked by loading base + adapter and generating,
+    and by loading the exported files as a user would (PEFT on the base) for parity."""
     for p in run.adapter.iterdir():
         if p.is_file() and p.name != "README.md":
             shutil.copy2(p, out / p.name)
+    chats, source = parity_chats(run)
     lm = inference.load_tuned(run.params(), run)
     from unsloth import FastLanguageModel
 
     FastLanguageModel.for_inference(lm.model)
-    return {"reloaded": "base + adapter (FastLanguageModel)",
-            **inference.check_generates(lm.model, lm.tokenizer, VERIFY_PARAGRAPH)}
+    check = {"reloaded": "base + adapter (FastLanguageModel)",
+             **inference.check_generates(lm.model, lm.tokenizer, VERIFY_PARAGRAPH)}
+    reference = inference.greedy_ids(lm.model, inference.run_tokenizer(run), chats, PARITY_TOKENS)
+    del lm
+    inference.free_memory()
+    exported = _answers_of_exported_adapter(run, out, chats)
+    return {**check, "_parity": parity_record(source, chats, [
+        ("adapter export (PEFT on the base)", "the run's adapter", reference, exported, True,
+         "the same weights and arithmetic")])}
 
 
-def merge_into(run, out: Path) -> Path:
-    """Base + adapter merged into 16-bit weights with Unsloth's save_pretrained_merged."""
+def _answers_of_exported_adapter(run, out: Path, chats) -> list[list[int]]:
+    from peft import PeftModel
+
+    base = inference.load_base(run.params())
+    model = PeftModel.from_pretrained(base.model, str(out))
+    try:
+        return inference.greedy_ids(model, inference.run_tokenizer(run), chats, PARITY_TOKENS)
+    finally:
+        del model, base
+        inference.free_memory()
+
+
+def _tuned_answers(run, chats) -> list[list[int]]:
+    """The run's model (base + adapter, loaded as evaluation loads it) answering `chats`, then freed."""
+    lm = inference.load_tuned(run.params(), run)
+    try:
+        return inference.greedy_ids(lm.model, inference.run_tokenizer(run), chats, PARITY_TOKENS)
+    finally:
+        del lm
+        inference.free_memory()
+
+
+def merge_into(run, out: Path, chats=None) -> tuple[Path, list[list[int]] | None]:
+    """Base + adapter merged into 16-bit weights with Unsloth's save_pretrained_merged; with `chats`,
+    the tuned model's greedy answers to them first (the reference of parity)."""
+    reference = _tuned_answers(run, chats) if chats else None
     lm = inference.load_tuned(run.params(), run)
     # On a GPU a 4-bit hub base (the default recipe) is not dequantized: Unsloth downloads its
     # 16-bit original (unsloth/Llama-3.2-3B-Instruct, ~6.4 GB) and merges LoRA into those shards
@@ -293,27 +402,40 @@ def merge_into(run, out: Path) -> Path:
     inference.free_memory()  # the tuned model goes before the merged one is reloaded to check it
     if not (out / "config.json").is_file():
         raise ModelError(f"save_pretrained_merged wrote no config.json into {out}")
-    return out
+    return out, reference
 
 
 def _build_merged(run, out: Path, _types) -> dict[str, Any]:
     from transformers import AutoTokenizer
 
-    merge_into(run, out)
+    chats, source = parity_chats(run)
+    _, reference = merge_into(run, out, chats)
     tokenizer = AutoTokenizer.from_pretrained(str(out))
     _same_template(run, tokenizer.chat_template, tokenizer.eos_token_id, "merged model")
     on_disk = json.loads((out / "config.json").read_text(encoding="utf-8"))
-    return {"dtype_on_disk": on_disk.get("dtype") or on_disk.get("torch_dtype"),
-            **inference.reload_and_check(out, tokenizer, VERIFY_PARAGRAPH, "AutoModelForCausalLM")}
+    dtype = on_disk.get("dtype") or on_disk.get("torch_dtype")
+    check = inference.reload_and_check(out, tokenizer, VERIFY_PARAGRAPH, "AutoModelForCausalLM",
+                                       parity=(chats, PARITY_TOKENS))
+    tuned = run.manifest().get("decisions") or {}
+    same = tuned.get("dtype") == dtype and not tuned.get("load_in_4bit")
+    why = "the same weights and arithmetic" if same else (
+        "the adapter ran on the 4-bit base; the merge is 16-bit" if tuned.get("load_in_4bit") else
+        f"the merged weights are rounded to {dtype} on disk; the adapter ran in {tuned.get('dtype', '?')}")
+    return {"dtype_on_disk": dtype, **check, "_parity": parity_record(source, chats, [
+        ("merged", "the run's adapter", reference, check.pop("answers"), same, why)])}
 
 
 def _build_gguf(run, out: Path, gguf_types: Sequence[str]) -> dict[str, Any]:
-    """Merge into a scratch folder beside `out`, convert once per type, reload each with transformers."""
+    """Merge into a scratch folder beside `out`, convert once per type, reload each with transformers;
+    parity: each file against the merged model it was converted from, and the Ollama Modelfile."""
     scratch = out.parent / f"{out.name}.merged"
+    chats, source = parity_chats(run)
     try:
         merge_into(run, scratch)
-        checks = {}
         tokenizer = inference.run_tokenizer(run)
+        merged = inference.reload_and_check(scratch, tokenizer, VERIFY_PARAGRAPH, "merged",
+                                            parity=(chats, PARITY_TOKENS))["answers"]
+        checks, pairs = {}, []
         for outtype in _progress(gguf_types):
             path = convert_to_gguf(scratch, out / f"{run.id}-{outtype}.gguf", outtype)
             meta = gguf_metadata(path)
@@ -322,10 +444,22 @@ def _build_gguf(run, out: Path, gguf_types: Sequence[str]) -> dict[str, Any]:
             checks[path.name] = {"bytes": path.stat().st_size, "architecture": meta["architecture"],
                                  "eos_token_id": meta["eos_token_id"],
                                  **inference.reload_and_check(out, tokenizer, VERIFY_PARAGRAPH,
-                                                              "transformers gguf_file=", gguf_file=path.name)}
+                                                              "transformers gguf_file=", gguf_file=path.name,
+                                                              parity=(chats, PARITY_TOKENS))}
+            same = GGUF_SAME_ARITHMETIC.get(outtype)
+            pairs.append((path.name, "the merged model it was converted from", merged,
+                          checks[path.name].pop("answers"), same is not None, same or GGUF_ROUNDING[outtype]))
+        smallest = min(out.glob("*.gguf"), key=lambda p: p.stat().st_size)
+        (out / "Modelfile").write_text(ollama_modelfile(tokenizer, smallest.name), encoding="utf-8")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    return checks
+    return {**checks, "_parity": parity_record(source, chats, pairs)}
+
+
+# What a GGUF type does to the merged 16-bit weights, read back through transformers.
+GGUF_SAME_ARITHMETIC = {"f16": "f16 holds the merged bf16 weights exactly (but for weights under 6e-5 in size)",
+                        "bf16": "the same bf16 weights"}
+GGUF_ROUNDING = {"q8_0": "8-bit blocks of 32 weights, one scale each: rounded"}
 
 
 def _progress(types: Sequence[str]):
