@@ -1,0 +1,123 @@
+"""The chat app and an explained paper in a real browser: headless Chromium (Debian's chromium and
+chromium-driver, which .ci/run installs) driven by Selenium, on a smoke run trained here.
+
+Screenshots go into each test's temporary folder (kept by pytest for the last runs)."""
+import re
+import shutil
+import socket
+
+import pytest
+
+from polo_lib import params, pipeline, runs
+
+CHROMIUM, DRIVER = shutil.which("chromium") or shutil.which("chromium-browser"), shutil.which("chromedriver")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(
+    not (CHROMIUM and DRIVER), reason="no chromium + chromedriver here: `apt-get install chromium chromium-driver` "
+                                      "(.ci/run installs them)")]
+
+# Long enough for the tiny model to answer in Hangul (it learns the training paragraphs' answers).
+LEARNS = {"max_steps": 30, "eval_steps": 15, "save_steps": 15}
+HANGUL = re.compile("[가-힣]")
+PARAGRAPH = "YOLO divides the input image into an S x S grid; each grid cell predicts B bounding boxes."
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tiny_model_dir, tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    folder = tmp_path_factory.mktemp("browser")
+    mp.setenv("POLO_OUTPUTS", str(folder / "outputs"))
+    mp.setenv("POLO_PROCESSED_DIR", str(folder / "processed"))
+    try:
+        cfg = params.load("smoke", overrides=LEARNS)
+        pipeline.prepare_stage(cfg)
+        run = runs.open_run(cfg, stage="train")
+        pipeline.train_stage(cfg, run, live=False)
+        runs.finish_stage(run, "train")
+        yield run
+    finally:
+        mp.undo()
+
+
+@pytest.fixture
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1000"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
+    yield driver
+    driver.quit()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_the_chat_app_explains_a_paragraph_in_korean_and_shows_base_and_tuned_in_a_browser(smoke_run, browser,
+                                                                                          tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from polo_lib.deploy import chat_app
+
+    port = free_port()
+    app = chat_app.launch(str(smoke_run.path), port=port, block=False)  # what `polo chat RUN` runs
+    wait = WebDriverWait(browser, 120)
+
+    def tab(name: str) -> None:
+        wait.until(lambda d: [t for t in d.find_elements(By.CSS_SELECTOR, "button[role='tab']")
+                              if t.text == name])[0].click()
+
+    def box(label: str):
+        return wait.until(lambda d: d.find_element(
+            By.XPATH, f"//label[.//span[contains(normalize-space(.), '{label}')]]//textarea"))
+
+    def button(text: str):
+        return wait.until(lambda d: [b for b in d.find_elements(By.TAG_NAME, "button") if b.text == text])[0]
+
+    try:
+        browser.get(f"http://127.0.0.1:{port}/")
+        tab("Explain this paragraph")
+        box("paragraph (e.g.").send_keys(PARAGRAPH)
+        button("Explain in easy Korean").click()
+        explanation = box("explanation")
+        wait.until(lambda d: explanation.get_attribute("value"))
+        assert HANGUL.search(explanation.get_attribute("value")), explanation.get_attribute("value")
+        browser.save_screenshot(str(tmp_path / "explain-tab.png"))
+
+        tab("Base vs tuned")
+        box("prompt").send_keys(PARAGRAPH)
+        button("Generate both").click()
+        base, tuned = box("base model"), box("tuned model")
+        wait.until(lambda d: base.get_attribute("value") and tuned.get_attribute("value"))
+        assert base.get_attribute("value") != tuned.get_attribute("value")
+        browser.save_screenshot(str(tmp_path / "base-vs-tuned-tab.png"))
+    finally:
+        app.close()
+    assert (tmp_path / "explain-tab.png").stat().st_size > 10_000
+
+
+def test_an_explained_paper_opens_side_by_side_in_a_browser(smoke_run, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    from polo_lib.deploy import explain
+
+    result, written = explain.explain_paper(smoke_run, explain.resolve_paper(None), max_new_tokens=24)
+    browser.get(written["html"].as_uri())
+    pairs = browser.find_elements(By.CSS_SELECTOR, "div.pair")
+    assert len(pairs) == result.counts["paragraph"] == 31
+    for pair in pairs[:5]:  # the original on the left, its easy Korean beside it on the same row
+        original = pair.find_element(By.CSS_SELECTOR, ".original").rect
+        korean = pair.find_element(By.CSS_SELECTOR, ".korean").rect
+        assert abs(original["y"] - korean["y"]) < 2 and original["x"] + original["width"] <= korean["x"]
+        assert korean["width"] > 300
+    assert any(HANGUL.search(p.find_element(By.CSS_SELECTOR, ".korean").text) for p in pairs)
+    assert browser.find_elements(By.CSS_SELECTOR, "mark[title]")  # glossary terms marked
+    assert "Abstract" in [h.text for h in browser.find_elements(By.TAG_NAME, "h2")]
+    browser.save_screenshot(str(tmp_path / "explained.png"))
+    assert (tmp_path / "explained.png").stat().st_size > 10_000
