@@ -11,6 +11,9 @@ import pytest
 
 from polo_lib import paths
 
+# Runs with a real adapter (tiny_run, smollm2_run, tiny_smollm2_run) for the export, serve and explain tests
+pytest_plugins = ["adapter_runs"]
+
 # Before anything imports transformers.
 os.environ.setdefault("POLO_MODEL_CACHE", str(paths.PROJ_ROOT / "outputs" / "models"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")          # no test may reach the hub

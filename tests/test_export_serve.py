@@ -11,90 +11,33 @@ from __future__ import annotations
 import concurrent.futures as cf
 import json
 import shutil
-import socket
 import weakref
 
 import httpx
 import pytest
 import torch
+from adapter_runs import PARAGRAPH, assert_portable, easy_prompt, free_port, last_logits
 
-from polo_lib import atomic, cli, inference, local_models, model, params, paths, prompts, runs
+from polo_lib import atomic, cli, inference, model, params, paths, prompts, runs
 from polo_lib.deploy import export, serve
 from polo_lib.errors import ModelError, PoloError, RunError
 
 pytestmark = pytest.mark.slow
 
-PARAGRAPH = "YOLO divides the input image into an S x S grid; each grid cell predicts B bounding boxes."
 
 
-def make_adapter_run(outputs, params_name: str, noise_std: float, overrides=None):
-    """A finished run whose adapter/ holds a LoRA adapter (B = seeded noise) and the tokenizer."""
-    mp = pytest.MonkeyPatch()
-    mp.setenv("POLO_OUTPUTS", str(outputs))
-    try:
-        cfg = params.load(params_name, overrides=overrides)
-        run = runs.open_run(cfg)
-        lm = model.load(cfg)
-        gen = torch.Generator().manual_seed(0)
-        with torch.no_grad():
-            for name, p in lm.model.named_parameters():
-                if "lora_B" in name:
-                    p.copy_(torch.randn(p.shape, generator=gen) * noise_std)
-        lm.model.save_pretrained(str(run.adapter))
-        lm.tokenizer.save_pretrained(str(run.adapter))
-        run.update_summary(training={"steps": 0, "note": "test adapter"})
-        run.update_manifest(status="finished")
-    finally:
-        mp.undo()
-    return run
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tiny_model_dir, tmp_path_factory):
-    return make_adapter_run(tmp_path_factory.mktemp("tiny") / "outputs", "smoke", noise_std=0.05)
 
 
-@pytest.fixture(scope="module")
-def smollm2_run(tmp_path_factory):
-    # Small noise: SmolLM2 must still answer sensibly (and stop at <|im_end|>).
-    return make_adapter_run(tmp_path_factory.mktemp("smollm2") / "outputs", "cpu", noise_std=0.002)
 
 
-@pytest.fixture(scope="module")
-def tiny_smollm2_run(tmp_path_factory):
-    """A tiny random Llama that speaks SmolLM2's tokenizer, for the GGUF export: llama.cpp's converter
-    knows that tokenizer (the tiny test model's home-made one it refuses), and its work does not
-    depend on the model's size: at ~3 M parameters the conversion and read-backs take seconds,
-    where SmolLM2's 135 M took over a minute."""
-    from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
-
-    source = local_models.resolve("smollm2-135m-instruct")
-    folder = tmp_path_factory.mktemp("tiny_smollm2") / "model"
-    config = LlamaConfig.from_pretrained(source)
-    config.update({"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
-                   "num_key_value_heads": 2, "head_dim": 16})
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(folder)
-    AutoTokenizer.from_pretrained(source).save_pretrained(folder)
-    GenerationConfig.from_pretrained(source).save_pretrained(folder)
-    return make_adapter_run(tmp_path_factory.mktemp("tiny_smollm2_run") / "outputs", "cpu", noise_std=0.05,
-                            overrides={"model.model_name": str(folder)})
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
-def last_logits(m, tokenizer, text: str):
-    enc = tokenizer(text, return_tensors="pt", add_special_tokens=False)
-    with torch.no_grad():
-        return m(**enc).logits[0, -1].float()
 
 
-def easy_prompt(tokenizer) -> str:
-    return tokenizer.apply_chat_template(prompts.build_messages(PARAGRAPH), tokenize=False, add_generation_prompt=True)
 
 
 # ---------------------------------------------------------------- export
@@ -105,8 +48,6 @@ def easy_prompt(tokenizer) -> str:
 MERGED_BF16_AGREEMENT = 0.9
 
 
-# The q8_0 GGUF (8-bit blocks) against the merged model it came from, same prompts: measured 1.0.
-GGUF_Q8_AGREEMENT = 0.5
 
 
 @pytest.mark.parametrize("a,b,expected", [
@@ -121,17 +62,6 @@ def test_parity_counts_identical_answers_and_the_tokens_that_agree(a, b, expecte
     assert {k: got[k] for k in expected} == expected and got["of"] == len(a)
 
 
-def assert_portable(folder, run) -> None:
-    """An export names its base model and run, never a folder of the machine that made it."""
-    import os
-
-    machine = {str(paths.PROJ_ROOT), str(paths.model_cache_dir()), str(run.path.parents[1]),
-               os.path.expanduser("~"), str(run.path)}
-    for p in folder.rglob("*"):
-        if p.is_file() and p.suffix in (".json", ".md", ".jinja", ".txt", ".yaml", ""):
-            text = p.read_text(encoding="utf-8", errors="replace")
-            leaks = sorted(m for m in machine if m in text)
-            assert not leaks, f"{p.name} holds this machine's path(s) {leaks}"
 
 
 def test_adapter_and_merged_exports_reload_and_keep_the_adapter(tiny_run):
@@ -237,52 +167,6 @@ def test_export_refusals_leave_nothing_half_written(tiny_run):
         export.export(untrained, "merged")
 
 
-def test_gguf_export_loads_back_and_matches_the_tuned_model(tiny_smollm2_run):
-    """llama.cpp's converter (from the llama-cpp-python sdist, `make export-tools`) writes f16 and
-    q8_0 files that carry the training chat template and EOS and load back through transformers."""
-    from transformers import AutoModelForCausalLM
-
-    from polo_lib import data
-
-    run = tiny_smollm2_run
-    cfg = run.params()  # the processed data parity takes its prompts from
-    data.save(data.prepare(cfg.data, model.load_tokenizer(cfg.model), cfg.model.max_seq_length), cfg.data)
-    done = export.export(run, "gguf")
-    f16, q8 = (export.export_dir(run, "gguf") / f"{run.id}-{t}.gguf" for t in ("f16", "q8_0"))
-    assert f16.is_file() and q8.is_file() and q8.stat().st_size < 0.7 * f16.stat().st_size
-    assert_portable(done.path, run)  # its base is a temporary folder here: named by its last part only
-    tok = inference.run_tokenizer(run)
-    # parity with the merged model each file was converted from, read back the same way
-    parity = json.loads((done.path / "parity.json").read_text(encoding="utf-8"))
-    pairs = {p["export"]: p for p in parity["pairs"]}
-    assert parity["prompts"] == 3 and set(pairs) == {f16.name, q8.name}
-    assert pairs[f16.name]["expected"] == "identical" and pairs[f16.name]["identical"] == 3, pairs[f16.name]
-    assert pairs[q8.name]["expected"] == "tolerance" and pairs[q8.name]["token_agreement"] >= GGUF_Q8_AGREEMENT
-    # the Ollama Modelfile: the smallest file, the template as the tokenizer renders it, its stop tokens
-    modelfile = (done.path / "Modelfile").read_text(encoding="utf-8")
-    assert modelfile.startswith(f"FROM ./{q8.name}\n")
-    template = modelfile.split('TEMPLATE """', 1)[1].split('"""', 1)[0]
-    system, user = prompts.SYSTEM_PROMPT, "Explain: " + PARAGRAPH
-    as_ollama = template.replace("{{ .System }}", system).replace("{{ .Prompt }}", user)  # Ollama's substitution
-    assert as_ollama == tok.apply_chat_template([{"role": "system", "content": system},
-                                                 {"role": "user", "content": user}],
-                                                tokenize=False, add_generation_prompt=True)
-    assert 'PARAMETER stop "<|im_end|>"' in modelfile and 'PARAMETER stop "<|im_start|>"' in modelfile
-    assert f'SYSTEM """{prompts.SYSTEM_PROMPT}"""' in modelfile
-    assert tok.eos_token == "<|im_end|>"
-    for path in (f16, q8):
-        meta = export.gguf_metadata(path)
-        assert meta["architecture"] == "llama" and meta["chat_template"] == tok.chat_template
-        assert meta["eos_token_id"] == tok.eos_token_id
-        assert done.check[path.name]["generated_tokens"] > 0
-    # f16 GGUF read back = the merged 16-bit model it was converted from (bf16 -> f16 loses nothing
-    # here), and, like the merge, much closer to the tuned model than to the base it started from
-    gguf_model = AutoModelForCausalLM.from_pretrained(str(f16.parent), gguf_file=f16.name, dtype=torch.float32)
-    merged = AutoModelForCausalLM.from_pretrained(str(export.export(run, "merged").path), dtype=torch.float32)
-    tuned, base = inference.load_tuned(run.params(), run), inference.load_base(run.params())
-    g, m, t, b = (last_logits(x, tok, easy_prompt(tok)) for x in (gguf_model, merged, tuned.model, base.model))
-    assert g.argmax() == m.argmax() and (g - m).abs().max() < 1e-3, (g - m).abs().max()
-    assert (g - t).abs().max() < 0.25 * (t - b).abs().max(), ((g - t).abs().max(), (t - b).abs().max())
 
 
 # ---------------------------------------------------------------- server
@@ -564,56 +448,6 @@ def test_polo_export_cli_resolves_latest_and_reports_problems(tiny_run, monkeypa
     assert json.loads((tiny_run.path / "manifest.json").read_text(encoding="utf-8"))["exports"]["adapter"]
 
 
-def test_polo_serve_command_serves_a_run_until_stopped(tiny_run, tmp_path, capsys):
-    """The user's command: `polo serve <run>` in its own process, its API key from POLO_API_KEY,
-    answers; 2,000 requests at once with a queue of 256 each get 200 or 503 while the server stays
-    up within a memory bound; the key is in no log or run file; SIGINT stops it."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-    from pathlib import Path
-
-    from benchmarks import serve_load
-
-    port, key = free_port(), "polo-env-key-c0ffee"
-    env = {**os.environ, "POLO_OUTPUTS": str(tiny_run.path.parent.parent), "POLO_API_KEY": key}
-    polo = Path(sys.executable).parent / "polo"
-    log = (tmp_path / "serve.log").open("w")
-    proc = subprocess.Popen([str(polo), "serve", tiny_run.id, "--port", str(port), "--max-queue", "256"], env=env,
-                            stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, (tmp_path / "serve.log").read_text()
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "polo serve did not come up in 120 s"
-            time.sleep(0.5)
-        ask = {"messages": prompts.build_messages(PARAGRAPH), "max_tokens": 6}
-        r = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", timeout=60, json=ask,
-                       headers={"Authorization": f"Bearer {key}"})
-        assert r.status_code == 200 and r.json()["model"] == f"polo-easy-{tiny_run.id}"
-        assert httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=ask).status_code == 401
-        # a crowd: every request gets 200 or 503 (none dropped), and the server's memory stays bounded
-        load = serve_load.burst(f"http://127.0.0.1:{port}", 2000, max_tokens=2, api_key=key, pid=proc.pid)
-        print(json.dumps(load))  # the figures, for the note (pytest -s)
-        assert set(load["statuses"]) == {"200", "503"} and sum(load["statuses"].values()) == 2000, load
-        assert load["statuses"]["200"] >= 256, load
-        assert load["server_peak_rss_mib_after"] - load["server_peak_rss_mib_before"] < 300, load
-        health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=10).json()
-        assert health["waiting"] == 0 and health["rejected_busy"] == load["statuses"]["503"]
-    finally:
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=30) == 0
-    served = (tmp_path / "serve.log").read_text()
-    assert f"serving run {tiny_run.id}" in served and "API key required" in served
-    assert not [p for p in tiny_run.path.rglob("*") if p.is_file() and key.encode() in p.read_bytes()]
-    assert key not in served
 
 
 # The Docker files are read here, not built or run (no Docker, no GPU in the tests): what they
