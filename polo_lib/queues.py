@@ -150,6 +150,7 @@ def _write_results(folder: Path, q: QueueFile, rows: list[dict[str, Any]]) -> pd
     table = pd.DataFrame(rows)
     for col in ("eval_loss_best", "loss_last", "chrf_base", "chrf_tuned", "train_seconds"):
         table[col] = [reg.loc[r, col] if isinstance(r, str) and r in reg.index else None for r in table["run_id"]]
+    table = table[[c for c in table.columns if c != "error"] + ["error"]]  # the figures first, a long error last
     reports.write_csv(folder / "results.csv", table)
     kind = "Pipeline (chained)" if q.chained else "Queue"
     reports.write_page(folder / "report.md", f"{kind} {folder.name}",
