@@ -371,7 +371,7 @@ def open_run(cfg, run_id: str | None = None, stage: str | None = None,
         saved = run.params()
         differ = [d for d in _differences(saved.to_dict(), cfg.to_dict()) if d[0].split(".", 1)[0] not in may_differ]
         if differ and _only_the_micro_batch_split(differ, run):
-            _record_split_change(run, cfg, differ)
+            _record_split_change(run, cfg)
         elif differ:
             text = "; ".join(f"{key}: {a!r} in the run, {b!r} now" for key, a, b in differ[:8])
             raise RunError(f"run {run_id} was made with other params ({text}). Continue it with the same params "
@@ -419,7 +419,7 @@ def _only_the_micro_batch_split(differ: list[tuple[str, Any, Any]], run: Run) ->
     return before[0] * before[1] == after[0] * after[1] and not finished
 
 
-def _record_split_change(run: Run, cfg, differ: list[tuple[str, Any, Any]]) -> None:
+def _record_split_change(run: Run, cfg) -> None:
     """params.yaml takes the new split (the rest of the training uses it); the manifest keeps every
     change, so the record says which steps trained with which split."""
     t = cfg.training
