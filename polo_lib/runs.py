@@ -370,8 +370,8 @@ def open_run(cfg, run_id: str | None = None, stage: str | None = None,
         check_writable(run.path)
         saved = run.params()
         differ = [d for d in _differences(saved.to_dict(), cfg.to_dict()) if d[0].split(".", 1)[0] not in may_differ]
-        if differ and _only_the_micro_batch_split(differ, run):
-            _record_split_change(run, cfg)
+        if differ and _only_the_micro_batch_split(differ, saved, cfg, run):
+            _record_split_change(run, saved, cfg)
         elif differ:
             text = "; ".join(f"{key}: {a!r} in the run, {b!r} now" for key, a, b in differ[:8])
             raise RunError(f"run {run_id} was made with other params ({text}). Continue it with the same params "
@@ -404,39 +404,33 @@ MICRO_BATCH = "training.per_device_train_batch_size"
 ACCUMULATION = "training.gradient_accumulation_steps"
 
 
-def _only_the_micro_batch_split(differ: list[tuple[str, Any, Any]], run: Run) -> bool:
+def _split(training) -> tuple[int, int]:
+    return training.per_device_train_batch_size, training.gradient_accumulation_steps
+
+
+def _only_the_micro_batch_split(differ: list[tuple[str, Any, Any]], saved, cfg, run: Run) -> bool:
     """True when only the micro-batch and accumulation differ, their product (the effective batch,
     the samples per optimizer step) is the same, and the run's training has not finished: then the
     run may continue from its last checkpoint with the new split (the way out of running out of
     memory) and trains on the same samples per step."""
-    changed = {key: (a, b) for key, a, b in differ}
-    if not changed or set(changed) - {MICRO_BATCH, ACCUMULATION}:
+    if {key for key, _, _ in differ} - {MICRO_BATCH, ACCUMULATION}:
         return False
-    saved = run.params().training
-    before = (saved.per_device_train_batch_size, saved.gradient_accumulation_steps)
-    after = tuple(changed.get(k, (v, v))[1] for k, v in zip((MICRO_BATCH, ACCUMULATION), before))
+    (bs, ga), (new_bs, new_ga) = _split(saved.training), _split(cfg.training)
     finished = (run.manifest().get("training") or {}).get("status") == "finished"
-    return before[0] * before[1] == after[0] * after[1] and not finished
+    return bs * ga == new_bs * new_ga and not finished
 
 
-def _record_split_change(run: Run, cfg) -> None:
-    """params.yaml takes the new split (the rest of the training uses it); the manifest keeps every
-    change, so the record says which steps trained with which split."""
-    t = cfg.training
-    previous = run.params().training
-    out_of_memory = (run.manifest().get("training") or {}).get("out_of_memory") or {}
-    change = {"at": _now(), "out_of_memory_at_step": out_of_memory.get("step"),
-              "from": {"per_device_train_batch_size": previous.per_device_train_batch_size,
-                       "gradient_accumulation_steps": previous.gradient_accumulation_steps},
-              "to": {"per_device_train_batch_size": t.per_device_train_batch_size,
-                     "gradient_accumulation_steps": t.gradient_accumulation_steps},
-              "effective_batch": t.per_device_train_batch_size * t.gradient_accumulation_steps}
-    saved = run.params()
-    updated = saved.model_copy(update={"training": saved.training.model_copy(update={
-        "per_device_train_batch_size": t.per_device_train_batch_size,
-        "gradient_accumulation_steps": t.gradient_accumulation_steps})})
-    params_lib.save(updated, run.params_path)
-    run.update_manifest(batch_split_changes=[*(run.manifest().get("batch_split_changes") or []), change])
+def _record_split_change(run: Run, saved, cfg) -> None:
+    """params.yaml (`saved`, as the run has it) takes the new split (the rest of the training uses
+    it); the manifest keeps every change, so the record says which steps trained with which split."""
+    names = ("per_device_train_batch_size", "gradient_accumulation_steps")
+    before, after = dict(zip(names, _split(saved.training))), dict(zip(names, _split(cfg.training)))
+    manifest = run.manifest()
+    out_of_memory = (manifest.get("training") or {}).get("out_of_memory") or {}
+    change = {"at": _now(), "out_of_memory_at_step": out_of_memory.get("step"), "from": before, "to": after,
+              "effective_batch": after[names[0]] * after[names[1]]}
+    params_lib.save(saved.model_copy(update={"training": saved.training.model_copy(update=after)}), run.params_path)
+    run.update_manifest(batch_split_changes=[*(manifest.get("batch_split_changes") or []), change])
 
 
 def _initial_manifest(run: Run, cfg, device, decisions) -> dict[str, Any]:
