@@ -526,13 +526,19 @@ def _english_pattern(term: str) -> re.Pattern:
     return re.compile(r"(?<![A-Za-z0-9])" + body + r"(?![A-Za-z0-9])", re.IGNORECASE)
 
 
-def _english_terms(text: str, glossary: Sequence[GlossaryEntry]) -> set[int]:
-    """Indexes of entries whose English forms occur in `text`, longest match first: a match
-    lying inside a longer match of another entry ("R-CNN" in "Fast R-CNN") does not count."""
+def english_term_spans(text: str, glossary: Sequence[GlossaryEntry]) -> list[tuple[int, int, int]]:
+    """(start, end, entry index) of every English glossary form in `text` (the matching rule of
+    `_english_pattern`), longest match first: a match lying inside a longer match of another entry
+    ("R-CNN" in "Fast R-CNN") does not count."""
     spans = [(m.start(), m.end(), i) for i, entry in enumerate(glossary)
              for form in entry.english_forms for m in _english_pattern(form).finditer(text)]
-    return {i for s, e, i in spans
-            if not any(j != i and s2 <= s and e <= e2 and e2 - s2 > e - s for s2, e2, j in spans)}
+    return [(s, e, i) for s, e, i in spans
+            if not any(j != i and s2 <= s and e <= e2 and e2 - s2 > e - s for s2, e2, j in spans)]
+
+
+def _english_terms(text: str, glossary: Sequence[GlossaryEntry]) -> set[int]:
+    """Indexes of entries whose English forms occur in `text` (english_term_spans)."""
+    return {i for _, _, i in english_term_spans(text, glossary)}
 
 
 def _squash(text: str) -> str:

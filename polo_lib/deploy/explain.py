@@ -26,6 +26,7 @@ from typing import Any, Literal
 from .. import inference, prompts
 from ..atomic import atomic_write_text
 from ..errors import DataError, RunError
+from ..metrics import english_term_spans, load_glossary
 from ..notebook import say
 from . import export
 
@@ -142,7 +143,7 @@ def split_paper(text: str) -> list[Block]:
         if not lines:
             continue
         joined = " ".join(lines)
-        kind = classify(joined if len(lines) > 1 else lines[0])
+        kind = classify(joined)
         if kind == "heading":
             title = joined.lstrip("#").strip()
             in_references = bool(_REFERENCES.match(re.sub(r"^[\d.]+\s*", "", title)))
@@ -176,32 +177,23 @@ def fit(blocks: Sequence[Block], tokenizer, max_seq_length: int, max_new_tokens:
         if block.kind != "paragraph" or tokens(block.text) <= room:
             out.append(block)
             continue
-        pieces, current = [], ""
-        for sentence in _pieces(_SENTENCE_END.split(block.text), tokens, room):
-            candidate = f"{current} {sentence}".strip()
-            if current and tokens(candidate) > room:
-                pieces.append(current)
-                candidate = sentence
-            current = candidate
-        pieces.append(current)
-        out += [Block("paragraph", p, part=i) for i, p in enumerate(pieces, 1)]
+        sentences = [piece for sentence in _SENTENCE_END.split(block.text)  # one too long alone: cut at words
+                     for piece in _pack(sentence.split(), tokens, room)]
+        out += [Block("paragraph", p, part=i) for i, p in enumerate(_pack(sentences, tokens, room), 1)]
     return out
 
 
-def _pieces(sentences: list[str], tokens: Callable[[str], int], room: int) -> list[str]:
-    """Sentences, each one that alone does not fit cut at words into ones that do."""
-    out = []
-    for sentence in sentences:
-        words, current = sentence.split(), ""
-        for word in words:
-            candidate = f"{current} {word}".strip()
-            if current and tokens(candidate) > room:
-                out.append(current)
-                candidate = word
-            current = candidate
-        if current:
+def _pack(units: list[str], tokens: Callable[[str], int], room: int) -> list[str]:
+    """`units` (words or sentences) joined with spaces into as few pieces as fit in `room` tokens,
+    in order; a unit that does not fit alone is a piece of its own."""
+    out, current = [], ""
+    for unit in units:
+        candidate = f"{current} {unit}".strip()
+        if current and tokens(candidate) > room:
             out.append(current)
-    return out
+            candidate = unit
+        current = candidate
+    return out + [current] if current else out
 
 
 # ---------------------------------------------------------------- explaining
@@ -286,43 +278,37 @@ def explain(blocks: Sequence[Block], answer: Answer, max_new_tokens: int, batch_
 
 # ---------------------------------------------------------------- writing
 
-def glossary_marks(text: str, korean: bool) -> list[tuple[str, str]]:
-    """(form found in `text`, the English term) for each glossary term it uses: Korean renderings
-    in an explanation, English forms in an original."""
-    from ..metrics import load_glossary
+def glossary_spans(text: str, korean: bool, glossary) -> list[tuple[int, int, str]]:
+    """(start, end, English term) of each glossary term `text` uses, not overlapping: in an original,
+    its English forms as the metrics match them (metrics.english_term_spans); in an explanation, each
+    term's longest Korean rendering that occurs, everywhere it occurs."""
+    if korean:
+        spans = []
+        for entry in glossary:
+            form = next((f for f in sorted(entry.ko, key=len, reverse=True) if f and f in text), None)
+            spans += [(m.start(), m.end(), entry.en) for m in re.finditer(re.escape(form), text)] if form else []
+    else:
+        spans = [(s, e, glossary[i].en) for s, e, i in english_term_spans(text, glossary)]
+    kept: list[tuple[int, int, str]] = []
+    for span in sorted(spans, key=lambda x: (x[0], x[0] - x[1])):  # by start, the longer first
+        if not kept or span[0] >= kept[-1][1]:
+            kept.append(span)
+    return kept
 
-    found = []
-    for entry in load_glossary():
-        forms = entry.ko if korean else entry.english_forms
-        for form in sorted(forms, key=len, reverse=True):
-            if form and (form in text if korean else re.search(rf"(?<![A-Za-z]){re.escape(form)}(?![A-Za-z])",
-                                                                 text, re.I)):
-                found.append((form, entry.en))
-                break
-    return found
 
-
-def _marked(text: str, marks: list[tuple[str, str]], html_out: bool) -> str:
-    """`text` with each glossary form marked: **form** in Markdown, <mark title=term> in HTML."""
-    if not marks:
-        return html.escape(text) if html_out else text
-    pattern = re.compile("|".join(re.escape(f) for f, _ in sorted(marks, key=lambda m: -len(m[0]))),
-                         0 if all(not f.isascii() for f, _ in marks) else re.I)
-    terms = {f.lower(): t for f, t in marks}
+def _marked(text: str, korean: bool, glossary, html_out: bool) -> str:
+    """`text` with each glossary term marked: **form** in Markdown, <mark title=term> in HTML."""
+    escape = html.escape if html_out else str
     out, last = [], 0
-    for m in pattern.finditer(text):
-        before, word = text[last:m.start()], m.group(0)
-        if html_out:
-            out += [html.escape(before), f'<mark title="{html.escape(terms.get(word.lower(), word))}">'
-                                         f"{html.escape(word)}</mark>"]
-        else:
-            out += [before, f"**{word}**"]
-        last = m.end()
-    tail = text[last:]
-    return "".join(out) + (html.escape(tail) if html_out else tail)
+    for start, end, term in glossary_spans(text, korean, glossary):
+        word = text[start:end]
+        out += [escape(text[last:start]),
+                f'<mark title="{html.escape(term)}">{html.escape(word)}</mark>' if html_out else f"**{word}**"]
+        last = end
+    return "".join(out) + escape(text[last:])
 
 
-def markdown(result: Explained) -> str:
+def markdown(result: Explained, glossary) -> str:
     lines = [f"# {result.paper}: in easy Korean", "",
              f"Run `{result.run_id}` ({result.model}); {result.counts.get('paragraph', 0)} paragraphs explained in "
              f"{result.seconds} s ({result.tokens_per_s} tokens/s). Glossary terms are in bold.", ""]
@@ -331,9 +317,8 @@ def markdown(result: Explained) -> str:
             lines += [f"## {b.text}", ""]
         elif b.kind == "paragraph":
             part = f" (part {b.part})" if b.part else ""
-            lines += [f"**Original{part}**", "", _marked(b.text, glossary_marks(b.text, False), False), "",
-                      "**쉬운 설명**", "", _marked(b.korean or "", glossary_marks(b.korean or "", True), False), "",
-                      "---", ""]
+            lines += [f"**Original{part}**", "", _marked(b.text, False, glossary, False), "",
+                      "**쉬운 설명**", "", _marked(b.korean or "", True, glossary, False), "", "---", ""]
         elif b.kind == "equation":
             lines += ["```", b.text, "```", ""]
         else:
@@ -347,7 +332,7 @@ _CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto
 mark{background:#fff3b0;padding:0 .1em}h1{font-size:1.5em}h2{margin-top:1.6em}.facts{color:#555}"""
 
 
-def to_html(result: Explained) -> str:
+def to_html(result: Explained, glossary) -> str:
     parts = [f"<!doctype html><html lang='ko'><head><meta charset='utf-8'><title>{html.escape(result.paper)}"
              f"</title><style>{_CSS}</style></head><body>",
              f"<h1>{html.escape(result.paper)}: in easy Korean</h1>",
@@ -359,9 +344,8 @@ def to_html(result: Explained) -> str:
             parts.append(f"<h2>{html.escape(b.text)}</h2>")
         elif b.kind == "paragraph":
             parts.append("<div class='pair'>"
-                         f"<div class='original'>{_marked(b.text, glossary_marks(b.text, False), True)}</div>"
-                         f"<div class='korean'>{_marked(b.korean or '', glossary_marks(b.korean or '', True), True)}"
-                         "</div></div>")
+                         f"<div class='original'>{_marked(b.text, False, glossary, True)}</div>"
+                         f"<div class='korean'>{_marked(b.korean or '', True, glossary, True)}</div></div>")
         else:
             parts.append(f"<div class='kept {b.kind}'>{html.escape(b.text)}</div>")
     parts.append("</body></html>")
@@ -383,9 +367,9 @@ def check_outputs(run, paper: str | Path, overwrite: bool) -> None:
 
 def write(result: Explained, run, paper: str | Path) -> dict[str, Path]:
     """explained/<paper>.md, .html and .json in the run folder (each written atomically)."""
-    out = output_paths(run, paper)
-    atomic_write_text(out["md"], markdown(result))
-    atomic_write_text(out["html"], to_html(result))
+    out, glossary = output_paths(run, paper), load_glossary()  # the glossary read once for both pages
+    atomic_write_text(out["md"], markdown(result, glossary))
+    atomic_write_text(out["html"], to_html(result, glossary))
     body: dict[str, Any] = {"paper": result.paper, "run_id": result.run_id, "model": result.model,
                             "counts": result.counts, "seconds": result.seconds, "new_tokens": result.new_tokens,
                             "tokens_per_s": result.tokens_per_s, "blocks": [asdict(b) for b in result.blocks]}
