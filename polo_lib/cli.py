@@ -192,6 +192,11 @@ def cmd_export(args) -> int:
     return 0
 
 
+def _api_key(args) -> str | None:
+    """--api-key, else POLO_API_KEY from the environment (the way a key stays off the command line)."""
+    return args.api_key if args.api_key is not None else os.environ.get("POLO_API_KEY")
+
+
 def cmd_explain(args) -> int:
     for name in ("max_new_tokens", "batch_size"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
@@ -202,13 +207,13 @@ def cmd_explain(args) -> int:
     from .deploy import explain
 
     explain.check_outputs(run, args.paper, args.force)
-    explain.check_paragraphs(explain.split_paper(explain.read_paper(args.paper)), args.paper)
+    blocks = explain.split_paper(explain.read_paper(args.paper))
+    explain.check_paragraphs(blocks, args.paper)
     if not args.server:
         _unsloth_first()
-    api_key = args.api_key if args.api_key is not None else os.environ.get("POLO_API_KEY")
-    result, written = explain.explain_paper(run, args.paper, merged=args.merged, server=args.server, api_key=api_key,
-                                            max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                                            overwrite=args.force)
+    result, written = explain.explain_paper(run, args.paper, blocks=blocks, merged=args.merged, server=args.server,
+                                            api_key=_api_key(args), max_new_tokens=args.max_new_tokens,
+                                            batch_size=args.batch_size, overwrite=args.force)
     counts = ", ".join(f"{n} {kind}(s)" for kind, n in result.counts.items())
     print(f"{result.paper}: {counts}; {result.counts.get('paragraph', 0)} explained in {result.seconds} s, "
           f"{result.new_tokens} tokens ({result.tokens_per_s} tokens/s)")
@@ -234,10 +239,9 @@ def cmd_serve(args) -> int:
             raise ParamsError(f"--{name.replace('_', '-')} must be at least 1")
     if args.timeout <= 0:
         raise ParamsError("--timeout must be more than 0 seconds")
-    api_key = args.api_key if args.api_key is not None else os.environ.get("POLO_API_KEY")
     _unsloth_first()
     from .deploy import serve
-    serve.serve(args.run_id, args.host, args.port, merged=args.merged, api_key=api_key,
+    serve.serve(args.run_id, args.host, args.port, merged=args.merged, api_key=_api_key(args),
                 max_batch_size=args.max_batch_size, batch_wait_ms=args.batch_wait_ms,
                 max_tokens_limit=args.max_tokens_limit, max_queue=args.max_queue, request_timeout_s=args.timeout)
     return 0
@@ -249,9 +253,8 @@ def cmd_chat(args) -> int:
 
     if args.server and args.run_id:
         raise ParamsError("give a RUN to load here, or --server URL to talk to a running `polo serve`, not both")
-    api_key = args.api_key if args.api_key is not None else os.environ.get("POLO_API_KEY")
     chat_app.launch(args.run_id or runs.LATEST, args.host, args.port, with_base=not args.no_base,
-                    server=args.server, api_key=api_key)
+                    server=args.server, api_key=_api_key(args))
     return 0
 
 

@@ -377,13 +377,13 @@ def write(result: Explained, run, paper: str | Path) -> dict[str, Path]:
     return out
 
 
-def explain_paper(run, paper: str | Path, merged: bool = False, server: str | None = None,
-                  api_key: str | None = None, max_new_tokens: int | None = None, batch_size: int | None = None,
-                  overwrite: bool = False) -> tuple[Explained, dict[str, Path]]:
-    """The whole command: read and split the paper (every check first), load the model (or
-    connect to the server), fit, explain, write. The notebook makes the same calls one by one."""
+def explain_paper(run, paper: str | Path, blocks: Sequence[Block] | None = None, merged: bool = False,
+                  server: str | None = None, api_key: str | None = None, max_new_tokens: int | None = None,
+                  batch_size: int | None = None, overwrite: bool = False) -> tuple[Explained, dict[str, Path]]:
+    """The whole command: read and split the paper (every check first; `blocks` when the caller
+    split it already), load the model (or connect to the server), fit, explain, write."""
     check_outputs(run, paper, overwrite)
-    blocks = split_paper(read_paper(paper))
+    blocks = split_paper(read_paper(paper)) if blocks is None else blocks
     check_paragraphs(blocks, paper)
     if not server:  # the model is there before the paper is cut to its length
         export.require_merged(run) if merged else inference.require_adapter(run)
