@@ -101,11 +101,16 @@ def _generate_ids(model, tokenizer, texts: Sequence[str], max_new_tokens: int,
     return out[:, enc["input_ids"].shape[1]:].tolist(), seconds
 
 
+def _until_eos(ids: list[int], eos: int | None) -> list[int]:
+    """New ids up to and including the first EOS (what follows is padding)."""
+    return ids[:ids.index(eos) + 1] if eos in ids else ids
+
+
 def _decoded(tokenizer, ids: list[int], seconds: float, batch_size: int = 1) -> Generation:
-    """One row of new ids as text, cut after the first EOS (what follows is padding)."""
-    eos = tokenizer.eos_token_id
-    n = ids.index(eos) + 1 if eos in ids else len(ids)
-    return Generation(whole_text(tokenizer, ids[:n]), n, seconds, eos in ids[:n], batch_size)
+    """One row of new ids as text, cut after the first EOS."""
+    answer = _until_eos(ids, tokenizer.eos_token_id)
+    return Generation(whole_text(tokenizer, answer), len(answer), seconds, answer[-1:] == [tokenizer.eos_token_id],
+                      batch_size)
 
 
 BROKEN = "\ufffd"  # what decoding makes of bytes that are not a whole UTF-8 character
@@ -212,8 +217,7 @@ def greedy_ids(model, tokenizer, chats: Sequence[list[dict[str, str]]], max_new_
     out = []
     for chat in chats:
         rows, _ = _generate_ids(model, tokenizer, [prompt_text(tokenizer, chat)], max_new_tokens, do_sample=False)
-        ids, eos = rows[0], tokenizer.eos_token_id
-        out.append(ids[:ids.index(eos) + 1] if eos in ids else ids)
+        out.append(_until_eos(rows[0], tokenizer.eos_token_id))
     return out
 
 
