@@ -203,8 +203,8 @@ def ollama_modelfile(tokenizer, gguf_name: str) -> str:
     from ..train import derive_markers
 
     system, user = "QQQ_MODELFILE_SYSTEM", "QQQ_MODELFILE_PROMPT"
-    rendered = tokenizer.apply_chat_template([{"role": "system", "content": system}, {"role": "user", "content": user}],
-                                             tokenize=False, add_generation_prompt=True)
+    rendered = inference.prompt_text(tokenizer, [{"role": "system", "content": system},
+                                                  {"role": "user", "content": user}])
     adds_bos = tokenizer("x")["input_ids"][:1] == [tokenizer.bos_token_id]
     if adds_bos and rendered.startswith(tokenizer.bos_token):  # llama.cpp adds that BOS itself, as the tokenizer does
         rendered = rendered[len(tokenizer.bos_token):]
