@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	@test -x $(BIN)/python || { py=$$(PYTHON="$(PYTHON)" sh requirements/find-python.sh) && $$py -m venv $(VENV); }
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=25"
 	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) $(TORCH)
-	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e ".[lab,dev,serve]"
+	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e ".[lab,dev,serve,track]"
 	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) --no-deps $(UNSLOTH)
 	@# A kernel inside the venv: papermill and JupyterLab started from .venv run notebooks with its Python.
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (polo .venv)" >/dev/null

@@ -1,8 +1,17 @@
-"""The YOLO v1 dataset: validate the raw file, clean, group into paragraphs, split, make chats.
+"""The training data: validate the raw files, clean, group into paragraphs, split, make chats.
 
-Raw records are sentences: {id: "major.minor.n", section_major, section_minor, original,
-simplified}. A paragraph is every sentence of one (section_major, section_minor), in id
-order; splits are by paragraph so no paragraph leaks between train and test.
+Three formats (`data.format`), each validated with every problem reported at once:
+- paper (the YOLO v1 dataset's): records are sentences {id: "major.minor.n", section_major,
+  section_minor, original, simplified}; a paragraph is every sentence of one (section_major,
+  section_minor), in id order. One JSON file per paper: several files train on several papers,
+  each file's name (its stem) kept as the examples' `paper`, and each paper split on its own, so
+  every split holds every paper and the evaluation can be broken down per paper.
+- messages: chat JSONL, one {"messages": [{"role": "system", ...}?, {"role": "user", ...},
+  {"role": "assistant", ...}]} per line (OpenAI style); the system prompt is the record's own.
+- alpaca: a JSON list or JSONL of {instruction, input (optional), output}; the user turn is the
+  instruction and the input, no system prompt.
+Each example (a paragraph, or one chat) becomes one chat through the model's own template; splits
+are by example, so nothing leaks between train and test.
 """
 from __future__ import annotations
 
@@ -30,6 +39,9 @@ FIELDS: dict[str, type] = {
 }
 ID_PATTERN = re.compile(r"^(\d+)\.(\d+)\.(\d+)$")
 SPLITS = ("train", "validation", "test")
+# The processed dataset's columns, versioned: data prepared by an older layout is prepared again.
+# 2: `paper` beside id, original, simplified, messages.
+LAYOUT = 2
 
 
 @dataclass(frozen=True)
@@ -39,6 +51,7 @@ class Record:
     section_minor: int
     original: str
     simplified: str
+    paper: str = ""  # the file's stem
 
     @property
     def sort_key(self) -> tuple[int, int, int]:
@@ -47,12 +60,24 @@ class Record:
 
 @dataclass(frozen=True)
 class Paragraph:
-    id: str                      # "major.minor"
+    """One training example: a paper's paragraph, or one chat of a messages/alpaca file."""
+    id: str                      # "major.minor" (paper) or the record's number; "<paper>/..." with several files
     section_major: int
     section_minor: int
     record_ids: tuple[str, ...]
-    original: str
-    simplified: str
+    original: str                # what the user turn carries: the English paragraph, or the chat's question
+    simplified: str              # the answer
+    paper: str = ""              # the file it came from (its stem)
+    # paper format: None (the Easy prompt, prompts.build_messages); a chat's own system prompt, or
+    # "" for none (alpaca, and chats without one)
+    system: str | None = None
+
+    @property
+    def messages(self) -> list[dict[str, str]]:
+        if self.system is None:
+            return prompts.build_messages(self.original, self.simplified)
+        head = [{"role": "system", "content": self.system}] if self.system else []
+        return [*head, {"role": "user", "content": self.original}, {"role": "assistant", "content": self.simplified}]
 
 
 # ---------------------------------------------------------------- validation
@@ -118,25 +143,146 @@ def validate_records(items: Any, source: str = "data") -> list[Record]:
     return [Record(**{k: item[k] for k in FIELDS}) for item in items]
 
 
-def load_raw(path: str | Path) -> list[Record]:
-    """Read and validate the raw JSON file; DataError names the file and every bad record."""
+def _read(path: str | Path) -> tuple[Path, str, str]:
+    """(path, how to show it, its text): a clear DataError when it is missing or not UTF-8."""
     path = paths.resolve_project_path(path)
     shown = _display(path)
     if not path.is_file():
         raise DataError(f"{shown}: no such file. Set data.raw_file to the dataset's path "
-                        f"(relative to the repo root or absolute).")
+                        f"(relative to the repo root or absolute), or a list of paths.")
     raw = path.read_bytes()
     try:
-        text = raw.decode("utf-8")
+        return path, shown, raw.decode("utf-8")
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
         raise DataError(f"{shown}: not UTF-8 at byte {e.start} (line {line}): "
                         f"{raw[e.start:e.start + 4]!r}. Re-save the file as UTF-8.") from None
+
+
+def _json(text: str, shown: str) -> Any:
     try:
-        items = json.loads(text)
+        return json.loads(text)
     except json.JSONDecodeError as e:
         raise DataError(f"{shown}: not valid JSON at line {e.lineno}, column {e.colno}: {e.msg}.") from None
-    return validate_records(items, source=shown)
+
+
+def load_raw(path: str | Path) -> list[Record]:
+    """Read and validate a paper-format JSON file; DataError names the file and every bad record.
+    Each record's `paper` is the file's stem."""
+    path, shown, text = _read(path)
+    return [Record(**{**r.__dict__, "paper": path.stem}) for r in validate_records(_json(text, shown), source=shown)]
+
+
+# ------------------------------------------------------------ chat formats
+
+CHAT_ROLES = ("system", "user", "assistant")
+ALPACA_FIELDS = {"instruction": True, "input": False, "output": True}  # field: required
+
+
+def _items(text: str, shown: str, jsonl: bool) -> tuple[list[tuple[str, Any]], list[str]]:
+    """(label, item) per record and the problems of reading them: a JSON list, or JSONL (one object
+    per line, blank lines skipped; every bad line named at once)."""
+    if not jsonl:
+        items = _json(text, shown)
+        if not isinstance(items, list):
+            raise DataError(f"{shown}: expected a JSON list of records (or JSONL, one per line), got a JSON "
+                            f"{type(items).__name__}.")
+        return [(f"record {i + 1}", item) for i, item in enumerate(items)], []
+    out, problems = [], []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            out.append((f"line {n}", json.loads(line)))
+        except json.JSONDecodeError as e:
+            problems.append(f"line {n}: not valid JSON at column {e.colno}: {e.msg} (JSONL: one object per line)")
+    return out, problems
+
+
+def _text_problem(where: str, value: Any) -> str | None:
+    if not isinstance(value, str):
+        return f"{where} must be text, got {type(value).__name__} {str(value)[:60]!r}"
+    return None if value.strip() else f"{where} is empty"
+
+
+def _chat_problems(label: str, item: Any) -> list[str]:
+    """What is wrong with one messages record: {"messages": [system?, user, assistant]}."""
+    if not isinstance(item, dict):
+        return [f'{label}: expected an object {{"messages": [...]}}, got {type(item).__name__}']
+    problems = [f"{label}: unexpected field '{k}' (allowed: messages)" for k in item if k != "messages"]
+    chat = item.get("messages")
+    if chat is None:
+        return [*problems, f"{label}: missing field 'messages'"]
+    if not isinstance(chat, list) or not chat:
+        return [*problems, f"{label}: 'messages' must be a non-empty list of {{role, content}} objects"]
+    for j, m in enumerate(chat):
+        where = f"{label}: messages[{j}]"
+        if not isinstance(m, dict):
+            problems.append(f"{where}: expected an object {{role, content}}, got {type(m).__name__}")
+            continue
+        problems += [f"{where}: unexpected field '{k}' (allowed: role, content)"
+                     for k in m if k not in ("role", "content")]
+        if m.get("role") not in CHAT_ROLES:
+            problems.append(f"{where}: role must be one of {', '.join(CHAT_ROLES)}, got {m.get('role')!r}")
+        problem = _text_problem(f"{where}: content", m.get("content"))
+        if problem:
+            problems.append(problem)
+    roles = [m.get("role") if isinstance(m, dict) else None for m in chat]
+    if all(r in CHAT_ROLES for r in roles):
+        turns = roles[1:] if roles[:1] == ["system"] else roles
+        if turns != ["user", "assistant"]:
+            problems.append(f"{label}: expected one exchange: [system,] user, assistant; got roles {roles}. "
+                            "Multi-turn chats are not supported: write one exchange per line.")
+    return problems
+
+
+def _alpaca_problems(label: str, item: Any) -> list[str]:
+    """What is wrong with one alpaca record: {instruction, input (optional), output}."""
+    if not isinstance(item, dict):
+        return [f"{label}: expected an object with fields {', '.join(ALPACA_FIELDS)}, got {type(item).__name__}"]
+    problems = [f"{label}: unexpected field '{k}' (allowed: {', '.join(ALPACA_FIELDS)})"
+                for k in item if k not in ALPACA_FIELDS]
+    for name, required in ALPACA_FIELDS.items():
+        if name not in item:
+            if required:
+                problems.append(f"{label}: missing field '{name}'")
+            continue
+        value = item[name]
+        if not required and value in ("", None):
+            continue
+        problem = _text_problem(f"{label}: '{name}'", value)
+        if problem:
+            problems.append(problem)
+    return problems
+
+
+def load_chats(path: str | Path, fmt: str, prefix: str = "") -> list[Paragraph]:
+    """Read and validate a messages or alpaca file: every problem of every record at once, as one
+    DataError naming the file; else one example per record, ids "1", "2", ... (its line number in
+    JSONL, its position in a JSON list), after `prefix`."""
+    path, shown, text = _read(path)
+    jsonl = path.suffix.lower() == ".jsonl" or (fmt == "messages" and not text.lstrip().startswith("["))
+    items, problems = _items(text, shown, jsonl)
+    check = _chat_problems if fmt == "messages" else _alpaca_problems
+    for label, item in items:
+        problems += check(label, item)
+    if not items and not problems:
+        problems.append("no records: the file is empty")
+    if problems:
+        raise DataError(f"{shown} (data.format {fmt}): {len(problems)} problem(s) in the records; fix them and "
+                        f"rerun:\n{bullet_list(problems)}")
+    out = []
+    for label, item in items:
+        number = label.split()[-1]
+        if fmt == "messages":
+            chat = item["messages"]
+            system = chat[0]["content"].strip() if chat[0]["role"] == "system" else ""
+            user, answer = chat[-2]["content"].strip(), chat[-1]["content"].strip()
+        else:
+            system, answer = "", item["output"].strip()
+            user = item["instruction"].strip() + (f"\n\n{item['input'].strip()}" if item.get("input") else "")
+        out.append(Paragraph(f"{prefix}{number}", 0, 0, (number,), user, answer, path.stem, system))
+    return out
 
 
 # ------------------------------------------------------------------ cleaning
@@ -155,6 +301,20 @@ def remove_fillers(text: str, phrases: Iterable[str]) -> tuple[str, list[str]]:
     return " ".join(text.split()), removed
 
 
+def clean_examples(examples: Sequence[Paragraph], phrases: Iterable[str]) -> tuple[list[Paragraph], pd.DataFrame]:
+    """clean_records for chat examples: fillers out of each answer, whitespace normalised."""
+    phrases = list(phrases)
+    cleaned, changes = [], []
+    for e in examples:
+        answer, removed = remove_fillers(e.simplified, phrases)
+        if not answer:
+            raise DataError(f"example {e.id}: the answer is empty after removing filler phrases {removed}; "
+                            "write the answer itself, not only the filler.")
+        changes += [{"id": e.id, "removed": phrase, "before": e.simplified, "after": answer} for phrase in removed]
+        cleaned.append(Paragraph(**{**e.__dict__, "simplified": answer}))
+    return cleaned, pd.DataFrame(changes, columns=["id", "removed", "before", "after"])
+
+
 def clean_records(records: Sequence[Record], phrases: Iterable[str]) -> tuple[list[Record], pd.DataFrame]:
     """Clean every `simplified` (fillers, whitespace) and `original` (whitespace).
 
@@ -170,23 +330,25 @@ def clean_records(records: Sequence[Record], phrases: Iterable[str]) -> tuple[li
                             f"phrases {removed}; write the explanation itself, not only the filler.")
         for phrase in removed:
             changes.append({"id": r.id, "removed": phrase, "before": r.simplified, "after": simplified})
-        cleaned.append(Record(r.id, r.section_major, r.section_minor, original, simplified))
+        cleaned.append(Record(r.id, r.section_major, r.section_minor, original, simplified, r.paper))
     return cleaned, pd.DataFrame(changes, columns=["id", "removed", "before", "after"])
 
 
 # ------------------------------------------------------- paragraphs and splits
 
-def group_paragraphs(records: Sequence[Record]) -> list[Paragraph]:
-    """One paragraph per (section_major, section_minor), sentences in id order."""
+def group_paragraphs(records: Sequence[Record], prefix: str = "") -> list[Paragraph]:
+    """One paragraph per (section_major, section_minor) of one paper, sentences in id order; its id
+    "major.minor" after `prefix` ("<paper>/" when several papers are read)."""
     groups: dict[tuple[int, int], list[Record]] = {}
     for r in sorted(records, key=lambda r: r.sort_key):
         groups.setdefault((r.section_major, r.section_minor), []).append(r)
     return [
         Paragraph(
-            id=f"{major}.{minor}", section_major=major, section_minor=minor,
+            id=f"{prefix}{major}.{minor}", section_major=major, section_minor=minor,
             record_ids=tuple(r.id for r in rs),
             original=" ".join(r.original for r in rs),
             simplified=" ".join(r.simplified for r in rs),
+            paper=rs[0].paper,
         )
         for (major, minor), rs in sorted(groups.items())
     ]
@@ -194,12 +356,25 @@ def group_paragraphs(records: Sequence[Record]) -> list[Paragraph]:
 
 def split_paragraphs(paragraphs: Sequence[Paragraph], validation_fraction: float,
                      test_fraction: float, seed: int) -> dict[str, list[Paragraph]]:
-    """Seeded, deterministic split by paragraph; each split keeps document order."""
+    """Seeded, deterministic split by paragraph, each paper on its own (so every split holds every
+    paper, in the fractions asked); each split keeps document order."""
+    papers: dict[str, list[Paragraph]] = {}
+    for p in paragraphs:
+        papers.setdefault(p.paper, []).append(p)
+    if len(papers) > 1:
+        parts = {name: _split_one(ps, validation_fraction, test_fraction, seed, f"paper '{name}': ")
+                 for name, ps in papers.items()}
+        return {s: [p for name in papers for p in parts[name][s]] for s in SPLITS}
+    return _split_one(paragraphs, validation_fraction, test_fraction, seed)
+
+
+def _split_one(paragraphs: Sequence[Paragraph], validation_fraction: float, test_fraction: float, seed: int,
+               label: str = "") -> dict[str, list[Paragraph]]:
     n = len(paragraphs)
     n_val = max(1, round(n * validation_fraction))
     n_test = max(1, round(n * test_fraction))
     if n - n_val - n_test < 1:
-        raise DataError(f"{n} paragraphs cannot be split into train/validation/test with "
+        raise DataError(f"{label}{n} paragraphs cannot be split into train/validation/test with "
                         f"validation_fraction={validation_fraction} and test_fraction={test_fraction}: "
                         "add data or lower the fractions.")
     order = sorted(range(n), key=lambda i: _key(paragraphs[i].id))
@@ -210,18 +385,20 @@ def split_paragraphs(paragraphs: Sequence[Paragraph], validation_fraction: float
             for s in SPLITS}
 
 
-def _key(pid: str) -> tuple[int, ...]:
-    return tuple(int(x) for x in pid.split("."))
+def _key(pid: str) -> tuple:
+    """Document order of example ids: "2.10" after "2.9"; "<paper>/..." grouped by paper."""
+    paper, _, rest = pid.rpartition("/")
+    return (paper, *(int(x) if x.isdigit() else x for x in rest.split(".")))
 
 
 def to_examples(paragraphs: Sequence[Paragraph]) -> list[dict[str, Any]]:
-    """Chat examples: system (the Easy prompt), user = original, assistant = simplified."""
-    return [{"id": p.id, "original": p.original, "simplified": p.simplified,
-             "messages": prompts.build_messages(p.original, p.simplified)} for p in paragraphs]
+    """Chat examples: (system,) user = original, assistant = simplified; `paper` names the file."""
+    return [{"id": p.id, "paper": p.paper, "original": p.original, "simplified": p.simplified,
+             "messages": p.messages} for p in paragraphs]
 
 
 def paragraph_table(splits: dict[str, list[Paragraph]]) -> pd.DataFrame:
-    rows = [{"id": p.id, "split": s, "sentences": len(p.record_ids),
+    rows = [{"id": p.id, "paper": p.paper, "split": s, "sentences": len(p.record_ids),
              "original_chars": len(p.original), "simplified_chars": len(p.simplified),
              "original": p.original, "simplified": p.simplified}
             for s, ps in splits.items() for p in ps]
@@ -282,14 +459,39 @@ class Prepared:
     stats: dict[str, Any]
 
 
+def read_examples(data_params) -> tuple[int, pd.DataFrame, list[Paragraph]]:
+    """(records read, cleaning table, examples) from every raw file, in data.format; the problems of
+    every file at once. Fillers are removed from every answer (the cleaning table lists them)."""
+    files = data_params.raw_files
+    problems: list[str] = []
+    count, cleanings, examples = 0, [], []
+    for f in files:
+        prefix = f"{Path(f).stem}/" if len(files) > 1 else ""
+        try:
+            if data_params.format == "paper":
+                records = load_raw(f)
+                cleaned, cleaning = clean_records(records, data_params.filler_phrases)
+                examples += group_paragraphs(cleaned, prefix)
+            else:
+                chats = load_chats(f, data_params.format, prefix)
+                records, (cleaned_chats, cleaning) = chats, clean_examples(chats, data_params.filler_phrases)
+                examples += cleaned_chats
+        except DataError as e:
+            problems.append(str(e))
+            continue
+        count += len(records)
+        cleanings.append(cleaning)
+    if problems:
+        raise DataError("\n".join(problems))
+    return count, pd.concat(cleanings, ignore_index=True), examples
+
+
 def _split(data_params):
-    """(records, cleaning table, paragraphs, splits): everything of prepare that needs no tokenizer."""
-    records = load_raw(data_params.raw_file)
-    cleaned, cleaning = clean_records(records, data_params.filler_phrases)
-    paragraphs = group_paragraphs(cleaned)
+    """(records read, cleaning table, paragraphs, splits): everything of prepare that needs no tokenizer."""
+    count, cleaning, paragraphs = read_examples(data_params)
     splits = split_paragraphs(paragraphs, data_params.validation_fraction,
                               data_params.test_fraction, data_params.split_seed)
-    return records, cleaning, paragraphs, splits
+    return count, cleaning, paragraphs, splits
 
 
 def split_sizes(data_params) -> dict[str, int]:
@@ -298,12 +500,14 @@ def split_sizes(data_params) -> dict[str, int]:
 
 
 def inputs_hash(data_params, tokenizer, max_seq_length: int) -> str:
-    """12 hex digits of everything the processed data is made from: the raw file's bytes, the data
-    params, max_seq_length, and the tokenizer's identity (class, vocabulary, special tokens and
-    chat template). Equal hashes: preparing again would write the same splits."""
-    raw = paths.resolve_project_path(data_params.raw_file)
-    h = hashlib.sha256(raw.read_bytes() if raw.is_file() else b"")
-    identity = {"data": data_params.model_dump(mode="json"), "max_seq_length": max_seq_length,
+    """12 hex digits of everything the processed data is made from: the raw files' bytes, the data
+    params, max_seq_length, the tokenizer's identity (class, vocabulary, special tokens and chat
+    template) and LAYOUT. Equal hashes: preparing again would write the same splits."""
+    h = hashlib.sha256()
+    for f in data_params.raw_files:
+        raw = paths.resolve_project_path(f)
+        h.update(hashlib.sha256(raw.read_bytes() if raw.is_file() else b"").digest())
+    identity = {"data": data_params.model_dump(mode="json"), "max_seq_length": max_seq_length, "layout": LAYOUT,
                 "tokenizer": type(tokenizer).__name__, "chat_template": getattr(tokenizer, "chat_template", None),
                 "special": {k: str(v) for k, v in getattr(tokenizer, "special_tokens_map", {}).items()}}
     h.update(json.dumps(identity, sort_keys=True, ensure_ascii=False).encode())
@@ -330,7 +534,7 @@ def current_hash(data_params, tokenizer, max_seq_length: int) -> str | None:
 
 def prepare(data_params, tokenizer, max_seq_length: int) -> Prepared:
     """Load, validate, clean, group, split, build chats and count tokens. Writes nothing."""
-    records, cleaning, paragraphs, splits = _split(data_params)
+    count, cleaning, paragraphs, splits = _split(data_params)
     examples, lengths, dropped = {}, {}, {}
     for split, ps in splits.items():
         ex = to_examples(ps)
@@ -339,8 +543,11 @@ def prepare(data_params, tokenizer, max_seq_length: int) -> Prepared:
         examples[split] = kept
         lengths[split] = [k for k in n if k <= max_seq_length]
     stats = {
-        "raw_file": _display(paths.resolve_project_path(data_params.raw_file)),
-        "records": len(records), "paragraphs": len(paragraphs),
+        "raw_file": ", ".join(_display(paths.resolve_project_path(f)) for f in data_params.raw_files),
+        "format": data_params.format,
+        "records": count, "paragraphs": len(paragraphs),
+        "papers": {name: {s: sum(e["paper"] == name for e in ex) for s, ex in examples.items()}
+                   for name in dict.fromkeys(p.paper for p in paragraphs)},
         "fillers_removed": int(len(cleaning)),
         "fillers_by_phrase": cleaning["removed"].value_counts().to_dict() if len(cleaning) else {},
         "split_sizes": {s: len(e) for s, e in examples.items()},

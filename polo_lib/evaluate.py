@@ -56,7 +56,8 @@ def predict(evaluation, cfg, dataset) -> pd.DataFrame:
                                              on_batch=_progress_to(run, f"{name} model"), **decoding)
     rows = []
     for i, pid in enumerate(split["id"]):
-        row = {"id": pid, "original": split["original"][i], "reference": split["simplified"][i]}
+        row = {"id": pid, "paper": split["paper"][i] if "paper" in split.column_names else "",
+               "original": split["original"][i], "reference": split["simplified"][i]}
         for name, gens in outputs.items():
             row.update({name: gens[i].text, f"{name}_new_tokens": gens[i].new_tokens,
                         f"{name}_seconds": gens[i].seconds, f"{name}_batch_size": gens[i].batch_size})
@@ -101,8 +102,38 @@ def score(predictions: pd.DataFrame, cfg, evaluation=None) -> pd.DataFrame:
         body = {"split": cfg.evaluation.split, "examples": len(predictions),
                 "decoding": cfg.evaluation.model_dump(), "metrics": _clean(table.to_dict(orient="index")),
                 "speed": _clean(speed.to_dict(orient="index"))}
+        papers = by_paper(predictions, glossary)
+        if papers is not None:
+            body["by_paper"] = _clean(papers.reset_index().to_dict(orient="records"))
         atomic_write_json(evaluation.path / "metrics.json", body)
     return table
+
+
+# The metrics of the per-paper table: the n-gram scores and the task figures, no embedding model.
+PAPER_METRICS = ("chrf", "bleu", "rouge_l", "sari", "term_coverage", "hangul_share")
+
+
+def by_paper(predictions: pd.DataFrame, glossary) -> pd.DataFrame | None:
+    """Base and tuned per paper (rows: paper; columns: examples, <metric>_base, <metric>_tuned),
+    when the evaluation holds more than one paper (data.raw_file with several files); else None."""
+    from . import metrics
+
+    if "paper" not in predictions or predictions["paper"].nunique() < 2:
+        return None
+    rows = []
+    for paper, part in predictions.groupby("paper", sort=False):
+        sources, references = list(part["original"]), list(part["reference"])
+        row = {"paper": paper, "examples": len(part)}
+        for name in ("base", "tuned"):
+            answers = list(part[name])
+            scores = {"chrf": metrics.chrf(answers, references), "bleu": metrics.bleu(answers, references),
+                      "rouge_l": metrics.rouge_l(answers, references),
+                      **{k: v for k, v in metrics.during_training(sources, answers, references, glossary).items()
+                         if k in PAPER_METRICS}}
+            row.update({f"{k}_{name}": scores[k] for k in PAPER_METRICS})
+        rows.append(row)
+    columns = ["paper", "examples", *(f"{k}_{n}" for k in PAPER_METRICS for n in ("base", "tuned"))]
+    return pd.DataFrame(rows, columns=columns).set_index("paper")
 
 
 def _clean(obj: Any) -> Any:

@@ -182,8 +182,9 @@ def generate(lm, chats: Sequence[list[dict[str, str]]], max_new_tokens: int = 12
 
 
 def chats_of(split) -> list[list[dict[str, str]]]:
-    """The prompts of a split: each example's messages without its reference answer."""
-    return [prompts.build_messages(o) for o in split["original"]]
+    """The prompts of a split: each example's messages without its reference answer (the last
+    turn), so a chat dataset's own system prompt is what the model is asked with."""
+    return [list(messages[:-1]) for messages in split["messages"]]
 
 
 def answers_of(loader, chats, progress: str, on_batch=None, **decoding) -> list[Generation]:

@@ -25,6 +25,7 @@ import numpy as np
 
 from . import paths
 from .errors import DataError, bullet_list
+from .params import DURING_TRAINING_METRICS
 
 Tokenizer = Callable[[str], list[str]]
 
@@ -568,6 +569,20 @@ def term_coverage(sources: Sequence[str], predictions: Sequence[str],
 
 
 # ---------------------------------------------------------------- everything at once
+
+def during_training(sources: Sequence[str], predictions: Sequence[str], references: Sequence[str],
+                    glossary: Sequence[GlossaryEntry]) -> dict[str, float]:
+    """The task metrics scored at each evaluation during training (params.DURING_TRAINING_METRICS):
+    the cheap ones of score_all, no embedding model. Same scales and keys as score_all."""
+    _check_lengths(sources=sources, predictions=predictions, references=references)
+    scores = {
+        "chrf": chrf(predictions, references),
+        "sari": sari(sources, predictions, [[r] for r in references]),
+        "term_coverage": term_coverage(sources, predictions, glossary),
+        "hangul_share": _mean(hangul_share(p) for p in predictions),
+    }
+    return {key: float(scores[key]) for key in DURING_TRAINING_METRICS}
+
 
 def score_all(sources: Sequence[str], predictions: Sequence[str], references: Sequence[str],
               filler_phrases: Iterable[str], glossary: Sequence[GlossaryEntry]) -> dict[str, float]:

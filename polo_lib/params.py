@@ -28,6 +28,11 @@ DEFAULT_FILLERS = ["In simple terms, ", "쉽게 말해서, ", "간단히 말하�
 
 
 STEP_SCHEDULES = ("auto", "epoch")  # eval_steps / save_steps besides a number
+# Task metrics that evaluation.during_training scores at each evaluation (their directions:
+# metrics.HIGHER_IS_BETTER), and so what training.early_stopping_metric may name besides eval_loss.
+DURING_TRAINING_METRICS = ("chrf", "sari", "term_coverage", "hangul_share")
+TRACKERS = ("tensorboard", "mlflow", "trackio", "wandb")  # training.report_to
+DATA_FORMATS = ("paper", "messages", "alpaca")  # data.format
 
 
 class _Section(BaseModel):
@@ -95,7 +100,13 @@ class TrainingParams(_Section):
     save_steps: int | str = "auto"
     save_total_limit: int = Field(3, ge=1)
     early_stopping_patience: int = Field(3, ge=0)  # evaluations without improvement; 0: off
-    early_stopping_threshold: float = Field(0.001, ge=0)  # absolute eval_loss improvement
+    early_stopping_threshold: float = Field(0.001, ge=0)  # absolute improvement of early_stopping_metric
+    # What early stopping and the best checkpoint follow: eval_loss, or a task metric scored at
+    # each evaluation (evaluation.during_training must be on); its direction is the metric's own.
+    early_stopping_metric: Literal["eval_loss", "chrf", "sari", "term_coverage", "hangul_share"] = "eval_loss"
+    # Experiment trackers the trainer logs to, besides the run folder: offline by default
+    # (MLflow: a SQLite store in outputs/mlflow; W&B: offline mode; Trackio: its local store).
+    report_to: tuple[Literal["tensorboard", "mlflow", "trackio", "wandb"], ...] = ("tensorboard",)
     seed: int = Field(3407, ge=0)
     save_merged_16bit: bool = False
 
@@ -107,6 +118,15 @@ class TrainingParams(_Section):
         if isinstance(value, bool) or not (value in STEP_SCHEDULES or (isinstance(value, int) and value >= 1)):
             raise ValueError("must be a number of steps (1 or more), 'epoch' (once per epoch) or 'auto' "
                              "(about ten evaluations, at least one per epoch)")
+        return value
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _one_or_many(cls, value):
+        if isinstance(value, str):  # --set training.report_to=mlflow, or "tensorboard,mlflow"
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if isinstance(value, (list, tuple)) and len(set(value)) != len(value):
+            raise ValueError(f"names a tracker twice: {list(value)}")
         return value
 
     @model_validator(mode="after")
@@ -121,7 +141,12 @@ class TrainingParams(_Section):
 
 
 class DataParams(_Section):
-    raw_file: str = "data/raw/yolo_v1.json"  # relative to the repo root
+    # paper: records {id, section_major, section_minor, original, simplified}, one JSON file per
+    # paper (a list of files trains on several papers; each keeps its name in the splits);
+    # messages: chat JSONL ({"messages": [system?, user, assistant]}); alpaca: JSON or JSONL
+    # records {instruction, input, output}.
+    format: Literal["paper", "messages", "alpaca"] = "paper"
+    raw_file: str | tuple[str, ...] = "data/raw/yolo_v1.json"  # relative to the repo root; one or a list
     processed_name: str = Field("yolo_v1", pattern=r"^[A-Za-z0-9._-]+$")
     filler_phrases: tuple[str, ...] = tuple(DEFAULT_FILLERS)
     validation_fraction: float = Field(0.1, gt=0, lt=0.5)
@@ -129,6 +154,27 @@ class DataParams(_Section):
     split_seed: int = Field(3407, ge=0)
     # Examples longer than max_seq_length: TRL would truncate them silently. fail or drop, never cut.
     over_length: Literal["fail", "drop"] = "fail"
+
+    @field_validator("raw_file", mode="before")
+    @classmethod
+    def _one_or_many_files(cls, value):
+        if isinstance(value, list):
+            value = tuple(value)
+        if isinstance(value, tuple):
+            if not value:
+                raise ValueError("names no file: give one path or a list of paths")
+            if len(value) == 1:
+                return value[0]
+            stems = [Path(str(v)).stem for v in value]
+            twice = sorted({s for s in stems if stems.count(s) > 1})
+            if twice:
+                raise ValueError(f"two files share the name {', '.join(twice)}: each file is a paper and "
+                                 "its name (the file name without .json) must be unique")
+        return value
+
+    @property
+    def raw_files(self) -> tuple[str, ...]:
+        return self.raw_file if isinstance(self.raw_file, tuple) else (self.raw_file,)
 
 
 class EvaluationParams(_Section):
@@ -139,6 +185,11 @@ class EvaluationParams(_Section):
     do_sample: bool = False  # greedy by default: comparable across runs
     temperature: float = Field(1.0, gt=0, le=5)
     top_p: float = Field(1.0, gt=0, le=1)
+    # Task metrics during training: this many validation examples (the first ones, the same at
+    # every evaluation) are answered greedily and scored (chrF, SARI, glossary coverage, Hangul
+    # share) at each evaluation, next to eval_loss. 0: off.
+    during_training: int = Field(0, ge=0, le=64)
+    during_training_max_new_tokens: int = Field(96, ge=1, le=2048)
 
 
 class RunParams(_Section):
@@ -159,6 +210,16 @@ class Params(Document):
     data: DataParams = DataParams()
     evaluation: EvaluationParams = EvaluationParams()
     run: RunParams = RunParams()
+
+    @model_validator(mode="after")
+    def _task_metric_needs_scoring(self):
+        metric = self.training.early_stopping_metric
+        if metric != "eval_loss" and not self.evaluation.during_training:
+            raise ValueError(f"training.early_stopping_metric is '{metric}', a task metric, but "
+                             "evaluation.during_training is 0, so it is never scored: set "
+                             "evaluation.during_training to the number of validation examples to score "
+                             "(e.g. 3), or early_stopping_metric: eval_loss")
+        return self
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)

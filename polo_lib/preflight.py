@@ -51,8 +51,18 @@ def _outputs(cfg, found):
 
 
 def _raw_data(cfg, found):
-    records = data.load_raw(cfg.data.raw_file)
-    return OK, f"{len(records)} valid records in {cfg.data.raw_file}"
+    count, _, examples = data.read_examples(cfg.data)
+    papers = list(dict.fromkeys(e.paper for e in examples))
+    return OK, (f"{count} valid records ({cfg.data.format}) in {', '.join(cfg.data.raw_files)}: {len(examples)} "
+                f"examples" + (f" from {len(papers)} papers ({', '.join(papers)})" if len(papers) > 1 else ""))
+
+
+def _trackers(cfg, found):
+    from . import trackers
+
+    trackers.check(cfg.training.report_to)
+    where = {"mlflow": "MLflow store " + trackers.mlflow_uri() if "mlflow" in cfg.training.report_to else None}
+    return OK, ", ".join(where.get(t) or t for t in cfg.training.report_to)
 
 
 def _precision(cfg, found):
@@ -136,6 +146,7 @@ def run_checks(cfg: params.Params) -> Report:
     found: dict[str, Any] = {}  # what one check learned and a later one uses (device, model config)
     _run_one(rows, "outputs folder", _outputs, cfg, found)
     _run_one(rows, "raw data", _raw_data, cfg, found)
+    _run_one(rows, "experiment trackers", _trackers, cfg, found)
     if not _run_one(rows, "precision and device", _precision, cfg, found):
         return Report(rows)  # a GPU recipe on a CPU: nothing else matters
     if _run_one(rows, "model", _model_found, cfg, found):

@@ -60,6 +60,10 @@ def describe(state: dict[str, Any]) -> str:
     return f"{state.get('phase', '')}  {state.get('tokens', 0)} tokens  {_number(state.get('tokens_per_s'), 1)} tok/s"
 
 
+# Task metrics scored during training (evaluation.during_training), shown with each eval_loss.
+TASK_LABELS = {"eval_chrf": "chrF", "eval_sari": "SARI", "eval_term_coverage": "glossary",
+               "eval_hangul_share": "Hangul", "eval_task_seconds": "scored in (s)"}
+
 class View:
     """Shows successive progress states of one stage on `stream`: a tqdm bar on a terminal,
     plain lines at most every `interval` seconds elsewhere; evaluations as lines of their own."""
@@ -95,7 +99,9 @@ class View:
         evaluation = (state.get("eval_step"), state.get("eval_loss"))
         if evaluation[1] is not None and evaluation != self.last_eval:
             self.last_eval = evaluation
-            self._say(f"  eval at step {evaluation[0]}/{total}: eval_loss {_number(evaluation[1], 4)}")
+            task = "".join(f", {label} {_number(state[key], 3)}" for key, label in TASK_LABELS.items()
+                           if state.get(key) is not None)
+            self._say(f"  eval at step {evaluation[0]}/{total}: eval_loss {_number(evaluation[1], 4)}{task}")
         self.state = state
         if self.tty:
             self._draw_bar(state, done, total)

@@ -138,8 +138,9 @@ def _training(run: Run, summary: RunSummary, warnings: list[str]) -> list[str]:
     t = summary.training
     if t is not None:
         figures = t.model_dump(by_alias=True)
-        out += ["## Training", "", md_table([{"figure": k, "value": v} for k, v in figures.items()],
-                                            ["figure", "value"]), ""]
+        rows = [{"figure": f"{k}.{sub}" if isinstance(v, dict) else k, "value": x}
+                for k, v in figures.items() for sub, x in (v.items() if isinstance(v, dict) else [(None, v)])]
+        out += ["## Training", "", md_table(rows, ["figure", "value"]), ""]
         if t.early_stopped:
             warnings.append(f"early stopping fired at step {t.early_stopped_at_step}; "
                             f"the best checkpoint ({t.best_checkpoint}) was kept")
@@ -160,6 +161,9 @@ def _evaluation(run: Run, warnings: list[str]) -> list[str]:
                 f"Evaluation `{latest.id}`, the latest of {len(every)}; its params: "
                 f"[{folder}/params.yaml]({folder}/params.yaml){_evaluation_differs(run, latest, warnings)}", "",
                 md_table(rows, ["metric", "base", "tuned", "delta", "tuned_better"]), ""]
+        if body.get("by_paper"):
+            columns = list(body["by_paper"][0])
+            out += ["### By paper", "", md_table(body["by_paper"], columns), ""]
         if (latest.path / "metrics.png").is_file():
             out += [f"![metrics]({folder}/metrics.png)", ""]
         if (latest.path / "examples.md").is_file():
@@ -224,6 +228,10 @@ def headline(run: Run) -> list[str]:
             f"trainable: {t.trainable_params:,} of {t.total_params:,} parameters ({t.trainable_pct:.2f}%)",
             f"training speed: {t.tokens_per_s} tokens/s over {t.steps} steps",
         ]
+        task = t.task_metrics
+        lines += [f"{name} during training: {_number(task.get(f'{name}_first'))} (step 0) -> "
+                  f"{_number(task.get(f'{name}_last'))} (last), best {_number(task.get(f'{name}_best'))}"
+                  for name in ("chrf", "sari", "term_coverage", "hangul_share") if f"{name}_first" in task]
     e = summary.evaluation
     if e is not None:
         count = f", the latest of {len(summary.evaluations)}" if len(summary.evaluations) > 1 else ""

@@ -28,7 +28,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from . import params as params_lib
-from . import paths
+from . import paths, trackers
 from .atomic import atomic_write_json, match_umask
 from .errors import RunError
 from .notebook import on_cell_error, say
@@ -63,6 +63,11 @@ class TrainingSummary(_Section):
     loss_last: float | None = None
     eval_loss_first: float | None = None
     eval_loss_best: float | None = None
+    early_stopping_metric: str | None = None  # what early stopping and the best checkpoint followed
+    best_metric: float | None = None          # its best value (the trainer's, after step 0)
+    # evaluation.during_training: each task metric at the first evaluation (the base model, step 0),
+    # the last, and the best: chrf_first, chrf_last, chrf_best, ...
+    task_metrics: dict[str, float | None] = {}
     best_checkpoint: str | None = None
     early_stopped: bool = False
     early_stopped_at_step: int | None = None
@@ -472,6 +477,9 @@ def finish_stage(run: Run | None, stage: str, **info: Any) -> Run | None:
     outside any run, see open_run's create) is left as it is."""
     if run is not None:
         run.finish_stage(stage, **info)
+        tracked = trackers.log_stage_end(run, run.params())
+        if tracked:
+            run.update_manifest(trackers=tracked)
     return run
 
 

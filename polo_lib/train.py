@@ -19,10 +19,11 @@ import pandas as pd
 
 from . import device as device_lib
 from . import model as model_lib
-from . import plots, progress
+from . import plots, progress, task_eval, trackers
 from .atomic import atomic_write_text
 from .errors import DataError, ModelError, ParamsError, RunError
 from .notebook import in_notebook, say
+from .params import DURING_TRAINING_METRICS
 
 log = logging.getLogger(__name__)
 
@@ -127,10 +128,12 @@ def sft_config(cfg, run, decisions, plan: Plan):
         logging_steps=t.logging_steps, logging_first_step=True,
         eval_strategy="steps", eval_steps=plan.eval_steps,
         save_strategy="steps", save_steps=plan.save_steps, save_total_limit=t.save_total_limit,
-        load_best_model_at_end=early, metric_for_best_model="eval_loss", greater_is_better=False,
+        load_best_model_at_end=early, metric_for_best_model=task_eval.metric_key(t.early_stopping_metric),
+        greater_is_better=task_eval.greater_is_better(t.early_stopping_metric),
         seed=t.seed, data_seed=t.seed, max_length=cfg.model.max_seq_length,
         include_num_input_tokens_seen="non_padding",
-        report_to="none",  # TensorBoard is added as a callback writing into the run's logs/
+        # TensorBoard is our own callback writing into the run's logs/; the other trackers TRL's
+        report_to=trackers.trainer_report_to(t.report_to), run_name=run.id,
         dataset_num_proc=None, packing=False, disable_tqdm=False,
     )
 
@@ -163,21 +166,24 @@ class _LogRecorder:
             row.update(loss=logs["loss"], learning_rate=logs.get("learning_rate"),
                        grad_norm=logs.get("grad_norm"), tokens_per_s=rate and round(rate, 1), tokens_seen=tokens)
         elif "eval_loss" in logs:
-            row.update(eval_loss=logs["eval_loss"])
+            row.update(eval_loss=logs["eval_loss"], **{k: logs[k] for k in task_eval.LOG_KEYS if k in logs})
         else:
             return
         self.rows.append(row)
         self.write()
         self.latest.update({k: row[k] for k in ("loss", "tokens_per_s") if row.get(k) is not None})
         if row.get("eval_loss") is not None:
-            self.latest.update(eval_loss=row["eval_loss"], eval_step=row["step"])
+            self.latest.update(eval_loss=row["eval_loss"], eval_step=row["step"],
+                               **{k: row[k] for k in task_eval.LOG_KEYS if k in row})
         progress.write(self.csv_path.parent, stage="train", done=state.global_step,
                        total=state.max_steps or self.total_steps, epoch=row["epoch"], **self.latest)
         if self.live:
             self.redraw()
 
     def frame(self) -> pd.DataFrame:
-        return pd.DataFrame(self.rows, columns=LOG_COLUMNS)
+        """The log so far; the task metrics' columns when they were scored (evaluation.during_training)."""
+        task = [k for k in task_eval.LOG_KEYS if any(k in r for r in self.rows)]
+        return pd.DataFrame(self.rows, columns=LOG_COLUMNS + task)
 
     def write(self) -> None:
         buf = io.StringIO()
@@ -209,8 +215,9 @@ def _callbacks(recorder: _LogRecorder, cfg, run):
             if state.is_world_process_zero and logs:
                 recorder.on_log(state, logs)
 
-    callbacks = [RecorderCallback(),
-                 TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(run.logs / "tensorboard")))]
+    callbacks = [RecorderCallback()]
+    if "tensorboard" in cfg.training.report_to:
+        callbacks.append(TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(run.logs / "tensorboard"))))
     if cfg.training.early_stopping_patience > 0:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.training.early_stopping_patience,
                                                early_stopping_threshold=cfg.training.early_stopping_threshold))
@@ -439,6 +446,7 @@ def build(lm, dataset, cfg, run, live: bool | None = None, callbacks: list | Non
     for split, ds in (("train", train_ds), ("validation", eval_ds)):
         counts[split] = label_counts(ds, lm.tokenizer, markers)
         check_labels(split, ds["id"], counts[split], markers)
+    score = task_eval.scorer(lm, eval_ds, cfg, samples_path=run.logs / "task_samples.jsonl")
     keep = ["messages"]
     trainer = SFTTrainer(
         model=lm.model, processing_class=lm.tokenizer, args=sft_config(cfg, run, decisions, schedule),
@@ -448,6 +456,8 @@ def build(lm, dataset, cfg, run, live: bool | None = None, callbacks: list | Non
     if len(trainer.train_dataset) != len(train_ds):  # TRL drops fully masked examples by itself
         raise DataError(f"the trainer kept {len(trainer.train_dataset)} of {len(train_ds)} training examples "
                         "after masking; some would train on nothing. Check the chat markers.")
+    if score is not None:
+        task_eval.attach(trainer, score)
     if live is None:
         live = in_notebook()
     step = int(resume_from.name.split("-")[-1]) if resume_from else 0
@@ -463,6 +473,9 @@ def build(lm, dataset, cfg, run, live: bool | None = None, callbacks: list | Non
         {"check": "steps planned", "value": str(schedule.total_steps)},
         {"check": "evaluate / save every", "value": f"{schedule.eval_steps} / {schedule.save_steps} steps "
                                                     f"({schedule.evaluations} evaluations)"},
+        {"check": "task metrics at each evaluation",
+         "value": f"{len(score.ids)} validation example(s), up to {score.max_new_tokens} new tokens; early stopping "
+                  f"on {task_eval.metric_key(cfg.training.early_stopping_metric)}" if score else "off"},
         {"check": "optimizer / precision", "value": f"{getattr(trainer.args.optim, 'value', trainer.args.optim)} / "
                                                     f"{_precision_name(trainer.args)}"},
         {"check": "resume from", "value": str(resume_from.name) if resume_from else "fresh start"},
@@ -499,8 +512,10 @@ def fit(session: Session) -> pd.DataFrame:
         "loss_first": float(losses.iloc[0]) if len(losses) else None,
         "loss_last": float(losses.iloc[-1]) if len(losses) else None,
         "eval_loss_first": float(evals.iloc[0]) if len(evals) else None,
-        "eval_loss_best": float(state.best_metric) if state.best_metric is not None else (
-            float(evals.min()) if len(evals) else None),
+        "eval_loss_best": _best_eval_loss(log_df),
+        "early_stopping_metric": task_eval.metric_key(session.cfg.training.early_stopping_metric),
+        "best_metric": float(state.best_metric) if state.best_metric is not None else None,
+        "task_metrics": _task_figures(log_df),
         "best_checkpoint": Path(state.best_model_checkpoint).name if state.best_model_checkpoint else None,
         "early_stopped": stopped_early,
         "early_stopped_at_step": state.global_step if stopped_early else None,
@@ -510,6 +525,35 @@ def fit(session: Session) -> pd.DataFrame:
     }
     run.update_manifest(training={"status": "finished", **session.result})
     return pd.DataFrame([session.result]).T.rename(columns={0: "value"})
+
+
+def _best_eval_loss(log_df: pd.DataFrame) -> float | None:
+    """The lowest eval_loss after training began (the step-0 baseline is the base model's), or the
+    baseline when training never evaluated."""
+    evals = log_df.dropna(subset=["eval_loss"])
+    trained = evals[evals["step"] > 0]["eval_loss"]
+    values = trained if len(trained) else evals["eval_loss"]
+    return float(values.min()) if len(values) else None
+
+
+def _task_figures(log_df: pd.DataFrame) -> dict[str, float]:
+    """The task metrics scored during training: at the first evaluation (step 0: the base model),
+    the last, and the best after step 0 (in each metric's own direction)."""
+    from .metrics import HIGHER_IS_BETTER
+
+    out = {}
+    for name in DURING_TRAINING_METRICS:
+        key = f"eval_{name}"
+        if key not in log_df:
+            continue
+        values = log_df.dropna(subset=[key])
+        if not len(values):
+            continue
+        trained = values[values["step"] > 0][key]
+        out[f"{name}_first"], out[f"{name}_last"] = float(values[key].iloc[0]), float(values[key].iloc[-1])
+        if len(trained):
+            out[f"{name}_best"] = float(trained.max() if HIGHER_IS_BETTER[name] else trained.min())
+    return out
 
 
 # ------------------------------------------------------------ out of memory

@@ -16,7 +16,7 @@ LAYERS = {  # lowest first
     # `auto` choice (GPU recipe where CUDA is) asks it. notebook: IPython hooks, importing only errors.
     "core": {"paths", "atomic", "errors", "prompts", "params", "notebook", "device", "progress", "unsloth_first"},
     "models": {"model", "local_models", "inference"},
-    "stages": {"data", "train", "evaluate", "metrics", "plots"},
+    "stages": {"data", "train", "task_eval", "trackers", "evaluate", "metrics", "plots"},
     "records": {"runs", "reports"},
     "orchestration": {"pipeline", "preflight", "queues", "compare", "sweeps"},
     "edges": {"deploy", "cli"},

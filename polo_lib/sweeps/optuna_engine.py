@@ -52,9 +52,13 @@ def open_study(sweep: Sweep, sweep_id: str, folder: Path, resume: bool):
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return optuna.create_study(study_name=sweep_id, storage=storage_url(folder), direction=sweep.direction,
-                               sampler=make_sampler(sweep.spec), pruner=make_pruner(sweep.spec),
-                               load_if_exists=resume)
+    study = optuna.create_study(study_name=sweep_id, storage=storage_url(folder), direction=sweep.direction,
+                                sampler=make_sampler(sweep.spec), pruner=make_pruner(sweep.spec),
+                                load_if_exists=resume)
+    # what the intermediate values are, for the results table to show them as they were logged
+    study.set_user_attr("prune_on", sweep.prune_on)
+    study.set_user_attr("prune_sign", sweep.sign)
+    return study
 
 
 def load_study(sweep_id: str):
@@ -134,8 +138,8 @@ def _objective(sweep: Sweep, sweep_id: str, log):
         values = suggest(trial, sweep.spec.space)
         trial.set_user_attr("seconds", None)
 
-        def report(run, step, eval_loss):
-            trial.report(sweep.sign * eval_loss, step)
+        def report(run, step, value):
+            trial.report(sweep.sign * value, step)
             return trial.should_prune()
 
         try:

@@ -1,5 +1,5 @@
-"""The Ray Tune engine: OptunaSearch (the sweep's sampler) + ASHA on eval_loss, one trial per GPU
-or per N CPUs, on a local Ray instance or an existing cluster (--address).
+"""The Ray Tune engine: OptunaSearch (the sweep's sampler) + ASHA on eval_loss (or objective.prune_on), one
+trial per GPU or per N CPUs, on a local Ray instance or an existing cluster (--address).
 
 Each trial runs `run_trial` in a Ray worker and keeps its own record, ray_trials/<number>.json
 in the sweep folder, at every evaluation and at its end. When Tune is done, every record becomes
@@ -66,11 +66,13 @@ def ray_trainable(config: dict[str, Any], sweep_body: dict[str, Any], sweep_id: 
     def save(outcome: TrialOutcome) -> None:
         atomic_write_json(record, {"number": number, "params": values, "started": started, **outcome.__dict__})
 
-    def report(run, step, eval_loss):  # ASHA decides: a stopped trial's worker is ended by Ray
-        evaluations.append((step, eval_loss))
+    def report(run, step, value):  # ASHA decides: a stopped trial's worker is ended by Ray
+        evaluations.append((step, value))
         save(TrialOutcome(status="running", run_id=run.id, evaluations=evaluations))
-        # objective: the searcher records intermediate values in the study's direction
-        tune.report({"eval_loss": eval_loss, "objective": sweep.sign * eval_loss, "step": step})
+        # objective: the searcher records intermediate values in the study's direction; pruned_on: what ASHA
+        # compares, in the study's direction too (mode below)
+        tune.report({sweep.prune_on: value, "pruned_on": sweep.sign * value, "objective": sweep.sign * value,
+                     "step": step})
         return False
 
     outcome = run_trial(sweep, values, sweep_id, number, report, prepare=False)
@@ -78,7 +80,8 @@ def ray_trainable(config: dict[str, Any], sweep_body: dict[str, Any], sweep_id: 
     if outcome.status != "finished":
         raise TrialFailed(f"trial {number}: {outcome.error}")
     last = outcome.evaluations[-1] if outcome.evaluations else (0, float("nan"))
-    tune.report({"eval_loss": last[1], "objective": outcome.value, "step": last[0]})
+    tune.report({sweep.prune_on: last[1], "pruned_on": sweep.sign * last[1], "objective": outcome.value,
+                 "step": last[0]})
 
 
 def ray_trial_number(context) -> int:
@@ -93,7 +96,7 @@ def ray_trial_number(context) -> int:
 # ------------------------------------------------------------------ the driver
 
 def run_ray(sweep: Sweep, sweep_id: str, folder: Path, address: str | None, log):
-    """Ray Tune: OptunaSearch (the sweep's sampler) + ASHA on eval_loss. Every trial lands in
+    """Ray Tune: OptunaSearch (the sweep's sampler) + ASHA on sweep.prune_on. Every trial lands in
     the same study.db afterwards, so the table, plots and report are the optuna engine's."""
     import ray
 
@@ -141,7 +144,8 @@ def _tuner(sweep: Sweep, sweep_id: str, folder: Path):
     spec = sweep.spec
     searcher = OptunaSearch(space=functools.partial(_define_space, space=spec.space), metric="objective",
                             mode="min" if sweep.direction == "minimize" else "max", sampler=make_sampler(spec))
-    scheduler = ASHAScheduler(time_attr="training_iteration", metric="eval_loss", mode="min",
+    scheduler = ASHAScheduler(time_attr="training_iteration", metric="pruned_on",
+                              mode="min" if sweep.direction == "minimize" else "max",
                               grace_period=spec.ray.grace_period, reduction_factor=spec.ray.reduction_factor,
                               max_t=10 ** 6) if spec.pruner.type != "none" else None
     trainable = tune.with_resources(

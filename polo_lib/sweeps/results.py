@@ -36,14 +36,16 @@ def interrupted_trials(study) -> set[int]:
 def results_table(study) -> pd.DataFrame:
     """One row per trial: number, run id, status, objective value, the trial's params, seconds."""
     interrupted = interrupted_trials(study)
-    # intermediate values are eval losses times the study's sign (-1 when maximizing): undo it
-    sign = -1.0 if study.direction.name == "MAXIMIZE" else 1.0
+    # intermediate values are the pruned-on metric (eval_loss unless objective.prune_on) times the
+    # sweep's sign (into the study's direction): undo it
+    prune_on = study.user_attrs.get("prune_on", "eval_loss")
+    sign = study.user_attrs.get("prune_sign", -1.0 if study.direction.name == "MAXIMIZE" else 1.0)
     rows = []
     for t in study.get_trials(deepcopy=False):
         rows.append({"trial": t.number, "run_id": t.user_attrs.get("run_id"), "status": status(t),
                      "objective": t.value if t.state.name == "COMPLETE" else None,  # pruned: last report
                      **{f"params_{k}": v for k, v in t.params.items()},
-                     "last_eval_loss": sign * t.intermediate_values[max(t.intermediate_values)]
+                     f"last_{prune_on}": sign * t.intermediate_values[max(t.intermediate_values)]
                      if t.intermediate_values else None,
                      "seconds": t.user_attrs.get("seconds"),
                      "started": t.user_attrs.get("started") or (  # ray trials: recorded by the worker

@@ -25,7 +25,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .. import params as params_lib
-from .. import paths
+from .. import paths, task_eval
 from ..errors import ParamsError, bullet_list
 
 SWEEPS_DIR = paths.SWEEPS_DIR
@@ -83,6 +83,9 @@ Dimension = Annotated[FloatDim | IntDim | CategoricalDim, Field(discriminator="t
 class Objective(_Strict):
     metric: str = "eval_loss"  # eval_loss, chrf, ... or a summary.json path (training.x, evaluation.tuned.x)
     direction: Literal["minimize", "maximize"] | None = None  # None: the metric's own (known ones)
+    # What the pruner compares at each evaluation: eval_loss, or a task metric scored during training
+    # (the base params need evaluation.during_training); its direction is the metric's own.
+    prune_on: Literal["eval_loss", "chrf", "sari", "term_coverage", "hangul_share"] = "eval_loss"
 
 
 class Sampler(_Strict):
@@ -139,9 +142,16 @@ class Sweep:
         return self.metric.startswith("evaluation.")
 
     @property
+    def prune_on(self) -> str:
+        """The trainer's metric the pruner reads at each evaluation: eval_loss, eval_chrf, ..."""
+        return task_eval.metric_key(self.spec.objective.prune_on)
+
+    @property
     def sign(self) -> float:
-        """Factor that turns an eval loss into the study's direction (pruners compare in it)."""
-        return 1.0 if self.direction == "minimize" else -1.0
+        """Factor that turns a value of `prune_on` into the study's direction (pruners compare in
+        it): -1 where one of them is higher-is-better and the other is not."""
+        lower_is_better = not task_eval.greater_is_better(self.spec.objective.prune_on)
+        return (1.0 if lower_is_better else -1.0) * (1.0 if self.direction == "minimize" else -1.0)
 
 
 # ------------------------------------------------------------------ reading and validating
@@ -205,6 +215,9 @@ def _check_against_params(spec: SweepFile, origin: str) -> Sweep:
     metric, direction, metric_problem = _resolve_objective(spec.objective)
     if metric_problem:
         problems.append(metric_problem)
+    if spec.objective.prune_on != "eval_loss" and not base.evaluation.during_training:
+        problems.append(f"objective.prune_on is '{spec.objective.prune_on}', a task metric, but the base params "
+                        "score none during training: set evaluation.during_training (e.g. 3) in 'set'")
     if spec.pruner.type != "none" and isinstance(base.training.eval_steps, int) and \
             base.training.eval_steps >= _max_steps_hint(base):
         problems.append(f"pruner {spec.pruner.type}: eval_steps ({base.training.eval_steps}) is not below "

@@ -19,7 +19,7 @@ from .. import pipeline, progress, reports, runs
 from ..errors import ParamsError, PoloError, RunError
 from .spec import Sweep
 
-# What an engine does with an evaluation: (run, step, eval_loss) -> True to stop the trial now.
+# What an engine does with an evaluation: (run, step, value of sweep.prune_on) -> True to stop the trial now.
 Report = Callable[[runs.Run, int, float], bool]
 
 
@@ -31,7 +31,7 @@ class TrialOutcome:
     value: float | None = None
     error: str | None = None
     seconds: float = 0.0
-    evaluations: list[tuple[int, float]] = field(default_factory=list)  # (step, eval_loss)
+    evaluations: list[tuple[int, float]] = field(default_factory=list)  # (step, value of sweep.prune_on)
 
 
 class TrialFailed(PoloError):
@@ -51,19 +51,20 @@ def trial_params(sweep: Sweep, values: dict[str, Any], number: int) -> params_li
     return cfg.model_copy(update={"name": f"{sweep.spec.name}-t{number:03d}"})
 
 
-def pruning_callback(report: Callable[[int, float], bool], evaluations: list):
-    """A TrainerCallback: each evaluation after step 0 goes to `report(step, eval_loss)`; True
-    stops training (the pruner's verdict). Step 0 is the base model's loss, the same for all."""
+def pruning_callback(report: Callable[[int, float], bool], evaluations: list, key: str = "eval_loss"):
+    """A TrainerCallback: each evaluation after step 0 goes to `report(step, metrics[key])` (key:
+    eval_loss or a task metric, sweep.prune_on); True stops training (the pruner's verdict). Step 0
+    is the base model's, the same for all."""
     from transformers import TrainerCallback
 
     class PruningCallback(TrainerCallback):
         pruned_at: int | None = None
 
         def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-            if not metrics or "eval_loss" not in metrics or state.global_step == 0:
+            if not metrics or key not in metrics or state.global_step == 0:
                 return
-            evaluations.append((state.global_step, float(metrics["eval_loss"])))
-            if report(state.global_step, float(metrics["eval_loss"])):
+            evaluations.append((state.global_step, float(metrics[key])))
+            if report(state.global_step, float(metrics[key])):
                 self.pruned_at = state.global_step
                 control.should_training_stop = True
 
@@ -121,7 +122,7 @@ def _train_and_score(sweep: Sweep, cfg, run: runs.Run, tag: dict[str, Any], repo
     """train_stage with the pruning callback; then pruned, or (evaluate_stage and) the objective."""
     if prepare:
         pipeline.prepare_stage(cfg)
-    pruning = pruning_callback(lambda step, loss: report(run, step, loss), out.evaluations)
+    pruning = pruning_callback(lambda step, value: report(run, step, value), out.evaluations, sweep.prune_on)
     with progress.watch(run.logs):  # the trial's steps, loss and time left, as `polo run` shows them
         session = pipeline.train_stage(cfg, run, callbacks=[pruning], live=False)
     del session  # the model and trainer: freed before the next trial loads its own

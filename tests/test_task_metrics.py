@@ -1,0 +1,171 @@
+"""Task metrics during training (evaluation.during_training), early stopping on one of them, and the
+MLflow tracker, on one real smoke run (tiny model, real Unsloth + TRL + MLflow): the same run
+answers every question, so the module pays for one training and one evaluation."""
+import json
+import math
+
+import pandas as pd
+import pytest
+
+from polo_lib import params, pipeline, runs, task_eval, trackers, train
+from polo_lib.errors import ParamsError
+from polo_lib.sweeps import spec as sweep_spec
+
+pytestmark = pytest.mark.slow
+
+TASK = [f"eval_{m}" for m in params.DURING_TRAINING_METRICS]
+# Patience 1 on the Hangul share: the tiny model's answers to 2 validation paragraphs go from 0 (step 0)
+# to 0.5 (3) to 1.0 (6) to 0.91 (9) Hangul while its eval_loss keeps falling, so training stops at 9 of
+# 12 because of the task metric alone.
+OVERRIDES = {"training.max_steps": 12, "training.early_stopping_patience": 1, "training.early_stopping_threshold": 0,
+             "training.early_stopping_metric": "hangul_share", "training.report_to": ["tensorboard", "mlflow"],
+             "evaluation.during_training": 2, "evaluation.during_training_max_new_tokens": 16}
+
+
+@pytest.fixture(scope="module")
+def scored_run(tiny_model_dir, tmp_path_factory):
+    """A smoke run trained with task metrics and early stopping on the Hangul share, logged to MLflow, then
+    evaluated: (params, run, MLflow tracking URI)."""
+    mp = pytest.MonkeyPatch()
+    root = tmp_path_factory.mktemp("scored")
+    mp.setenv("POLO_OUTPUTS", str(root / "outputs"))
+    mp.setenv("POLO_PROCESSED_DIR", str(root / "processed"))
+    mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+    try:
+        cfg = params.load("smoke", overrides=OVERRIDES)
+        pipeline.prepare_stage(cfg)
+        run = runs.open_run(cfg, stage="train")
+        pipeline.train_stage(cfg, run, live=False)
+        run.start_stage("evaluate")
+        pipeline.evaluate_stage(cfg, run)
+        uri = trackers.mlflow_uri()
+    finally:
+        mp.undo()
+    return cfg, run, uri
+
+
+def test_task_metrics_are_logged_at_every_evaluation(scored_run):
+    cfg, run, _ = scored_run
+    log = train.read_train_log(run.logs / "train_log.csv")
+    evals = log.dropna(subset=["eval_loss"])
+    assert list(evals["step"]) == [0, 3, 6, 9]
+    for key in TASK:  # every evaluation, the base model's at step 0 included
+        assert evals[key].notna().all() or key == "eval_term_coverage", key
+    assert ((evals["eval_chrf"] >= 0) & (evals["eval_chrf"] <= 100)).all()
+    assert ((evals["eval_hangul_share"] >= 0) & (evals["eval_hangul_share"] <= 1)).all()
+    assert (evals["eval_task_seconds"] > 0).all()
+    assert log.dropna(subset=["loss"])[TASK].isna().all().all()  # training rows carry none
+    # the answers behind each score, one line per evaluation
+    lines = [json.loads(x) for x in (run.logs / "task_samples.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [x["step"] for x in lines] == [0, 3, 6, 9] and all(len(x["answers"]) == 2 for x in lines)
+    assert [x["chrf"] for x in lines] == pytest.approx(list(evals["eval_chrf"]))
+
+
+def test_task_metrics_reach_tensorboard(scored_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _, run, _ = scored_run
+    events = EventAccumulator(str(run.logs / "tensorboard")).Reload()
+    assert {"eval/loss", "eval/chrf", "eval/sari", "eval/hangul_share"} <= set(events.Tags()["scalars"])
+    assert [e.step for e in events.Scalars("eval/chrf")] == [0, 3, 6, 9]
+
+
+def test_early_stopping_follows_the_task_metric_not_the_loss(scored_run):
+    """The Hangul share fell at step 9 while eval_loss still fell: training stopped there, and the best
+    checkpoint is the task metric's best (step 6), not the lowest loss's (step 9)."""
+    _, run, _ = scored_run
+    log = train.read_train_log(run.logs / "train_log.csv").dropna(subset=["eval_loss"]).set_index("step")
+    assert log.loc[9, "eval_loss"] < log.loc[6, "eval_loss"]  # the loss alone would have gone on
+    assert log.loc[9, "eval_hangul_share"] < log.loc[6, "eval_hangul_share"]
+    t = run.summary().training
+    assert t.early_stopped and t.early_stopped_at_step == 9 and t.steps == 9
+    assert t.early_stopping_metric == "eval_hangul_share" and t.best_checkpoint == "checkpoint-6"
+    assert t.best_metric == pytest.approx(log["eval_hangul_share"].loc[[3, 6, 9]].max())
+    assert t.eval_loss_best == pytest.approx(log.loc[9, "eval_loss"])
+    assert t.task_metrics["chrf_first"] == pytest.approx(log.loc[0, "eval_chrf"])
+    assert "chrf during training:" in "\n".join(__import__("polo_lib.reports").reports.headline(run))
+
+
+def test_mlflow_holds_the_run_params_metrics_and_name(scored_run):
+    """The store a smoke run wrote, read back through MLflow's own client: the run id as the run
+    name, the trainer's metrics per step (task metrics included), the params, and the summary and
+    evaluation figures logged when each stage ended."""
+    import mlflow
+
+    _, run, uri = scored_run
+    assert uri.startswith("sqlite:///") and uri.endswith("outputs/mlflow/mlflow.db")
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("polo")
+    found = client.search_runs([experiment.experiment_id], f"tags.mlflow.runName = '{run.id}'")
+    assert len(found) == 1
+    tracked = found[0]
+    assert run.manifest()["trackers"]["mlflow"]["run_id"] == tracked.info.run_id
+    assert tracked.data.params["params.training.learning_rate"] == str(run.params().training.learning_rate)
+    assert tracked.data.params["params.evaluation.during_training"] == "2"
+    chrf = client.get_metric_history(tracked.info.run_id, "eval_chrf")
+    assert sorted(m.step for m in chrf) == [0, 3, 6, 9]
+    summary = run.summary()
+    metrics = tracked.data.metrics
+    assert metrics["summary.training.eval_loss_best"] == pytest.approx(summary.training.eval_loss_best)
+    assert metrics["summary.evaluation.tuned.chrf"] == pytest.approx(summary.evaluation.tuned["chrf"])
+    assert tracked.info.status == "FINISHED"
+
+
+def test_a_task_metric_needs_scoring_during_training():
+    with pytest.raises(ParamsError, match=r"early_stopping_metric is 'sari'.*evaluation.during_training is 0"):
+        params.load("smoke", overrides={"training.early_stopping_metric": "sari"})
+    with pytest.raises(ParamsError, match=r"report_to.*'tensorboard', 'mlflow', 'trackio' or 'wandb'"):
+        params.load("smoke", overrides={"training.report_to": "tensorboard,neptune"})
+    assert params.load("smoke", overrides={"training.report_to": "tensorboard,mlflow"}).training.report_to == \
+        ("tensorboard", "mlflow")
+
+
+@pytest.mark.parametrize("tracker,extra", [("wandb", "wandb"), ("trackio", "trackio")])
+def test_a_tracker_that_is_not_installed_is_refused_naming_its_extra(tracker, extra):
+    import importlib.util
+
+    if importlib.util.find_spec(tracker) is not None:
+        pytest.skip(f"{tracker} is installed here")
+    with pytest.raises(ParamsError, match=rf"report_to names {tracker}, but .* pip install -e '\.\[{extra}\]'"):
+        trackers.trainer_report_to(["tensorboard", tracker])
+
+
+@pytest.mark.parametrize("metric,higher", [("eval_loss", False), ("chrf", True), ("sari", True),
+                                           ("term_coverage", True), ("hangul_share", True)])
+def test_early_stopping_directions_come_from_the_metrics_table(metric, higher):
+    assert task_eval.greater_is_better(metric) is higher
+    assert task_eval.metric_key(metric) == (metric if metric == "eval_loss" else f"eval_{metric}")
+
+
+@pytest.mark.parametrize("objective,direction,prune_on,sign", [
+    ("eval_loss", "minimize", "eval_loss", 1.0),     # loss into a minimizing study: as it is
+    ("chrf", "maximize", "eval_loss", -1.0),         # a falling loss is a rising chrF study: flipped
+    ("chrf", "maximize", "chrf", 1.0),               # chrF into a maximizing study: as it is
+    ("eval_loss", "minimize", "chrf", -1.0),         # higher chrF is a lower-loss study's better: flipped
+])
+def test_a_sweep_prunes_on_the_metric_it_names_in_its_direction(objective, direction, prune_on, sign):
+    sweep = sweep_spec.validate({
+        "name": "t", "base": "smoke", "n_trials": 2,
+        "space": {"learning_rate": {"type": "float", "low": 1e-4, "high": 1e-3}},
+        "set": {"max_steps": 4, "eval_steps": 2, "save_steps": 2, "evaluation.during_training": 1},
+        "objective": {"metric": objective, "prune_on": prune_on}}, origin="test")
+    assert sweep.direction == direction
+    assert sweep.prune_on == task_eval.metric_key(prune_on) and sweep.sign == sign
+
+
+def test_a_sweep_cannot_prune_on_a_task_metric_never_scored():
+    with pytest.raises(ParamsError, match=r"prune_on is 'chrf'.*set evaluation.during_training"):
+        sweep_spec.validate({
+            "name": "t", "base": "smoke", "n_trials": 2,
+            "space": {"learning_rate": {"type": "float", "low": 1e-4, "high": 1e-3}},
+            "set": {"max_steps": 4, "eval_steps": 2, "save_steps": 2},
+            "objective": {"metric": "chrf", "prune_on": "chrf"}}, origin="test")
+
+
+def test_task_figures_take_each_metrics_own_direction():
+    log = pd.DataFrame({"step": [0, 3, 6], "eval_loss": [3.0, 2.0, 1.0], "eval_chrf": [5.0, 9.0, 7.0],
+                        "eval_sari": [40.0, 30.0, 35.0], "eval_term_coverage": [math.nan] * 3})
+    figures = train._task_figures(log)
+    assert figures == {"chrf_first": 5.0, "chrf_last": 7.0, "chrf_best": 9.0,
+                       "sari_first": 40.0, "sari_last": 35.0, "sari_best": 35.0}
+    assert train._best_eval_loss(log) == 1.0
