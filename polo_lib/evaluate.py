@@ -113,13 +113,14 @@ def score(predictions: pd.DataFrame, cfg, evaluation=None) -> pd.DataFrame:
 PAPER_METRICS = ("chrf", "bleu", "rouge_l", "sari", "term_coverage", "hangul_share")
 
 
-def by_paper(predictions: pd.DataFrame, glossary) -> pd.DataFrame | None:
+def by_paper(predictions: pd.DataFrame, glossary=None) -> pd.DataFrame | None:
     """Base and tuned per paper (rows: paper; columns: examples, <metric>_base, <metric>_tuned),
     when the evaluation holds more than one paper (data.raw_file with several files); else None."""
     from . import metrics
 
     if "paper" not in predictions or predictions["paper"].nunique() < 2:
         return None
+    glossary = metrics.load_glossary() if glossary is None else glossary
     rows = []
     for paper, part in predictions.groupby("paper", sort=False):
         sources, references = list(part["original"]), list(part["reference"])

@@ -62,7 +62,7 @@ def describe(state: dict[str, Any]) -> str:
 
 # Task metrics scored during training (evaluation.during_training), shown with each eval_loss.
 TASK_LABELS = {"eval_chrf": "chrF", "eval_sari": "SARI", "eval_term_coverage": "glossary",
-               "eval_hangul_share": "Hangul", "eval_task_seconds": "scored in (s)"}
+               "eval_hangul_share": "Hangul"}
 
 class View:
     """Shows successive progress states of one stage on `stream`: a tqdm bar on a terminal,
@@ -101,6 +101,8 @@ class View:
             self.last_eval = evaluation
             task = "".join(f", {label} {_number(state[key], 3)}" for key, label in TASK_LABELS.items()
                            if state.get(key) is not None)
+            if state.get("eval_task_seconds") is not None:
+                task += f" (scored in {state['eval_task_seconds']:.1f} s)"
             self._say(f"  eval at step {evaluation[0]}/{total}: eval_loss {_number(evaluation[1], 4)}{task}")
         self.state = state
         if self.tty:

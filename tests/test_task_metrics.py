@@ -153,6 +153,21 @@ def test_a_sweep_prunes_on_the_metric_it_names_in_its_direction(objective, direc
     assert sweep.prune_on == task_eval.metric_key(prune_on) and sweep.sign == sign
 
 
+def test_the_pruning_callback_reports_the_metric_it_was_given():
+    from types import SimpleNamespace
+
+    from polo_lib.sweeps.trial import pruning_callback
+
+    seen, evaluations = [], []
+    callback = pruning_callback(lambda step, value: seen.append((step, value)) or value < 2, evaluations, "eval_chrf")
+    control = SimpleNamespace(should_training_stop=False)
+    for step, chrf in ((0, 9.0), (3, 5.0), (6, 1.0)):  # step 0: the base model's, never reported
+        callback.on_evaluate(None, SimpleNamespace(global_step=step), control,
+                             metrics={"eval_loss": 1.0, "eval_chrf": chrf})
+    assert seen == evaluations == [(3, 5.0), (6, 1.0)]
+    assert control.should_training_stop and callback.pruned_at == 6
+
+
 def test_a_sweep_cannot_prune_on_a_task_metric_never_scored():
     with pytest.raises(ParamsError, match=r"prune_on is 'chrf'.*set evaluation.during_training"):
         sweep_spec.validate({
