@@ -1,19 +1,23 @@
 """Experiment trackers besides the run folder (`training.report_to`): TensorBoard (default, into
 the run's logs/), MLflow, Trackio, Weights & Biases.
 
-The trainer logs to them through TRL (`SFTConfig.report_to`); everything stays on this machine
-unless the user points a tracker elsewhere (MLFLOW_TRACKING_URI, WANDB_MODE=online, ...):
+The trainer logs to them through TRL (`SFTConfig.report_to`), each under the run id as the run's
+name; everything stays on this machine unless the user points a tracker elsewhere:
 - MLflow: a SQLite store in outputs/mlflow/mlflow.db (the file store is in maintenance mode in
-  MLflow 3), experiment `polo` (MLFLOW_EXPERIMENT_NAME changes it), the run id as the run name.
-  When a stage ends, the run's params, its summary figures and its latest evaluation's metrics are
-  logged to that same MLflow run (`log_stage_end`), so the tracker shows what the run folder shows.
-- Weights & Biases: offline mode, files in outputs/wandb (`wandb sync` uploads them later).
-- Trackio: its local store.
+  MLflow 3), experiment `polo`; MLFLOW_TRACKING_URI and MLFLOW_EXPERIMENT_NAME change them.
+- Trackio: a local store in outputs/trackio (TRACKIO_DIR changes it; read when trackio is first
+  imported in a process), project `polo`; no Space unless TRACKIO_SPACE_ID is set.
+- Weights & Biases: offline mode (WANDB_MODE=online to upload), files in outputs/wandb/, project
+  `polo` (WANDB_PROJECT), the run id as the W&B run id, so `wandb sync` merges every stage into one run.
+When a stage ends, the run's params, its summary figures and its latest evaluation's metrics are
+logged to that same tracker run (`log_stage_end`), so the tracker shows what the run folder shows.
 A tracker whose package is missing is refused before anything loads, naming the extra to install.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import logging
 import math
 import os
@@ -27,8 +31,8 @@ from .errors import ParamsError
 log = logging.getLogger(__name__)
 
 # tracker -> (module, the pip extra of this project that installs it)
-PACKAGES = {"mlflow": ("mlflow", "track"), "trackio": ("trackio", "trackio"), "wandb": ("wandb", "wandb")}
-EXPERIMENT = "polo"
+PACKAGES = {"mlflow": ("mlflow", "mlflow"), "trackio": ("trackio", "trackio"), "wandb": ("wandb", "wandb")}
+EXPERIMENT = PROJECT = "polo"  # MLflow's experiment, Trackio's and W&B's project
 
 
 def missing(report_to) -> list[str]:
@@ -61,17 +65,31 @@ def _mlflow():
     return mlflow
 
 
-def trainer_report_to(report_to) -> list[str]:
+def trainer_report_to(report_to, run) -> list[str]:
     """What SFTConfig.report_to gets (TensorBoard is our own callback into the run's logs/), after
     pointing each tracker at its offline store. Refuses a tracker that is not installed."""
     check(report_to)
     chosen = [name for name in report_to if name != "tensorboard"]
     if "mlflow" in chosen:
         _mlflow()
+    if "trackio" in chosen:
+        os.environ.setdefault("TRACKIO_DIR", str(paths.outputs_dir() / "trackio"))
     if "wandb" in chosen:
-        os.environ.setdefault("WANDB_MODE", "offline")
-        os.environ.setdefault("WANDB_DIR", str(paths.outputs_dir()))
+        _wandb(run)  # the trainer's W&B callback logs into the run started here
     return chosen or ["none"]
+
+
+def _wandb(run):
+    """The W&B run of `run` (id and name: the run id), started offline unless WANDB_MODE says otherwise."""
+    import wandb
+
+    if wandb.run is not None and wandb.run.id != run.id:
+        wandb.run.finish()
+    if wandb.run is None:
+        paths.outputs_dir().mkdir(parents=True, exist_ok=True)
+        wandb.init(project=os.environ.get("WANDB_PROJECT") or PROJECT, name=run.id, id=run.id, resume="allow",
+                   dir=str(paths.outputs_dir()), mode=os.environ.get("WANDB_MODE") or "offline")
+    return wandb.run
 
 
 def _numbers(node: Any, prefix: str) -> dict[str, float]:
@@ -104,36 +122,66 @@ def mlflow_run(mlflow, name: str):
 
 
 def log_stage_end(run, cfg) -> dict[str, Any] | None:
-    """Log the run's params (as `params.<section>.<key>`), summary figures (`summary.training.*`,
-    `summary.evaluation.tuned.*`, ...) to the tracker run named after the run id; returns where
+    """Log the run's params (`params.<section>.<key>`), summary figures (`summary.training.*`,
+    `summary.evaluation.tuned.*`, ...) to each tracker's run named after the run id; returns where
     (for the manifest), None when no tracker needs it. Never fails the stage: a tracker that cannot
-    be reached costs a warning, not the run."""
-    if "mlflow" not in cfg.training.report_to:
+    be reached costs a warning, not the run (the run folder holds everything)."""
+    chosen = [t for t in cfg.training.report_to if t in PACKAGES]
+    if not chosen:
         return None
-    try:
-        mlflow = _mlflow()
-        from mlflow.entities import Metric, Param
+    summary = run.summary().model_dump(by_alias=True, exclude_none=True)
+    summary.pop("evaluations", None)  # the list of every evaluation: the latest is `evaluation`
+    figures, params = _numbers(summary, "summary"), {f"params.{k}": v for k, v in _flat_params(cfg).items()}
+    where = {}
+    for name in chosen:
+        try:
+            where[name] = {"mlflow": _mlflow_end, "trackio": _trackio_end, "wandb": _wandb_end}[name](
+                run, params, figures)
+        except Exception as e:  # noqa: BLE001 - the run folder holds everything; a tracker problem is a warning
+            log.warning("could not log run %s to %s (%s: %s); the run folder has it all", run.id, name,
+                        type(e).__name__, e)
+    return where or None
 
-        client = mlflow.MlflowClient()
-        found = mlflow_run(mlflow, run.id)
-        if found is None:  # an evaluation of a run trained before MLflow was on: a run of its own
-            experiment = mlflow.get_experiment_by_name(os.environ.get("MLFLOW_EXPERIMENT_NAME") or EXPERIMENT)
-            found = client.create_run(experiment.experiment_id, run_name=run.id)
-        run_id = found.info.run_id
-        have = client.get_run(run_id).data.params
-        params = [Param(f"params.{k}", v) for k, v in _flat_params(cfg).items() if f"params.{k}" not in have]
-        summary = run.summary().model_dump(by_alias=True, exclude_none=True)
-        summary.pop("evaluations", None)  # the list of every evaluation: the latest is `evaluation`
-        figures = _numbers(summary, "summary")
-        now = int(1000 * time.time())
-        metrics = [Metric(k, v, now, 0) for k, v in figures.items()]
-        client.log_batch(run_id, metrics=metrics, params=params[:100])
-        for start in range(100, len(params), 100):
-            client.log_batch(run_id, params=params[start:start + 100])
-        client.set_tag(run_id, "polo.run_folder", str(run.path))
-        if found.info.status == "RUNNING" and not mlflow.active_run():
-            client.set_terminated(run_id)
-        return {"mlflow": {"run_id": run_id, "tracking_uri": mlflow_uri(), "experiment": found.info.experiment_id}}
-    except Exception as e:  # noqa: BLE001 - the run folder holds everything; a tracker problem is a warning
-        log.warning("could not log run %s to MLflow (%s: %s); the run folder has it all", run.id, type(e).__name__, e)
-        return None
+
+def _mlflow_end(run, params: dict[str, str], figures: dict[str, float]) -> dict[str, Any]:
+    mlflow = _mlflow()
+    from mlflow.entities import Metric, Param
+
+    client = mlflow.MlflowClient()
+    found = mlflow_run(mlflow, run.id)
+    if found is None:  # an evaluation of a run trained before MLflow was on: a run of its own
+        experiment = mlflow.get_experiment_by_name(os.environ.get("MLFLOW_EXPERIMENT_NAME") or EXPERIMENT)
+        found = client.create_run(experiment.experiment_id, run_name=run.id)
+    run_id = found.info.run_id
+    have = client.get_run(run_id).data.params  # an MLflow param is written once
+    new = [Param(k, v) for k, v in params.items() if k not in have]
+    now = int(1000 * time.time())
+    client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in figures.items()], params=new[:100])
+    for start in range(100, len(new), 100):
+        client.log_batch(run_id, params=new[start:start + 100])
+    client.set_tag(run_id, "polo.run_folder", str(run.path))
+    if found.info.status == "RUNNING" and not mlflow.active_run():
+        client.set_terminated(run_id)
+    return {"run_id": run_id, "tracking_uri": mlflow_uri(), "experiment": found.info.experiment_id}
+
+
+def _trackio_end(run, params: dict[str, str], figures: dict[str, float]) -> dict[str, Any]:
+    os.environ.setdefault("TRACKIO_DIR", str(paths.outputs_dir() / "trackio"))
+    import trackio
+
+    with contextlib.redirect_stdout(io.StringIO()):  # its banner, once per init, in every stage's output
+        trackio.init(project=PROJECT, name=run.id, resume="allow")
+        trackio.config.update(params, allow_val_change=True)
+        trackio.log(figures)
+        trackio.finish()
+    from trackio import utils
+    return {"run": run.id, "project": PROJECT, "dir": str(utils.TRACKIO_DIR)}
+
+
+def _wandb_end(run, params: dict[str, str], figures: dict[str, float]) -> dict[str, Any]:
+    tracked = _wandb(run)
+    tracked.config.update(params, allow_val_change=True)
+    tracked.summary.update(figures)
+    where = {"run_id": tracked.id, "project": tracked.project, "dir": str(tracked.dir)}
+    tracked.finish()
+    return where

@@ -133,7 +133,7 @@ def sft_config(cfg, run, decisions, plan: Plan):
         seed=t.seed, data_seed=t.seed, max_length=cfg.model.max_seq_length,
         include_num_input_tokens_seen="non_padding",
         # TensorBoard is our own callback writing into the run's logs/; the other trackers TRL's
-        report_to=trackers.trainer_report_to(t.report_to), run_name=run.id,
+        report_to=trackers.trainer_report_to(t.report_to, run), run_name=run.id, project=trackers.PROJECT,
         dataset_num_proc=None, packing=False, disable_tqdm=False,
     )
 

@@ -1,8 +1,10 @@
 """Task metrics during training (evaluation.during_training), early stopping on one of them, and the
-MLflow tracker, on one real smoke run (tiny model, real Unsloth + TRL + MLflow): the same run
-answers every question, so the module pays for one training and one evaluation."""
+experiment trackers, on one real smoke run (tiny model, real Unsloth + TRL, real MLflow, Trackio and
+W&B offline stores, each read back): the same run answers every question, so the module pays for
+one training and one evaluation."""
 import json
 import math
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -18,7 +20,7 @@ TASK = [f"eval_{m}" for m in params.DURING_TRAINING_METRICS]
 # to 0.5 (3) to 1.0 (6) to 0.91 (9) Hangul while its eval_loss keeps falling, so training stops at 9 of
 # 12 because of the task metric alone.
 OVERRIDES = {"training.max_steps": 12, "training.early_stopping_patience": 1, "training.early_stopping_threshold": 0,
-             "training.early_stopping_metric": "hangul_share", "training.report_to": ["tensorboard", "mlflow"],
+             "training.early_stopping_metric": "hangul_share", "training.report_to": ["tensorboard", "mlflow", "trackio", "wandb"],
              "evaluation.during_training": 2, "evaluation.during_training_max_new_tokens": 16}
 
 
@@ -30,7 +32,8 @@ def scored_run(tiny_model_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("scored")
     mp.setenv("POLO_OUTPUTS", str(root / "outputs"))
     mp.setenv("POLO_PROCESSED_DIR", str(root / "processed"))
-    mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "WANDB_MODE", "WANDB_PROJECT", "TRACKIO_DIR"):
+        mp.delenv(var, raising=False)
     try:
         cfg = params.load("smoke", overrides=OVERRIDES)
         pipeline.prepare_stage(cfg)
@@ -120,14 +123,77 @@ def test_a_task_metric_needs_scoring_during_training():
         ("tensorboard", "mlflow")
 
 
-@pytest.mark.parametrize("tracker,extra", [("wandb", "wandb"), ("trackio", "trackio")])
-def test_a_tracker_that_is_not_installed_is_refused_naming_its_extra(tracker, extra):
+def test_trackio_holds_the_run_metrics_params_and_summary(scored_run):
+    from trackio import utils
+    from trackio.sqlite_storage import SQLiteStorage
+
+    _, run, _ = scored_run
+    assert Path(utils.TRACKIO_DIR) == Path(run.manifest()["trackers"]["trackio"]["dir"])
+    assert str(run.path.parents[1]) in str(utils.TRACKIO_DIR)  # the outputs folder, not ~/.cache
+    logs = SQLiteStorage.get_logs(trackers.PROJECT, run.id)
+    assert sorted(x["train/global_step"] for x in logs if "eval/chrf" in x) == [0, 3, 6, 9]
+    summary = run.summary()
+    assert [x["summary.evaluation.tuned.chrf"] for x in logs if "summary.evaluation.tuned.chrf" in x][-1] == \
+        pytest.approx(summary.evaluation.tuned["chrf"])
+    config = SQLiteStorage.get_run_config(trackers.PROJECT, run.id)
+    assert config["params.training.early_stopping_metric"] == "hangul_share"
+
+
+def wandb_records(path: Path) -> list:
+    """The records of a W&B offline run file (its leveldb-style log: a 7-byte header, then 32 KiB
+    blocks of chunks with a 7-byte header each), as W&B's own protobuf Records."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    raw, block, pos, pending, out = path.read_bytes(), 32768, 7, b"", []
+    assert raw[:4] == b":W&B"
+    while pos + 7 <= len(raw):
+        if block - pos % block < 7:  # a block's tail too short for a header: padding
+            pos += block - pos % block
+            continue
+        length, kind = int.from_bytes(raw[pos + 4:pos + 6], "little"), raw[pos + 6]
+        pending += raw[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):  # a whole record, or the last chunk of one
+            record = pb.Record()
+            record.ParseFromString(pending)
+            out.append(record)
+            pending = b""
+    return out
+
+
+def test_wandb_offline_holds_the_run_metrics_params_and_summary(scored_run):
+    """Offline (nothing uploaded): every stage's records under the run id, to be merged by `wandb sync`."""
+    _, run, _ = scored_run
+    files = sorted((run.path.parents[1] / "wandb").glob(f"offline-run-*-{run.id}/run-{run.id}.wandb"))
+    assert len(files) == 2  # the train stage, then the evaluate stage, resumed under the same id
+    records = [r for f in files for r in wandb_records(f)]
+    kinds = {r.WhichOneof("record_type") for r in records}
+    assert {"run", "history", "config", "summary"} <= kinds
+    assert {r.run.run_id for r in records if r.WhichOneof("record_type") == "run"} == {run.id}
+    history = [{i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.history.item}
+               for r in records if r.WhichOneof("record_type") == "history"]
+    assert sorted(h["train/global_step"] for h in history if "eval/hangul_share" in h) == [0, 3, 6, 9]
+    config = {i.key: i.value_json for r in records if r.WhichOneof("record_type") == "config" for i in r.config.update}
+    assert json.loads(config["params.evaluation.during_training"]) == "2"
+    summary = {i.key: json.loads(i.value_json) for r in records if r.WhichOneof("record_type") == "summary"
+               for i in r.summary.update if i.key}
+    assert summary["summary.evaluation.tuned.chrf"] == pytest.approx(run.summary().evaluation.tuned["chrf"])
+
+
+@pytest.mark.parametrize("tracker,extra", [("mlflow", "mlflow"), ("wandb", "wandb"), ("trackio", "trackio")])
+def test_a_tracker_that_is_not_installed_is_refused_naming_its_extra(tracker, extra, monkeypatch):
     import importlib.util
 
-    if importlib.util.find_spec(tracker) is not None:
-        pytest.skip(f"{tracker} is installed here")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == tracker else real(name, *a))
     with pytest.raises(ParamsError, match=rf"report_to names {tracker}, but .* pip install -e '\.\[{extra}\]'"):
-        trackers.trainer_report_to(["tensorboard", tracker])
+        trackers.trainer_report_to(["tensorboard", tracker], run=None)
+    if tracker == "wandb":  # polo preflight says it too, in its own row, before anything loads
+        from polo_lib import preflight
+
+        cfg = params.load("smoke", overrides={"training.report_to": ["tensorboard", tracker]})
+        row = next(r for r in preflight.run_checks(cfg).rows if r["check"] == "experiment trackers")
+        assert row["status"] == preflight.FAIL and f"'.[{extra}]'" in row["detail"]
 
 
 @pytest.mark.parametrize("metric,higher", [("eval_loss", False), ("chrf", True), ("sari", True),
