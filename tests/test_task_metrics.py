@@ -20,7 +20,8 @@ TASK = [f"eval_{m}" for m in params.DURING_TRAINING_METRICS]
 # to 0.5 (3) to 1.0 (6) to 0.91 (9) Hangul while its eval_loss keeps falling, so training stops at 9 of
 # 12 because of the task metric alone.
 OVERRIDES = {"training.max_steps": 12, "training.early_stopping_patience": 1, "training.early_stopping_threshold": 0,
-             "training.early_stopping_metric": "hangul_share", "training.report_to": ["tensorboard", "mlflow", "trackio", "wandb"],
+             "training.early_stopping_metric": "hangul_share",
+             "training.report_to": ["tensorboard", "mlflow", "trackio", "wandb"],
              "evaluation.during_training": 2, "evaluation.during_training_max_new_tokens": 16}
 
 
