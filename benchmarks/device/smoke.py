@@ -137,7 +137,10 @@ def main(argv=None) -> int:
 
     steps = Steps(args.out)
     on_gpu = torch.cuda.is_available()
-    overrides = {**({"model.dtype": "auto"} if on_gpu else {}), **parse_sets(args.set)}
+    # task metrics during training: generation inside the trainer's evaluation (Unsloth's inference and
+    # training modes switched mid-training, the GPU path's own risk)
+    overrides = {"evaluation.during_training": 2, "evaluation.during_training_max_new_tokens": 16,
+                 **({"model.dtype": "auto"} if on_gpu else {}), **parse_sets(args.set)}
     steps.record.update(device="cuda" if on_gpu else "cpu", params=args.params, overrides=overrides)
 
     def load_params():
