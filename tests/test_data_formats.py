@@ -192,3 +192,39 @@ def test_the_data_formats_are_what_params_allow():
     allowed = str(params.DataParams.model_fields["format"].annotation)
     assert params.DATA_FORMATS == tuple(re.findall(r"'(\w+)'", allowed))
     assert (paths.PROJ_ROOT / RESNET).is_file()
+
+
+# ------------------------------------------------------------------ the per-paper evaluation
+
+def test_an_evaluation_of_two_papers_is_broken_down_per_paper():
+    """evaluate.by_paper on real predictions rows: each paper's figures are the metrics of its rows
+    alone; metrics.json and report.md carry the table. One paper: no table."""
+    import pandas as pd
+
+    from polo_lib import evaluate, metrics, reports, runs
+
+    records = {p: data.group_paragraphs(data.load_raw(f))[:2] for p, f in (("yolo_v1", YOLO), ("resnet", RESNET))}
+    rows = [{"id": f"{p}/{x.id}", "paper": p, "original": x.original, "reference": x.simplified,
+             "base": x.original[:60], "tuned": x.simplified[: 40 + 20 * i], "base_new_tokens": 5, "base_seconds": 1.0,
+             "tuned_new_tokens": 5, "tuned_seconds": 1.0}
+            for p, xs in records.items() for i, x in enumerate(xs)]
+    predictions = pd.DataFrame(rows).set_index("id")
+    glossary = metrics.load_glossary()
+    table = evaluate.by_paper(predictions, glossary)
+    assert list(table.index) == ["yolo_v1", "resnet"] and list(table["examples"]) == [2, 2]
+    resnet = predictions[predictions["paper"] == "resnet"]
+    assert table.loc["resnet", "chrf_tuned"] == pytest.approx(metrics.chrf(list(resnet["tuned"]),
+                                                                          list(resnet["reference"])))
+    assert table.loc["yolo_v1", "chrf_tuned"] != table.loc["resnet", "chrf_tuned"]
+    assert evaluate.by_paper(predictions[predictions["paper"] == "resnet"], glossary) is None
+
+    cfg = params.load("smoke", overrides={"data.raw_file": [YOLO, RESNET], "evaluation.limit": 4})
+    run = runs.open_run(cfg, stage="evaluate")
+    (run.adapter / "adapter_config.json").write_text("{}", encoding="utf-8")  # start_evaluation wants an adapter
+    evaluation = runs.start_evaluation(run, cfg)
+    evaluate.score(predictions, cfg, evaluation)
+    body = json.loads((evaluation.path / "metrics.json").read_text(encoding="utf-8"))
+    assert [r["paper"] for r in body["by_paper"]] == ["yolo_v1", "resnet"]
+    runs.finish_stage(run, "evaluate")
+    report = reports.write_report(run).read_text(encoding="utf-8")
+    assert "### By paper" in report and re.search(r"^\| resnet \| 2 \| ", report, re.M)

@@ -65,6 +65,17 @@ def test_task_metrics_are_logged_at_every_evaluation(scored_run):
     assert [x["chrf"] for x in lines] == pytest.approx(list(evals["eval_chrf"]))
 
 
+def test_the_live_chart_shows_the_task_metrics_beside_the_loss(scored_run):
+    from polo_lib import plots
+
+    _, run, _ = scored_run
+    log = train.read_train_log(run.logs / "train_log.csv")
+    fig = plots.loss_curve(log)
+    assert len(fig.axes) == 2
+    assert fig.axes[1].get_legend_handles_labels()[1] == ["chrF", "SARI", "glossary coverage %", "Hangul share %"]
+    assert len(plots.loss_curve(log[train.LOG_COLUMNS]).axes) == 1  # a log without them: the loss alone
+
+
 def test_task_metrics_reach_tensorboard(scored_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
