@@ -21,6 +21,12 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) $(TORCH)
 	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e ".[lab,dev,serve,track]"
 	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) --no-deps $(UNSLOTH)
+	@# W&B, once importable, is imported by every TRL import (~1.7 s a process, ~30 s over the suite's
+	@# kernels): kept apart in .venv/wandb/ for the one test process that runs it (tests/scored_run.py);
+	@# `pip install -e '.[wandb]'` puts it in the venv for real use.
+	@# (pip's --target install lists the venv's unrelated Unsloth extras as missing: noise, kept in the log)
+	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) --target $(VENV)/wandb --upgrade wandb \
+		> $(VENV)/wandb-install.log 2>&1 || { cat $(VENV)/wandb-install.log; exit 1; }
 	@# A kernel inside the venv: papermill and JupyterLab started from .venv run notebooks with its Python.
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (polo .venv)" >/dev/null
 	$(BIN)/python -c "from polo_lib.model import import_unsloth; import_unsloth(); import trl, papermill; print('setup ok')"

@@ -4,6 +4,9 @@ W&B offline stores, each read back): the same run answers every question, so the
 one training and one evaluation."""
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -25,31 +28,32 @@ OVERRIDES = {"training.max_steps": 12, "training.early_stopping_patience": 1, "t
              "evaluation.during_training": 2, "evaluation.during_training_max_new_tokens": 16}
 
 
+WANDB_SITE = Path(sys.prefix) / "wandb"  # make setup installs W&B there, out of every other import's way
+
+
 @pytest.fixture(scope="module")
 def scored_run(tiny_model_dir, tmp_path_factory):
-    """A smoke run trained with task metrics and early stopping on the Hangul share, logged to MLflow, then
-    evaluated: (params, run, MLflow tracking URI)."""
-    mp = pytest.MonkeyPatch()
+    """A smoke run trained with task metrics and early stopping on the Hangul share, logged to every
+    tracker, then evaluated, by tests/scored_run.py in a process of its own (the only one where W&B
+    imports): (params, run, MLflow tracking URI, the W&B offline records)."""
+    import importlib.util
+
+    if importlib.util.find_spec("wandb") is None and not (WANDB_SITE / "wandb").is_dir():
+        pytest.fail(f"W&B is neither importable nor in {WANDB_SITE}: run `make setup`")
     root = tmp_path_factory.mktemp("scored")
-    mp.setenv("POLO_OUTPUTS", str(root / "outputs"))
-    mp.setenv("POLO_PROCESSED_DIR", str(root / "processed"))
-    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "WANDB_MODE", "WANDB_PROJECT", "TRACKIO_DIR"):
-        mp.delenv(var, raising=False)
-    try:
-        cfg = params.load("smoke", overrides=OVERRIDES)
-        pipeline.prepare_stage(cfg)
-        run = runs.open_run(cfg, stage="train")
-        pipeline.train_stage(cfg, run, live=False)
-        run.start_stage("evaluate")
-        pipeline.evaluate_stage(cfg, run)
-        uri = trackers.mlflow_uri()
-    finally:
-        mp.undo()
-    return cfg, run, uri
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "WANDB_", "TRACKIO_"))}
+    env.update(POLO_OUTPUTS=str(root / "outputs"), POLO_PROCESSED_DIR=str(root / "processed"))
+    done = subprocess.run([sys.executable, str(Path(__file__).with_name("scored_run.py")), json.dumps(OVERRIDES),
+                           str(WANDB_SITE)], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = runs.lookup(done.stdout.strip().splitlines()[-1])
+    wandb = json.loads((root / "outputs" / "wandb_records.json").read_text(encoding="utf-8"))
+    uri = f"sqlite:///{(root / 'outputs' / 'mlflow' / 'mlflow.db').resolve()}"
+    return params.load("smoke", overrides=OVERRIDES), run, uri, wandb
 
 
 def test_task_metrics_are_logged_at_every_evaluation(scored_run):
-    cfg, run, _ = scored_run
+    cfg, run, _, _ = scored_run
     log = train.read_train_log(run.logs / "train_log.csv")
     evals = log.dropna(subset=["eval_loss"])
     assert list(evals["step"]) == [0, 3, 6, 9]
@@ -68,7 +72,7 @@ def test_task_metrics_are_logged_at_every_evaluation(scored_run):
 def test_the_live_chart_shows_the_task_metrics_beside_the_loss(scored_run):
     from polo_lib import plots
 
-    _, run, _ = scored_run
+    _, run, _, _ = scored_run
     log = train.read_train_log(run.logs / "train_log.csv")
     fig = plots.loss_curve(log)
     assert len(fig.axes) == 2
@@ -79,7 +83,7 @@ def test_the_live_chart_shows_the_task_metrics_beside_the_loss(scored_run):
 def test_task_metrics_reach_tensorboard(scored_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    _, run, _ = scored_run
+    _, run, _, _ = scored_run
     events = EventAccumulator(str(run.logs / "tensorboard")).Reload()
     assert {"eval/loss", "eval/chrf", "eval/sari", "eval/hangul_share"} <= set(events.Tags()["scalars"])
     assert [e.step for e in events.Scalars("eval/chrf")] == [0, 3, 6, 9]
@@ -88,7 +92,7 @@ def test_task_metrics_reach_tensorboard(scored_run):
 def test_early_stopping_follows_the_task_metric_not_the_loss(scored_run):
     """The Hangul share fell at step 9 while eval_loss still fell: training stopped there, and the best
     checkpoint is the task metric's best (step 6), not the lowest loss's (step 9)."""
-    _, run, _ = scored_run
+    _, run, _, _ = scored_run
     log = train.read_train_log(run.logs / "train_log.csv").dropna(subset=["eval_loss"]).set_index("step")
     assert log.loc[9, "eval_loss"] < log.loc[6, "eval_loss"]  # the loss alone would have gone on
     assert log.loc[9, "eval_hangul_share"] < log.loc[6, "eval_hangul_share"]
@@ -107,7 +111,7 @@ def test_mlflow_holds_the_run_params_metrics_and_name(scored_run):
     evaluation figures logged when each stage ended."""
     import mlflow
 
-    _, run, uri = scored_run
+    _, run, uri, _ = scored_run
     assert uri.startswith("sqlite:///") and uri.endswith("outputs/mlflow/mlflow.db")
     client = mlflow.MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name("polo")
@@ -135,13 +139,14 @@ def test_a_task_metric_needs_scoring_during_training():
         ("tensorboard", "mlflow")
 
 
-def test_trackio_holds_the_run_metrics_params_and_summary(scored_run):
-    from trackio import utils
+def test_trackio_holds_the_run_metrics_params_and_summary(scored_run, monkeypatch):
+    from trackio import sqlite_storage
     from trackio.sqlite_storage import SQLiteStorage
 
-    _, run, _ = scored_run
-    assert Path(utils.TRACKIO_DIR) == Path(run.manifest()["trackers"]["trackio"]["dir"])
-    assert str(run.path.parents[1]) in str(utils.TRACKIO_DIR)  # the outputs folder, not ~/.cache
+    _, run, _, _ = scored_run
+    where = Path(run.manifest()["trackers"]["trackio"]["dir"])
+    assert where == run.path.parents[1] / "trackio"  # the outputs folder, not ~/.cache
+    monkeypatch.setattr(sqlite_storage, "TRACKIO_DIR", where)  # read where that run's process wrote
     logs = SQLiteStorage.get_logs(trackers.PROJECT, run.id)
     assert sorted(x["train/global_step"] for x in logs if "eval/chrf" in x) == [0, 3, 6, 9]
     summary = run.summary()
@@ -151,44 +156,19 @@ def test_trackio_holds_the_run_metrics_params_and_summary(scored_run):
     assert config["params.training.early_stopping_metric"] == "hangul_share"
 
 
-def wandb_records(path: Path) -> list:
-    """The records of a W&B offline run file (its leveldb-style log: a 7-byte header, then 32 KiB
-    blocks of chunks with a 7-byte header each), as W&B's own protobuf Records."""
-    from wandb.proto import wandb_internal_pb2 as pb
-
-    raw, block, pos, pending, out = path.read_bytes(), 32768, 7, b"", []
-    assert raw[:4] == b":W&B"
-    while pos + 7 <= len(raw):
-        if block - pos % block < 7:  # a block's tail too short for a header: padding
-            pos += block - pos % block
-            continue
-        length, kind = int.from_bytes(raw[pos + 4:pos + 6], "little"), raw[pos + 6]
-        pending += raw[pos + 7:pos + 7 + length]
-        pos += 7 + length
-        if kind in (1, 4):  # a whole record, or the last chunk of one
-            record = pb.Record()
-            record.ParseFromString(pending)
-            out.append(record)
-            pending = b""
-    return out
-
-
 def test_wandb_offline_holds_the_run_metrics_params_and_summary(scored_run):
-    """Offline (nothing uploaded): every stage's records under the run id, to be merged by `wandb sync`."""
-    _, run, _ = scored_run
-    files = sorted((run.path.parents[1] / "wandb").glob(f"offline-run-*-{run.id}/run-{run.id}.wandb"))
-    assert len(files) == 2  # the train stage, then the evaluate stage, resumed under the same id
-    records = [r for f in files for r in wandb_records(f)]
-    kinds = {r.WhichOneof("record_type") for r in records}
-    assert {"run", "history", "config", "summary"} <= kinds
-    assert {r.run.run_id for r in records if r.WhichOneof("record_type") == "run"} == {run.id}
-    history = [{i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.history.item}
-               for r in records if r.WhichOneof("record_type") == "history"]
+    """Offline (nothing uploaded): every stage's records under the run id, to be merged by `wandb sync`;
+    read back by tests/scored_run.py with W&B's own protobuf records."""
+    _, run, _, wandb = scored_run
+    assert wandb["files"] == 2  # the train stage, then the evaluate stage, resumed under the same id
+    records = wandb["records"]
+    assert {"run", "history", "config", "summary"} <= {r["kind"] for r in records}
+    assert {r["run_id"] for r in records if r["kind"] == "run"} == {run.id}
+    history = [r["items"] for r in records if r["kind"] == "history"]
     assert sorted(h["train/global_step"] for h in history if "eval/hangul_share" in h) == [0, 3, 6, 9]
-    config = {i.key: i.value_json for r in records if r.WhichOneof("record_type") == "config" for i in r.config.update}
-    assert json.loads(config["params.evaluation.during_training"]) == "2"
-    summary = {i.key: json.loads(i.value_json) for r in records if r.WhichOneof("record_type") == "summary"
-               for i in r.summary.update if i.key}
+    config = {k: v for r in records if r["kind"] == "config" for k, v in r["items"].items()}
+    assert config["params.evaluation.during_training"] == "2"
+    summary = {k: v for r in records if r["kind"] == "summary" for k, v in r["items"].items()}
     assert summary["summary.evaluation.tuned.chrf"] == pytest.approx(run.summary().evaluation.tuned["chrf"])
 
 
