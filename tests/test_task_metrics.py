@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from polo_lib import params, pipeline, runs, task_eval, trackers, train
+from polo_lib import params, runs, task_eval, trackers, train
 from polo_lib.errors import ParamsError
 from polo_lib.sweeps import spec as sweep_spec
 
