@@ -185,8 +185,8 @@ class EvaluationParams(_Section):
     do_sample: bool = False  # greedy by default: comparable across runs
     temperature: float = Field(1.0, gt=0, le=5)
     top_p: float = Field(1.0, gt=0, le=1)
-    # Task metrics during training: this many validation examples (the first ones, the same at
-    # every evaluation) are answered greedily and scored (chrF, SARI, glossary coverage, Hangul
+    # Task metrics during training: this many validation examples (the first ones, in turn from each
+    # paper, the same at every evaluation) are answered greedily and scored (chrF, SARI, glossary coverage, Hangul
     # share) at each evaluation, next to eval_loss. 0: off.
     during_training: int = Field(0, ge=0, le=64)
     during_training_max_new_tokens: int = Field(96, ge=1, le=2048)

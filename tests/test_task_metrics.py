@@ -235,6 +235,17 @@ def test_a_sweep_cannot_prune_on_a_task_metric_never_scored():
             "objective": {"metric": "chrf", "prune_on": "chrf"}}, origin="test")
 
 
+@pytest.mark.parametrize("papers,n,chosen", [
+    (["a"] * 6, 3, [0, 1, 2]),                              # one paper: the first n, as always
+    (["a"] * 6 + ["b"] * 2, 3, [0, 6, 1]),                  # two: in turn, in the order they appear
+    (["a", "a", "b", "c", "c"], 4, [0, 2, 3, 1]),
+    (["a", "b"], 5, [0, 1]),                                # fewer than asked: all of them
+    ([], 2, []),
+])
+def test_the_scored_sample_takes_each_paper_in_turn(papers, n, chosen):
+    assert task_eval.sample_indices(papers, n) == chosen
+
+
 def test_task_figures_take_each_metrics_own_direction():
     log = pd.DataFrame({"step": [0, 3, 6], "eval_loss": [3.0, 2.0, 1.0], "eval_chrf": [5.0, 9.0, 7.0],
                         "eval_sari": [40.0, 30.0, 35.0], "eval_term_coverage": [math.nan] * 3})
