@@ -4,8 +4,9 @@ Eval loss and task quality can part ways (on the CPU demo eval loss falls while 
 coverage fall too), so a fixed sample of validation examples (the first N, in turn from each paper)
 is answered greedily at every evaluation and scored with the cheap task metrics
 (`metrics.during_training`: chrF, SARI, glossary coverage, Hangul share). The scores join eval_loss
-in the trainer's own metrics, so train_log.csv, TensorBoard, trackers, the live chart, early stopping (`training.early_stopping_metric`)
-and a sweep's pruner all see them; the answers go to logs/task_samples.jsonl, one line per evaluation.
+in the trainer's own metrics, so train_log.csv, TensorBoard, trackers, the live chart, early
+stopping (`training.early_stopping_metric`) and a sweep's pruner all see them; the answers go to
+logs/task_samples.jsonl, one line per evaluation.
 """
 from __future__ import annotations
 
