@@ -15,6 +15,7 @@ are by example, so nothing leaks between train and test.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -170,7 +171,7 @@ def load_raw(path: str | Path) -> list[Record]:
     """Read and validate a paper-format JSON file; DataError names the file and every bad record.
     Each record's `paper` is the file's stem."""
     path, shown, text = _read(path)
-    return [Record(**{**r.__dict__, "paper": path.stem}) for r in validate_records(_json(text, shown), source=shown)]
+    return [dataclasses.replace(r, paper=path.stem) for r in validate_records(_json(text, shown), source=shown)]
 
 
 # ------------------------------------------------------------ chat formats
@@ -301,18 +302,31 @@ def remove_fillers(text: str, phrases: Iterable[str]) -> tuple[str, list[str]]:
     return " ".join(text.split()), removed
 
 
-def clean_examples(examples: Sequence[Paragraph], phrases: Iterable[str]) -> tuple[list[Paragraph], pd.DataFrame]:
-    """clean_records for chat examples: fillers out of each answer, whitespace normalised."""
+def _clean(items: Sequence, phrases: Iterable[str], normalise_original: bool, empty) -> tuple[list, pd.DataFrame]:
+    """Fillers out of every `simplified` (whitespace normalised), and with `normalise_original` the
+    whitespace of every `original` too; `empty(item, removed)` words the error for an answer that
+    was only filler. The DataFrame lists what changed: id, phrase removed, text before and after."""
     phrases = list(phrases)
     cleaned, changes = [], []
-    for e in examples:
-        answer, removed = remove_fillers(e.simplified, phrases)
+    for item in items:
+        answer, removed = remove_fillers(item.simplified, phrases)
         if not answer:
-            raise DataError(f"example {e.id}: the answer is empty after removing filler phrases {removed}; "
-                            "write the answer itself, not only the filler.")
-        changes += [{"id": e.id, "removed": phrase, "before": e.simplified, "after": answer} for phrase in removed]
-        cleaned.append(Paragraph(**{**e.__dict__, "simplified": answer}))
+            raise DataError(empty(item, removed))
+        changes += [{"id": item.id, "removed": phrase, "before": item.simplified, "after": answer}
+                    for phrase in removed]
+        fields = {"simplified": answer}
+        if normalise_original:
+            fields["original"] = " ".join(item.original.split())
+        cleaned.append(dataclasses.replace(item, **fields))
     return cleaned, pd.DataFrame(changes, columns=["id", "removed", "before", "after"])
+
+
+def clean_examples(examples: Sequence[Paragraph], phrases: Iterable[str]) -> tuple[list[Paragraph], pd.DataFrame]:
+    """clean_records for chat examples: fillers out of each answer; the question is kept as written
+    (an alpaca input's line breaks are part of it)."""
+    return _clean(examples, phrases, False, lambda e, removed: (
+        f"example {e.id}: the answer is empty after removing filler phrases {removed}; "
+        "write the answer itself, not only the filler."))
 
 
 def clean_records(records: Sequence[Record], phrases: Iterable[str]) -> tuple[list[Record], pd.DataFrame]:
@@ -320,18 +334,9 @@ def clean_records(records: Sequence[Record], phrases: Iterable[str]) -> tuple[li
 
     The DataFrame lists what changed: id, phrase removed, text before and after.
     """
-    phrases = list(phrases)
-    cleaned, changes = [], []
-    for r in records:
-        simplified, removed = remove_fillers(r.simplified, phrases)
-        original = " ".join(r.original.split())
-        if not simplified:
-            raise DataError(f"record id {r.id}: 'simplified' is empty after removing filler "
-                            f"phrases {removed}; write the explanation itself, not only the filler.")
-        for phrase in removed:
-            changes.append({"id": r.id, "removed": phrase, "before": r.simplified, "after": simplified})
-        cleaned.append(Record(r.id, r.section_major, r.section_minor, original, simplified, r.paper))
-    return cleaned, pd.DataFrame(changes, columns=["id", "removed", "before", "after"])
+    return _clean(records, phrases, True, lambda r, removed: (
+        f"record id {r.id}: 'simplified' is empty after removing filler "
+        f"phrases {removed}; write the explanation itself, not only the filler."))
 
 
 # ------------------------------------------------------- paragraphs and splits

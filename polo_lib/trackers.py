@@ -58,11 +58,18 @@ def mlflow_uri() -> str:
 
 
 def _mlflow():
+    """mlflow pointed at this project's store and experiment (MLFLOW_EXPERIMENT_NAME or `polo`), and
+    that experiment."""
     import mlflow
 
     mlflow.set_tracking_uri(mlflow_uri())
-    mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME") or EXPERIMENT)
-    return mlflow
+    return mlflow, mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME") or EXPERIMENT)
+
+
+def _trackio_store() -> None:
+    """Trackio's local store in the outputs folder unless TRACKIO_DIR says otherwise (read when
+    trackio is first imported in a process)."""
+    os.environ.setdefault("TRACKIO_DIR", str(paths.outputs_dir() / "trackio"))
 
 
 def trainer_report_to(report_to, run) -> list[str]:
@@ -73,7 +80,7 @@ def trainer_report_to(report_to, run) -> list[str]:
     if "mlflow" in chosen:
         _mlflow()
     if "trackio" in chosen:
-        os.environ.setdefault("TRACKIO_DIR", str(paths.outputs_dir() / "trackio"))
+        _trackio_store()
     if "wandb" in chosen:
         _wandb(run)  # the trainer's W&B callback logs into the run started here
     return chosen or ["none"]
@@ -111,11 +118,8 @@ def _flat_params(cfg) -> dict[str, str]:
             if isinstance(body, dict) for key, value in body.items()}
 
 
-def mlflow_run(mlflow, name: str):
-    """The newest MLflow run named `name` in the current experiment, or None."""
-    experiment = mlflow.get_experiment_by_name(os.environ.get("MLFLOW_EXPERIMENT_NAME") or EXPERIMENT)
-    if experiment is None:
-        return None
+def mlflow_run(mlflow, experiment, name: str):
+    """The newest MLflow run named `name` in `experiment`, or None."""
     found = mlflow.MlflowClient().search_runs([experiment.experiment_id], f"tags.mlflow.runName = '{name}'",
                                               order_by=["attributes.start_time DESC"], max_results=1)
     return found[0] if found else None
@@ -144,13 +148,12 @@ def log_stage_end(run, cfg) -> dict[str, Any] | None:
 
 
 def _mlflow_end(run, params: dict[str, str], figures: dict[str, float]) -> dict[str, Any]:
-    mlflow = _mlflow()
+    mlflow, experiment = _mlflow()
     from mlflow.entities import Metric, Param
 
     client = mlflow.MlflowClient()
-    found = mlflow_run(mlflow, run.id)
+    found = mlflow_run(mlflow, experiment, run.id)
     if found is None:  # an evaluation of a run trained before MLflow was on: a run of its own
-        experiment = mlflow.get_experiment_by_name(os.environ.get("MLFLOW_EXPERIMENT_NAME") or EXPERIMENT)
         found = client.create_run(experiment.experiment_id, run_name=run.id)
     run_id = found.info.run_id
     have = client.get_run(run_id).data.params  # an MLflow param is written once
@@ -166,7 +169,7 @@ def _mlflow_end(run, params: dict[str, str], figures: dict[str, float]) -> dict[
 
 
 def _trackio_end(run, params: dict[str, str], figures: dict[str, float]) -> dict[str, Any]:
-    os.environ.setdefault("TRACKIO_DIR", str(paths.outputs_dir() / "trackio"))
+    _trackio_store()
     import trackio
 
     with contextlib.redirect_stdout(io.StringIO()):  # its banner, once per init, in every stage's output
