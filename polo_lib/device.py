@@ -1,21 +1,29 @@
 """What this machine can do, and what a recipe will therefore run with, as pure functions.
 
 `describe()` reads the machine once: CUDA or not, the GPU's compute capability, free memory,
-whether bitsandbytes imports. Every decision the GPU path makes (precision, optimizer, 4-bit,
+whether bitsandbytes imports and whether its NF4 4-bit runs here. Every decision the GPU path makes (precision, optimizer, 4-bit,
 gradient checkpointing, refusing a GPU recipe on a CPU) is `decide(device, cfg)`, a pure
 function of that description and the params, so each branch is tested as a table on a CPU
-(tests/test_device.py: T4, A10G, RTX 4090, H100/H200, CUDA without bitsandbytes, CPU).
+(tests/test_device.py: T4, A10G, RTX 4090, H100/H200, CUDA without bitsandbytes, a CPU with and
+without bitsandbytes' NF4).
+
+4-bit on a CPU: Unsloth 2026.10.9's CPU backend quantizes to NF4 through bitsandbytes' CPU backend
+(bitsandbytes >= 0.50) when Unsloth's own probe, a real Linear4bit forward and backward, passes
+(`unsloth_zoo.cpu.runtime.cpu_bnb_4bit_supported`). `describe()` asks that same probe, so the
+decision and the loader never disagree about a machine.
 
 Why not torch's own answers: torch 2.13's `torch.cuda.is_bf16_supported()` counts emulation and
 says True on a T4 (compute capability 7.5), where bf16 runs several times slower than fp16. bf16
 here means the hardware has it: compute capability 8.0 (Ampere) or newer.
 
-This module imports nothing from polo_lib but errors, so any layer (params' `auto` choice
-included) may ask it.
+This module imports nothing from polo_lib but errors (and unsloth_first, to ask Unsloth's probe
+in the order Unsloth needs), so any layer (params' `auto` choice included) may ask it.
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
+import os
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -37,6 +45,13 @@ class Device:
     bitsandbytes: bool = False  # importable: 4-bit loading and 8-bit optimizers need it
     count: int = 1
     threads: int | None = None
+    # bitsandbytes' NF4 runs here. None: not probed, which means "as bitsandbytes" on CUDA (its CUDA
+    # library ships in the wheel) and "no" on a CPU (only Unsloth's forward/backward probe says yes).
+    nf4: bool | None = None
+
+    def __post_init__(self):
+        if self.nf4 is None:  # frozen: the default is derived once, here
+            object.__setattr__(self, "nf4", bool(self.bitsandbytes and self.cuda))
 
     @property
     def cuda(self) -> bool:
@@ -66,7 +81,7 @@ class Device:
         return cls(kind=d.get("device", d.get("kind", "cpu")), name=d.get("name", "?"),
                    memory_total=int(d.get("memory_total") or 0), memory_free=int(d.get("memory_free") or 0),
                    compute_capability=tuple(cc) if cc else None, bitsandbytes=bool(d.get("bitsandbytes")),
-                   count=int(d.get("count") or 1), threads=d.get("threads"))
+                   count=int(d.get("count") or 1), threads=d.get("threads"), nf4=d.get("nf4"))
 
 
 def as_device(device: Device | dict | None) -> Device:
@@ -81,8 +96,27 @@ def bitsandbytes_importable() -> bool:
     return importlib.util.find_spec("bitsandbytes") is not None
 
 
+# Unsloth's switch for its CPU 4-bit path (unsloth_zoo.cpu.runtime): 0/false/no/off turns it off.
+CPU_4BIT_SWITCH = "UNSLOTH_CPU_LOAD_IN_4BIT"
+
+
+@functools.cache
+def cpu_nf4_works() -> bool:
+    """Whether Unsloth's CPU backend will load 4-bit here: bitsandbytes installed and Unsloth's own
+    probe (a real NF4 Linear4bit forward and backward, ~0.1 s) passing. Asked once per process;
+    Unsloth is imported first, as it must be before transformers (bitsandbytes comes with it)."""
+    if not bitsandbytes_importable():
+        return False
+    from .unsloth_first import import_unsloth
+
+    import_unsloth()
+    from unsloth_zoo.cpu.runtime import cpu_bnb_4bit_supported
+
+    return bool(cpu_bnb_4bit_supported())
+
+
 def describe() -> Device:
-    """This machine, read without importing Unsloth (the manifest is written before any model loads)."""
+    """This machine: what the decisions and the manifest need (written before any model loads)."""
     import psutil
     import torch
 
@@ -93,7 +127,22 @@ def describe() -> Device:
                       bitsandbytes=bitsandbytes_importable(), count=torch.cuda.device_count())
     vm = psutil.virtual_memory()
     return Device("cpu", cpu_name(), vm.total, vm.available, bitsandbytes=bitsandbytes_importable(),
-                  threads=torch.get_num_threads())
+                  threads=torch.get_num_threads(), nf4=cpu_nf4_works())
+
+
+def no_nf4_reason(device: Device) -> str:
+    """Why bitsandbytes' 4-bit cannot load on `device` (empty when it can)."""
+    if device.nf4:
+        return ""
+    if not device.bitsandbytes:
+        return ("bitsandbytes is not installed (make setup installs the pinned one: its CPU backend runs NF4; "
+                "pip install -r requirements/gpu.txt on a GPU)")
+    if device.cuda:
+        return "bitsandbytes' CUDA library does not run on this GPU"
+    if os.environ.get(CPU_4BIT_SWITCH, "").strip().lower() in ("0", "false", "no", "off"):
+        return f"{CPU_4BIT_SWITCH}={os.environ[CPU_4BIT_SWITCH]} turns Unsloth's CPU 4-bit path off"
+    return (f"bitsandbytes' CPU backend failed Unsloth's NF4 forward/backward check on this CPU ({device.name}; "
+            "it needs AVX2 or AVX-512)")
 
 
 def out_of_memory_errors() -> tuple[type[BaseException], ...]:
@@ -158,6 +207,11 @@ class Decisions:
         out["notes"] = list(self.notes)
         return out
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Decisions:
+        """Inverse of `as_dict` (a manifest's `decisions`)."""
+        return cls(**{**d, "notes": tuple(d.get("notes") or ())})
+
     @property
     def precision(self) -> str:
         return "4-bit NF4 + " + self.dtype if self.load_in_4bit else self.dtype
@@ -169,8 +223,9 @@ def decide(device: Device, model_params, lora_params, training_params) -> Decisi
     - GPU recipe (model.require_gpu) on a machine without CUDA: refused, naming the params to use.
     - dtype auto: bfloat16 from compute capability 8.0, float16 below (T4), float32 on a CPU
       (bf16 on these CPUs measured 6-25x slower than fp32). bfloat16 asked on a GPU without it: refused.
-    - 4-bit: on CUDA with bitsandbytes; CUDA without bitsandbytes: refused with the install command;
-      on a CPU it falls back to the dtype above, and a note says so.
+    - 4-bit: wherever bitsandbytes' NF4 runs (CUDA with bitsandbytes; a CPU whose bitsandbytes CPU
+      backend passes Unsloth's probe). CUDA without bitsandbytes: refused with the install command;
+      a CPU where NF4 does not run falls back to the dtype above, and a note says why.
     - optim auto: adamw_8bit where bitsandbytes imports on CUDA (optimizer states in 1/4 of the
       memory), adamw_torch elsewhere; an 8-bit optimizer asked without bitsandbytes: refused.
     - gradient checkpointing "unsloth" (offloads activations to RAM, GPU only) becomes plain
@@ -188,9 +243,8 @@ def decide(device: Device, model_params, lora_params, training_params) -> Decisi
         raise ModelError("load_in_4bit needs bitsandbytes, which is not installed in this environment "
                          f"(CUDA GPU: {device.name}). Install the pinned GPU stack: "
                          "pip install -r requirements/gpu.txt (or set model.load_in_4bit: false).")
-    if four_bit and not device.cuda:
-        notes.append(f"load_in_4bit was asked, but bitsandbytes 4-bit needs a CUDA GPU: loading {dtype} "
-                     "weights instead.")
+    if four_bit and not device.nf4:
+        notes.append(f"load_in_4bit was asked, but {no_nf4_reason(device)}: loading {dtype} weights instead.")
         four_bit = False
     optim = training_params.optim
     if optim == "auto":
@@ -245,7 +299,9 @@ PROFILES: dict[str, Device] = {
     "h100": Device("cuda", "NVIDIA H100 80GB HBM3", int(79.6 * _GiB), int(79.6 * _GiB), (9, 0), True),
     "h200": Device("cuda", "NVIDIA H200", int(139.8 * _GiB), int(139.8 * _GiB), (9, 0), True),
     "cuda-no-bitsandbytes": Device("cuda", "Tesla T4 (no bitsandbytes)", 15 * _GiB, 15 * _GiB, (7, 5), False),
-    "cpu": Device("cpu", "a CPU", 16 * _GiB, 16 * _GiB, threads=2),
+    # `make setup` installs bitsandbytes, whose CPU backend runs NF4 on AVX2/AVX-512 CPUs
+    "cpu": Device("cpu", "a CPU", 16 * _GiB, 16 * _GiB, bitsandbytes=True, threads=2, nf4=True),
+    "cpu-no-bitsandbytes": Device("cpu", "a CPU (no bitsandbytes)", 16 * _GiB, 16 * _GiB, threads=2),
 }
 
 

@@ -5,7 +5,7 @@ the server and the chat app share.
               reads them (Unsloth's fast generation does not move them)
   generation  Generation, prompt_text, generate (batched, left padding, stops at EOS), chats_of,
               answers_of, check_generates (one greedy answer from a reloaded export)
-  loading     load_base, load_tuned (base + a run's adapter/), load_merged, run_tokenizer (the
+  loading     load_base, load_tuned (base + a run's adapter/), merge_to_16bit, load_merged, run_tokenizer (the
               chat template and EOS training used), with_tokenizer, require_adapter,
               reload_options and reload_and_check (an export reloaded and answering), free_memory
 
@@ -237,6 +237,28 @@ def load_tuned(cfg, run):
     """Base + the run's saved adapter (adapter/), as a user would load it."""
     require_adapter(run)
     return _loaded(str(run.adapter), cfg)
+
+
+def merge_to_16bit(cfg, run, out: Path) -> Path:
+    """Base + the run's adapter merged into 16-bit weights in `out` (Unsloth's save_pretrained_merged).
+
+    Unsloth's CPU backend cannot fold LoRA into Linear4bit layers (NotImplementedError), so the
+    adapter of a run trained on an NF4 base is merged into the base's 16-bit original, the local
+    model it was quantized from: what Unsloth's GPU path does too (it downloads the 16-bit original
+    of a bnb-4bit hub base). The merged model is then not the 4-bit model that ran, by NF4's
+    rounding: export's parity figures say by how much.
+    """
+    if cfg.model.load_in_4bit and not device_lib.describe().cuda:
+        cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"load_in_4bit": False})})
+    lm = load_tuned(cfg, run)
+    try:
+        lm.model.save_pretrained_merged(str(out), lm.tokenizer, save_method="merged_16bit")
+    finally:
+        del lm
+        free_memory()
+    if not (out / "config.json").is_file():
+        raise ModelError(f"save_pretrained_merged wrote no config.json into {out}")
+    return out
 
 
 def load_merged(cfg, folder: Path):

@@ -126,7 +126,9 @@ def estimate_memory(cfg, device=None, config=None) -> MemoryEstimate:
     vocab = config.vocab_size
     embed = vocab * hidden * (1 if getattr(config, "tie_word_embeddings", False) else 2)
     linear = total - embed
-    weights = int(linear * 0.5 + embed * 2) if decisions.load_in_4bit else total * dtype_bytes  # NF4: 4 bits a weight
+    # NF4: 4 bits a linear weight (+ ~3% for its absmax scales, left out); embeddings and the head stay
+    # in the compute dtype (2 bytes on a GPU, 4 in a CPU's float32)
+    weights = int(linear * 0.5 + embed * dtype_bytes) if decisions.load_in_4bit else total * dtype_bytes
     lora = sum(lora_r1.values()) * cfg.lora.r
     optimizer_bytes = 2 if "8bit" in decisions.optim else 8  # two Adam moments
     batch, seq = cfg.training.per_device_train_batch_size, cfg.model.max_seq_length
@@ -150,7 +152,7 @@ def check_memory(estimate: MemoryEstimate, enabled: bool = True) -> MemoryEstima
             f"{estimate.available / GiB:.1f} GiB free "
             f"({', '.join(f'{k} {v / GiB:.1f}' for k, v in estimate.parts.items())} GiB). "
             "Lower training.per_device_train_batch_size (raise gradient_accumulation_steps to keep the "
-            "effective batch), lower model.max_seq_length, set model.load_in_4bit: true on a GPU, or "
+            "effective batch), lower model.max_seq_length, set model.load_in_4bit: true, or "
             "set model.memory_check: false to try anyway.")
     return estimate
 
@@ -217,8 +219,9 @@ def load(cfg, device=None) -> LoadedModel:
     """Base model through FastLanguageModel.from_pretrained, then LoRA via get_peft_model.
 
     Precision, 4-bit and checkpointing come from `device.decide`: a GPU recipe on a CPU is refused
-    before anything loads; on a CPU, 4-bit falls back to full precision, recorded (asked vs
-    applied) and shown, never silent.
+    before anything loads; where bitsandbytes' NF4 does not run, 4-bit falls back to full precision,
+    recorded (asked vs applied) and shown, never silent. The loaded model is then checked against
+    the decision (`check_applied`): 4-bit decided but not loaded is an error, not a quiet 16-bit run.
     """
     import torch
 
@@ -229,8 +232,7 @@ def load(cfg, device=None) -> LoadedModel:
     model, tokenizer = from_pretrained(where, cfg, device)
     from unsloth import FastLanguageModel
 
-    applied_4bit = bool(getattr(model, "is_loaded_in_4bit", False)) or any(
-        "4bit" in type(m).__name__ for m in model.modules())
+    four_bit_layers = check_applied(model, decisions, where)
     lora_shapes(model.config, cfg.lora.target_modules)  # a clear error for a missing target module
     model = FastLanguageModel.get_peft_model(
         model, r=cfg.lora.r, lora_alpha=cfg.lora.lora_alpha, lora_dropout=cfg.lora.lora_dropout,
@@ -241,7 +243,8 @@ def load(cfg, device=None) -> LoadedModel:
         notes.append(f"LoRA weights start from {load_init_adapter(model, cfg.run.init_adapter)}")
     model_dtype = next(p.dtype for p in model.parameters() if not p.requires_grad and p.is_floating_point())
     applied = {
-        "load_in_4bit": {"asked": cfg.model.load_in_4bit, "applied": applied_4bit},
+        "load_in_4bit": {"asked": cfg.model.load_in_4bit, "applied": four_bit_layers > 0},
+        "linear4bit_layers": four_bit_layers,  # counted in the loaded model, not assumed
         "dtype": {"asked": cfg.model.dtype, "applied": str(model_dtype).removeprefix("torch.")},
         "device": {"asked": "auto", "applied": f"{device.kind} ({device.name})"},
         "gradient_checkpointing": {"asked": cfg.lora.use_gradient_checkpointing,
@@ -252,6 +255,27 @@ def load(cfg, device=None) -> LoadedModel:
         log.warning(n)
     torch.manual_seed(cfg.training.seed)
     return LoadedModel(model, tokenizer, applied, notes)
+
+
+def count_4bit_layers(model) -> int:
+    """bitsandbytes Linear4bit modules in `model` (its quantized linear layers)."""
+    return sum(type(m).__name__ == "Linear4bit" for m in model.modules())
+
+
+def check_applied(model, decisions, where: str) -> int:
+    """The loaded model against what `device.decide` said it would be: 4-bit decided means NF4
+    Linear4bit layers, 16-bit decided means none. Unsloth's CPU loader falls back to 16-bit on its
+    own (bitsandbytes refuses layers narrower than 64): that must stop the run, not change its
+    precision behind the manifest's back. Returns the number of 4-bit layers."""
+    n = count_4bit_layers(model)
+    if decisions.load_in_4bit and n == 0:
+        raise ModelError(f"{where}: 4-bit NF4 was decided for this machine but the loaded model holds no "
+                         "bitsandbytes Linear4bit layer (Unsloth fell back to 16-bit weights; its log above says "
+                         "why). Set model.load_in_4bit: false to train in 16-bit on purpose.")
+    if not decisions.load_in_4bit and n:
+        raise ModelError(f"{where}: {n} Linear4bit layers loaded where {decisions.dtype} weights were decided: "
+                         "a pre-quantized (bnb-4bit) checkpoint needs model.load_in_4bit: true.")
+    return n
 
 
 def init_adapter_path(init_adapter: str):

@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from .atomic import atomic_write_text
+from .device import Decisions
 from .errors import PoloError, RunError
 from .runs import Run, RunSummary
 
@@ -125,7 +126,13 @@ def _header(run: Run, manifest: dict[str, Any]) -> list[str]:
            f"- status: **{manifest.get('status', '?')}**, created {manifest.get('created', '?')}",
            f"- params: `{manifest.get('params_name', '?')}` (hash {manifest.get('params_hash', '?')})",
            f"- code: commit `{(git.get('commit') or '?')[:12]}`{' (dirty)' if git.get('dirty') else ''}",
-           f"- device: {device.get('device', '?')} ({device.get('name', '?')})", ""]
+           f"- device: {device.get('device', '?')} ({device.get('name', '?')})"]
+    if manifest.get("decisions"):  # what ran, as loaded: the 4-bit layers are counted in the model, not assumed
+        decisions = Decisions.from_dict(manifest["decisions"])
+        layers = (manifest.get("model") or {}).get("linear4bit_layers")
+        out.append(f"- precision: {decisions.precision}" + (f" ({layers} Linear4bit layers)" if layers else "")
+                   + f", optimizer {decisions.optim}")
+    out.append("")
     stages = manifest.get("stages") or {}
     if stages:
         out += ["## Stages", "", md_table([{"stage": k, **v} for k, v in stages.items()],

@@ -22,6 +22,7 @@ from . import model as model_lib
 from . import plots, progress, task_eval, trackers
 from .atomic import atomic_write_text
 from .errors import DataError, ModelError, ParamsError, RunError
+from .inference import merge_to_16bit
 from .notebook import in_notebook, say
 from .params import DURING_TRAINING_METRICS
 
@@ -573,8 +574,9 @@ def smaller_micro_batch(batch: int) -> int:
     return max(d for d in range(1, batch // 2 + 1) if batch % d == 0) if batch > 1 else 1
 
 
-def oom_ways_out(training, lora, max_seq_length: int, longest: int | None) -> list[WayOut]:
-    """The ways out of running out of memory in training, best first, from the params alone."""
+def oom_ways_out(training, lora, max_seq_length: int, longest: int | None, four_bit: bool) -> list[WayOut]:
+    """The ways out of running out of memory in training, best first, from the params and whether the
+    base already loaded in 4-bit (`four_bit`: then a 4-bit base is no way out)."""
     bs, ga = training.per_device_train_batch_size, training.gradient_accumulation_steps
     out = []
     if bs > 1:
@@ -591,9 +593,13 @@ def oom_ways_out(training, lora, max_seq_length: int, longest: int | None) -> li
     if longest and longest < max_seq_length:
         out.append(WayOut(f"a shorter sequence limit: model.max_seq_length {max_seq_length} -> {longest} (the longest "
                           "training example; nothing is cut)", {"model.max_seq_length": longest}, continues_run=False))
-    if bs == 1:
-        out.append(WayOut("the model itself does not fit at micro-batch 1: a 4-bit base (model.load_in_4bit: true) "
-                          "or a smaller lora.r", {}, continues_run=False))
+    if bs == 1 and not four_bit:
+        out.append(WayOut("the model itself does not fit at micro-batch 1: a 4-bit base (model.load_in_4bit: true; "
+                          "NF4 weights take a quarter of 16-bit ones)", {"model.load_in_4bit": True},
+                          continues_run=False))
+    elif bs == 1:
+        out.append(WayOut("the model does not fit at micro-batch 1 even on its 4-bit base: a smaller lora.r, fewer "
+                          "lora.target_modules, or a smaller model", {}, continues_run=False))
     return out
 
 
@@ -616,7 +622,8 @@ def _out_of_memory(session: Session, error: BaseException) -> RunError:
     session.trainer.model.zero_grad(set_to_none=True)  # the gradients of the failed step
     free_memory()
     memory = device_lib.memory_in_use()
-    ways = oom_ways_out(cfg.training, cfg.lora, cfg.model.max_seq_length, longest)
+    ways = oom_ways_out(cfg.training, cfg.lora, cfg.model.max_seq_length, longest,
+                        four_bit=model_lib.count_4bit_layers(session.lm.model) > 0)
     last = next((p.name for p in reversed(checkpoints(run)) if _valid_checkpoint(p)), None)
     follow = next((w for w in ways if w.continues_run), None)
     command = continue_command(run, follow.overrides) if follow else None
@@ -642,7 +649,10 @@ def finish(session: Session) -> pd.DataFrame:
     saved = {"adapter": str(run.adapter)}
     if session.cfg.training.save_merged_16bit:
         merged = run.path / "merged_16bit"
-        lm.model.save_pretrained_merged(str(merged), lm.tokenizer, save_method="merged_16bit")
+        if model_lib.count_4bit_layers(lm.model):  # LoRA cannot be folded into NF4 weights in place
+            merge_to_16bit(session.cfg, run, merged)
+        else:
+            lm.model.save_pretrained_merged(str(merged), lm.tokenizer, save_method="merged_16bit")
         saved["merged_16bit"] = str(merged)
     fig = plots.loss_curve(session.recorder.frame(), title=f"run {run.id}")
     saved["loss_plot"] = str(plots.save(fig, run.plots / "loss.png"))

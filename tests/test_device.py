@@ -7,6 +7,7 @@ schedule is `train.plan`, a pure function of the training params and the data si
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import yaml
@@ -27,7 +28,9 @@ A10G = gpu("NVIDIA A10G", (8, 6), 22)
 RTX_4090 = gpu("NVIDIA GeForce RTX 4090", (8, 9), 24)
 H100 = gpu("NVIDIA H100 80GB HBM3", (9, 0), 80)
 H200 = gpu("NVIDIA H200", (9, 0), 139)
-CPU = Device("cpu", "x86_64", 24 * GiB, 20 * GiB, threads=2)
+CPU = Device("cpu", "x86_64", 24 * GiB, 20 * GiB, threads=2)  # no bitsandbytes
+CPU_NF4 = Device("cpu", "x86_64 AVX-512", 24 * GiB, 20 * GiB, bitsandbytes=True, threads=2, nf4=True)
+CPU_NO_KERNEL = Device("cpu", "old x86_64", 24 * GiB, 20 * GiB, bitsandbytes=True, threads=2, nf4=False)
 
 
 def decide(dev: Device, params_file: str = "default", **overrides):
@@ -76,10 +79,45 @@ def test_cuda_without_bitsandbytes_says_what_to_install():
 def test_a_gpu_recipe_on_a_cpu_stops_naming_the_params_to_use():
     with pytest.raises(ModelError, match="no CUDA GPU.*params_file 'cpu'.*require_gpu: false"):
         decide(CPU)
-    d = decide(CPU, require_gpu=False)  # asked for: it runs, 4-bit falls back, and says so
-    assert (d.dtype, d.load_in_4bit, d.optim, d.gradient_checkpointing, d.use_cpu) == \
-        ("float32", False, "adamw_torch", True, True)
-    assert "bitsandbytes 4-bit needs a CUDA GPU" in d.notes[0]
+    d = decide(CPU_NF4, require_gpu=False)  # asked for: it runs, in 4-bit where bitsandbytes' CPU NF4 works
+    assert (d.dtype, d.load_in_4bit, d.optim, d.gradient_checkpointing, d.use_cpu, d.notes) == \
+        ("float32", True, "adamw_torch", True, True, ())
+
+
+# a CPU: 4-bit where bitsandbytes' CPU backend runs NF4, else 16-bit with the reason in a note
+CPU_TABLE = [
+    (CPU_NF4, True, None),
+    (CPU, False, r"bitsandbytes is not installed \(make setup installs the pinned one"),
+    (CPU_NO_KERNEL, False, r"bitsandbytes' CPU backend failed Unsloth's NF4 forward/backward check on this CPU "
+                           r"\(old x86_64"),
+]
+
+
+@pytest.mark.parametrize("dev, four_bit, why", CPU_TABLE, ids=["nf4", "no-bitsandbytes", "no-kernel"])
+def test_4bit_on_a_cpu_wherever_bitsandbytes_nf4_runs(dev, four_bit, why):
+    d = decide(dev, "cpu", load_in_4bit=True)
+    assert (d.load_in_4bit, d.dtype, d.optim, d.use_cpu) == (four_bit, "float32", "adamw_torch", True)
+    assert d.precision == ("4-bit NF4 + float32" if four_bit else "float32")
+    if why is None:
+        assert d.notes == ()
+    else:
+        assert len(d.notes) == 1 and re.search(f"load_in_4bit was asked, but {why}.*: loading float32 weights",
+                                               d.notes[0]), d.notes
+
+
+def test_unsloths_switch_is_named_when_it_turns_cpu_4bit_off(monkeypatch):
+    monkeypatch.setenv(device.CPU_4BIT_SWITCH, "0")
+    assert "UNSLOTH_CPU_LOAD_IN_4BIT=0 turns Unsloth's CPU 4-bit path off" in device.no_nf4_reason(CPU_NO_KERNEL)
+
+
+def test_this_machine_runs_nf4_as_setup_installs_it():
+    """make setup pins bitsandbytes, and this project's machines (x86_64 with AVX-512) pass Unsloth's
+    NF4 probe: the describe() that every run's manifest records says so, and cpu_qlora trains 4-bit."""
+    assert device.bitsandbytes_importable(), "make setup installs bitsandbytes (requirements/constraints.txt)"
+    here = device.describe()
+    assert here.nf4 is True and here.bitsandbytes is True
+    d = device.decide_for(params.load("cpu_qlora"), here)
+    assert d.load_in_4bit and d.notes == ()
 
 
 def test_the_cpu_demo_and_smoke_recipes_on_a_cpu():
@@ -89,6 +127,9 @@ def test_the_cpu_demo_and_smoke_recipes_on_a_cpu():
             ("float32", False, "adamw_torch", False, False, False, True)
     with pytest.raises(ModelError, match="no CUDA GPU"):
         decide(CPU, "cpu", optim="adamw_8bit")
+    d = decide(CPU_NF4, "cpu_qlora")  # the QLoRA shape on a CPU: cpu.yaml but NF4
+    assert (d.dtype, d.load_in_4bit, d.optim, d.gradient_checkpointing, d.use_cpu) == \
+        ("float32", True, "adamw_torch", False, True)
 
 
 def test_the_cpu_recipe_on_a_gpu_uses_the_gpu():
@@ -97,10 +138,14 @@ def test_the_cpu_recipe_on_a_gpu_uses_the_gpu():
 
 
 def test_device_dict_round_trip_keeps_what_the_decisions_need():
-    for dev in (T4, H200, CPU):
+    for dev in (T4, H200, CPU, CPU_NF4, CPU_NO_KERNEL):
         again = Device.from_dict(json.loads(json.dumps(dev.as_dict())))
-        assert again == dev and again.bf16 == dev.bf16
+        assert again == dev and again.bf16 == dev.bf16 and again.nf4 == dev.nf4
     assert T4.as_dict()["compute_capability"] == "7.5" and T4.as_dict()["bf16"] is False
+    # a manifest written before nf4 was recorded: CUDA with bitsandbytes runs NF4, a CPU is not assumed to
+    old = {k: v for k, v in T4.as_dict().items() if k != "nf4"}
+    assert Device.from_dict(old).nf4 is True
+    assert Device.from_dict({k: v for k, v in CPU_NF4.as_dict().items() if k != "nf4"}).nf4 is False
 
 
 def test_this_machine_is_described_without_cuda_and_auto_picks_cpu():

@@ -12,7 +12,8 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "polo_lib"
 
 LAYERS = {  # lowest first
-    # device: pure decisions about this machine, importing only errors; in core because params'
+    # device: pure decisions about this machine, importing only errors and unsloth_first (to ask Unsloth's
+    # NF4 probe after Unsloth is imported); in core because params'
     # `auto` choice (GPU recipe where CUDA is) asks it. notebook: IPython hooks, importing only errors.
     "core": {"paths", "atomic", "errors", "prompts", "params", "notebook", "device", "progress", "unsloth_first"},
     "models": {"model", "local_models", "inference"},

@@ -393,16 +393,11 @@ def merge_into(run, out: Path, chats=None) -> tuple[Path, list[list[int]] | None
     """Base + adapter merged into 16-bit weights with Unsloth's save_pretrained_merged; with `chats`,
     the tuned model's greedy answers to them first (the reference of parity)."""
     reference = _tuned_answers(run, chats) if chats else None
-    lm = inference.load_tuned(run.params(), run)
     # On a GPU a 4-bit hub base (the default recipe) is not dequantized: Unsloth downloads its
     # 16-bit original (unsloth/Llama-3.2-3B-Instruct, ~6.4 GB) and merges LoRA into those shards
-    # (README, "Merging a 4-bit base"). Unsloth's CPU backend merges the loaded weights in memory.
-    lm.model.save_pretrained_merged(str(out), lm.tokenizer, save_method="merged_16bit")
-    del lm
-    inference.free_memory()  # the tuned model goes before the merged one is reloaded to check it
-    if not (out / "config.json").is_file():
-        raise ModelError(f"save_pretrained_merged wrote no config.json into {out}")
-    return out, reference
+    # (README, "Merging a 4-bit base"). On a CPU a 4-bit run merges into its local 16-bit base.
+    # The tuned model is freed before the merged one is reloaded to check it.
+    return inference.merge_to_16bit(run.params(), run, out), reference
 
 
 def _build_merged(run, out: Path, _types) -> dict[str, Any]:

@@ -91,20 +91,30 @@ def test_the_smaller_micro_batch_divides_the_batch(batch, expected):
     assert train.smaller_micro_batch(batch) == expected
 
 
-@pytest.mark.parametrize("batch,accumulation,checkpointing,longest,expected", [
+FOUR_BIT = {"model.load_in_4bit": True}
+
+
+@pytest.mark.parametrize("batch,accumulation,checkpointing,longest,four_bit,expected", [
     # micro-batch first (the run continues), then what needs a new run
-    (4, 2, "unsloth", 900, [({"training.per_device_train_batch_size": 2, "training.gradient_accumulation_steps": 4},
-                             True), ({"model.max_seq_length": 900}, False)]),
-    (6, 1, "false", None, [({"training.per_device_train_batch_size": 3, "training.gradient_accumulation_steps": 2},
-                            True), ({"lora.use_gradient_checkpointing": "unsloth"}, False)]),
-    (1, 8, "unsloth", 1024, [({}, False)]),  # nothing left to split, no shorter limit: a smaller model
-    (1, 4, "unsloth", 512, [({"model.max_seq_length": 512}, False), ({}, False)]),
+    (4, 2, "unsloth", 900, False, [({"training.per_device_train_batch_size": 2,
+                                     "training.gradient_accumulation_steps": 4}, True),
+                                   ({"model.max_seq_length": 900}, False)]),
+    (6, 1, "false", None, False, [({"training.per_device_train_batch_size": 3,
+                                    "training.gradient_accumulation_steps": 2}, True),
+                                  ({"lora.use_gradient_checkpointing": "unsloth"}, False)]),
+    (1, 8, "unsloth", 1024, False, [(FOUR_BIT, False)]),  # nothing left to split, no shorter limit: 4-bit
+    (1, 8, "unsloth", 1024, True, [({}, False)]),         # already 4-bit: a smaller r or model
+    (1, 4, "unsloth", 512, False, [({"model.max_seq_length": 512}, False), (FOUR_BIT, False)]),
+    (1, 4, "unsloth", 512, True, [({"model.max_seq_length": 512}, False), ({}, False)]),
 ])
-def test_ways_out_of_memory_come_from_the_params(batch, accumulation, checkpointing, longest, expected):
+def test_ways_out_of_memory_come_from_the_params(batch, accumulation, checkpointing, longest, four_bit, expected):
     cfg = params.load("smoke", overrides={"training.per_device_train_batch_size": batch,
                                           "training.gradient_accumulation_steps": accumulation,
                                           "lora.use_gradient_checkpointing": checkpointing})
-    ways = train.oom_ways_out(cfg.training, cfg.lora, 1024, longest)
+    ways = train.oom_ways_out(cfg.training, cfg.lora, 1024, longest, four_bit=four_bit)
+    if four_bit:  # the advice never offers what is already on
+        assert not any("model.load_in_4bit" in w.overrides for w in ways)
+        assert "even on its 4-bit base" in ways[-1].what
     assert [(w.overrides, w.continues_run) for w in ways] == expected
     for w in ways:
         if w.continues_run:  # the effective batch is kept
