@@ -1,8 +1,9 @@
 """What this machine can do, and what a recipe will therefore run with, as pure functions.
 
 `describe()` reads the machine once: CUDA or not, the GPU's compute capability, free memory,
-whether bitsandbytes imports and whether its NF4 4-bit runs here. Every decision the GPU path makes (precision, optimizer, 4-bit,
-gradient checkpointing, refusing a GPU recipe on a CPU) is `decide(device, cfg)`, a pure
+whether bitsandbytes imports and whether its NF4 4-bit runs here. Every decision the GPU path
+makes (precision, optimizer, 4-bit, gradient checkpointing, refusing a GPU recipe on a CPU) is
+`decide(device, cfg)`, a pure
 function of that description and the params, so each branch is tested as a table on a CPU
 (tests/test_device.py: T4, A10G, RTX 4090, H100/H200, CUDA without bitsandbytes, a CPU with and
 without bitsandbytes' NF4).
