@@ -7,6 +7,8 @@ training    the same model, data, batches, steps and seed through (a) polo_lib's
 generation  the same prompts through polo_lib.inference.generate, batched vs one at a time.
 overhead    `polo run` (preflight + papermill) vs the same library calls in a plain process.
 whole-job   `make setup`, `make demo`, `make test` on a fresh clone of HEAD (~20 min on 2 cores).
+precision   the CPU demo in 16-bit (params cpu) vs NF4 (cpu_qlora): tokens/s, peak RSS, eval loss
+            curve, final metrics, each in a fresh process (benchmarks/precision.py).
 
 Medians over --repeats; results merge into benchmarks/results/<date>-<host>.json and .md.
 GPU: benchmarks/gpu_check.sh runs training + generation with the 3B recipe; benchmarks/device_check.sh
@@ -270,8 +272,9 @@ def bench_whole_job(log=print) -> dict:
     return {"commit": commit, "seconds": seconds}
 
 
-BENCHMARKS = ["training", "generation", "overhead", "whole-job"]
-DEFAULT = ["training", "generation", "overhead"]  # whole-job clones the repo and takes ~20 min
+BENCHMARKS = ["training", "generation", "overhead", "whole-job", "precision"]
+# whole-job clones the repo and takes ~20 min; precision trains and evaluates the demo twice (~15 min)
+DEFAULT = ["training", "generation", "overhead"]
 
 
 def markdown(result: dict) -> str:
@@ -326,6 +329,10 @@ def markdown(result: dict) -> str:
                   "| step | seconds |", "|---|---|"]
         lines += [f"| {k} | {v} |" for k, v in w["seconds"].items()]
         lines.append("")
+    if "precision" in result:
+        from benchmarks.precision import markdown as precision_markdown
+
+        lines += precision_markdown(result["precision"])
     return "\n".join(lines)
 
 
@@ -372,6 +379,10 @@ def main(argv=None) -> int:
         result["overhead"] = bench_overhead("smoke", args.repeats)
     if "whole-job" in args.which:
         result["whole_job"] = bench_whole_job()
+    if "precision" in args.which:
+        from benchmarks.precision import bench_precision
+
+        result["precision"] = bench_precision(overrides)
     results = args.results_dir
     results.mkdir(parents=True, exist_ok=True)
     stem = args.out or f"{datetime.now(timezone.utc):%Y-%m-%d}-{result['machine']['host']}"

@@ -4,8 +4,8 @@
 whether bitsandbytes imports and whether its NF4 4-bit runs here. Every decision the GPU path
 makes (precision, optimizer, 4-bit, gradient checkpointing, refusing a GPU recipe on a CPU) is
 `decide(device, cfg)`, a pure function of that description and the params, so each branch is
-tested as a table on a CPU (tests/test_device.py: T4, A10G, RTX 4090, H100/H200, CUDA without bitsandbytes, a CPU with and
-without bitsandbytes' NF4).
+tested as a table on a CPU (tests/test_device.py: T4, A10G, RTX 4090, H100/H200, CUDA without
+bitsandbytes, a CPU with and without bitsandbytes' NF4).
 
 4-bit on a CPU: Unsloth 2026.10.9's CPU backend quantizes to NF4 through bitsandbytes' CPU backend
 (bitsandbytes >= 0.50) when Unsloth's own probe, a real Linear4bit forward and backward, passes

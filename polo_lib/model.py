@@ -170,7 +170,7 @@ class LoadedModel:
     def applied_table(self) -> pd.DataFrame:
         rows = [{"setting": k, "asked": v["asked"], "applied": v["applied"]}
                 for k, v in self.applied.items() if isinstance(v, dict) and "asked" in v]
-        return pd.DataFrame(rows).set_index("setting")
+        return pd.DataFrame(rows, columns=["setting", "asked", "applied"]).set_index("setting")
 
     def _repr_html_(self) -> str:
         notes = "".join(f"<li>{n}</li>" for n in self.notes)
@@ -258,8 +258,10 @@ def load(cfg, device=None) -> LoadedModel:
 
 
 def count_4bit_layers(model) -> int:
-    """bitsandbytes Linear4bit modules in `model` (its quantized linear layers)."""
-    return sum(type(m).__name__ == "Linear4bit" for m in model.modules())
+    """bitsandbytes' Linear4bit modules in `model`: its quantized linear layers. PEFT's LoRA wrapper
+    of such a layer is also a class named Linear4bit (peft.tuners.lora.bnb): not counted twice."""
+    return sum(type(m).__name__ == "Linear4bit" and type(m).__module__.startswith("bitsandbytes")
+               for m in model.modules())
 
 
 def check_applied(model, decisions, where: str) -> int:

@@ -53,7 +53,7 @@ def tiny_smollm2_run(tmp_path_factory):
     """A tiny random Llama that speaks SmolLM2's tokenizer, for the GGUF export: llama.cpp's converter
     knows that tokenizer (the tiny test model's home-made one it refuses), and its work does not
     depend on the model's size: at ~3 M parameters the conversion and read-backs take seconds,
-    where SmolLM2's 135 M took over a minute."""
+    where SmolLM2's 135 M took over a minute. Its base loads in 4-bit NF4, as the seed recipe's."""
     from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
 
     source = local_models.resolve("smollm2-135m-instruct")
@@ -65,7 +65,8 @@ def tiny_smollm2_run(tmp_path_factory):
     LlamaForCausalLM(config).save_pretrained(folder)
     AutoTokenizer.from_pretrained(source).save_pretrained(folder)
     GenerationConfig.from_pretrained(source).save_pretrained(folder)
-    return make_adapter_run(tmp_path_factory.mktemp("tiny_smollm2_run") / "outputs", "cpu", noise_std=0.05,
+    # on an NF4 base (cpu_qlora): the GGUF export of a 4-bit run merges into its 16-bit base first
+    return make_adapter_run(tmp_path_factory.mktemp("tiny_smollm2_run") / "outputs", "cpu_qlora", noise_std=0.05,
                             overrides={"model.model_name": str(folder)})
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer, TrainerCallback
 
-from polo_lib import data, model, notebook, params, pipeline, runs, train
+from polo_lib import data, device, model, notebook, params, pipeline, runs, train
 from polo_lib.errors import DataError, ModelError, RunError
 
 pytestmark = pytest.mark.slow
@@ -95,11 +95,12 @@ def test_parameter_table_sums_and_matches_the_recipe(smoke):
     assert recipe.loc["trainable", "parameters"] == table.loc["trainable", "parameters"]
 
 
-def test_cpu_load_records_the_4bit_fallback(smoke):
+def test_cpu_load_records_the_4bit_fallback_where_nf4_does_not_run(smoke):
+    """A CPU without bitsandbytes (or one whose NF4 probe fails) loads 16-bit, recorded and said."""
     cfg, _ = smoke(**{"model.load_in_4bit": True})
-    lm = model.load(cfg)
-    assert lm.applied["load_in_4bit"] == {"asked": True, "applied": False}
-    assert "needs a CUDA GPU" in lm.notes[0]
+    lm = model.load(cfg, device=device.PROFILES["cpu-no-bitsandbytes"])
+    assert lm.applied["load_in_4bit"] == {"asked": True, "applied": False} and lm.applied["linear4bit_layers"] == 0
+    assert "bitsandbytes is not installed" in lm.notes[0]
 
 
 def test_missing_target_module_is_named(smoke):
@@ -136,8 +137,9 @@ def train_once(cfg, ds, run, callbacks=None):
 
 def test_resumed_run_matches_uninterrupted_run(smoke):
     """A crash costs time, not results: resuming from a checkpoint ends where an
-    uninterrupted run ends, step for step, on CPU."""
-    cfg, ds = smoke()
+    uninterrupted run ends, step for step, on CPU, on the recipe's NF4 base (the 16-bit resume is
+    tests/reliability/test_out_of_memory.py's continued run)."""
+    cfg, ds = smoke(**{"model.load_in_4bit": True})
     whole = runs.open_run(cfg)
     train_once(cfg, ds, whole)
     broken = runs.open_run(cfg)
@@ -145,6 +147,7 @@ def test_resumed_run_matches_uninterrupted_run(smoke):
     assert [p.name for p in train.checkpoints(broken)] == ["checkpoint-3"]
     resumed = train_once(cfg, ds, broken)
     assert resumed.resume_from.name == "checkpoint-3"
+    assert model.count_4bit_layers(resumed.lm.model) > 0 and broken.manifest()["decisions"]["load_in_4bit"]
     a = train.read_train_log(whole.logs / "train_log.csv")
     b = train.read_train_log(broken.logs / "train_log.csv")
     assert list(a["step"]) == list(b["step"])
