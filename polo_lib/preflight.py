@@ -169,7 +169,8 @@ def plan_tables(cfg, device) -> dict[str, pd.DataFrame]:
     capability = (f", compute capability {'.'.join(map(str, device.compute_capability))}"
                   if device.compute_capability else "")
     rows = [("device", f"{device.name} ({device.kind}{capability}, "
-                       f"bitsandbytes {'yes' if device.bitsandbytes else 'no'})"),
+                       f"bitsandbytes {'yes' if device.bitsandbytes else 'no'}, "
+                       f"NF4 4-bit {'runs' if device.nf4 else 'does not run'})"),
             ("precision", decisions.precision), ("trainer fp16 / bf16", f"{decisions.fp16} / {decisions.bf16}"),
             ("optimizer", decisions.optim), ("gradient checkpointing", str(decisions.gradient_checkpointing)),
             *[("note", n) for n in decisions.notes]]
