@@ -28,7 +28,13 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) --target $(VENV)/wandb --upgrade wandb \
 		> $(VENV)/wandb-install.log 2>&1 || { cat $(VENV)/wandb-install.log; exit 1; }
 	@# A kernel inside the venv: papermill and JupyterLab started from .venv run notebooks with its Python.
-	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (polo .venv)" >/dev/null
+	@# Named as the committed notebooks' kernelspec ("Python 3"): JupyterLab writes the kernel's name into
+	@# every notebook it opens, and another one would be a change to commit.
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3" >/dev/null
+	@# Notebooks are stored in git without outputs: nbstripout as this clone's clean filter, and Jupyter
+	@# servers started from the venv keep `git status` clean after a save (polo_lib/runs.py says why).
+	$(BIN)/python -c "from polo_lib import runs; runs.install_jupyter_hook(); \
+		runs.install_notebook_filter() or print('not a git checkout: no notebook filter')"
 	$(BIN)/python -c "from polo_lib.model import import_unsloth; import_unsloth(); import trl, papermill; print('setup ok')"
 	@touch $@
 
