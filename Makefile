@@ -49,8 +49,11 @@ test: setup export-tools
 lint: setup
 	$(BIN)/ruff check polo_lib tests benchmarks
 
+# Jupyter refuses to start as root ("Running as root is not recommended. Use --allow-root to bypass."),
+# and root is the only user in a container or on many cloud machines: the flag is passed there, and only there.
+USER_ID := $(shell id -u)
 lab: setup
-	$(BIN)/jupyter lab notebooks/
+	$(BIN)/jupyter lab $(if $(filter 0,$(USER_ID)),--allow-root )notebooks/
 
 bench: setup
 	$(BIN)/python -m benchmarks
