@@ -510,21 +510,31 @@ def load_glossary(path: str | Path | None = None) -> list[GlossaryEntry]:
     return parse_glossary(items, source=str(path))
 
 
+def _is_acronym(word: str) -> bool:
+    """mAP, IoU, NMS, CNN, GoogLeNet, ReLU, the R of R-CNN: a capital after the first letter, or a lone
+    capital. Their case is their meaning ("mAP" is a metric, "map" a word) and they take no plural."""
+    return any(c.isupper() for c in word[1:]) or (len(word) == 1 and word.isupper())
+
+
 @functools.lru_cache(maxsize=4096)
 def _english_pattern(term: str) -> re.Pattern:
-    """Case-insensitive pattern for an English term: ASCII word boundaries (so "YOLO는" matches
-    and "mapped" does not match "map"), spaces and hyphens interchangeable ("real time"), and an
-    optional plural (-s, -es, or y -> -ies)."""
+    """Pattern for an English term: ASCII word boundaries (so "YOLO는" matches and "mapped" does not
+    match "map"), spaces and hyphens interchangeable ("real time"). Each word matches in any case and,
+    the last one, with a plural (-s, -es, or y -> -ies); an acronym (`_is_acronym`) only as written, so
+    "feature maps" holds no mAP and "ious" no IoU, while "mAP@0.5" is mAP."""
     words = [w for w in re.split(r"[\s-]+", term.strip()) if w]
-    last = words[-1]
-    if re.search(r"[^aeiouAEIOU]y$", last):
-        last_pattern = re.escape(last[:-1]) + "(?:y|ies)"
-    elif last[-1].isalpha():
-        last_pattern = re.escape(last) + "(?:e?s)?"
-    else:
-        last_pattern = re.escape(last)
-    body = r"[\s-]*".join([re.escape(w) for w in words[:-1]] + [last_pattern])
-    return re.compile(r"(?<![A-Za-z0-9])" + body + r"(?![A-Za-z0-9])", re.IGNORECASE)
+    parts = []
+    for i, word in enumerate(words):
+        if _is_acronym(word):
+            parts.append(re.escape(word))
+            continue
+        body = re.escape(word)
+        if i == len(words) - 1 and re.search(r"[^aeiouAEIOU]y$", word):
+            body = re.escape(word[:-1]) + "(?:y|ies)"
+        elif i == len(words) - 1 and word[-1].isalpha():
+            body += "(?:e?s)?"
+        parts.append(f"(?i:{body})")
+    return re.compile(r"(?<![A-Za-z0-9])" + r"[\s-]*".join(parts) + r"(?![A-Za-z0-9])")
 
 
 def english_term_spans(text: str, glossary: Sequence[GlossaryEntry]) -> list[tuple[int, int, int]]:
