@@ -92,3 +92,26 @@ def test_a_paragraph_over_the_limit_is_cut_at_sentence_ends_and_loses_nothing():
         assert p.text.endswith("class.")  # cut at sentence ends
         prompt = explain.inference.prompt_text(tokenizer, explain.prompts.build_messages(p.text))
         assert len(tokenizer(prompt, add_special_tokens=False)["input_ids"]) + new <= limit
+
+
+def test_glossary_terms_are_marked_in_both_columns_and_say_their_korean_on_hover():
+    """The original's English terms, and the explanation's Korean renderings and the English terms it
+    keeps; each mark's title is the glossary's Korean term (the English one for a name kept in English)."""
+    from polo_lib import metrics
+
+    glossary = metrics.load_glossary()
+    block = explain.Block("paragraph", "A convolutional network predicts bounding boxes from feature maps, as R-CNN.",
+                          korean="CNN은 특징 맵에서 바운딩 박스를 예측합니다. ImageNet으로 미리 학습합니다.")
+    page = explain.to_html(explain.Explained("p.md", "run", "adapter", [block], 1.0, 10), glossary)
+    original, korean = page.split("<div class='original'>")[1].split("<div class='korean'>")
+    cnn = 'title="합성곱 신경망 (convolutional neural network)"'
+    assert f"<mark {cnn}>convolutional network</mark>" in original
+    assert '<mark title="바운딩 박스 (bounding box)">bounding boxes</mark>' in original
+    assert "from feature maps," in original  # no mAP in a map
+    assert '<mark title="R-CNN">R-CNN</mark>' in original
+    assert f"<mark {cnn}>CNN</mark>은" in korean
+    assert '<mark title="바운딩 박스 (bounding box)">바운딩 박스</mark>' in korean
+    assert '<mark title="이미지넷 (ImageNet)">ImageNet</mark>' in korean
+    assert '<mark title="사전 학습 (pretraining)">미리 학습</mark>' in korean
+    md = explain.markdown(explain.Explained("p.md", "run", "adapter", [block], 1.0, 10), glossary)
+    assert "**CNN**은" in md and "A **convolutional network**" in md

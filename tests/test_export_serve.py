@@ -386,7 +386,7 @@ def test_polo_explain_writes_the_paper_side_by_side_with_the_runs_model_and_the_
     page = written["html"].read_text(encoding="utf-8")
     assert "## 6. A Loss for Imbalanced Data" in md and "> [3] A focal loss for dense detection" in md
     assert md.count("**쉬운 설명**") == 31 and page.count("<div class='pair'>") == 31
-    assert '<mark title="IoU">intersection over union</mark>' in page  # glossary terms marked
+    assert '<mark title="겹치는 정도 (IoU)">intersection over union</mark>' in page  # glossary terms marked
     with pytest.raises(RunError, match="already exists: pass --force"):
         explain.check_outputs(tiny_run, paper, overwrite=False)
 

@@ -278,32 +278,38 @@ def explain(blocks: Sequence[Block], answer: Answer, max_new_tokens: int, batch_
 
 # ---------------------------------------------------------------- writing
 
-def glossary_spans(text: str, korean: bool, glossary) -> list[tuple[int, int, str]]:
-    """(start, end, English term) of each glossary term `text` uses, not overlapping: in an original,
-    its English forms as the metrics match them (metrics.english_term_spans); in an explanation, each
-    term's longest Korean rendering that occurs, everywhere it occurs."""
+def glossary_spans(text: str, korean: bool, glossary) -> list[tuple[int, int, int]]:
+    """(start, end, glossary entry index) of each glossary term `text` uses, not overlapping: its English
+    forms as the metrics match them (metrics.english_term_spans), in either column (an explanation keeps
+    "YOLO", "ImageNet", "IoU"); in an explanation also each term's longest Korean rendering that occurs,
+    everywhere it occurs."""
+    spans = english_term_spans(text, glossary)
     if korean:
-        spans = []
-        for entry in glossary:
+        for i, entry in enumerate(glossary):
             form = next((f for f in sorted(entry.ko, key=len, reverse=True) if f and f in text), None)
-            spans += [(m.start(), m.end(), entry.en) for m in re.finditer(re.escape(form), text)] if form else []
-    else:
-        spans = [(s, e, glossary[i].en) for s, e, i in english_term_spans(text, glossary)]
-    kept: list[tuple[int, int, str]] = []
+            spans += [(m.start(), m.end(), i) for m in re.finditer(re.escape(form), text)] if form else []
+    kept: list[tuple[int, int, int]] = []
     for span in sorted(spans, key=lambda x: (x[0], x[0] - x[1])):  # by start, the longer first
         if not kept or span[0] >= kept[-1][1]:
             kept.append(span)
     return kept
 
 
+def hover(entry) -> str:
+    """What a marked term says on hover: the glossary's Korean rendering and the English term
+    ("겹치는 정도 (IoU)"); the English term alone for a name Korean keeps in English (R-CNN)."""
+    return f"{entry.ko[0]} ({entry.en})" if entry.ko else entry.en
+
+
 def _marked(text: str, korean: bool, glossary, html_out: bool) -> str:
-    """`text` with each glossary term marked: **form** in Markdown, <mark title=term> in HTML."""
+    """`text` with each glossary term marked: **form** in Markdown, <mark title=hover> in HTML."""
     escape = html.escape if html_out else str
     out, last = [], 0
-    for start, end, term in glossary_spans(text, korean, glossary):
+    for start, end, i in glossary_spans(text, korean, glossary):
         word = text[start:end]
         out += [escape(text[last:start]),
-                f'<mark title="{html.escape(term)}">{html.escape(word)}</mark>' if html_out else f"**{word}**"]
+                f'<mark title="{html.escape(hover(glossary[i]))}">{html.escape(word)}</mark>' if html_out
+                else f"**{word}**"]
         last = end
     return "".join(out) + escape(text[last:])
 
@@ -338,7 +344,8 @@ def to_html(result: Explained, glossary) -> str:
              f"<h1>{html.escape(result.paper)}: in easy Korean</h1>",
              f"<p class='facts'>run <code>{html.escape(result.run_id)}</code> ({html.escape(result.model)}); "
              f"{result.counts.get('paragraph', 0)} paragraphs explained in {result.seconds} s "
-             f"({result.tokens_per_s} tokens/s). Glossary terms are marked; hover for the English term.</p>"]
+             f"({result.tokens_per_s} tokens/s). Glossary terms are marked in both columns; hover for the "
+             "glossary's Korean term.</p>"]
     for b in result.blocks:
         if b.kind == "heading":
             parts.append(f"<h2>{html.escape(b.text)}</h2>")
