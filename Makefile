@@ -21,6 +21,11 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) $(TORCH)
 	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e ".[lab,dev,serve,track]"
 	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) --no-deps $(UNSLOTH)
+	@# MLflow's UI: its web app comes only in the full `mlflow` wheel (mlflow-skinny, the client, has none). Its
+	@# declared needs are model flavours' (scikit-learn, scipy, docker, ...) and mlflow-tracing 3.18.0, which
+	@# pip finds on no index here and whose files mlflow-skinny already holds: --no-deps; the UI server's own
+	@# needs (Flask, Flask-CORS, huey) come with the track extra above.
+	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) --no-deps mlflow
 	@# W&B, once importable, is imported by every TRL import (~1.7 s a process, ~30 s over the suite's
 	@# kernels): kept apart in .venv/wandb/ for the one test process that runs it (tests/scored_run.py);
 	@# `pip install -e '.[wandb]'` puts it in the venv for real use.

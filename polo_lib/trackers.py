@@ -10,7 +10,8 @@ name; everything stays on this machine unless the user points a tracker elsewher
 - Weights & Biases: offline mode (WANDB_MODE=online to upload), files in outputs/wandb/, project
   `polo` (WANDB_PROJECT), the run id as the W&B run id, so `wandb sync` merges every stage into one run.
 When a stage ends, the run's params, its summary figures and its latest evaluation's metrics are
-logged to that same tracker run (`log_stage_end`), so the tracker shows what the run folder shows.
+logged to that same tracker run (`log_stage_end`), so the tracker shows what the run folder shows
+(Trackio: in the run's config, where they do not push the curves down the dashboard).
 A tracker whose package is missing is refused before anything loads, naming the extra to install.
 """
 from __future__ import annotations
@@ -173,9 +174,12 @@ def _trackio_end(run, params: dict[str, str], figures: dict[str, float]) -> dict
     import trackio
 
     with contextlib.redirect_stdout(io.StringIO()):  # its banner, once per init, in every stage's output
-        trackio.init(project=PROJECT, name=run.id, resume="allow")
-        trackio.config.update(params, allow_val_change=True)
-        trackio.log(figures)
+        # The summary figures go into the run's config, beside its params, not into trackio.log: the dashboard
+        # plots every logged key, and these single values, keys without a "/", would open it on a group of
+        # one-bar charts above the loss curves. Trackio stores a config with the process's first log: hence
+        # the empty one (a step without metrics, which no chart shows).
+        trackio.init(project=PROJECT, name=run.id, resume="allow", config={**params, **figures})
+        trackio.log({})
         trackio.finish()
     from trackio import utils
     return {"run": run.id, "project": PROJECT, "dir": str(utils.TRACKIO_DIR)}

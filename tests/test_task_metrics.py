@@ -2,11 +2,18 @@
 experiment trackers, on one real smoke run (tiny model, real Unsloth + TRL, real MLflow, Trackio and
 W&B offline stores, each read back): the same run answers every question, so the module pays for
 one training and one evaluation."""
+import contextlib
 import json
 import math
 import os
+import re
+import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pandas as pd
@@ -130,6 +137,104 @@ def test_mlflow_holds_the_run_params_metrics_and_name(scored_run):
     assert tracked.info.status == "FINISHED"
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serving(command: list[str], url: str, log: Path, env: dict | None = None, cwd: Path | None = None):
+    """A tracker's UI started as the README says, until `url` answers (at most 120 s: a busy 2-core
+    machine takes 10-20 s to start MLflow's); stopped with everything it started when the block ends."""
+    with log.open("w") as out:
+        server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd,
+                                  start_new_session=True)  # its own process group: its workers go with it
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(url, timeout=5)
+                break
+            except OSError:
+                assert server.poll() is None, f"{command[:2]} exited: {log.read_text()[-3000:]}"
+                assert time.monotonic() < deadline, f"{url} did not answer in 120 s: {log.read_text()[-3000:]}"
+                time.sleep(0.5)
+        yield
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(timeout=30)
+
+
+def get(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=30) as response:
+        assert response.status == 200, url
+        return response.read()
+
+
+def test_the_mlflow_ui_starts_on_the_run_store_and_serves_the_run(scored_run, tmp_path):
+    """The README's `mlflow ui --backend-store-uri ...` (on a free port, one worker) against the run's store:
+    the web app (its page and script) and the run that the run's page shows, over HTTP."""
+    _, run, uri, _ = scored_run
+    url = f"http://127.0.0.1:{free_port()}"
+    command = [str(Path(sys.executable).with_name("mlflow")), "ui", "--backend-store-uri", uri,
+               "--port", url.rsplit(":", 1)[1], "--workers", "1"]
+    with serving(command, f"{url}/health", tmp_path / "mlflow-ui.log", cwd=tmp_path):
+        page = get(f"{url}/").decode()
+        assert "<title>MLflow</title>" in page, page[:500]  # not "Unable to display MLflow UI"
+        script = re.search(r'src="(static-files/[^"]+\.js)"', page).group(1)
+        assert len(get(f"{url}/{script}")) > 100_000  # the UI's bundle
+        tracked = run.manifest()["trackers"]["mlflow"]
+        body = json.loads(get(f"{url}/ajax-api/2.0/mlflow/runs/get?run_id={tracked['run_id']}"))
+        assert body["run"]["info"]["run_name"] == run.id
+        assert body["run"]["info"]["experiment_id"] == tracked["experiment"]
+
+
+CHROMIUM, DRIVER = shutil.which("chromium") or shutil.which("chromium-browser"), shutil.which("chromedriver")
+
+
+@pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="no chromium + chromedriver here: `apt-get install chromium "
+                                                      "chromium-driver` (.ci/run installs them)")
+def test_the_trackio_dashboard_opens_on_the_curves(scored_run, tmp_path):
+    """`trackio show --project polo` on the run's store, in Chromium: the first section is the trainer's
+    curves, and no chart shows a single summary figure; those are in the run's configuration (its page).
+    Screenshots in the test's folder."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    _, run, _, _ = scored_run
+    port = free_port()
+    env = {**os.environ, "TRACKIO_DIR": run.manifest()["trackers"]["trackio"]["dir"], "GRADIO_SERVER_PORT": str(port)}
+    url = f"http://127.0.0.1:{port}"
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1000"):
+        options.add_argument(arg)
+    with serving([str(Path(sys.executable).with_name("trackio")), "show", "--project", trackers.PROJECT], url,
+                 tmp_path / "trackio.log", env=env):
+        browser = webdriver.Chrome(service=Service(DRIVER), options=options)
+        try:
+            browser.get(f"{url}/?project={trackers.PROJECT}")
+            wait = WebDriverWait(browser, 60)
+            wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".accordion-label"))
+            sections = [e.text for e in browser.find_elements(By.CSS_SELECTOR, ".accordion-label")]
+            browser.save_screenshot(str(tmp_path / "trackio-metrics.png"))
+            assert sections[0].startswith(("eval (", "train (")), sections  # not "charts (": one-value bars
+            assert "summary." not in browser.find_element(By.TAG_NAME, "body").text
+            browser.get(f"{url}/run?project={trackers.PROJECT}&selected_run={run.id}")
+            wait.until(lambda d: "summary.evaluation.tuned.chrf" in d.find_element(By.TAG_NAME, "body").text)
+            browser.save_screenshot(str(tmp_path / "trackio-run.png"))
+        finally:
+            browser.quit()
+    assert (tmp_path / "trackio-metrics.png").stat().st_size > 10_000
+
+
 def test_a_task_metric_needs_scoring_during_training():
     with pytest.raises(ParamsError, match=r"early_stopping_metric is 'sari'.*evaluation.during_training is 0"):
         params.load("smoke", overrides={"training.early_stopping_metric": "sari"})
@@ -149,11 +254,11 @@ def test_trackio_holds_the_run_metrics_params_and_summary(scored_run, monkeypatc
     monkeypatch.setattr(sqlite_storage, "TRACKIO_DIR", where)  # read where that run's process wrote
     logs = SQLiteStorage.get_logs(trackers.PROJECT, run.id)
     assert sorted(x["train/global_step"] for x in logs if "eval/chrf" in x) == [0, 3, 6, 9]
-    summary = run.summary()
-    assert [x["summary.evaluation.tuned.chrf"] for x in logs if "summary.evaluation.tuned.chrf" in x][-1] == \
-        pytest.approx(summary.evaluation.tuned["chrf"])
+    assert not [k for x in logs for k in x if k.startswith("summary.")]  # no chart of one value each
     config = SQLiteStorage.get_run_config(trackers.PROJECT, run.id)
     assert config["params.training.early_stopping_metric"] == "hangul_share"
+    assert config["summary.evaluation.tuned.chrf"] == pytest.approx(run.summary().evaluation.tuned["chrf"])
+    assert config["summary.training.eval_loss_best"] == pytest.approx(run.summary().training.eval_loss_best)
 
 
 def test_wandb_offline_holds_the_run_metrics_params_and_summary(scored_run):
