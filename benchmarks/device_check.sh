@@ -56,7 +56,8 @@
 # back only what is written there), else benchmarks/results/; named <date>-device-<gpu>, with the
 # GPU, its memory, driver, versions, and per part its status, seconds, error and results, rewritten
 # after every part and every training path; logs/<part>.log beside them (unbuffered, so a killed
-# part's log ends where it was killed; not meant to be committed).
+# part's log ends where it was killed) and logs/parts/ the parts' own result files, each training
+# path's figures written the moment it ends (neither meant to be committed).
 # Environment: PYTHON (the GPU machine's Python, default python3), POLO_DEVICE_RESULTS, OUT,
 # POLO_DEVICE_WHEELS, POLO_DEVICE_MODELS, POLO_DEVICE_WORK (scratch, default /dev/shm/polo-device when
 # it has 20 GB free, else /tmp/polo-device), POLO_DEVICE_BUDGET_S (default 540), POLO_DEVICE_PARTS

@@ -30,7 +30,6 @@ import time
 STARTED = time.time()
 
 import argparse  # noqa: E402
-import importlib.util  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import platform  # noqa: E402
@@ -99,6 +98,9 @@ if out["cuda"]:
     out["nf4_roundtrip_max_err"] = float((bnb.functional.dequantize_4bit(q, state) - x).abs().max())
     import unsloth.kernels  # the Triton kernels of the GPU path
 import trl, datasets, peft, pyarrow.parquet, fastapi  # noqa
+from polo_lib import metrics
+# the task metrics' Korean tokens: kiwipiepy is not carried, so on the device sacrebleu 13a tokens
+out["korean_tokenizer"] = metrics.korean_tokenizer()
 from unsloth import FastLanguageModel  # noqa
 print("RESULT " + json.dumps(out))
 """
@@ -111,10 +113,7 @@ def versions() -> dict[str, str | None]:
 
 
 def machine() -> dict[str, Any]:
-    info: dict[str, Any] = {"python": platform.python_version(), "host": platform.node(), "versions": versions(),
-                            # the task metrics' Korean tokens (polo_lib.metrics.korean_tokenizer): kiwipiepy
-                            # is not carried, so on the device they are sacrebleu 13a tokens
-                            "korean_tokenizer": "kiwi" if importlib.util.find_spec("kiwipiepy") else "13a"}
+    info: dict[str, Any] = {"python": platform.python_version(), "host": platform.node(), "versions": versions()}
     try:
         import torch
 
@@ -204,7 +203,13 @@ class Check:
         self.work.mkdir(parents=True, exist_ok=True)
         self.logs = Path(args.results) / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
+        # the parts' own result files, beside their logs: a training part rewrites its file after every
+        # path, so even a check killed outright (the device tool's hard kill) leaves them in $OUT
+        self.parts_dir = self.logs / "parts"
+        self.parts_dir.mkdir(parents=True, exist_ok=True)
         pythonpath = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+        if args.cpu:  # the device has no kiwipiepy (84 MiB model, not carried): the rehearsal hides this one
+            pythonpath = os.pathsep.join([str(self.hide_kiwipiepy()), pythonpath])
         self.env = {**os.environ, "PYTHONPATH": pythonpath, "PYTHONUNBUFFERED": "1",
                     "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
                     "TOKENIZERS_PARALLELISM": "false", "POLO_OUTPUTS": str(self.work / "outputs"),
@@ -212,6 +217,14 @@ class Check:
                     "UNSLOTH_COMPILE_LOCATION": str(self.work / "unsloth_compiled_cache")}
         self.env.setdefault("POLO_MODEL_CACHE", str(self.work / "models"))
         self.models = {"llama": self.work / "random" / shapes.LLAMA, "smollm2": self.work / "random" / shapes.SMOLLM2}
+
+    def hide_kiwipiepy(self) -> Path:
+        """A folder that, first on PYTHONPATH, makes `import kiwipiepy` fail as on the device."""
+        folder = self.work / "without-kiwipiepy"
+        (folder / "kiwipiepy").mkdir(parents=True, exist_ok=True)
+        (folder / "kiwipiepy" / "__init__.py").write_text(
+            'raise ImportError("kiwipiepy is not carried to the device (hidden by device_check.sh --cpu)")\n')
+        return folder
 
     def remaining(self) -> float:
         return self.deadline - time.time()
@@ -228,8 +241,7 @@ class Check:
     def commands(self, part: str) -> list[list[str]]:
         a = self.args
         shape_dir = Path(a.models)
-        out = self.work / "parts"
-        out.mkdir(exist_ok=True)
+        out = self.parts_dir
         llama = str(self.models["llama"])
         bench = ["-m", "benchmarks"]
         common = ["--params", "default", "--set", f"model.model_name={llama}", "--results-dir", str(out)]
@@ -273,7 +285,7 @@ class Check:
         raise ValueError(part)
 
     def result_of(self, part: str) -> Any:
-        out = self.work / "parts"
+        out = self.parts_dir
         if part == "smoke":
             path = out / "smoke.json"
             return json.loads(path.read_text()) if path.is_file() else None
@@ -296,6 +308,13 @@ class Check:
                 if line.startswith("RESULT "):
                     return json.loads(line[7:])
         return None
+
+    def safe_result(self, part: str, error: str | None) -> tuple[Any, str | None]:
+        """(result, error) of a part that ended, whatever way: what its files hold so far."""
+        try:
+            return self.result_of(part), error
+        except Exception as e:  # noqa: BLE001 - a half-written part file: keep the status, say why no result
+            return None, (error or "") + f"\nresult unreadable: {type(e).__name__}: {e}"
 
     def run(self, parts: list[str], results: results_lib.Results) -> int:
         failed = 0
@@ -326,10 +345,7 @@ class Check:
                     sub_log.unlink()
                 if status != results_lib.OK:
                     break
-            try:
-                result = self.result_of(part)
-            except Exception as e:  # noqa: BLE001 - a half-written part file: keep the status, say why no result
-                result, error = None, (error or "") + f"\nresult unreadable: {type(e).__name__}: {e}"
+            result, error = self.safe_result(part, error)
             results.finish(part, status, result=result, error=error, box_seconds=round(box))
             print(f"[device-check]   {status} in {seconds:.0f} s", flush=True)
             failed += status != results_lib.OK
@@ -382,12 +398,14 @@ def main(argv=None) -> int:
     # stops the running part, and the record says which part was cut short
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     failed = 1
+    check = Check(args)
     try:
-        failed = Check(args).run(parts, results)
+        failed = check.run(parts, results)
     finally:
         for name, part in results.data["parts"].items():
-            if part["status"] == results_lib.RUNNING:
-                results.finish(name, "interrupted", error="the check was stopped while this part ran")
+            if part["status"] == results_lib.RUNNING:  # stopped from outside: keep what the part wrote so far
+                result, error = check.safe_result(name, "the check was stopped while this part ran")
+                results.finish(name, "interrupted", result=result, error=error)
         results.close()
     return 0 if failed == 0 else 1
 

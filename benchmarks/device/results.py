@@ -96,9 +96,12 @@ def markdown(data: dict[str, Any]) -> str:
                   f"unsloth_zoo {v.get('unsloth_zoo')}, bitsandbytes {v.get('bitsandbytes')}, transformers "
                   f"{v.get('transformers')}, trl {v.get('trl')}, peft {v.get('peft')}, "
                   f"datasets {v.get('datasets')}", ""]
-    if m.get("korean_tokenizer"):
-        lines += [f"Korean tokens of the task metrics: {m['korean_tokenizer']} "
-                  "(13a: kiwipiepy is not here, scores not comparable with Kiwi's).", ""]
+    imports = data.get("parts", {}).get("imports", {}).get("result")
+    tokenizer = imports.get("korean_tokenizer") if isinstance(imports, dict) else None
+    if tokenizer:
+        lines += [f"Korean tokens of the task metrics: {tokenizer}"
+                  + (" (kiwipiepy is not here: sacrebleu 13a tokens, scores not comparable with Kiwi's)."
+                     if tokenizer == "13a" else " (Kiwi morphemes)."), ""]
     if data.get("note"):
         lines += [data["note"], ""]
     lines += ["| part | status | seconds | note |", "|---|---|---|---|"]
