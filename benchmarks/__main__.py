@@ -387,7 +387,8 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup-steps", type=int, default=1, help="training steps not measured")
     parser.add_argument("--steps", type=int, default=3, help="training steps measured after warm-up")
     parser.add_argument("--tolerance", type=float, default=0.02,
-                        help="largest relative per-step loss difference for the training paths to agree")
+                        help="largest relative per-step loss difference for the training paths to agree "
+                             "(the device check passes the ones measured in benchmarks/device/check.py)")
     parser.add_argument("--paths", default="polo,unsloth_trl,peft_trainer",
                         help="training paths, the first is the reference (a)")
     parser.add_argument("--examples", type=int, default=4)
