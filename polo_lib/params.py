@@ -45,7 +45,7 @@ class Document(_Section):
     def to_dict(self) -> dict[str, Any]:
         return json.loads(self.model_dump_json())
 
-    def short_hash(self, ignore: tuple[str, ...] = ("name", "source", "chosen_by")) -> str:  # = META
+    def short_hash(self, ignore: tuple[str, ...] = ("name", "source", "chosen_by", "overridden")) -> str:  # = META
         """8 hex digits of the content, the fields about the file (`ignore`) left out: the same
         experiment gets the same hash whatever its file is called."""
         body = {k: v for k, v in self.to_dict().items() if k not in ignore}
@@ -204,6 +204,10 @@ class Params(Document):
     name: str = "custom"
     source: str | None = None
     chosen_by: str | None = None  # params_file "auto": why this file was taken on this machine
+    # Dotted keys set on top of the file (notebook parameters, --set, a queue's or sweep's values):
+    # train.plan lets the file's schedule give way to a run length the user chose, never to values
+    # the user set. Kept in the run's params.yaml, so each stage that reads it back decides alike.
+    overridden: tuple[str, ...] = ()
     model: ModelParams
     lora: LoraParams = LoraParams()
     training: TrainingParams = TrainingParams()
@@ -238,7 +242,7 @@ SECTIONS: dict[str, type[_Section]] = {
     "model": ModelParams, "lora": LoraParams, "training": TrainingParams,
     "data": DataParams, "evaluation": EvaluationParams, "run": RunParams,
 }
-META = ("name", "source", "chosen_by")  # about the file, not the experiment: outside the hash
+META = ("name", "source", "chosen_by", "overridden")  # about the file, not the experiment: outside the hash
 TOP_LEVEL = (*META, *SECTIONS)
 AUTO = "auto"  # params_file: 'default' where a CUDA GPU is present, 'cpu' elsewhere
 
@@ -408,6 +412,9 @@ def load(params_file: str | Path, overrides: Mapping[str, Any] | None = None, **
         _set_dotted(data, dotted, value)
     data.setdefault("name", path.stem)
     data["source"] = str(path)
+    recorded = data.get("overridden") or ()
+    if merged and isinstance(recorded, (list, tuple)):  # a run's params.yaml keeps what its first resolution had
+        data["overridden"] = sorted({*recorded, *merged})
     if chosen_by:
         data["chosen_by"] = chosen_by
     return _validate(data, _display(path), [f"overrides: {p}" for p in override_problems],
