@@ -178,6 +178,7 @@ def train_examples(cfg) -> int:
 @pytest.mark.parametrize("name, steps, total, eval_at", [
     ("default", 13, 65, [13, 26, 39, 52, 65]),   # once per epoch: patience 3 can act
     ("cpu", 13, 13, [2, 4, 6, 8, 10, 12]),       # auto: ~10 in one epoch; patience 2 needs 4
+    ("cpu_qlora", 13, 13, [2, 4, 6, 8, 10, 12]), # cpu.yaml in NF4: the same schedule
     ("smoke", 26, 6, [3, 6]),                    # max_steps 6, early stopping off
 ])
 def test_the_evaluation_schedule_of_each_params_file(name, steps, total, eval_at):
