@@ -61,8 +61,8 @@ NEEDS = {
     "compare_runs.ipynb": Needs(False, POLO_BASE),  # run folders only: no model
     "sweep_results.ipynb": Needs(False, POLO_BASE + ("optuna",)),  # the study, its history and importance plots
 }
-# What the Colab runtime brings and the cell never installs: its CUDA torch.
-RUNTIME = ("torch",)
+# What the Colab runtime brings and the cell never installs: its CUDA torch, and the kernel running the cell.
+RUNTIME = ("torch", "ipykernel")
 
 
 def canonical(name: str) -> str:

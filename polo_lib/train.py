@@ -207,6 +207,27 @@ def read_train_log(path: Path) -> pd.DataFrame:
     return pd.read_csv(path) if Path(path).exists() else pd.DataFrame(columns=LOG_COLUMNS)
 
 
+class _WithoutMessage(logging.Filter):
+    def __init__(self, text: str):
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()
+
+
+# transformers 5.17 orders checkpoints for rotation by mtime and, when two were saved less than a second
+# apart (fast steps of a small model, on any disk), warns "mtime may not be reliable on this filesystem"
+# and orders them by step number instead: what numbered checkpoints want anyway. Red noise in a notebook.
+_MTIME_NOISE = _WithoutMessage("mtime may not be reliable on this filesystem")
+
+
+def _quiet_checkpoint_ordering() -> None:
+    logger = logging.getLogger("transformers.trainer_utils")
+    if _MTIME_NOISE not in logger.filters:
+        logger.addFilter(_MTIME_NOISE)
+
+
 def _callbacks(recorder: _LogRecorder, cfg, run, patience: int):
     from torch.utils.tensorboard import SummaryWriter
     from transformers import EarlyStoppingCallback, TrainerCallback
@@ -503,6 +524,7 @@ def build(lm, dataset, cfg, run, live: bool | None = None, callbacks: list | Non
         check_labels(split, ds["id"], counts[split], markers)
     score = task_eval.scorer(lm, eval_ds, cfg, samples_path=run.logs / "task_samples.jsonl")
     keep = ["messages"]
+    _quiet_checkpoint_ordering()
     trainer = SFTTrainer(
         model=lm.model, processing_class=lm.tokenizer, args=sft_config(cfg, run, decisions, schedule),
         train_dataset=train_ds.select_columns(keep), eval_dataset=eval_ds.select_columns(keep))
