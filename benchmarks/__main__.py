@@ -114,11 +114,77 @@ def loss_agreement(reference: list[float], other: list[float]) -> float:
     return max(abs(a - b) / abs(a) for a, b in zip(reference, other))
 
 
-def bench_training(params_file: str, overrides: dict, repeats: int, warmup: int, steps: int,
-                   tolerance: float, paths: list[str], log=print) -> dict:
-    """(a) polo_lib vs (b) bare Unsloth + TRL vs (c) transformers + PEFT, same model, data, order,
-    lengths, batch, steps and seed; each run a fresh process, the order rotated every repeat."""
+def run_path(cmd: list[str], cwd: str, env: dict[str, str], log=print) -> tuple[int, str]:
+    """Run one training path; its output passes through line by line as it comes (unbuffered
+    child, flushed here), so a caller that logs this process (the device check) keeps it even
+    when it kills us mid-path. Returns (exit code, the last 60 lines)."""
+    import collections
     import subprocess
+
+    tail: collections.deque[str] = collections.deque(maxlen=60)
+    with subprocess.Popen(cmd, cwd=cwd, env={**env, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, errors="replace") as proc:
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+            tail.append(line)
+    return proc.returncode, "".join(tail)
+
+
+def summarize_training(runs: dict[str, list[dict]], paths: list[str], tolerance: float, head: dict) -> dict:
+    """The comparison over the paths that have finished so far (all of them at the end): medians,
+    agreement with the reference (the first finished path, (a) unless it has not run), ratios.
+
+    Agreement: the same non-padding tokens per step (same batches), the same labelled tokens per
+    example (same masking: exact, whatever the precision) and per-step losses within `tolerance`."""
+    done = [p for p in paths if runs.get(p)]
+    medians = {}
+    for name in done:
+        results = runs[name]
+        med = {"tokens_per_s": statistics.median(x["tokens_per_s"] for x in results),
+               "peak_rss_mib": statistics.median(x["peak_rss_mib"] for x in results),
+               "load_seconds": statistics.median(x["load_seconds"] for x in results),
+               "final_loss": results[0]["losses"][-1], "trainable_params": results[0]["trainable_params"],
+               "label_tokens": sum(results[0]["label_tokens"]) if results[0].get("label_tokens") else None}
+        if "cuda_max_allocated_mib" in results[0]:
+            med["cuda_max_allocated_mib"] = statistics.median(x["cuda_max_allocated_mib"] for x in results)
+        medians[name] = {k: round(v, 4) if isinstance(v, float) else v for k, v in med.items()}
+    complete = all(len(runs.get(p, [])) >= head.get("repeats", 1) for p in paths)
+    out = {**head, "tolerance": tolerance, "paths": paths, "paths_done": done, "complete": complete,
+           "median": medians, "agreement": {}, "ratios": {}, "losses_agree": False, "all_runs": runs}
+    if not done:
+        return out
+    reference = done[0]
+    ref = runs[reference][0]
+    out.update(reference=reference, tokens_per_step=ref["tokens_per_step"])
+    for name in done:
+        other = runs[name][0]
+        out["agreement"][name] = {
+            "same_tokens_per_step": other["tokens_per_step"] == ref["tokens_per_step"],
+            "same_label_tokens": other.get("label_tokens") is not None
+            and other.get("label_tokens") == ref.get("label_tokens"),
+            "max_relative_loss_difference": float(f"{loss_agreement(ref['losses'], other['losses']):.3g}"),
+            "repeatable": all(x["losses"] == other["losses"] for x in runs[name]),
+        }
+    out["losses_agree"] = len(done) > 1 and all(
+        a["same_tokens_per_step"] and a["same_label_tokens"] and a["max_relative_loss_difference"] <= tolerance
+        for a in out["agreement"].values())
+    memory_key = "cuda_max_allocated_mib" if "cuda_max_allocated_mib" in medians[reference] else "peak_rss_mib"
+    out["memory_metric"] = memory_key
+    for name in done[1:]:
+        out["ratios"][f"{reference}/{name}"] = {
+            "tokens_per_s": round(medians[reference]["tokens_per_s"] / medians[name]["tokens_per_s"], 3),
+            memory_key: round(medians[reference][memory_key] / medians[name][memory_key], 3)}
+    return out
+
+
+def bench_training(params_file: str, overrides: dict, repeats: int, warmup: int, steps: int,
+                   tolerance: float, paths: list[str], log=print, on_path=None) -> dict:
+    """(a) polo_lib vs (b) bare Unsloth + TRL vs (c) transformers + PEFT, same model, data, order,
+    lengths, batch, steps and seed; each run a fresh process, the order rotated every repeat.
+
+    `on_path(summary)` is called the moment each path ends, with the comparison so far, so a
+    caller can write it down before the next path starts (a time box may kill us during it)."""
     import tempfile
 
     from polo_lib import params
@@ -143,52 +209,25 @@ def bench_training(params_file: str, overrides: dict, repeats: int, warmup: int,
             for k, v in saved.items():
                 os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
         (work / "settings.json").write_text(json.dumps(settings, indent=2), encoding="utf-8")
+        head = {"params": params_file, "overrides": dict(overrides), "model": cfg.model.model_name,
+                "model_path": settings["model_path"], "dtype": settings["dtype"],
+                "batch_size": settings["batch_size"], "accumulation": settings["accumulation"],
+                "warmup_steps": warmup, "measured_steps": steps, "repeats": repeats}
         for r in range(repeats):
             order = paths[r % len(paths):] + paths[: r % len(paths)]  # alternated: abc, bca, cab
             for name in order:
                 out = work / f"{name}-{r}.json"
                 cmd = [sys.executable, str(TRAINING_DIR / TRAINING_PATHS[name]), str(work / "settings.json"), str(out)]
                 log(f"[training] repeat {r + 1}/{repeats}: {name} ...")
-                done = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True)
-                if done.returncode != 0:
-                    raise RuntimeError(f"training path {name} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+                code, tail = run_path(cmd, tmp, env)
+                if code != 0:
+                    raise RuntimeError(f"training path {name} failed (exit {code}):\n{tail[-3000:]}")
                 runs[name].append(json.loads(out.read_text(encoding="utf-8")))
                 log(f"[training]   {runs[name][-1]['tokens_per_s']} tokens/s, "
                     f"peak RSS {runs[name][-1]['peak_rss_mib']} MiB, losses {runs[name][-1]['losses']}")
-    medians = {}
-    for name, results in runs.items():
-        med = {"tokens_per_s": statistics.median(x["tokens_per_s"] for x in results),
-               "peak_rss_mib": statistics.median(x["peak_rss_mib"] for x in results),
-               "load_seconds": statistics.median(x["load_seconds"] for x in results),
-               "final_loss": results[0]["losses"][-1], "trainable_params": results[0]["trainable_params"]}
-        if "cuda_max_allocated_mib" in results[0]:
-            med["cuda_max_allocated_mib"] = statistics.median(x["cuda_max_allocated_mib"] for x in results)
-        medians[name] = {k: round(v, 4) if isinstance(v, float) else v for k, v in med.items()}
-    reference = paths[0]
-    ref = runs[reference][0]
-    agreement = {}
-    for name in paths:
-        other = runs[name][0]
-        agreement[name] = {
-            "same_tokens_per_step": other["tokens_per_step"] == ref["tokens_per_step"],
-            "max_relative_loss_difference": round(loss_agreement(ref["losses"], other["losses"]), 5),
-            "repeatable": all(x["losses"] == other["losses"] for x in runs[name]),
-        }
-    agree = all(a["same_tokens_per_step"] and a["max_relative_loss_difference"] <= tolerance
-                for a in agreement.values())
-    memory_key = "cuda_max_allocated_mib" if "cuda_max_allocated_mib" in medians[reference] else "peak_rss_mib"
-    ratios = {}
-    for name in paths[1:]:
-        ratios[f"{reference}/{name}"] = {
-            "tokens_per_s": round(medians[reference]["tokens_per_s"] / medians[name]["tokens_per_s"], 3),
-            memory_key: round(medians[reference][memory_key] / medians[name][memory_key], 3)}
-    return {"params": params_file, "overrides": {k: v for k, v in overrides.items()},
-            "model": cfg.model.model_name, "model_path": settings["model_path"],
-            "batch_size": settings["batch_size"], "accumulation": settings["accumulation"],
-            "warmup_steps": warmup, "measured_steps": steps, "repeats": repeats,
-            "tokens_per_step": ref["tokens_per_step"], "tolerance": tolerance,
-            "losses_agree": agree, "agreement": agreement, "median": medians, "ratios": ratios,
-            "memory_metric": memory_key, "all_runs": runs}
+                if on_path:
+                    on_path(summarize_training(runs, paths, tolerance, head))
+    return summarize_training(runs, paths, tolerance, head)
 
 
 DIRECT = """
@@ -284,26 +323,32 @@ def markdown(result: dict) -> str:
              f"{m['threads']} threads; torch {m['versions'].get('torch')}, unsloth {m['versions'].get('unsloth')}, "
              f"transformers {m['versions'].get('transformers')}, trl {m['versions'].get('trl')}, "
              f"peft {m['versions'].get('peft')}", ""]
-    if "training" in result:
+    if "training" in result and result["training"].get("paths_done"):
         tr = result["training"]
         mem = tr["memory_metric"]
         names = {"polo": "(a) polo_lib", "unsloth_trl": "(b) bare Unsloth + TRL",
                  "peft_trainer": "(c) transformers + PEFT (Trainer)"}
+        ref = names.get(tr["reference"], tr["reference"])
         lines += ["## Training: polo_lib vs bare Unsloth + TRL vs transformers + PEFT", "",
                   f"`{tr['params']}` ({tr['model']}), batch {tr['batch_size']} x {tr['accumulation']}, "
                   f"{tr['warmup_steps']} warm-up + {tr['measured_steps']} measured steps "
                   f"({sum(tr['tokens_per_step'][tr['warmup_steps']:])} tokens), each run a fresh process, "
-                  f"order rotated, median of {tr['repeats']}.", "",
-                  f"| path | tokens/s | {mem.replace('_mib', ' (MiB)').replace('_', ' ')} | load s | "
-                  "final loss | max loss diff vs (a) |", "|---|---|---|---|---|---|"]
+                  f"order rotated, median of {tr['repeats']}.", ""]
+        if not tr.get("complete", True):
+            lines += [f"**Incomplete**: only {', '.join(tr['paths_done'])} finished (of {', '.join(tr['paths'])}).", ""]
+        lines += [f"| path | tokens/s | {mem.replace('_mib', ' (MiB)').replace('_', ' ')} | load s | "
+                  f"final loss | labelled tokens | max rel. loss diff vs {ref} |", "|---|---|---|---|---|---|---|"]
         for name, med in tr["median"].items():
             lines.append(f"| {names.get(name, name)} | {med['tokens_per_s']} | {med[mem]} | {med['load_seconds']} | "
-                         f"{med['final_loss']} | {tr['agreement'][name]['max_relative_loss_difference']:.2%} |")
-        lines += ["", "| ratio | tokens/s | memory |", "|---|---|---|"]
-        for name, r in tr["ratios"].items():
-            lines.append(f"| {name} | {r['tokens_per_s']}x | {r[mem]}x |")
-        lines += ["", f"Losses agree within {tr['tolerance']:.0%} per step and every path saw the same tokens "
-                  f"per step: **{'yes' if tr['losses_agree'] else 'NO: the comparison is void'}**.", ""]
+                         f"{med['final_loss']} | {med.get('label_tokens')} | "
+                         f"{tr['agreement'][name]['max_relative_loss_difference']:.2g} |")
+        if tr["ratios"]:
+            lines += ["", "| ratio | tokens/s | memory |", "|---|---|---|"]
+            for name, r in tr["ratios"].items():
+                lines.append(f"| {name} | {r['tokens_per_s']}x | {r[mem]}x |")
+        lines += ["", f"Every path saw the same tokens per step and trained the same labelled tokens per example, "
+                  f"and the per-step losses agree within {tr['tolerance']:g} (relative): "
+                  f"**{'yes' if tr['losses_agree'] else 'NO: the comparison is void'}**.", ""]
     if "generation" in result:
         g = result["generation"]
         lines += ["## Generation: batched vs one at a time", "",
@@ -349,7 +394,8 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup-steps", type=int, default=1, help="training steps not measured")
     parser.add_argument("--steps", type=int, default=3, help="training steps measured after warm-up")
     parser.add_argument("--tolerance", type=float, default=0.02,
-                        help="largest relative per-step loss difference for the training paths to agree")
+                        help="largest relative per-step loss difference for the training paths to agree "
+                             "(the device check passes the ones measured in benchmarks/device/check.py)")
     parser.add_argument("--paths", default="polo,unsloth_trl,peft_trainer",
                         help="training paths, the first is the reference (a)")
     parser.add_argument("--examples", type=int, default=4)
@@ -368,31 +414,48 @@ def main(argv=None) -> int:
     from polo_lib.model import import_unsloth
 
     import_unsloth()
-    result = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine()}
-    if "training" in args.which:
-        result["training"] = bench_training(args.params, overrides, args.repeats, args.warmup_steps,
-                                            args.steps, args.tolerance, paths_)
-    if "generation" in args.which:
-        result["generation"] = bench_generation(args.params, args.repeats, args.examples,
-                                                args.max_new_tokens, args.batch_size, overrides)
-    if "overhead" in args.which:
-        result["overhead"] = bench_overhead("smoke", args.repeats)
-    if "whole-job" in args.which:
-        result["whole_job"] = bench_whole_job()
-    if "precision" in args.which:
-        from benchmarks.precision import bench_precision
+    from polo_lib.atomic import atomic_write_text
 
-        result["precision"] = bench_precision(overrides)
+    result = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine()}
     results = args.results_dir
     results.mkdir(parents=True, exist_ok=True)
     stem = args.out or f"{datetime.now(timezone.utc):%Y-%m-%d}-{result['machine']['host']}"
     path = results / f"{stem}.json"
-    if path.exists():  # the same day and machine: keep the benchmarks not rerun now
-        result = {**json.loads(path.read_text(encoding="utf-8")), **result}
-    path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    text = markdown(result)
-    (results / f"{stem}.md").write_text(text, encoding="utf-8")
-    print(text)
+    # the same day and machine: keep the benchmarks not rerun now
+    previous = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+
+    def save() -> str:
+        """JSON + markdown rewritten after every training path and every benchmark: a run killed
+        by a time box (the device check) keeps what it measured before."""
+        merged = {**previous, **result}
+        atomic_write_text(path, json.dumps(merged, indent=2) + "\n")
+        text = markdown(merged)
+        atomic_write_text(results / f"{stem}.md", text)
+        return text
+
+    def training_so_far(summary: dict) -> None:
+        result["training"] = summary
+        save()
+
+    if "training" in args.which:
+        result["training"] = bench_training(args.params, overrides, args.repeats, args.warmup_steps,
+                                            args.steps, args.tolerance, paths_, on_path=training_so_far)
+        save()
+    if "generation" in args.which:
+        result["generation"] = bench_generation(args.params, args.repeats, args.examples,
+                                                args.max_new_tokens, args.batch_size, overrides)
+        save()
+    if "overhead" in args.which:
+        result["overhead"] = bench_overhead("smoke", args.repeats)
+        save()
+    if "whole-job" in args.which:
+        result["whole_job"] = bench_whole_job()
+        save()
+    if "precision" in args.which:
+        from benchmarks.precision import bench_precision
+
+        result["precision"] = bench_precision(overrides)
+    print(save(), flush=True)
     return 0
 
 

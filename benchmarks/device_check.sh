@@ -29,30 +29,52 @@
 #   3. python -m benchmarks.device.check: the parts below, each a process with a time box, the
 #      JSON + markdown rewritten after each (benchmarks/device/check.py).
 #
-# Budget on an H200 (estimates: no GPU was lent when this was written; total <= 570 s):
-#   environment + venv ~5 s; install ~50 s (pyarrow is 32 MB of the ~45 MB of wheels)
-#   imports        ~30 s   import unsloth on the GPU path, bitsandbytes' CUDA 13 library, NF4 round trip
-#   models         ~60 s   random weights on the GPU: 3B in bf16 (6.4 GB written), SmolLM2-135M
-#   smoke         ~120 s   tiny Llama: prepare, train 4-bit and 16-bit (6 steps each), evaluate base vs
-#                          tuned (2 examples, 16 tokens), export merged, one request to the server app
-#   training-bf16 ~165 s   3 paths x (start + import ~20 s, load + NF4-quantize 3B ~25 s, 2 + 4 steps of
-#                          batch 1 x 4 at max length 1024, ~15 s)
-#   generation     ~60 s   3B shape bf16, 8 prompts x 64 new tokens, batched vs one at a time, 2 repeats
-#   training-fp16 ~165 s   the same in fp16 (the T4's precision, measured on the H200)
-#   generation-135m ~30 s  the same as generation at SmolLM2-135M's shape, 16-bit, only if time is left
+# Budget (estimates for an H100/H200: no GPU was lent when this was written; check.py ESTIMATES
+# holds the same numbers and a test keeps the two equal and within the budget). The clock starts
+# at this script's first line; the parts must end by POLO_DEVICE_BUDGET_S (default 540 s), which
+# leaves 60 s to the device tool's 600 s kill; every part's time box ends 15 s (check.py
+# STOP_GRACE_S, the SIGTERM + SIGKILL wait) before that. The T4's precision (fp16) and the 4-bit
+# path come first, the optional parts last:
+#   setup           ~55 s   environment + venv ~5 s; install ~50 s (pyarrow is 32 MB of the ~45 MB of wheels)
+#   imports         ~30 s   import unsloth on the GPU path, bitsandbytes' CUDA 13 library, NF4 round trip
+#   models          ~60 s   random weights on the GPU: 3B in bf16 (6.4 GB written), SmolLM2-135M
+#   training-fp16  ~165 s   3B shape in NF4 4-bit at fp16 (the T4's precision): 3 paths x (start + import
+#                           ~20 s, load + NF4-quantize ~25 s, 2 + 4 steps of batch 1 x 4 at max length 1024 ~15 s)
+#   smoke          ~120 s   tiny Llama: prepare, train 4-bit and 16-bit (6 steps each, task metrics at step 0
+#                           on 13a tokens: kiwipiepy is not carried), evaluate base vs tuned (2 examples,
+#                           16 tokens), export merged, one request to the server app
+#   generation      ~60 s   3B shape bf16, 8 prompts x 64 new tokens, batched vs one at a time, 2 repeats
+#   generation-135m ~30 s   the same at SmolLM2-135M's shape, 16-bit
+#   = 520 s of the 525 s before the last box must end
+#   training-bf16  ~165 s   the training comparison in bf16: only on the time left (its finished paths are
+#                           kept); run it alone with POLO_DEVICE_PARTS=imports,models,training-bf16
 # The boxes (check.py BOXES) hand a fast part's slack to the next; a part that would start with
-# under 20 s left is recorded as skipped, not run. Throughput and memory do not depend on weight
-# values: the random models stand for the real ones there (and only there).
+# under 20 s left (60 s for training) is recorded as skipped, not run. Throughput and memory do not
+# depend on weight values: the random models stand for the real ones there (and only there).
 #
-# Output: one JSON + one markdown table in $POLO_DEVICE_RESULTS (default benchmarks/results/),
-# named <date>-device-<gpu>, with the GPU, its memory, driver, versions, and per part its status,
-# seconds, error and results; logs/ beside them (not meant to be committed).
-# Environment: PYTHON (the GPU machine's Python, default python3), POLO_DEVICE_RESULTS,
+# Output: one JSON + one markdown table in $POLO_DEVICE_RESULTS, else $OUT (the device tool brings
+# back only what is written there), else benchmarks/results/; named <date>-device-<gpu>, with the
+# GPU, its memory, driver, versions, and per part its status, seconds, error and results, rewritten
+# after every part and every training path; logs/<part>.log beside them (unbuffered, so a killed
+# part's log ends where it was killed) and logs/parts/ the parts' own result files, each training
+# path's figures written the moment it ends (neither meant to be committed).
+# Environment: PYTHON (the GPU machine's Python, default python3), POLO_DEVICE_RESULTS, OUT,
 # POLO_DEVICE_WHEELS, POLO_DEVICE_MODELS, POLO_DEVICE_WORK (scratch, default /dev/shm/polo-device when
-# it has 20 GB free, else /tmp/polo-device), POLO_DEVICE_BUDGET_S (default 570).
+# it has 20 GB free, else /tmp/polo-device), POLO_DEVICE_BUDGET_S (default 540), POLO_DEVICE_PARTS
+# (a subset, e.g. imports,models,training-bf16), POLO_DEVICE_BOXES (time boxes in s replacing the
+# defaults, e.g. smoke=5,training-fp32=60: the CPU rehearsal of a part killed at its box).
+#
+# CPU rehearsal of the device's limits (a fake $OUT, short boxes):
+#   OUT=/tmp/out POLO_DEVICE_BOXES=training-fp32=40,smoke=5 bash benchmarks/device_check.sh --cpu
 set -uo pipefail
-cd "$(dirname "$0")/.."
+# The clock starts first: everything below (torch's import, nvidia-smi, the install) counts.
 START=$SECONDS
+BUDGET="${POLO_DEVICE_BUDGET_S:-540}"
+case "$BUDGET" in
+    ''|*[!0-9]*) echo "device_check.sh: POLO_DEVICE_BUDGET_S must be whole seconds, got '$BUDGET'" >&2; exit 2 ;;
+esac
+DEADLINE=$(( $(date +%s) + BUDGET ))  # epoch seconds, handed to check.py
+cd "$(dirname "$0")/.."
 CPU=0
 INSTALL=1
 for arg in "$@"; do
@@ -66,8 +88,7 @@ done
 PY="${PYTHON:-python3}"
 WHEELS="${POLO_DEVICE_WHEELS:-benchmarks/device_wheels}"
 MODELS="${POLO_DEVICE_MODELS:-benchmarks/device_models}"
-RESULTS="${POLO_DEVICE_RESULTS:-benchmarks/results}"
-BUDGET="${POLO_DEVICE_BUDGET_S:-570}"
+RESULTS="${POLO_DEVICE_RESULTS:-${OUT:-benchmarks/results}}"
 if [ -z "${POLO_DEVICE_WORK:-}" ]; then
     if [ -d /dev/shm ] && [ "$(df -Pk /dev/shm | awk 'NR==2 {print $4}')" -gt 20000000 ]; then
         POLO_DEVICE_WORK=/dev/shm/polo-device
@@ -75,22 +96,26 @@ if [ -z "${POLO_DEVICE_WORK:-}" ]; then
         POLO_DEVICE_WORK=/tmp/polo-device
     fi
 fi
-export POLO_DEVICE_WORK POLO_DEVICE_RESULTS="$RESULTS" POLO_DEVICE_MODELS="$MODELS"
+export POLO_DEVICE_WORK POLO_DEVICE_RESULTS="$RESULTS" POLO_DEVICE_MODELS="$MODELS" PYTHONUNBUFFERED=1
+left() { echo $(( BUDGET - (SECONDS - START) )); }
 
 # ------------------------------------------------------------------ 1. environment
 if ! command -v "$PY" >/dev/null 2>&1; then
     echo "device_check.sh: no Python '$PY': set PYTHON to the GPU machine's Python 3.12." >&2
     exit 2
 fi
-if ! "$PY" -c 'import torch' >/dev/null 2>&1; then
+# one interpreter start for all of torch's answers (each import of a CUDA torch costs seconds)
+TORCH="$("$PY" -c 'import sys, torch; print(torch.__version__, torch.version.cuda, int(torch.cuda.is_available()), sys.version.split()[0])' 2>/dev/null)"
+if [ -z "$TORCH" ]; then
     echo "device_check.sh: $PY has no torch: this check expects the machine's preinstalled CUDA torch" \
          "(it never installs torch). Set PYTHON to the Python that has it." >&2
     exit 3
 fi
-if [ "$CPU" = 0 ] && ! "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' >/dev/null 2>&1; then
-    echo "device_check.sh: $PY has torch $("$PY" -c 'import torch; print(torch.__version__)' 2>/dev/null)" \
-         "but no CUDA device is visible (torch.cuda.is_available() is False). This check needs the GPU" \
-         "machine; on a CPU, run 'bash benchmarks/device_check.sh --cpu' for the plumbing only." >&2
+read -r TORCH_VERSION TORCH_CUDA TORCH_HAS_CUDA PY_VERSION <<< "$TORCH"
+if [ "$CPU" = 0 ] && [ "$TORCH_HAS_CUDA" != 1 ]; then
+    echo "device_check.sh: $PY has torch $TORCH_VERSION but no CUDA device is visible" \
+         "(torch.cuda.is_available() is False). This check needs the GPU machine; on a CPU, run" \
+         "'bash benchmarks/device_check.sh --cpu' for the plumbing only." >&2
     exit 3
 fi
 missing=""
@@ -109,7 +134,8 @@ if [ -n "$missing" ]; then
     exit 4
 fi
 mkdir -p "$POLO_DEVICE_WORK" "$RESULTS"
-echo "[device-check] python: $PY ($("$PY" -c 'import sys, torch; print(sys.version.split()[0], "torch", torch.__version__, "cuda", torch.version.cuda)'))"
+echo "[device-check] python: $PY ($PY_VERSION torch $TORCH_VERSION cuda $TORCH_CUDA); budget $BUDGET s," \
+     "$(left) s left; results in $RESULTS"
 command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 
 # ------------------------------------------------------------------ 2. install
@@ -125,21 +151,22 @@ if [ "$INSTALL" = 1 ]; then
             > "$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/_device_base.pth"
     fi
     VPY="$VENV/bin/python"
+    cap() { local l; l=$(left); [ "$l" -lt 1 ] && l=1; [ "$l" -lt "$1" ] && echo "$l" || echo "$1"; }  # never past the budget
     if ! "$VPY" -m pip --version >/dev/null 2>&1; then
         echo "device_check.sh: $PY has no pip to install the carried wheels with." >&2; exit 5
     fi
     mode="resolved"
-    if ! timeout 240 "$VPY" -m pip install --disable-pip-version-check -q --no-index --find-links "$WHEELS" \
+    if ! timeout "$(cap 240)" "$VPY" -m pip install --disable-pip-version-check -q --no-index --find-links "$WHEELS" \
             -r "$WHEELS/device-requirements.txt" > "$POLO_DEVICE_WORK/install.log" 2>&1; then
         echo "[device-check] pip's resolver refused the carried set (see $POLO_DEVICE_WORK/install.log);" \
              "installing every carried wheel --no-deps instead"
         mode="no-deps fallback"
         cp "$POLO_DEVICE_WORK/install.log" "$POLO_DEVICE_WORK/install-resolver.log"
-        timeout 240 "$VPY" -m pip install --disable-pip-version-check -q --no-index --no-deps "$WHEELS"/*.whl \
+        timeout "$(cap 240)" "$VPY" -m pip install --disable-pip-version-check -q --no-index --no-deps "$WHEELS"/*.whl \
             >> "$POLO_DEVICE_WORK/install.log" 2>&1 || { tail -20 "$POLO_DEVICE_WORK/install.log" >&2;
             echo "device_check.sh: installing the carried wheels failed." >&2; exit 5; }
     fi
-    timeout 120 "$VPY" -m pip install --disable-pip-version-check -q --no-index --find-links "$WHEELS" --no-deps \
+    timeout "$(cap 120)" "$VPY" -m pip install --disable-pip-version-check -q --no-index --find-links "$WHEELS" --no-deps \
         -r "$WHEELS/device-nodeps.txt" >> "$POLO_DEVICE_WORK/install.log" 2>&1 || {
         tail -20 "$POLO_DEVICE_WORK/install.log" >&2; echo "device_check.sh: installing unsloth failed." >&2; exit 5; }
     "$VPY" - "$mode" "$((SECONDS - install_start))" "$WHEELS" "$HEADER" "$POLO_DEVICE_WORK/install.log" <<'PY'
@@ -158,10 +185,11 @@ else
 fi
 
 # ------------------------------------------------------------------ 3. the parts
-left=$((BUDGET - (SECONDS - START)))
-args=(--deadline-s "$left" --header "$HEADER")
+args=(--deadline-at "$DEADLINE" --header "$HEADER" --results "$RESULTS")
 [ "$CPU" = 1 ] && args+=(--cpu)
-PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" "$VPY" -m benchmarks.device.check "${args[@]}"
+[ -n "${POLO_DEVICE_PARTS:-}" ] && args+=(--parts "$POLO_DEVICE_PARTS")
+[ -n "${POLO_DEVICE_BOXES:-}" ] && args+=(--boxes "$POLO_DEVICE_BOXES")
+PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" "$VPY" -u -m benchmarks.device.check "${args[@]}"
 status=$?
 echo "[device-check] done in $((SECONDS - START)) s (exit $status); results in $RESULTS"
 exit $status

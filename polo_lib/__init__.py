@@ -6,7 +6,7 @@ model, params, runs, train`), layered inside; imports only point down (tests/tes
   stages         data, train, evaluate, metrics, plots
   records        runs, reports
   orchestration  pipeline (the recipe, once), preflight, queues, compare, sweeps/
-  edges          deploy/ (export, serve, chat_app), cli
+  edges          deploy/ (export, serve, chat_app), cli, colab (the notebooks' Colab install)
 
 Nothing is imported here: `import polo_lib` stays cheap, and Unsloth is imported first by
 whoever loads a model (model.import_unsloth).

@@ -622,8 +622,10 @@ def load_or_prepare(cfg):
     if not current_hash(cfg.data, tokenizer, cfg.model.max_seq_length):
         why = "was made from other inputs (raw file, data params or tokenizer)" if (where / "dataset").is_dir() \
             else "is missing"
-        log.warning("processed data for '%s' at %s %s: preparing it now, as prepare_data.ipynb does",
-                    cfg.data.processed_name, _display(where), why)
+        # An announcement on stdout, not a logged warning: preparing here is what the cell is for on a
+        # fresh clone, and JupyterLab shows a warning (stderr) in red, as if something were wrong.
+        print(f"processed data for '{cfg.data.processed_name}' at {_display(where)} {why}: preparing it now, "
+              "as prepare_data.ipynb does", flush=True)
         save(prepare(cfg.data, tokenizer, cfg.model.max_seq_length), cfg.data)
     return load_processed(cfg.data)
 

@@ -8,14 +8,16 @@ SARI paper report them; cosines, shares and rates are 0-1 fractions. `score_all`
 metric in one flat dict with the keys of `HIGHER_IS_BETTER`, for a base-vs-tuned table.
 
 Korean has no useful whitespace tokens (particles and endings stick to words), so word-based
-metrics run on Kiwi morphemes (kiwipiepy, bundled model, offline). rouge-score's own tokenizer
-keeps only [a-z0-9] and would score two identical Korean texts 0.
+metrics run on Kiwi morphemes (kiwipiepy, bundled model, offline; sacrebleu 13a tokens where it is
+not installed, see `korean_tokenizer`). rouge-score's own tokenizer keeps only [a-z0-9] and would
+score two identical Korean texts 0.
 """
 from __future__ import annotations
 
 import functools
 import math
 import re
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,10 +75,25 @@ def _mean(values: Iterable[float]) -> float:
 
 @functools.lru_cache(maxsize=1)
 def _kiwi():
-    """The Kiwi analyzer, built once per process (about 1 s, plus about 1 s on the first call)."""
-    from kiwipiepy import Kiwi
-
+    """The Kiwi analyzer, built once per process (about 1 s, plus about 1 s on the first call);
+    None when kiwipiepy is not importable (said once, as a warning)."""
+    try:
+        from kiwipiepy import Kiwi
+    except ImportError:
+        # The GPU machine of benchmarks/device_check.sh cannot carry kiwipiepy (its model is an
+        # 84 MiB sdist, more than the whole 64 MiB carry), yet task metrics run there at step 0.
+        warnings.warn("kiwipiepy is not installed: Korean text is split into sacrebleu 13a tokens "
+                      "(words and punctuation, not morphemes), so BLEU, SARI and distinct-n here are not "
+                      "comparable with Kiwi-tokenized scores. pip install kiwipiepy for morphemes.",
+                      RuntimeWarning, stacklevel=3)
+        return None
     return Kiwi()
+
+
+def korean_tokenizer() -> str:
+    """The tokenizer `korean_tokens` uses in this process: "kiwi" (morphemes), or "13a" when
+    kiwipiepy is not importable. Record it beside scores: the two are not comparable."""
+    return "kiwi" if _kiwi() is not None else "13a"
 
 
 # Kiwi reads a Latin word followed by a period ("accepted.") as one odd token ("acc", "epted.");
@@ -86,17 +103,30 @@ _LATIN_PERIOD = re.compile(r"(?<=[A-Za-z])\.(?=\s|$)")
 
 @functools.lru_cache(maxsize=8192)
 def _korean_tokens(text: str) -> tuple[str, ...]:
-    return tuple(t.form for t in _kiwi().tokenize(_LATIN_PERIOD.sub(" .", text)))
+    kiwi = _kiwi()
+    if kiwi is None:
+        return tuple(_tokenizer_13a()(text).split())
+    return tuple(t.form for t in kiwi.tokenize(_LATIN_PERIOD.sub(" .", text)))
 
 
 def korean_tokens(text: str) -> list[str]:
     """Kiwi morphemes of `text` ("나눕니다" -> "나누", "ᆸ니다"); Latin words, numbers and
     punctuation come out as their own tokens, so mixed text ("YOLO는 IoU를") works too.
+    Without kiwipiepy: sacrebleu's 13a tokens (not lowercased), with a warning once;
+    `korean_tokenizer()` says which.
 
     The analyzer is created once, lazily, and results are cached per text: several metrics
     tokenize the same predictions.
     """
     return list(_korean_tokens(text))
+
+
+def _kiwi_tokens(text: str) -> list[str]:
+    """Kiwi morphemes, never the fallback: for a caller that asked for Kiwi by name."""
+    if _kiwi() is None:
+        raise ImportError("tokenize='kiwi' needs kiwipiepy (pip install kiwipiepy); tokenize='auto' "
+                          "falls back to sacrebleu's 13a tokens without it")
+    return korean_tokens(text)
 
 
 @functools.lru_cache(maxsize=1)
@@ -229,11 +259,11 @@ def _sari_tokenizer(tokenize: str | Tokenizer, texts: Iterable[str]) -> Tokenize
     if callable(tokenize):
         return tokenize
     if tokenize == "auto":
-        tokenize = "kiwi" if any(_has_hangul(t) for t in texts) else "13a"
+        tokenize = korean_tokenizer() if any(_has_hangul(t) for t in texts) else "13a"
     if tokenize == "13a":
         return tokens_13a
     if tokenize == "kiwi":
-        return lambda text: korean_tokens(text.lower())
+        return lambda text: _kiwi_tokens(text.lower())
     raise ValueError(f"tokenize must be 'auto', '13a', 'kiwi' or a callable, got {tokenize!r}")
 
 
@@ -245,8 +275,9 @@ def sari(sources: Sequence[str], predictions: Sequence[str], references: Sequenc
 
     tokenize: "13a" lowercases and applies sacrebleu's 13a tokenizer (HF evaluate's default,
     which reproduces its published values); "kiwi" lowercases and uses Kiwi morphemes
-    (`korean_tokens`); "auto" (default) uses Kiwi when any text contains Hangul, else 13a, so
-    that all texts of a call share one tokenizer; or a callable str -> list[str].
+    (`korean_tokens`; ImportError without kiwipiepy); "auto" (default) uses Kiwi when any text
+    contains Hangul, else 13a, so that all texts of a call share one tokenizer (13a for all when
+    kiwipiepy is not importable: `korean_tokenizer()` says which); or a callable str -> list[str].
 
     Cross-lingual caveat: here the source is English and the prediction Korean, so almost no
     source n-gram can be kept (only numbers and terms left in English, such as "YOLO" or

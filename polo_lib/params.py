@@ -11,10 +11,11 @@ file, the key, the value, what is allowed, and the closest valid key for a typo.
 """
 from __future__ import annotations
 
+import ast
 import difflib
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -45,7 +46,7 @@ class Document(_Section):
     def to_dict(self) -> dict[str, Any]:
         return json.loads(self.model_dump_json())
 
-    def short_hash(self, ignore: tuple[str, ...] = ("name", "source", "chosen_by")) -> str:  # = META
+    def short_hash(self, ignore: tuple[str, ...] = ("name", "source", "chosen_by", "overridden")) -> str:  # = META
         """8 hex digits of the content, the fields about the file (`ignore`) left out: the same
         experiment gets the same hash whatever its file is called."""
         body = {k: v for k, v in self.to_dict().items() if k not in ignore}
@@ -204,6 +205,10 @@ class Params(Document):
     name: str = "custom"
     source: str | None = None
     chosen_by: str | None = None  # params_file "auto": why this file was taken on this machine
+    # Dotted keys set on top of the file (notebook parameters, --set, a queue's or sweep's values):
+    # train.plan lets the file's schedule give way to a run length the user chose, never to values
+    # the user set. Kept in the run's params.yaml, so each stage that reads it back decides alike.
+    overridden: tuple[str, ...] = ()
     model: ModelParams
     lora: LoraParams = LoraParams()
     training: TrainingParams = TrainingParams()
@@ -238,7 +243,7 @@ SECTIONS: dict[str, type[_Section]] = {
     "model": ModelParams, "lora": LoraParams, "training": TrainingParams,
     "data": DataParams, "evaluation": EvaluationParams, "run": RunParams,
 }
-META = ("name", "source", "chosen_by")  # about the file, not the experiment: outside the hash
+META = ("name", "source", "chosen_by", "overridden")  # about the file, not the experiment: outside the hash
 TOP_LEVEL = (*META, *SECTIONS)
 AUTO = "auto"  # params_file: 'default' where a CUDA GPU is present, 'cpu' elsewhere
 
@@ -408,6 +413,9 @@ def load(params_file: str | Path, overrides: Mapping[str, Any] | None = None, **
         _set_dotted(data, dotted, value)
     data.setdefault("name", path.stem)
     data["source"] = str(path)
+    recorded = data.get("overridden") or ()
+    if merged and isinstance(recorded, (list, tuple)):  # a run's params.yaml keeps what its first resolution had
+        data["overridden"] = sorted({*recorded, *merged})
     if chosen_by:
         data["chosen_by"] = chosen_by
     return _validate(data, _display(path), [f"overrides: {p}" for p in override_problems],
@@ -437,24 +445,77 @@ def save(cfg: Params, path: str | Path) -> Path:
 NOTEBOOK_NAMES = {"params_file", "run_id", "run_ids", "sweep_id", "overrides", "REPO_URL", "OUTPUTS_ON_DRIVE"}
 _IPYTHON_NAMES = {"In", "Out", "get_ipython", "exit", "quit", "open"}
 _PLAIN = (str, int, float, bool, type(None), list, tuple, dict)  # what papermill can inject
+# The first line of the cell papermill injects after the parameters cell (its translator's comment,
+# `papermill.translators.PythonTranslator.codify`): `-p epochs 5` arrives as "# Parameters\nepochs = 5\n".
+PAPERMILL_INJECTED = "# Parameters"
+
+
+def assigned_names(source: str) -> list[str]:
+    """Names a cell assigns at its top level (`x = 1`, `x: int = 1`, `a, b = 1, 2`), in order."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:  # a cell that never ran as Python assigned nothing
+        return []
+    names: list[str] = []
+
+    def add(target: ast.AST) -> None:
+        if isinstance(target, ast.Name):
+            names.append(target.id)
+        elif isinstance(target, (ast.Tuple, ast.List)):
+            for element in target.elts:
+                add(element)
+
+    for node in tree.body:
+        for target in node.targets if isinstance(node, ast.Assign) else \
+                [node.target] if isinstance(node, (ast.AnnAssign, ast.AugAssign)) else []:
+            add(target)
+    return names
+
+
+def _injected(source: str) -> bool:
+    return source.lstrip().startswith(PAPERMILL_INJECTED + "\n")
+
+
+def parameter_names(history: Sequence[str]) -> set[str] | None:
+    """The notebook parameters as the kernel last ran them, from its input history (IPython's `In`):
+    the names the parameters cell assigned (the last cell run that sets `params_file`, papermill's
+    injected cell aside) and those papermill injected after it (`-p` names, typos included).
+    None: no such cell was run in this kernel.
+
+    Not every global: after a first Run All the kernel also holds `dataset`, `lm`, `session`...,
+    which are results, not parameters (a second Run All failed on them)."""
+    cells = [c for c in history if isinstance(c, str)]
+    start = next((i for i in range(len(cells) - 1, -1, -1)
+                  if not _injected(cells[i]) and "params_file" in assigned_names(cells[i])), None)
+    after = cells[start:] if start is not None else cells
+    names = set(assigned_names(cells[start])) if start is not None else set()
+    injected = [c for c in after if _injected(c)]
+    for cell in injected:
+        names |= set(assigned_names(cell))
+    return names if start is not None or injected else None
 
 
 def from_notebook(namespace: Mapping[str, Any], default_file: str | Path | None = None) -> Params:
-    """Resolve params from a notebook's globals: `params_file` < every knob set in the namespace.
+    """Resolve params from a notebook's globals: `params_file` < the knobs of its parameters cell.
 
-    papermill only warns about an unknown `-p` name and injects it anyway; here any plain
-    value in the namespace that is neither a knob nor a notebook name is an error, so
-    `-p epoch 5` fails instead of silently training the file's epochs.
+    In a kernel, only the parameters cell's names and papermill's injected ones are parameters
+    (`parameter_names`); other globals (a dataset, a model from the run before) are not. papermill
+    only warns about an unknown `-p` name and injects it anyway; here an unknown name among the
+    parameters is an error, so `-p epoch 5` fails instead of silently training the file's epochs.
+    Outside a kernel (no `In` history), every plain value in `namespace` is a parameter.
     """
     from .notebook import show_errors_briefly
 
     show_errors_briefly()
     knobs, problems = {}, []
     leaves = _leaf_paths()
+    declared = parameter_names(namespace["In"]) if isinstance(namespace.get("In"), list) else None
     for name, value in namespace.items():
         if name.startswith("_") or name in _IPYTHON_NAMES or name in NOTEBOOK_NAMES:
             continue
-        if not isinstance(value, _PLAIN):  # modules, functions, a Run, a DataFrame: not parameters
+        if declared is not None and name not in declared:  # a result of a later cell, not a parameter
+            continue
+        if declared is None and not isinstance(value, _PLAIN):  # modules, functions, a Run: not parameters
             continue
         if name in ALIASES or name in leaves:
             knobs[name] = value

@@ -51,7 +51,7 @@ def train_stage(cfg, run: runs.Run, callbacks: list | None = None, live: bool | 
     """
     dataset = data.load_or_prepare(cfg)
     trackers.check(cfg.training.report_to)
-    train.plan(cfg.training, len(dataset["train"])).check()
+    train.plan(cfg.training, len(dataset["train"]), cfg.overridden).check()
     model.check_memory(model.estimate_memory(cfg), enabled=cfg.model.memory_check)
     lm = model.load(cfg)
     run.update_manifest(model=lm.applied, model_notes=lm.notes)

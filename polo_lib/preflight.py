@@ -111,7 +111,7 @@ def _template_and_lengths(cfg, found):
         counts = train.label_counts(ds, tokenizer, markers)
         train.check_labels(split, [e["id"] for e in prepared.examples[split]], counts, markers)
         worst.append(min(counts))
-    schedule = train.plan(cfg.training, len(prepared.examples["train"]))
+    schedule = train.plan(cfg.training, len(prepared.examples["train"]), cfg.overridden)
     if problems := schedule.problems():
         return FAIL, " ".join(problems)
     longest = max(max(v) for v in prepared.lengths.values() if v)
@@ -178,7 +178,7 @@ def plan_tables(cfg, device) -> dict[str, pd.DataFrame]:
     n_train = data.split_sizes(cfg.data)["train"]
     return {
         "decisions": pd.DataFrame(rows, columns=["decision", "value"]).set_index("decision"),
-        "plan": train.plan(cfg.training, n_train).table(),
+        "plan": train.plan(cfg.training, n_train, cfg.overridden).table(),
         "parameters": model.recipe_parameter_table(cfg, config),
         "memory": model.estimate_memory(cfg, device, config).table(),
     }

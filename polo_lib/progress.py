@@ -75,7 +75,10 @@ class View:
         self.bar = None
         self.key = None  # (stage, phase): a new one starts a new bar
         self.started = time.perf_counter()
-        self.last_line = 0.0
+        # None: no plain line yet, so the first state prints at once. Not 0.0: perf_counter counts
+        # from an arbitrary origin (boot, on Linux), and a machine up for less than `interval`
+        # seconds (a fresh Colab runtime or CI machine) would never print the first line.
+        self.last_line: float | None = None
         self.last_eval = None
         self.state: dict[str, Any] = {}
         self.printed: dict[str, Any] | None = None  # the state the last plain line showed
@@ -94,7 +97,7 @@ class View:
         key = (state.get("stage"), state.get("phase"))
         if key != self.key:
             self.close()
-            self.key, self.started, self.last_line = key, time.perf_counter(), 0.0
+            self.key, self.started, self.last_line = key, time.perf_counter(), None
         done, total = int(state.get("done") or 0), int(state.get("total") or 0)
         evaluation = (state.get("eval_step"), state.get("eval_loss"))
         if evaluation[1] is not None and evaluation != self.last_eval:
@@ -107,7 +110,7 @@ class View:
         self.state = state
         if self.tty:
             self._draw_bar(state, done, total)
-        elif time.perf_counter() - self.last_line >= self.interval or (
+        elif self.last_line is None or time.perf_counter() - self.last_line >= self.interval or (
                 total and done >= total and (self.printed or {}).get("done") != done):
             self.line()
 

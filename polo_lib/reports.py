@@ -148,6 +148,7 @@ def _training(run: Run, summary: RunSummary, warnings: list[str]) -> list[str]:
         rows = [{"figure": f"{k}.{sub}" if isinstance(v, dict) else k, "value": x}
                 for k, v in figures.items() for sub, x in (v.items() if isinstance(v, dict) else [(None, v)])]
         out += ["## Training", "", md_table(rows, ["figure", "value"]), ""]
+        warnings.extend(t.plan_notes)
         if t.early_stopped:
             warnings.append(f"early stopping fired at step {t.early_stopped_at_step}; "
                             f"the best checkpoint ({t.best_checkpoint}) was kept")

@@ -76,6 +76,8 @@ class TrainingSummary(_Section):
     best_checkpoint: str | None = None
     early_stopped: bool = False
     early_stopped_at_step: int | None = None
+    early_stopping_patience: int | None = None  # as trained: 0 where the file's gave way to a short run
+    plan_notes: list[str] = []                # train.Plan.notes: what gave way to the run length asked for
     tokens_per_s: float | None = None
     train_seconds: float | None = None
     train_runtime: float | None = None

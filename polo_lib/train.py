@@ -11,6 +11,7 @@ import io
 import logging
 import math
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -116,7 +117,7 @@ def sft_config(cfg, run, decisions, plan: Plan):
     from trl import SFTConfig
 
     t = cfg.training
-    early = t.early_stopping_patience > 0
+    early = plan.patience > 0  # the plan's: the file's patience may be off for a short run
     return SFTConfig(
         output_dir=str(run.checkpoints),
         num_train_epochs=t.num_train_epochs, max_steps=t.max_steps,
@@ -206,7 +207,28 @@ def read_train_log(path: Path) -> pd.DataFrame:
     return pd.read_csv(path) if Path(path).exists() else pd.DataFrame(columns=LOG_COLUMNS)
 
 
-def _callbacks(recorder: _LogRecorder, cfg, run):
+class _WithoutMessage(logging.Filter):
+    def __init__(self, text: str):
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()
+
+
+# transformers 5.17 orders checkpoints for rotation by mtime and, when two were saved less than a second
+# apart (fast steps of a small model, on any disk), warns "mtime may not be reliable on this filesystem"
+# and orders them by step number instead: what numbered checkpoints want anyway. Red noise in a notebook.
+_MTIME_NOISE = _WithoutMessage("mtime may not be reliable on this filesystem")
+
+
+def _quiet_checkpoint_ordering() -> None:
+    logger = logging.getLogger("transformers.trainer_utils")
+    if _MTIME_NOISE not in logger.filters:
+        logger.addFilter(_MTIME_NOISE)
+
+
+def _callbacks(recorder: _LogRecorder, cfg, run, patience: int):
     from torch.utils.tensorboard import SummaryWriter
     from transformers import EarlyStoppingCallback, TrainerCallback
     from transformers.integrations import TensorBoardCallback
@@ -219,8 +241,8 @@ def _callbacks(recorder: _LogRecorder, cfg, run):
     callbacks = [RecorderCallback()]
     if "tensorboard" in cfg.training.report_to:
         callbacks.append(TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(run.logs / "tensorboard"))))
-    if cfg.training.early_stopping_patience > 0:
-        callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.training.early_stopping_patience,
+    if patience > 0:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=patience,
                                                early_stopping_threshold=cfg.training.early_stopping_threshold))
     return callbacks
 
@@ -281,10 +303,12 @@ class Plan:
     total_steps: int
     eval_steps: int
     save_steps: int
-    patience: int
+    patience: int  # what this run uses: 0 where the file's patience gave way to a short run (notes)
     warmup_asked: float = 0.0
     warmup_steps: int = 0
     scheduler: str = "linear"
+    patience_asked: int = 0
+    notes: tuple[str, ...] = ()  # what gave way to the run length the user asked for, and why
 
     @property
     def evaluations(self) -> int:
@@ -312,12 +336,14 @@ class Plan:
         return []
 
     def warnings(self) -> list[str]:
-        """What works but is probably not meant; preflight shows these as warnings."""
+        """What works but is probably not meant, and what gave way to the run length asked for;
+        preflight shows these as warnings, the notebook's plan table as notes."""
+        out = list(self.notes)
         if self.scheduler != "constant" and self.warmup_steps and self.warmup_steps * 4 >= self.total_steps:
-            return [f"warmup is {self.warmup_steps} of {self.total_steps} steps (training.warmup_steps "
-                    f"{self.warmup_asked:g}): a quarter of the run or more climbs to the learning rate; "
-                    "lower warmup_steps (0.05 is a common choice) or train longer."]
-        return []
+            out.append(f"warmup is {self.warmup_steps} of {self.total_steps} steps (training.warmup_steps "
+                       f"{self.warmup_asked:g}): a quarter of the run or more climbs to the learning rate; "
+                       "lower warmup_steps (0.05 is a common choice) or train longer.")
+        return out
 
     def check(self) -> Plan:
         if problems := self.problems():
@@ -331,8 +357,23 @@ class Plan:
                 ("eval_steps / save_steps", f"{self.eval_steps} / {self.save_steps}"),
                 ("evaluations at steps", ", ".join(map(str, shown)) or "none"),
                 ("warmup steps", self._warmup_text()),
-                ("early stopping", f"patience {self.patience}" if self.patience else "off")]
+                ("early stopping", self.early_stopping_text()),
+                *[("note", n) for n in self.notes]]
         return pd.DataFrame(rows, columns=["plan", "value"]).set_index("plan")
+
+    def early_stopping_text(self) -> str:
+        if self.patience:
+            return f"patience {self.patience}"
+        if self.patience_asked:
+            return f"off for this run (patience {self.patience_asked} asked: too few evaluations, see the note)"
+        return "off"
+
+    def record(self) -> dict[str, Any]:
+        """What the run's manifest keeps of the plan (training.plan): the schedule as trained."""
+        return {"total_steps": self.total_steps, "steps_per_epoch": self.steps_per_epoch,
+                "eval_steps": self.eval_steps, "save_steps": self.save_steps, "evaluations": self.evaluations,
+                "early_stopping_patience": self.patience, "early_stopping_patience_asked": self.patience_asked,
+                "warmup_steps": self.warmup_steps, "notes": list(self.notes)}
 
     def _warmup_text(self) -> str:
         if self.warmup_asked and not self.warmup_steps and self.total_steps < SHORT_RUN_STEPS:
@@ -362,8 +403,22 @@ def resolve_warmup(asked: float, total_steps: int) -> int:
     return min(total_steps, int(asked) if asked >= 1 else math.floor(asked * total_steps))
 
 
-def plan(training, n_train: int) -> Plan:
-    """Resolve the step counts of a run: a pure function of the training params and the data size."""
+# Keys that set how long a run trains, and the schedule sized for it (params' dotted names).
+LENGTH_KEYS = {"training.max_steps", "training.num_train_epochs"}
+CADENCE_KEYS = {"training.eval_steps", "training.save_steps"}
+PATIENCE_KEY = "training.early_stopping_patience"
+
+
+def plan(training, n_train: int, overridden: Collection[str] = ()) -> Plan:
+    """Resolve the step counts of a run: a pure function of the training params, the data size
+    and which keys were set on top of the params file (`Params.overridden`).
+
+    A params file's cadence and patience are sized for the file's run length. When the user
+    shortens the run (max_steps, or epochs where max_steps is off) for a quick look, they give way
+    for this run, said in `notes`: a numeric cadence longer than the run becomes `auto`, and a
+    patience with too few evaluations to act is turned off (training goes on to the last step).
+    A cadence or patience the user set themselves never gives way: `problems` refuses it.
+    """
     t = training
     per_epoch = max(1, math.ceil(math.ceil(n_train / t.per_device_train_batch_size) / t.gradient_accumulation_steps))
     total = t.max_steps if t.max_steps > 0 else math.ceil(per_epoch * t.num_train_epochs)
@@ -375,9 +430,29 @@ def plan(training, n_train: int) -> Plan:
             return max(1, min(per_epoch, math.ceil(total / 10)))
         return int(value)
 
-    return Plan(n_train, per_epoch, total, resolve(t.eval_steps), resolve(t.save_steps), t.early_stopping_patience,
+    user = set(overridden)
+    length_key = "training.max_steps" if t.max_steps > 0 else "training.num_train_epochs"
+    length = f"max_steps {total}" if t.max_steps > 0 else f"{t.num_train_epochs:g} epoch(s) = {total} steps"
+    shortened = length_key in user
+    steps = {"eval_steps": resolve(t.eval_steps), "save_steps": resolve(t.save_steps)}
+    notes = []
+    if shortened and not user & CADENCE_KEYS:
+        for key, value in steps.items():
+            if value > total:
+                steps[key] = resolve("auto")
+                notes.append(f"training.{key} {value} (the params file's) is more than the {total} steps asked "
+                             f"for ({length}): every {steps[key]} step(s) (auto) in this run.")
+    patience = t.early_stopping_patience
+    evaluations, needed = total // steps["eval_steps"], patience + 2
+    if patience and evaluations < needed and shortened and not user & (CADENCE_KEYS | {PATIENCE_KEY}):
+        notes.append(f"early stopping off for this run: patience {patience} (the params file's) needs at least "
+                     f"{needed} evaluations to act, and {length} with eval_steps {steps['eval_steps']} gives "
+                     f"{evaluations}. All {total} steps train and the last step's adapter is kept; for early stopping, "
+                     "train longer.")
+        patience = 0
+    return Plan(n_train, per_epoch, total, steps["eval_steps"], steps["save_steps"], patience,
                 warmup_asked=t.warmup_steps, warmup_steps=resolve_warmup(t.warmup_steps, total),
-                scheduler=t.lr_scheduler_type)
+                scheduler=t.lr_scheduler_type, patience_asked=t.early_stopping_patience, notes=tuple(notes))
 
 
 # ------------------------------------------------------------------ session
@@ -442,13 +517,14 @@ def build(lm, dataset, cfg, run, live: bool | None = None, callbacks: list | Non
         relocate_checkpoint(resume_from, run.checkpoints)
     markers = derive_markers(lm.tokenizer)
     train_ds, eval_ds = dataset["train"], dataset["validation"]
-    schedule = plan(cfg.training, len(train_ds)).check()
+    schedule = plan(cfg.training, len(train_ds), cfg.overridden).check()
     counts = {}
     for split, ds in (("train", train_ds), ("validation", eval_ds)):
         counts[split] = label_counts(ds, lm.tokenizer, markers)
         check_labels(split, ds["id"], counts[split], markers)
     score = task_eval.scorer(lm, eval_ds, cfg, samples_path=run.logs / "task_samples.jsonl")
     keep = ["messages"]
+    _quiet_checkpoint_ordering()
     trainer = SFTTrainer(
         model=lm.model, processing_class=lm.tokenizer, args=sft_config(cfg, run, decisions, schedule),
         train_dataset=train_ds.select_columns(keep), eval_dataset=eval_ds.select_columns(keep))
@@ -464,7 +540,7 @@ def build(lm, dataset, cfg, run, live: bool | None = None, callbacks: list | Non
     step = int(resume_from.name.split("-")[-1]) if resume_from else 0
     recorder = _LogRecorder(run.logs / "train_log.csv", live=live, keep_until_step=step,
                             total_steps=schedule.total_steps)
-    for cb in _callbacks(recorder, cfg, run) + list(callbacks or []):
+    for cb in _callbacks(recorder, cfg, run, schedule.patience) + list(callbacks or []):
         trainer.add_callback(cb)
     checks = pd.DataFrame([
         {"check": "instruction marker", "value": repr(markers.instruction)},
@@ -474,6 +550,8 @@ def build(lm, dataset, cfg, run, live: bool | None = None, callbacks: list | Non
         {"check": "steps planned", "value": str(schedule.total_steps)},
         {"check": "evaluate / save every", "value": f"{schedule.eval_steps} / {schedule.save_steps} steps "
                                                     f"({schedule.evaluations} evaluations)"},
+        {"check": "early stopping", "value": schedule.early_stopping_text()},
+        *[{"check": "note", "value": n} for n in schedule.notes],
         {"check": "task metrics at each evaluation",
          "value": f"{len(score.ids)} validation example(s), up to {score.max_new_tokens} new tokens; early stopping "
                   f"on {task_eval.metric_key(cfg.training.early_stopping_metric)}" if score else "off"},
@@ -481,6 +559,7 @@ def build(lm, dataset, cfg, run, live: bool | None = None, callbacks: list | Non
                                                     f"{_precision_name(trainer.args)}"},
         {"check": "resume from", "value": str(resume_from.name) if resume_from else "fresh start"},
     ]).set_index("check")
+    run.update_manifest(training={"plan": schedule.record()})  # the schedule as trained, notes included
     return Session(trainer, lm, cfg, run, markers, recorder, resume_from, checks, schedule)
 
 
@@ -502,7 +581,7 @@ def fit(session: Session) -> pd.DataFrame:
     evals = log_df["eval_loss"].dropna()
     early = [cb for cb in trainer.callback_handler.callbacks if type(cb).__name__ == "EarlyStoppingCallback"]
     stopped_early = bool(early) and state.global_step < state.max_steps and \
-        early[0].early_stopping_patience_counter >= session.cfg.training.early_stopping_patience
+        early[0].early_stopping_patience_counter >= early[0].early_stopping_patience
     rates = log_df["tokens_per_s"].dropna()
     counts = model_lib.parameter_table(session.lm.model)
     session.result = {
@@ -520,6 +599,8 @@ def fit(session: Session) -> pd.DataFrame:
         "best_checkpoint": Path(state.best_model_checkpoint).name if state.best_model_checkpoint else None,
         "early_stopped": stopped_early,
         "early_stopped_at_step": state.global_step if stopped_early else None,
+        "early_stopping_patience": session.plan.patience if session.plan else None,
+        "plan_notes": list(session.plan.notes) if session.plan else [],
         "tokens_per_s": round(float(rates.median()), 1) if len(rates) else None,
         "train_seconds": round(seconds, 1), "train_runtime": output.metrics.get("train_runtime"),
         "resumed_from": session.resume_from.name if session.resume_from else None,

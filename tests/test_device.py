@@ -177,7 +177,8 @@ def train_examples(cfg) -> int:
 
 @pytest.mark.parametrize("name, steps, total, eval_at", [
     ("default", 13, 65, [13, 26, 39, 52, 65]),   # once per epoch: patience 3 can act
-    ("cpu", 13, 13, [3, 6, 9, 12]),              # one epoch, patience 2 needs 4
+    ("cpu", 13, 13, [2, 4, 6, 8, 10, 12]),       # auto: ~10 in one epoch; patience 2 needs 4
+    ("cpu_qlora", 13, 13, [2, 4, 6, 8, 10, 12]), # cpu.yaml in NF4: the same schedule
     ("smoke", 26, 6, [3, 6]),                    # max_steps 6, early stopping off
 ])
 def test_the_evaluation_schedule_of_each_params_file(name, steps, total, eval_at):
@@ -226,6 +227,56 @@ def test_a_schedule_that_cannot_evaluate_or_stop_early_is_refused_with_the_numbe
         train.plan(few.training, 52).check()
     off = params.load("default", overrides={"eval_steps": 30, "save_steps": 30, "early_stopping_patience": 0})
     assert train.plan(off.training, 52).check().evaluations == 2
+
+
+def quick_look(name, **overrides):
+    """The plan of `name` with values set on top, as the notebook's parameters cell or --set set them."""
+    cfg = params.load(name, overrides=overrides)
+    return train.plan(cfg.training, train_examples(cfg), cfg.overridden)
+
+
+def test_a_quick_look_with_the_cpu_demo_needs_no_more_than_max_steps():
+    """max_steps 6 in the parameters cell: auto evaluates every step, enough for patience 2."""
+    six = quick_look("cpu", max_steps=6).check()
+    assert (six.eval_at, six.save_steps, six.patience, six.notes) == ([1, 2, 3, 4, 5, 6], 1, 2, ())
+    assert six.table().loc["early stopping", "value"] == "patience 2"
+
+
+def test_a_run_too_short_for_the_files_patience_trains_without_early_stopping_and_says_so():
+    two = quick_look("cpu", max_steps=2).check()
+    assert (two.eval_at, two.patience, two.patience_asked) == ([1, 2], 0, 2)
+    assert two.notes == ("early stopping off for this run: patience 2 (the params file's) needs at least 4 "
+                         "evaluations to act, and max_steps 2 with eval_steps 1 gives 2. All 2 steps train and "
+                         "the last step's adapter is kept; for early stopping, train longer.",)
+    assert two.warnings() == list(two.notes)  # the preflight's warnings
+    table = two.table()
+    assert table.loc["early stopping", "value"].startswith("off for this run (patience 2 asked")
+    assert table.loc["note", "value"] == two.notes[0]
+    assert two.record()["early_stopping_patience"] == 0 and two.record()["notes"] == list(two.notes)
+    # the same values from a params file alone (nothing set on top): the file is wrong, refused
+    cfg = params.load("cpu", max_steps=2)
+    with pytest.raises(ParamsError, match=r"patience 2\) needs at least 4 evaluations.*gives 2"):
+        train.plan(cfg.training, train_examples(cfg)).check()
+
+
+def test_a_files_cadence_longer_than_the_run_asked_for_becomes_auto():
+    """smoke evaluates every 3 of its 6 steps; `-p max_steps 2` would never evaluate."""
+    two = quick_look("smoke", max_steps=2).check()
+    assert (two.eval_at, two.save_steps) == ([1, 2], 1)
+    assert [n.split(":")[0] for n in two.notes] == [
+        "training.eval_steps 3 (the params file's) is more than the 2 steps asked for (max_steps 2)",
+        "training.save_steps 3 (the params file's) is more than the 2 steps asked for (max_steps 2)"]
+
+
+@pytest.mark.parametrize("name, overrides, refusal", [
+    ("cpu", {"max_steps": 6, "eval_steps": 3, "save_steps": 3},
+     r"patience 2\) needs at least 4 evaluations to act, but eval_steps 3 over 6 steps gives 2"),
+    ("cpu", {"max_steps": 2, "early_stopping_patience": 2}, r"patience 2\) needs at least 4 evaluations"),
+    ("smoke", {"max_steps": 2, "eval_steps": 3, "save_steps": 3}, r"eval_steps \(3\) is more than the 2 steps"),
+])
+def test_a_cadence_or_patience_the_user_set_that_cannot_work_is_still_refused(name, overrides, refusal):
+    with pytest.raises(ParamsError, match=refusal):
+        quick_look(name, **overrides).check()
 
 
 def test_bad_cadence_values_are_params_errors():

@@ -8,15 +8,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
+import warnings
 import zipfile
 from pathlib import Path
 
 import pytest
 
+import benchmarks.__main__ as bench
 from benchmarks.device import check, results, shapes, wheels
 from benchmarks.training import probe
+from polo_lib import metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "device_check.sh"
@@ -267,7 +273,8 @@ class ScriptedCheck(check.Check):
         return [[sys.executable, "-c", self.scripts[part]]]
 
     def result_of(self, part):
-        return check.Check.result_of(self, part) if part == "imports" else None
+        real = part == "imports" or part.startswith("training-")
+        return check.Check.result_of(self, part) if real else None
 
 
 def test_a_failing_and_a_hanging_part_keep_the_results_of_the_others(tmp_path, monkeypatch):
@@ -345,3 +352,251 @@ def test_bare_paths_train_float32_on_a_cpu(monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert probe.precision("auto") == "float32"
+
+
+# ------------------------------------------------------------------ Korean tokens without kiwipiepy
+
+@pytest.fixture
+def without_kiwipiepy(monkeypatch):
+    """`import kiwipiepy` fails, as on the device (its 84 MiB model is not carried)."""
+    monkeypatch.setitem(sys.modules, "kiwipiepy", None)
+    metrics._kiwi.cache_clear()
+    metrics._korean_tokens.cache_clear()
+    yield
+    metrics._kiwi.cache_clear()
+    metrics._korean_tokens.cache_clear()
+
+
+def test_task_metrics_fall_back_to_13a_tokens_without_kiwipiepy_and_say_so(without_kiwipiepy):
+    """The smoke part scores task metrics at training's step 0 on the device: without Kiwi they must
+    still come out, on sacrebleu 13a tokens, and the record must be able to say so."""
+    sources = ["YOLO divides the image into an S x S grid."]
+    predictions = ["YOLO는 이미지를 S x S 격자로 나눕니다."]
+    references = ["YOLO는 사진을 작은 격자로 나눕니다."]
+    with pytest.warns(RuntimeWarning, match="kiwipiepy is not installed.*13a"):
+        scores = metrics.during_training(sources, predictions, references, [])
+    assert metrics.korean_tokenizer() == "13a"
+    assert set(scores) == set(metrics.DURING_TRAINING_METRICS)
+    assert scores["sari"] == pytest.approx(metrics.sari(sources, predictions, [references], tokenize="13a"))
+    assert metrics.korean_tokens("YOLO는 격자로 나눕니다.") == ["YOLO는", "격자로", "나눕니다", "."]
+    with pytest.raises(ImportError, match="tokenize='kiwi' needs kiwipiepy"):  # asked by name: no substitute
+        metrics.sari(sources, predictions, [references], tokenize="kiwi")
+
+
+def test_korean_tokens_are_kiwi_morphemes_when_kiwipiepy_is_there():
+    pytest.importorskip("kiwipiepy")
+    metrics._kiwi.cache_clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback warning
+        assert metrics.korean_tokenizer() == "kiwi"
+        assert metrics.korean_tokens("격자로 나눕니다")[:2] == ["격자", "로"]
+
+
+# ------------------------------------------------------------------ budget, order and the clock
+
+def test_the_estimates_fit_the_budget_and_the_budget_leaves_a_minute_to_the_hard_kill():
+    """The header's estimates (the same numbers as check.ESTIMATES) add up within the default
+    budget less the stop grace; the T4's precision and the 4-bit path come before the optional."""
+    header = SCRIPT.read_text().split("# Budget", 1)[1].split("set -uo pipefail", 1)[0]
+    listed = dict(re.findall(r"^#   (\S+)\s+~(\d+) s", header, flags=re.M))
+    assert {k: int(v) for k, v in listed.items()} == {"setup": check.SETUP_ESTIMATE_S, **check.ESTIMATES}
+    planned = [p for p in check.GPU_PARTS if p not in check.IF_TIME_LEFT]
+    assert check.SETUP_ESTIMATE_S + sum(check.ESTIMATES[p] for p in planned) <= \
+        check.DEFAULT_BUDGET_S - check.STOP_GRACE_S
+    assert check.DEFAULT_BUDGET_S <= check.HARD_KILL_S - 60
+    assert f"POLO_DEVICE_BUDGET_S:-{check.DEFAULT_BUDGET_S}" in SCRIPT.read_text()
+    order = check.GPU_PARTS
+    assert order.index("training-fp16") < order.index("generation-135m") < order.index("training-bf16")
+    assert order.index("smoke") < order.index("generation")  # smoke trains the tiny Llama in 4-bit
+    assert order[-len(check.IF_TIME_LEFT):] == list(check.IF_TIME_LEFT)
+
+
+def test_stopping_a_part_that_ignores_sigterm_still_ends_by_the_deadline(tmp_path, monkeypatch):
+    """A box ends STOP_GRACE_S before the deadline, so SIGTERM's wait and SIGKILL fit inside it."""
+    monkeypatch.setattr(check, "MIN_SECONDS", 1)
+    deadline_s = check.STOP_GRACE_S + 4
+    args = argparse.Namespace(cpu=True, work=str(tmp_path / "work"), results=str(tmp_path), deadline_s=deadline_s,
+                              models=str(tmp_path))
+    res = results.Results(tmp_path, "g", ["imports"], {})
+    stubborn = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); " \
+               "time.sleep(120)"
+    start = time.monotonic()
+    ScriptedCheck(args, {"imports": stubborn}).run(["imports"], res)
+    took = time.monotonic() - start
+    part = json.loads((tmp_path / "g.json").read_text())["parts"]["imports"]
+    assert part["status"] == "timeout" and part["box_seconds"] <= deadline_s - check.STOP_GRACE_S
+    assert took <= deadline_s + 1, f"took {took:.1f} s against a {deadline_s} s deadline"
+
+
+def test_results_go_to_polo_device_results_else_out_else_benchmarks_results(monkeypatch):
+    monkeypatch.setenv("POLO_DEVICE_RESULTS", "/r")
+    monkeypatch.setenv("OUT", "/o")
+    assert check.results_dir() == "/r"
+    monkeypatch.delenv("POLO_DEVICE_RESULTS")
+    assert check.results_dir() == "/o"
+    monkeypatch.delenv("OUT")
+    assert check.results_dir() == str(ROOT / "benchmarks" / "results")
+
+
+def test_time_boxes_from_the_command_line_are_checked():
+    assert check.parse_boxes("smoke=5, training-fp32=40", check.CPU_PARTS) == {"smoke": 5.0, "training-fp32": 40.0}
+    with pytest.raises(ValueError, match="PART=SECONDS with PART one of"):
+        check.parse_boxes("smoek=5", check.CPU_PARTS)
+    with pytest.raises(ValueError, match="'soon' is not a number"):
+        check.parse_boxes("smoke=soon", check.CPU_PARTS)
+
+
+def fake_shapes(folder: Path) -> Path:
+    for shape in (shapes.SMOLLM2, shapes.LLAMA):
+        (folder / shape).mkdir(parents=True)
+        (folder / shape / "config.json").write_text("{}")
+    return folder
+
+
+def test_the_script_leaves_its_record_and_logs_in_out_and_starts_its_clock_first(tmp_path):
+    """Through device_check.sh as the device runs it, with $OUT set: the record, the table and the
+    killed part's log land in $OUT. Every Python start takes 3 s more here (a slow torch import):
+    the deadline check.py is given must already have lost them, so the clock started first."""
+    python = tmp_path / "python3"
+    python.write_text(f"#!/bin/sh\nsleep 3\nexec {sys.executable} \"$@\"\n")
+    python.chmod(0o755)
+    out = tmp_path / "out"
+    done = run_script("--cpu", PYTHON=str(python), OUT=str(out), POLO_DEVICE_RESULTS="",
+                      POLO_DEVICE_MODELS=str(fake_shapes(tmp_path / "shapes")), POLO_DEVICE_WORK=str(tmp_path / "w"),
+                      POLO_DEVICE_PARTS="imports", POLO_DEVICE_BOXES="imports=1", POLO_DEVICE_BUDGET_S="100")
+    assert done.returncode == 1, done.stdout + done.stderr  # a part timed out
+    [record] = out.glob("*-device-cpu.json")
+    data = json.loads(record.read_text())
+    assert data["parts"]["imports"]["status"] == "timeout" and data["finished"]
+    assert record.with_suffix(".md").is_file() and "| imports | timeout |" in record.with_suffix(".md").read_text()
+    assert (out / "logs" / "imports.log").read_text().startswith("$ ")
+    # two Python starts (the torch probe, check.py) happened before check.py's own clock started
+    assert data["deadline"]["seconds_from_check_start"] <= 100 - 6
+
+
+# ------------------------------------------------------------------ a training part's paths survive
+
+def loss_run(losses: list[float], labels: list[int] | None = None) -> dict:
+    """One path's result file as benchmarks/training/probe.py writes it."""
+    return {"tokens_per_s": 100.0, "peak_rss_mib": 500.0, "load_seconds": 1.0, "losses": losses,
+            "trainable_params": 10, "tokens_per_step": [1492, 1591, 1497],
+            "label_tokens": labels or [202, 135, 170]}
+
+
+HEAD = {"params": "default", "model": "m", "model_path": "m", "dtype": "float32", "batch_size": 1,
+        "accumulation": 4, "warmup_steps": 1, "measured_steps": 2, "repeats": 1}
+PATHS = ["polo", "unsloth_trl", "peft_trainer"]
+# per-step losses measured on this CPU (the tiny Llama body, float32, one seeded random init)
+RIGHT = [11.774341583251953, 11.788021087646484, 11.772226333618164]
+RIGHT_OTHER = [11.774341583251953, 11.788006782531738, 11.772212982177734]  # (b): 1.21e-6 off (a)
+LABELS_ONE_LATE = [11.774630546569824, 11.788375854492188, 11.772475242614746]  # 2.45e-5 off (a)
+
+
+def test_the_loss_check_tells_right_paths_from_a_path_with_its_masking_broken():
+    """At the fp32 tolerance measured here, the right paths agree and a path whose labels start one
+    token late (the losses measured with that bug) does not; different labelled tokens void the
+    comparison even when the losses happen to agree."""
+    tol = check.LOSS_TOLERANCE["fp32"]
+    right = bench.summarize_training({"polo": [loss_run(RIGHT)], "unsloth_trl": [loss_run(RIGHT_OTHER)],
+                                      "peft_trainer": [loss_run(RIGHT_OTHER)]}, PATHS, tol, HEAD)
+    assert right["losses_agree"] and right["complete"]
+    broken = bench.summarize_training({"polo": [loss_run(RIGHT)], "unsloth_trl": [loss_run(RIGHT_OTHER)],
+                                       "peft_trainer": [loss_run(LABELS_ONE_LATE)]}, PATHS, tol, HEAD)
+    assert not broken["losses_agree"]
+    assert broken["agreement"]["peft_trainer"]["max_relative_loss_difference"] > tol
+    masked_apart = bench.summarize_training({"polo": [loss_run(RIGHT)], "unsloth_trl": [loss_run(RIGHT)],
+                                             "peft_trainer": [loss_run(RIGHT, labels=[203, 135, 170])]},
+                                            PATHS, tol, HEAD)
+    assert not masked_apart["losses_agree"] and not masked_apart["agreement"]["peft_trainer"]["same_label_tokens"]
+    alone = bench.summarize_training({"polo": [loss_run(RIGHT)], "unsloth_trl": [], "peft_trainer": []},
+                                     PATHS, tol, HEAD)
+    assert alone["paths_done"] == ["polo"] and not alone["complete"] and not alone["losses_agree"]
+
+
+def write_stand_in_paths(folder: Path, second: str) -> Path:
+    """Stand-ins for the training scripts: (a) prints and writes its result, (b) runs `second`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "polo.py").write_text(
+        "import json, sys\nprint('stand-in polo trains', flush=True)\n"
+        f"open(sys.argv[2], 'w').write(json.dumps({loss_run(RIGHT)!r}))\n")
+    (folder / "unsloth_trl.py").write_text(second)
+    return folder
+
+
+def test_the_training_bench_writes_each_paths_figures_the_moment_it_ends(tmp_path, monkeypatch, capfd,
+                                                                       tiny_model_dir):
+    """(a) ends, (b) dies: the JSON and the table already hold (a)'s figures, marked incomplete,
+    and (a)'s output came through as it ran (the device check's part log keeps it)."""
+    monkeypatch.setattr(bench, "TRAINING_DIR", write_stand_in_paths(
+        tmp_path / "paths", "import sys\nprint('stand-in unsloth_trl breaks', flush=True)\nsys.exit(3)\n"))
+    with pytest.raises(RuntimeError, match="(?s)unsloth_trl failed \\(exit 3\\).*stand-in unsloth_trl breaks"):
+        bench.main(["training", "--params", "smoke", "--repeats", "1", "--warmup-steps", "1", "--steps", "2",
+                    "--paths", "polo,unsloth_trl", "--results-dir", str(tmp_path / "r"), "--out", "t"])
+    assert "stand-in polo trains" in capfd.readouterr().out
+    training = json.loads((tmp_path / "r" / "t.json").read_text())["training"]
+    assert training["paths_done"] == ["polo"] and not training["complete"]
+    assert training["all_runs"]["polo"][0]["losses"] == RIGHT
+    assert "**Incomplete**: only polo finished" in (tmp_path / "r" / "t.md").read_text()
+
+
+def test_a_training_part_killed_at_its_box_keeps_the_paths_before_it(tmp_path):
+    """The part's file holds (a) when the box kills the part during (b): the record keeps (a)."""
+    out = tmp_path / "results"
+    part_file = out / "logs" / "parts" / "training-fp32.json"
+    summary = bench.summarize_training({"polo": [loss_run(RIGHT)], "unsloth_trl": [], "peft_trainer": []},
+                                       PATHS, 5e-6, HEAD)
+    script = (f"import json, time; open({str(part_file)!r}, 'w').write(json.dumps({{'training': {summary!r}}})); "
+              "print('[training] repeat 1/1: unsloth_trl ...', flush=True); time.sleep(60)")
+    args = argparse.Namespace(cpu=True, work=str(tmp_path / "work"), results=str(out), deadline_s=100.0,
+                              models=str(tmp_path), boxes={"training-fp32": 3})
+    res = results.Results(out, "k", ["training-fp32"], {"mode": "cpu"})
+    ScriptedCheck(args, {"training-fp32": script}).run(["training-fp32"], res)
+    part = json.loads((out / "k.json").read_text())["parts"]["training-fp32"]
+    assert part["status"] == "timeout" and part["seconds"] < 20
+    assert part["result"]["paths_done"] == ["polo"] and part["result"]["losses"] == {"polo": RIGHT}
+    assert "unsloth_trl ..." in (out / "logs" / "training-fp32.log").read_text()  # unbuffered, kept
+    table = (out / "k.md").read_text()
+    assert "| fp32 | polo | 100.0 |" in table and "1 of 3 paths finished" in table
+
+
+@pytest.mark.slow
+def test_cpu_rehearsal_stopped_mid_training_leaves_the_finished_paths_in_out(tmp_path, llama_shape):
+    """`device_check.sh --cpu` as the device runs it, with a fake $OUT, stopped from outside (the
+    device tool's kill) once the first training path has ended: its figures are in $OUT, in the
+    part's own file and in the record, with the part marked interrupted (about 90 s here)."""
+    models = tmp_path / "shapes"
+    shapes.write_smollm2_shape(models / shapes.SMOLLM2)
+    shapes.copy_shape_files(llama_shape, models / shapes.LLAMA)
+    (models / shapes.LLAMA / "config.json").write_text((llama_shape / "config.json").read_text())
+    out = tmp_path / "out"
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHON": sys.executable, "OUT": str(out),
+           "POLO_DEVICE_RESULTS": "", "POLO_DEVICE_MODELS": str(models), "POLO_DEVICE_WORK": str(tmp_path / "w"),
+           "POLO_DEVICE_PARTS": "imports,models,training-fp32"}
+    proc = subprocess.Popen(["bash", str(SCRIPT), "--cpu"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    part_file = out / "logs" / "parts" / "training-fp32.json"
+    try:
+        deadline = time.monotonic() + 400
+        while time.monotonic() < deadline and proc.poll() is None:
+            if part_file.is_file() and json.loads(part_file.read_text())["training"].get("paths_done"):
+                break
+            time.sleep(1)
+        assert proc.poll() is None, f"the check ended before a path did:\n{proc.stdout.read().decode()[-3000:]}"
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+        [record] = out.glob("*-device-cpu.json")
+        for _ in range(60):  # check.py (not the script) writes the last word, within STOP_GRACE_S
+            data = json.loads(record.read_text())
+            if data["finished"]:
+                break
+            time.sleep(1)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    part = data["parts"]["training-fp32"]
+    assert part["status"] == "interrupted", part
+    done = part["result"]["paths_done"]
+    assert done and done == json.loads(part_file.read_text())["training"]["paths_done"]
+    assert all(len(part["result"]["losses"][p]) == 3 for p in done)  # 1 warm-up + 2 measured steps
+    assert (out / record.with_suffix(".md").name).is_file()
+    assert "[training] repeat 1/1: polo ..." in (out / "logs" / "training-fp32.log").read_text()

@@ -20,7 +20,8 @@ LAYERS = {  # lowest first
     "stages": {"data", "train", "task_eval", "trackers", "evaluate", "metrics", "plots"},
     "records": {"runs", "reports"},
     "orchestration": {"pipeline", "preflight", "queues", "compare", "sweeps"},
-    "edges": {"deploy", "cli"},
+    # colab: the notebooks' Colab install (standard library only, imported by nothing)
+    "edges": {"deploy", "cli", "colab"},
 }
 RANK = {module: i for i, modules in enumerate(LAYERS.values()) for module in modules}
 NAMES = list(LAYERS)

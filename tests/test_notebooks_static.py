@@ -22,14 +22,21 @@ def python_source(cell) -> str:
     return "\n".join(re.sub(r"^(\s*)[!%].*$", r"\1pass", line) for line in lines)
 
 
-def test_every_notebook_starts_with_the_same_colab_cell():
-    """One install cell, identical everywhere: any notebook opened alone in Colab installs the same stack."""
+def test_every_notebook_starts_with_the_same_colab_cell_naming_itself():
+    """One install cell, identical everywhere but for the notebook it names: any notebook opened alone
+    in Colab installs what that notebook imports (polo_lib.colab.NEEDS), nothing more."""
+    from polo_lib import colab
+
     firsts = {p.name: "".join(next(c for c in load(p)["cells"] if c["cell_type"] == "code")["source"])
               for p in NOTEBOOKS}
-    assert len(set(firsts.values())) == 1, f"the Colab cells differ: {sorted(firsts)}"
+    own = {name: f'colab.install(_repo_dir, "{name}")' for name in firsts}
+    assert all(own[name] in cell for name, cell in firsts.items()), "each cell installs for its own notebook"
+    assert len({cell.replace(own[name], "") for name, cell in firsts.items()}) == 1, \
+        f"the Colab cells differ beyond the notebook's name: {sorted(firsts)}"
+    assert set(firsts) <= set(colab.NEEDS), f"no Colab install list for {sorted(set(firsts) - set(colab.NEEDS))}"
     cell = next(iter(firsts.values()))
-    assert 'if "google.colab" in sys.modules:' in cell and "requirements/gpu.txt" in cell
-    assert "returncode != 0" in cell and "YOUR-ORG" in cell  # each step checked; the placeholder refused
+    assert 'if "google.colab" in sys.modules:' in cell and "from polo_lib import colab" in cell
+    assert "returncode != 0" in cell and "YOUR-ORG" in cell  # the clone checked; the placeholder refused
 
 
 def test_the_four_notebooks_exist():

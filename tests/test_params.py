@@ -149,6 +149,44 @@ def test_from_notebook_rejects_a_typod_papermill_parameter():
         params.from_notebook(namespace)
 
 
+COLAB_CELL = 'REPO_URL = "x"\nimport os, sys\nif "google.colab" in sys.modules:\n    pass\n'
+PARAMETERS_CELL = 'params_file = "smoke"\nrun_id = None\nepochs = None\nmax_steps = 2\n'
+RESOLVE_CELL = "cfg = params.from_notebook(globals())\n"
+
+
+class DatasetDict(dict):
+    """What `dataset = data.load_or_prepare(cfg)` leaves in the kernel: a dict, so it looked plain."""
+
+
+def test_a_second_run_all_in_one_kernel_takes_only_the_parameters_cell():
+    """Run All twice: the kernel then holds the first run's results (dataset, a plain-looking
+    dict; n, a number) beside the parameters; only the parameters cell's names are parameters."""
+    history = ["", COLAB_CELL, PARAMETERS_CELL, RESOLVE_CELL, "dataset = data.load_or_prepare(cfg)\nn = 3\n",
+               COLAB_CELL, PARAMETERS_CELL.replace("max_steps = 2", "max_steps = 4"), RESOLVE_CELL]
+    namespace = {"In": history, "REPO_URL": "x", "params_file": "smoke", "run_id": None, "epochs": None,
+                 "max_steps": 4, "dataset": DatasetDict(train=[1]), "n": 3, "params": params}
+    assert params.parameter_names(history) == {"params_file", "run_id", "epochs", "max_steps"}
+    cfg = params.from_notebook(namespace)
+    assert cfg.training.max_steps == 4 and cfg.overridden == ("training.max_steps",)
+    with pytest.raises(ParamsError, match="unknown notebook parameter 'dataset'"):  # what it did before
+        params.from_notebook({k: v for k, v in namespace.items() if k != "In"})
+
+
+def test_a_typod_papermill_parameter_is_still_refused_in_a_kernel():
+    """papermill injects `-p max_step 6` after the parameters cell as '# Parameters' with a warning
+    only; its names are parameters too, so the typo stops the notebook."""
+    history = ["", COLAB_CELL, PARAMETERS_CELL, "# Parameters\nmax_step = 6\n", RESOLVE_CELL]
+    namespace = {"In": history, "params_file": "smoke", "run_id": None, "epochs": None, "max_steps": 2,
+                 "max_step": 6}
+    with pytest.raises(ParamsError, match=r"unknown notebook parameter 'max_step' = 6. Did you mean 'max_steps'"):
+        params.from_notebook(namespace)
+    # `-p params_file smoke -p epochs 2`: the injected cell sets params_file too, and the parameters
+    # cell's own names (max_steps 2) stay parameters beside the injected ones
+    history[3] = '# Parameters\nparams_file = "smoke"\nepochs = 2\n'
+    cfg = params.from_notebook({**namespace, "epochs": 2})
+    assert (cfg.training.max_steps, cfg.training.num_train_epochs) == (2, 2)
+
+
 def test_from_notebook_applies_the_knobs():
     cfg = params.from_notebook({"params_file": "smoke", "run_id": None, "epochs": 3, "learning_rate": None})
     assert cfg.training.num_train_epochs == 3 and cfg.name == "smoke"

@@ -33,6 +33,20 @@ def test_plain_lines_come_at_a_steady_rate_with_the_figures_and_time_left():
     assert len(lines) == 4  # the first state, two evaluations, the end: not one line per step
 
 
+def test_the_first_line_prints_at_once_on_a_freshly_booted_machine(monkeypatch):
+    """perf_counter counts from an arbitrary origin (the boot, on Linux): a machine up for 2 s
+    (a new Colab runtime, a fresh CI machine) must still show the first state at once, not only
+    after `interval` seconds of uptime. The clock here starts at 2 s and moves 0.1 s a call."""
+    now = iter(2.0 + 0.1 * i for i in range(1000))
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: next(now))
+    out = io.StringIO()
+    view = progress.View(out, interval=60)
+    view.update(next(train_states()))
+    assert out.getvalue().startswith("  train 1/10 (10%)  epoch 0.20  loss 2.900")
+    view.update({"stage": "evaluate", "phase": "base model", "done": 1, "total": 6, "tokens": 10})
+    assert "evaluate 1/6" in out.getvalue()  # a new stage starts its lines afresh, at once too
+
+
 def test_every_state_is_a_line_when_the_interval_has_passed():
     out = io.StringIO()
     view = progress.View(out, interval=0)

@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from polo_lib import cli, compare, model, params, paths, preflight, queues, reports, runs
+from polo_lib import cli, compare, device, model, params, paths, preflight, queues, reports, runs
 from polo_lib.errors import ParamsError, RunError
 
 pytestmark = pytest.mark.slow
@@ -226,10 +226,16 @@ def test_preflight_catches_a_template_without_markers(tiny_model_dir, tmp_path):
     assert "could not derive the chat markers" in report.table().loc["chat template, masking, lengths", "detail"]
 
 
-def test_preflight_says_4bit_will_not_apply_on_cpu(tiny_model_dir):
-    report = preflight.run_checks(params.load("smoke", {"model.load_in_4bit": True}))
-    row = report.table().loc["precision and device"]
-    assert row["status"] == "warn" and "4-bit needs a CUDA GPU: loading float32" in row["detail"]
+def test_preflight_says_whether_4bit_applies_on_this_cpu(tiny_model_dir, monkeypatch):
+    """NF4 where bitsandbytes' CPU backend runs it (this machine, as make setup installs it); a
+    warning with the reason where it does not (a CPU without bitsandbytes, described)."""
+    cfg = params.load("smoke", {"model.load_in_4bit": True})
+    row = preflight.run_checks(cfg).table().loc["precision and device"]
+    assert row["status"] == "ok" and row["detail"].startswith("4-bit NF4 + float32 on cpu"), row["detail"]
+    monkeypatch.setattr(device, "describe", lambda: device.PROFILES["cpu-no-bitsandbytes"])
+    row = preflight.run_checks(cfg).table().loc["precision and device"]
+    assert row["status"] == "warn" and "bitsandbytes is not installed" in row["detail"]
+    assert "loading float32 weights instead" in row["detail"]
 
 
 def write_queue(tmp_path, body):

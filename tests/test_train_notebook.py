@@ -98,15 +98,18 @@ def test_the_adapter_reloads_with_plain_peft_and_with_unsloth(pipeline_run, tiny
 
 def test_train_notebook_alone_on_a_fresh_clone_takes_papermill_parameters(tmp_path, tiny_model_dir):
     """A fresh clone (or a Colab runtime) has no data/processed/: train.ipynb opened alone prepares
-    it, announced, and `-p max_steps 4` must train 4 steps, not the file's 6."""
+    it, announced, and `-p max_steps 2` must train 2 steps, not the file's 6; smoke's eval_steps 3
+    (sized for its 6) gives way to the auto cadence instead of stopping the run before it starts."""
     cfg = params.load("smoke")
     assert not data.processed_path(cfg.data).exists()
     pm.execute_notebook(str(paths.NOTEBOOKS_DIR / "train.ipynb"), str(tmp_path / "out.ipynb"),
-                        parameters={"params_file": "smoke", "max_steps": 4, "learning_rate": 1e-3},
+                        parameters={"params_file": "smoke", "max_steps": 2, "learning_rate": 1e-3},
                         kernel_name="python3", cwd=str(paths.NOTEBOOKS_DIR), progress_bar=False)
     run = runs.lookup()
-    assert run.params().training.max_steps == 4 and run.params().training.learning_rate == 1e-3
-    assert run.summary().training.steps == 4
+    assert run.params().training.max_steps == 2 and run.params().training.learning_rate == 1e-3
+    assert run.params().overridden == ("training.learning_rate", "training.max_steps")
+    assert run.summary().training.steps == 2
+    assert run.manifest()["training"]["plan"]["eval_steps"] == 1  # evaluations at steps 1 and 2
     assert (data.processed_path(cfg.data) / "dataset").is_dir()
     executed = (tmp_path / "out.ipynb").read_text(encoding="utf-8")
     assert "preparing it now, as prepare_data.ipynb does" in executed

@@ -1,5 +1,6 @@
 """The device check's record: one JSON and one markdown table, rewritten (atomically) after every
-part, so a part that hangs, fails or is killed never loses what the parts before it measured."""
+part, so a part that hangs, fails or is killed never loses what the parts before it measured (and a
+training part's own result file is rewritten after every path, so it keeps the paths before)."""
 from __future__ import annotations
 
 import json
@@ -95,6 +96,12 @@ def markdown(data: dict[str, Any]) -> str:
                   f"unsloth_zoo {v.get('unsloth_zoo')}, bitsandbytes {v.get('bitsandbytes')}, transformers "
                   f"{v.get('transformers')}, trl {v.get('trl')}, peft {v.get('peft')}, "
                   f"datasets {v.get('datasets')}", ""]
+    imports = data.get("parts", {}).get("imports", {}).get("result")
+    tokenizer = imports.get("korean_tokenizer") if isinstance(imports, dict) else None
+    if tokenizer:
+        lines += [f"Korean tokens of the task metrics: {tokenizer}"
+                  + (" (kiwipiepy is not here: sacrebleu 13a tokens, scores not comparable with Kiwi's)."
+                     if tokenizer == "13a" else " (Kiwi morphemes)."), ""]
     if data.get("note"):
         lines += [data["note"], ""]
     lines += ["| part | status | seconds | note |", "|---|---|---|---|"]
@@ -105,21 +112,26 @@ def markdown(data: dict[str, Any]) -> str:
     rows, agree_notes = [], []
     for name, p in data["parts"].items():
         r = p.get("result")
-        if isinstance(r, dict) and "median" in r:  # a training comparison
-            agree_notes.append(f"{r.get('dtype', name)}: losses agree within {r.get('tolerance')} and same tokens "
-                               f"per step: {'yes' if r.get('losses_agree') else 'NO'}")
+        if isinstance(r, dict) and "median" in r:  # a training comparison (maybe cut short: the paths done)
+            dtype = r.get("dtype", name)
+            done, planned = r.get("paths_done", list(r["median"])), r.get("paths", list(r["median"]))
+            verdict = "yes" if r.get("losses_agree") else ("NO" if len(done) > 1 else "not compared (one path)")
+            agree_notes.append(f"{dtype}: {len(done)} of {len(planned)} paths finished; same tokens per step, same "
+                               f"labelled tokens per example and per-step losses within {r.get('tolerance')} "
+                               f"(relative) of {r.get('reference')}: {verdict}")
             for path, med in r["median"].items():
                 agree = r.get("agreement", {}).get(path, {})
-                rows.append(f"| {r.get('dtype', name)} | {path} | {med.get('tokens_per_s')} | "
+                rows.append(f"| {dtype} | {path} | {med.get('tokens_per_s')} | "
                             f"{med.get('cuda_max_allocated_mib', med.get('peak_rss_mib'))} | "
-                            f"{med.get('load_seconds')} | "
-                            f"{med.get('final_loss')} | {agree.get('max_relative_loss_difference', '')} |")
+                            f"{med.get('load_seconds')} | {med.get('final_loss')} | {med.get('label_tokens')} | "
+                            f"{agree.get('max_relative_loss_difference', '')} |")
     if rows:
         shape = "the tiny Llama body (CPU)" if data.get("mode") == "cpu" else "the 3B shape (random weights)"
         memory = "peak RSS (MiB)" if data.get("mode") == "cpu" else "peak VRAM allocated (MiB)"
         lines += [f"## Training at {shape}, batch 1 x 4, max length 1024", "",
-                  f"| dtype | path | tokens/s | {memory} | load s | final loss | max rel. loss diff vs polo |",
-                  "|---|---|---|---|---|---|---|", *rows, "", *(f"- {n}" for n in agree_notes), ""]
+                  f"| dtype | path | tokens/s | {memory} | load s | final loss | labelled tokens | "
+                  "max rel. loss diff |", "|---|---|---|---|---|---|---|---|", *rows, "",
+                  *(f"- {n}" for n in agree_notes), ""]
     for gen in (p.get("result") for name, p in data["parts"].items() if name.startswith("generation")):
         if not (isinstance(gen, dict) and isinstance(gen.get("tokens_per_s"), dict)):
             continue

@@ -51,9 +51,9 @@ PLATFORMS = [f"manylinux_2_{minor}_x86_64" for minor in range(28, 4, -1)] + [
 PREINSTALLED = {"torch": "2.11.0", "transformers": "5.17.0", "peft": None, "accelerate": None,
                 "tokenizers": None, "pandas": None, "matplotlib": None, "tensorboard": None,
                 "sacrebleu": None,
-                # comes with every Linux CUDA torch wheel (torch 2.11 pins triton 3.7); the CPU
-                # torch of this machine has none, so its version is given here
-                "triton": "3.7.0"}
+                # comes with every Linux CUDA torch wheel (torch 2.11's metadata pins triton==3.6.0);
+                # the CPU torch of this machine has none, so its version is given here
+                "triton": "3.6.0"}
 # Installed without their dependency lists (see the docstring).
 NO_DEPS = ["unsloth", "unsloth_zoo"]
 # Dependencies of unsloth / unsloth_zoo that the QLoRA text path does not need on the device.

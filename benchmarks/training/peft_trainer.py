@@ -52,12 +52,17 @@ def tokenize(messages):
     full = tokenizer.apply_chat_template(messages, tokenize=False)
     assert full.startswith(prompt), "the chat template renders the prompt differently inside the chat"
     ids = tokenizer(full, add_special_tokens=False)["input_ids"][: s["max_seq_length"]]
-    n_prompt = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    # Labels start where the chat's tokens stop being the prompt's tokens, not at len(prompt_ids):
+    # Llama 3's marker ends in "\n\n", one token (271) alone but two "\n" (198, 198) before Hangul,
+    # and Unsloth's train_on_responses_only then trains both "\n". Counting the prompt alone put
+    # the start one token late in every example (measured: step-1 loss 2.5e-5 apart from (a)).
+    start = next((i for i, (a, b) in enumerate(zip(prompt_ids, ids)) if a != b), len(prompt_ids))
     # The answer up to its end-of-turn token; what the template adds after it (ChatML's "\n") is
     # not trained, as in Unsloth's train_on_responses_only, so all paths score the same tokens.
     end = max(i for i, t in enumerate(ids) if t == tokenizer.eos_token_id) + 1
     return {"input_ids": ids, "attention_mask": [1] * len(ids),
-            "labels": [-100] * n_prompt + ids[n_prompt:end] + [-100] * (len(ids) - end)}
+            "labels": [-100] * start + ids[start:end] + [-100] * (len(ids) - end)}
 
 
 dataset = Dataset.from_list([tokenize(m) for m in probe.read_messages(s["train_file"])])

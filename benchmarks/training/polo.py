@@ -20,4 +20,5 @@ cfg = params.load(s["params_file"], overrides=s["polo_overrides"])
 step_probe = probe.StepProbe()
 session = pipeline.train_stage(cfg, runs.open_run(cfg, stage="train"), callbacks=[step_probe], live=False)
 # train.fit's step-0 evaluation ends before step 1, outside the measured window
-probe.finish(sys.argv[2], step_probe, s, started, step_probe.began, session.result["trainable_params"])
+probe.finish(sys.argv[2], step_probe, s, started, step_probe.began, session.result["trainable_params"],
+             probe.label_tokens(session.trainer.train_dataset))

@@ -92,6 +92,17 @@ def peak_memory() -> dict:
     return out
 
 
+def label_tokens(dataset) -> list[int] | None:
+    """Tokens each training example trains on (labels other than -100), in dataset order, from the
+    dataset the trainer holds after masking; None when it has no labels column (masked in the collator).
+
+    Compared exactly across the paths: which tokens are trained is a fact of the data, not of
+    precision, so this holds on a GPU in fp16 where the losses can only agree approximately."""
+    if dataset is None or "labels" not in getattr(dataset, "column_names", ()):
+        return None
+    return [sum(1 for label in labels if label != -100) for labels in dataset["labels"]]
+
+
 def measure(trainer, model, s: dict, started: float, fit=None) -> None:
     """Train with a StepProbe attached and write the result JSON named on the command line: the
     one measuring protocol of all three paths. `fit` replaces `trainer.train` (polo's train.fit)."""
@@ -100,10 +111,11 @@ def measure(trainer, model, s: dict, started: float, fit=None) -> None:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     trained_from = time.perf_counter()
     (fit or trainer.train)()
-    finish(sys.argv[2], step_probe, s, started, trained_from, trainable)
+    finish(sys.argv[2], step_probe, s, started, trained_from, trainable, label_tokens(trainer.train_dataset))
 
 
-def finish(path: str, probe: StepProbe, s: dict, started: float, trained_from: float, trainable: int) -> None:
+def finish(path: str, probe: StepProbe, s: dict, started: float, trained_from: float, trainable: int,
+           labels: list[int] | None = None) -> None:
     """Write the result JSON: throughput over the steps after warm-up, losses, memory."""
     warm = s["warmup_steps"]
     steps = len(probe.ends)
@@ -116,6 +128,7 @@ def finish(path: str, probe: StepProbe, s: dict, started: float, trained_from: f
         "tokens_per_s": round(tokens / seconds, 2), "measured_steps": steps - warm,
         "measured_seconds": round(seconds, 3), "measured_tokens": tokens,
         "tokens_per_step": per_step, "losses": [probe.losses.get(i + 1) for i in range(steps)],
+        "label_tokens": labels,
         "trainable_params": trainable, "load_seconds": round(trained_from - started, 2),
         "wall_seconds": round(time.perf_counter() - started, 2), **peak_memory(),
     }
