@@ -309,6 +309,10 @@ def generate_prompts(lm, texts: Sequence[str], max_new_tokens: int = 128, batch_
     from unsloth import FastLanguageModel
 
     tok, model = lm.tokenizer, lm.model
+    # Left as found: a model in training (samples during training) goes back to training, the
+    # server's stays in inference mode. Switching it back while a client already answered by
+    # on_done generates on the same model would run that client's generation in training mode.
+    was_training = model.training
     FastLanguageModel.for_inference(model)
     side, tok.padding_side = tok.padding_side, "left"  # decoder-only: pad on the left to generate
     sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if do_sample else {"do_sample": False}
@@ -344,7 +348,8 @@ def generate_prompts(lm, texts: Sequence[str], max_new_tokens: int = 128, batch_
     finally:
         bar.close()
         tok.padding_side = side
-        FastLanguageModel.for_training(model)
+        if was_training:
+            FastLanguageModel.for_training(model)
     return [a.result for a in answers]
 
 
