@@ -200,22 +200,66 @@ def test_streams_and_plain_requests_share_one_batch_and_each_gets_its_own_answer
 
 
 def test_a_client_that_disconnects_mid_stream_frees_its_row(server):
-    """The client reads a few pieces and closes the connection: its row stops at the next token
-    (it would run on for 900), /health shows no row generating and no stream open."""
+    """Two streams share a batch; each client reads a few pieces, then one closes its connection:
+    its row stops at the next token (it would run on for 900) while the other goes on, and /health
+    shows one row generating, then none once the other leaves too."""
+    import threading
+
     backend, url = server
     before, tokens = httpx.get(f"{url}/health").json(), backend.stats.generated_tokens
-    body = {"messages": LONG, "max_tokens": 900, "stream": True}
-    with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=60) as r:
-        content = 0
-        for line in r.iter_lines():
-            content += '"content": "' in line and '"role"' not in line
-            if content == 3:
-                during = httpx.get(f"{url}/health").json()
-                break
-    assert during["generating"] == 1 and during["streams"] == 1
+    reading, leave = threading.Barrier(3), [threading.Event(), threading.Event()]
+
+    def client_reading(i: int) -> None:
+        body = {"messages": LONG, "max_tokens": 900, "stream": True}
+        with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=60) as r:
+            lines = r.iter_lines()
+            content = 0
+            while content < 3:
+                line = next(lines)
+                content += '"content": "' in line and '"role"' not in line
+            reading.wait(timeout=30)
+            leave[i].wait(timeout=30)
+        # leaving the block closes the connection mid-stream
+
+    with cf.ThreadPoolExecutor(2) as pool:
+        try:
+            backend.batch_wait = 1.0  # both in one batch, even on a busy machine
+            clients = [pool.submit(client_reading, i) for i in (0, 1)]
+            reading.wait(timeout=30)
+        finally:
+            backend.batch_wait = serve.BATCH_WAIT_MS / 1000
+        both = httpx.get(f"{url}/health").json()
+        leave[0].set()
+        clients[0].result(timeout=30)
+        deadline = time.monotonic() + 10
+        while (one := httpx.get(f"{url}/health").json())["generating"] != 1:
+            assert time.monotonic() < deadline, one
+            time.sleep(0.02)
+        leave[1].set()
+        clients[1].result(timeout=30)
+    assert (both["generating"], both["streams"]) == (2, 2), both
+    assert one["streams"] == 1 and one["cancelled_rows"] == before["cancelled_rows"] + 1, one
+    after = wait_until_idle(url, seconds=10)
+    assert after["streams"] == 0 and after["cancelled_rows"] == before["cancelled_rows"] + 2, (before, after)
+    assert backend.stats.batch_sizes[-1] == 2 and backend.stats.generated_tokens - tokens < 400
+
+
+def test_a_client_that_leaves_while_its_stream_waits_in_the_queue_generates_next_to_nothing(server):
+    """The client gives up before its batch starts (no byte sent yet): when the batch starts the
+    response finds the connection closed and the row stops at its first tokens."""
+    backend, url = server
+    before, tokens = httpx.get(f"{url}/health").json(), backend.stats.generated_tokens
+    try:
+        backend.batch_wait = 1.0  # the request waits a second for company before its batch starts
+        with pytest.raises(httpx.ReadTimeout):
+            with httpx.stream("POST", f"{url}/v1/chat/completions", timeout=0.3,
+                              json={"messages": LONG, "max_tokens": 900, "stream": True}):
+                pass
+    finally:
+        backend.batch_wait = serve.BATCH_WAIT_MS / 1000
     after = wait_until_idle(url, seconds=10)
     assert after["streams"] == 0 and after["cancelled_rows"] == before["cancelled_rows"] + 1, (before, after)
-    assert backend.stats.batch_sizes[-1] == 1 and backend.stats.generated_tokens - tokens < 200
+    assert backend.stats.generated_tokens - tokens < 100
 
 
 def test_a_stream_in_a_full_queue_gets_503_before_its_first_byte_and_time_limits_apply(server):

@@ -555,7 +555,11 @@ async def stream_events(backend: Backend, job: Job, deadline: float, chat: bool,
 
 class EventStream(StreamingResponse):
     """Server-sent events that release their job however the response ends: finished, the client
-    gone (Starlette cancels the stream), or gone before the first chunk was even asked for."""
+    gone (Starlette cancels the stream; stream_events' finally releases), or gone before the
+    first chunk was asked for. In that last case the generator never started, so its finally
+    never runs: when uvicorn already knows the client left, Starlette's disconnect listener can
+    cancel the response before the generator's first step (today the API-key middleware's receive
+    wrapper happens to let it start; this does not rely on that)."""
 
     def __init__(self, events: AsyncIterator[str], on_close: Callable[[], None]):
         super().__init__(events, media_type="text/event-stream",
