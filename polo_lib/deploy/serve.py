@@ -554,12 +554,11 @@ async def stream_events(backend: Backend, job: Job, deadline: float, chat: bool,
 
 
 class EventStream(StreamingResponse):
-    """Server-sent events that release their job however the response ends: finished, the client
-    gone (Starlette cancels the stream; stream_events' finally releases), or gone before the
-    first chunk was asked for. In that last case the generator never started, so its finally
-    never runs: when uvicorn already knows the client left, Starlette's disconnect listener can
-    cancel the response before the generator's first step (today the API-key middleware's receive
-    wrapper happens to let it start; this does not rely on that)."""
+    """Server-sent events that release their job however the response ends. stream_events
+    releases in its finally (finished, or cancelled by Starlette when the client leaves); this
+    covers a response ended before the generator's first step, whose finally would never run
+    (not seen with uvicorn 0.54 and Starlette 1.10, where the generator always starts: a cheap
+    guard against a leaked queue slot, release is idempotent)."""
 
     def __init__(self, events: AsyncIterator[str], on_close: Callable[[], None]):
         super().__init__(events, media_type="text/event-stream",
