@@ -441,3 +441,20 @@ def test_polo_explain_shows_the_paragraph_being_written(tiny_run):
     shown = [part.split("¶1: ", 1)[1].split("]")[0] for part in screen.getvalue().split("\r") if "¶1: " in part]
     assert first and any(s and s in first and not first.endswith(s) for s in shown), (first, shown)
     assert "2/2" in screen.getvalue()
+
+
+def test_the_load_test_times_concurrent_streams(server, capsys):
+    """`python -m benchmarks.serve_load URL 2 2 --stream`: first-token latency, each stream's own
+    tokens/s and all streams' tokens/s, one JSON line."""
+    from benchmarks import serve_load
+
+    backend, url = server
+    before = backend.stats.requests
+    assert serve_load.main([url, "2", "2", "--max-tokens", "6", "--stream"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["stream"] is True and result["concurrency"] == 2 and result["requests"] == 2
+    assert 0 < result["first_token_s_median"] <= result["first_token_s_max"] <= result["latency_s_median"] * 2
+    assert 0 < result["completion_tokens"] <= 2 * 6 and result["tokens_per_s"] > 0
+    assert backend.stats.requests - before == 1 + 2  # the warm-up stream is sent but not counted
+    with pytest.raises(SystemExit):
+        serve_load.main([url, "2", "--stream", "--burst"])
