@@ -92,7 +92,8 @@ def stream_test(base_url: str, concurrency: int, requests: int = 8, max_tokens: 
                 "stream_options": {"include_usage": True}}
         start, first, tokens = time.perf_counter(), None, 0
         with httpx.stream("POST", url, json=body, headers=headers, timeout=900) as r:
-            r.raise_for_status()
+            if r.status_code != 200:
+                raise RuntimeError(f"{url}: {r.status_code} {r.read().decode(errors='replace')}")
             for line in r.iter_lines():
                 if not line.startswith("data: ") or line == "data: [DONE]":
                     continue

@@ -146,19 +146,21 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
     return (text[:min(cuts)], True) if cuts else (text, False)
 
 
-def showable(text: str, stop: Sequence[str] = ()) -> str:
+def showable(text: str, stop: Sequence[str] = (), strip: bool = True) -> str:
     """The start of an unfinished answer's text that no later token can change (pure, table-tested):
     without loose bytes at the end (U+FFFD until the character's other bytes come), without the
     whitespace around it that the finished answer strips (whole_text), and without an ending
     that may still grow into a stop string (it would then be cut away). So the pieces streamed add
-    up to the finished answer's text exactly."""
-    text = text.rstrip(BROKEN).lstrip()
+    up to the finished answer's text exactly. `strip=False` (a plain prompt's continuation, whose
+    leading space matters) keeps the whitespace."""
+    text = text.rstrip(BROKEN)
+    text = text.lstrip() if strip else text
     longest = max((len(s) for s in stop), default=0)
     for k in range(min(len(text), longest - 1), 0, -1):
         if any(s.startswith(text[-k:]) for s in stop):
             text = text[:-k]
             break
-    return text.rstrip()
+    return text.rstrip() if strip else text
 
 
 class _Answer:
@@ -189,7 +191,8 @@ class _Writer:
 
     def __init__(self, tokenizer, answers: list[_Answer], indices: list[int], stop: Sequence[str],
                  on_text: Callable[[int, str], None] | None, on_done: Callable[[int, Generation], None] | None,
-                 cancelled: Callable[[int], bool] | None, batch_size: int) -> None:
+                 cancelled: Callable[[int], bool] | None, batch_size: int, strip: bool = True) -> None:
+        self.strip = strip
         self.batch_size = batch_size  # the size asked for (the last batch may hold fewer rows)
         self.tokenizer, self.eos = tokenizer, tokenizer.eos_token_id
         self.answers, self.indices, self.stop = answers, indices, tuple(s for s in stop if s)
@@ -213,7 +216,7 @@ class _Writer:
                 if hit:
                     answer.end = "stop"
                 else:
-                    self._show(index, showable(text, self.stop))
+                    self._show(index, showable(text, self.stop, self.strip))
             if answer.end is not None:
                 self.finish(index)
 
@@ -243,7 +246,8 @@ class _Writer:
         """The row's Generation (and the rest of its text to on_text, then on_done)."""
         answer = self.answers[index]
         text, _ = cut_at_stop(self.tokenizer.decode(answer.ids, skip_special_tokens=True), self.stop)
-        text = text.rstrip(BROKEN).strip()  # as whole_text: no loose bytes, no surrounding whitespace
+        text = text.rstrip(BROKEN)  # as whole_text: no loose bytes, no surrounding whitespace
+        text = text.strip() if self.strip else text
         if text.startswith(answer.shown):
             self._show(index, text)
         else:  # a tokenizer whose decoding of more ids rewrites earlier text; what was shown stays shown
@@ -290,7 +294,7 @@ def generate_prompts(lm, texts: Sequence[str], max_new_tokens: int = 128, batch_
                      stop: Sequence[str] = (), seed: int | None = None,
                      on_text: Callable[[int, str], None] | None = None,
                      on_done: Callable[[int, Generation], None] | None = None,
-                     cancelled: Callable[[int], bool] | None = None) -> list[Generation]:
+                     cancelled: Callable[[int], bool] | None = None, strip: bool = True) -> list[Generation]:
     """generate for prompt strings as given (a chat already rendered, or a plain prompt).
 
     Streaming, for the server and the chat app (index: the prompt's position in `texts`):
@@ -299,6 +303,8 @@ def generate_prompts(lm, texts: Sequence[str], max_new_tokens: int = 128, batch_
       on_done(index, gen)     the moment an answer ends (EOS, stop string, cancelled, max tokens)
       cancelled(index)        asked every step: True stops that answer there (a client gone away);
                               a batch whose answers are all stopped returns at once
+    `strip=False` keeps the whitespace around an answer (a plain prompt's continuation: " Paris"
+    after "The capital of France is"); chat answers are stripped, as evaluation scores them.
     `stop`: strings that end an answer (not included in its text; Generation.stopped). `seed`
     (sampling only): torch's generator is seeded before each batch, so the same prompts in the same
     batch sample the same answers.
@@ -326,7 +332,7 @@ def generate_prompts(lm, texts: Sequence[str], max_new_tokens: int = 128, batch_
             batch = pending[:size]
             for index in batch:
                 answers[index].restart()
-            writer = _Writer(tok, answers, batch, stop, on_text, on_done, cancelled, size)
+            writer = _Writer(tok, answers, batch, stop, on_text, on_done, cancelled, size, strip)
             if do_sample and seed is not None:
                 torch.manual_seed(seed)
             try:

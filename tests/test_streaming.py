@@ -86,6 +86,11 @@ def test_only_text_no_later_token_can_change_is_shown(text, stop, shown):
     assert inference.showable(text, stop) == shown
 
 
+def test_a_plain_prompts_continuation_keeps_its_whitespace():
+    assert inference.showable(" Paris is\ufffd", ("x",), strip=False) == " Paris is"
+    assert inference.showable(" Paris ", ("Paris  ",), strip=False) == " "  # "Paris " may grow into the stop
+
+
 @pytest.mark.parametrize("text,stop,expected", [
     ("a b\n\nc", ("\n\n",), ("a b", True)),
     ("one END two STOP", ("STOP", "END"), ("one ", True)),  # the earliest stop string wins
@@ -360,8 +365,9 @@ def test_completions_answers_a_plain_prompt_without_the_chat_template(server):
     prompt = "YOLO divides the input image into"
     reply = api.completions.create(model=backend.model_id, prompt=prompt, max_tokens=12)
     wait_until_idle(url)  # the server's thread is done with the model the test generates with next
-    alone = inference.generate_prompts(backend.lm, [prompt], max_new_tokens=12)[0]
-    assert reply.object == "text_completion" and reply.choices[0].text == alone.text and alone.text
+    alone = inference.generate_prompts(backend.lm, [prompt], max_new_tokens=12, strip=False)[0]
+    assert reply.object == "text_completion" and reply.choices[0].text == alone.text and alone.text.strip()
+    assert alone.text != alone.text.strip(), "the continuation starts with a space on the tiny run: kept"
     assert reply.usage.prompt_tokens == backend.count_tokens(prompt)
     assert reply.usage.completion_tokens == alone.new_tokens
     text, finishes, _ = streamed_text(api.completions.create(model=backend.model_id, prompt=prompt, max_tokens=12,

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import hmac
 import json
 import logging
@@ -189,6 +190,7 @@ class Decoding:
     top_p: float | None = None
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    strip: bool = True  # chat answers stripped (as evaluation scores them); a plain prompt's continuation kept whole
 
     @property
     def do_sample(self) -> bool:
@@ -407,7 +409,7 @@ class Backend:
             gens = inference.generate_prompts(
                 self.lm, [job.prompts[choice] for job, choice in rows], max_new_tokens=d.max_tokens,
                 batch_size=len(rows), do_sample=d.do_sample, temperature=d.temperature or 1.0, top_p=d.top_p or 1.0,
-                stop=d.stop, seed=d.seed, on_text=on_text if streamed else None, on_done=on_done,
+                stop=d.stop, seed=d.seed, strip=d.strip, on_text=on_text if streamed else None, on_done=on_done,
                 cancelled=lambda i: rows[i][0].cancelled.is_set())
         except Exception as e:  # one bad batch must not kill the server
             log.exception("generation failed")
@@ -490,7 +492,8 @@ def validate_completion(req: CompletionRequest, backend: Backend) -> tuple[list[
         raise ApiError(400, "prompt is empty: give the text to continue.", "prompt")
     counts = [backend.count_tokens(p) for p in prompts]
     _check_length(max(counts), decoding.max_tokens, backend, "prompt")
-    return prompts, sum(counts), decoding
+    # the continuation as generated: " Paris" after "The capital of France is" keeps its space
+    return prompts, sum(counts), dataclasses.replace(decoding, strip=False)
 
 
 def _sse(data: dict[str, Any]) -> str:
