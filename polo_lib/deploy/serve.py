@@ -401,6 +401,13 @@ class Backend:
             self.stats.cancelled_rows += gen.cancelled
             job.tell("row", choice, gen)
 
+        # Counted before any row ends: a request is answered the moment its rows end, and whoever
+        # reads the stats then (/health, a test) must find its batch there already.
+        s = self.stats
+        s.batches += 1
+        s.requests += len(jobs)
+        s.largest_batch = max(s.largest_batch, len(rows))
+        s.batch_sizes.append(len(rows))
         for job in jobs:
             job.tell("start")
         self.generating = len(rows)
@@ -411,20 +418,14 @@ class Backend:
                 batch_size=len(rows), do_sample=d.do_sample, temperature=d.temperature or 1.0, top_p=d.top_p or 1.0,
                 stop=d.stop, seed=d.seed, strip=d.strip, on_text=on_text if streamed else None, on_done=on_done,
                 cancelled=lambda i: rows[i][0].cancelled.is_set())
+            s.generated_tokens += sum(g.new_tokens for g in gens)
+            s.generate_seconds += time.perf_counter() - start
         except Exception as e:  # one bad batch must not kill the server
             log.exception("generation failed")
             for job in jobs:
                 job.tell("error", e)
-            return
         finally:
-            self.generating = 0
-        s = self.stats
-        s.batches += 1
-        s.requests += len(jobs)
-        s.largest_batch = max(s.largest_batch, len(rows))
-        s.batch_sizes.append(len(rows))
-        s.generated_tokens += sum(g.new_tokens for g in gens)
-        s.generate_seconds += time.perf_counter() - start
+            self.generating = 0  # after the stats: /health's idle means the figures are final
 
 
 # ---------------------------------------------------------------- the app
