@@ -4,6 +4,11 @@
     python -m benchmarks.serve_load http://127.0.0.1:8000 1 8     # 8 requests, one at a time
     python -m benchmarks.serve_load http://127.0.0.1:8000 8 8     # the same 8 requests, 8 at once
     python -m benchmarks.serve_load http://127.0.0.1:8000 2000 --burst   # 2,000 at once: 200s and 503s
+    python -m benchmarks.serve_load http://127.0.0.1:8000 8 8 --stream   # 8 streams at once: first-token latency
+
+With --stream every request streams (server-sent events): it reports the time to the first content
+piece (what a chat user waits before text appears), each stream's own tokens/s after that, and
+the tokens/s of all streams together.
 
 With --burst every request is sent at the same moment and none is retried: it counts the answers
 by status (a bounded server answers 200 or 503, never drops a connection) and, given the server's
@@ -62,6 +67,60 @@ def load_test(base_url: str, concurrency: int, requests: int = 8, max_tokens: in
     return {"concurrency": concurrency, "requests": len(results), "max_tokens": max_tokens,
             "prompt_tokens_mean": round(statistics.mean(r[2] for r in results)),
             "latency_s_median": round(statistics.median(latencies), 2), "latency_s_max": round(max(latencies), 2),
+            "completion_tokens": tokens, "wall_s": round(wall, 1), "tokens_per_s": round(tokens / wall, 1)}
+
+
+def stream_test(base_url: str, concurrency: int, requests: int = 8, max_tokens: int = 64,
+                raw_file: str = RAW_FILE, api_key: str | None = None) -> dict[str, Any]:
+    """First-token latency and tokens/s of `concurrency` streams at once: the same chats as
+    load_test, stream=true with stream_options.include_usage, in waves; one warm-up stream first."""
+    import concurrent.futures as cf
+    import statistics
+
+    import httpx
+
+    from polo_lib import prompts
+    from polo_lib.data import group_paragraphs, load_raw
+
+    paragraphs = [p.original for p in group_paragraphs(load_raw(raw_file))][:requests]
+    url = base_url.rstrip("/") + "/v1/chat/completions"
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+    def ask(text: str) -> tuple[float, float, int]:
+        """(seconds to the first content piece, seconds to the end, completion tokens)."""
+        body = {"messages": prompts.build_messages(text), "max_tokens": max_tokens, "stream": True,
+                "stream_options": {"include_usage": True}}
+        start, first, tokens = time.perf_counter(), None, 0
+        with httpx.stream("POST", url, json=body, headers=headers, timeout=900) as r:
+            if r.status_code != 200:
+                raise RuntimeError(f"{url}: {r.status_code} {r.read().decode(errors='replace')}")
+            for line in r.iter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                chunk = json.loads(line[6:])
+                if "error" in chunk:
+                    raise RuntimeError(f"the stream ended with an error: {chunk['error']['message']}")
+                if first is None and any(c.get("delta", {}).get("content") for c in chunk["choices"]):
+                    first = time.perf_counter() - start
+                if chunk.get("usage"):
+                    tokens = chunk["usage"]["completion_tokens"]
+        end = time.perf_counter() - start
+        return (first if first is not None else end), end, tokens
+
+    ask(paragraphs[0])
+    results, start = [], time.perf_counter()
+    with cf.ThreadPoolExecutor(concurrency) as pool:
+        for i in range(0, len(paragraphs), concurrency):
+            results += list(pool.map(ask, paragraphs[i:i + concurrency]))
+    wall = time.perf_counter() - start
+    firsts = [r[0] for r in results]
+    tokens = sum(r[2] for r in results)
+    # after its first piece a stream's own rate: the tokens that followed over the time they took
+    rates = [(n - 1) / (end - first) for first, end, n in results if n > 1 and end > first]
+    return {"concurrency": concurrency, "requests": len(results), "max_tokens": max_tokens, "stream": True,
+            "first_token_s_median": round(statistics.median(firsts), 2), "first_token_s_max": round(max(firsts), 2),
+            "latency_s_median": round(statistics.median(r[1] for r in results), 2),
+            "stream_tokens_per_s_median": round(statistics.median(rates), 1) if rates else None,
             "completion_tokens": tokens, "wall_s": round(wall, 1), "tokens_per_s": round(tokens / wall, 1)}
 
 
@@ -130,9 +189,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "retries, and count the answers by status")
     parser.add_argument("--pid", type=int, default=None, help="with --burst: the server's process id, for its "
                         "peak memory")
+    parser.add_argument("--stream", action="store_true", help="stream every answer: first-token latency, each "
+                        "stream's tokens/s and all streams' tokens/s")
     args = parser.parse_args(argv)
+    if args.burst and args.stream:
+        parser.error("--burst counts statuses of short requests; --stream times streamed answers: give one")
     if args.burst:
         result = burst(args.url, args.concurrency, args.max_tokens or 2, os.environ.get("POLO_API_KEY"), args.pid)
+    elif args.stream:
+        result = stream_test(args.url, args.concurrency, args.requests, args.max_tokens or 64,
+                             api_key=os.environ.get("POLO_API_KEY"))
     else:
         result = load_test(args.url, args.concurrency, args.requests, args.max_tokens or 64)
     print(json.dumps(result))

@@ -3,8 +3,10 @@ the server and the chat app share.
 
   placement   pick_input_device, input_device, encode_prompts: token ids go where the model
               reads them (Unsloth's fast generation does not move them)
-  generation  Generation, prompt_text, generate (batched, left padding, stops at EOS), chats_of,
-              answers_of, check_generates (one greedy answer from a reloaded export)
+  generation  Generation, prompt_text, generate (batched, left padding, stops at EOS) and
+              generate_prompts (streaming: text as it comes, stop strings, seed, cancelling),
+              whole_text / showable (never half a character), chats_of, answers_of,
+              check_generates (one greedy answer from a reloaded export)
   loading     load_base, load_tuned (base + a run's adapter/), merge_to_16bit, load_merged, run_tokenizer (the
               chat template and EOS training used), with_tokenizer, require_adapter,
               reload_options and reload_and_check (an export reloaded and answering), free_memory
@@ -19,7 +21,7 @@ import gc
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +38,9 @@ class Generation:
     text: str
     new_tokens: int
     seconds: float  # the batch's wall time shared equally by its examples
-    stopped: bool = False  # ended at EOS (OpenAI finish_reason "stop"), not at max_new_tokens
+    stopped: bool = False  # ended at EOS or a stop string (OpenAI finish_reason "stop"), not at max_new_tokens
     batch_size: int = 1  # the batch it was generated in (smaller than asked after running out of memory)
+    cancelled: bool = False  # stopped by its caller (a client gone away): the text written until then
 
 
 # ---------------------------------------------------------------- where token ids go
@@ -88,15 +91,16 @@ def prompt_text(tokenizer, chat: list[dict[str, str]]) -> str:
 
 
 def _generate_ids(model, tokenizer, texts: Sequence[str], max_new_tokens: int,
-                  **sampling) -> tuple[list[list[int]], float]:
-    """The new token ids of each prompt (padding and EOS included) and the seconds model.generate took."""
+                  **options) -> tuple[list[list[int]], float]:
+    """The new token ids of each prompt (padding and EOS included) and the seconds model.generate took.
+    `options`: sampling settings, and generate's own streamer / stopping_criteria."""
     import torch
 
     enc = encode_prompts(tokenizer, texts, model)  # on the model's device (CPU ids fail on CUDA)
     start = time.perf_counter()
     with torch.no_grad():
         out = model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                             eos_token_id=tokenizer.eos_token_id, **sampling)
+                             eos_token_id=tokenizer.eos_token_id, **options)
     seconds = time.perf_counter() - start
     return out[:, enc["input_ids"].shape[1]:].tolist(), seconds
 
@@ -135,50 +139,224 @@ def whole_text(tokenizer, ids: list[int]) -> str:
     return tokenizer.decode(ids, skip_special_tokens=True).rstrip(BROKEN).strip()
 
 
+def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
+    """`text` up to (not including) the first of the `stop` strings it contains, and whether it
+    contained one (OpenAI's `stop`: the answer ends there and the stop string is not returned)."""
+    cuts = [i for i in (text.find(s) for s in stop if s) if i >= 0]
+    return (text[:min(cuts)], True) if cuts else (text, False)
+
+
+def showable(text: str, stop: Sequence[str] = (), strip: bool = True) -> str:
+    """The start of an unfinished answer's text that no later token can change (pure, table-tested):
+    without loose bytes at the end (U+FFFD until the character's other bytes come), without the
+    whitespace around it that the finished answer strips (whole_text), and without an ending
+    that may still grow into a stop string (it would then be cut away). So the pieces streamed add
+    up to the finished answer's text exactly. `strip=False` (a plain prompt's continuation, whose
+    leading space matters) keeps the whitespace."""
+    text = text.rstrip(BROKEN)
+    text = text.lstrip() if strip else text
+    longest = max((len(s) for s in stop), default=0)
+    for k in range(min(len(text), longest - 1), 0, -1):
+        if any(s.startswith(text[-k:]) for s in stop):
+            text = text[:-k]
+            break
+    return text.rstrip() if strip else text
+
+
+class _Answer:
+    """One answer being written: its new token ids, how it ended, the text handed out so far."""
+
+    def __init__(self) -> None:
+        self.ids: list[int] = []
+        self.end: str | None = None  # "eos", "stop" (a stop string), "cancelled"; None while it is written
+        self.shown = ""  # what on_text was given: always the start of the finished text
+        self.result: Generation | None = None
+
+    def restart(self) -> None:
+        """Written again after running out of memory: the ids start over, `shown` stays (handed out)."""
+        self.ids, self.end = [], None
+
+
+class _Writer:
+    """The rows of one model.generate call, as transformers' streamer and a stopping criterion.
+
+    generate hands put() each step's new token of every row (BaseStreamer's contract: the prompt
+    first, then one token per row per step); put() keeps each row's ids, hands new text to
+    `on_text` (decoding the row's ids so far, so a character split over tokens is never shown
+    half), notices a stop string and calls `on_done` the moment a row ends, not when the batch
+    does. As a stopping criterion (called by generate before each put) it answers, per row, whether
+    that row is finished: a row cut at a stop string or cancelled by its caller gets only padding
+    from then on, and once every row is finished generate returns at once.
+    """
+
+    def __init__(self, tokenizer, answers: list[_Answer], indices: list[int], stop: Sequence[str],
+                 on_text: Callable[[int, str], None] | None, on_done: Callable[[int, Generation], None] | None,
+                 cancelled: Callable[[int], bool] | None, batch_size: int, strip: bool = True) -> None:
+        self.strip = strip
+        self.batch_size = batch_size  # the size asked for (the last batch may hold fewer rows)
+        self.tokenizer, self.eos = tokenizer, tokenizer.eos_token_id
+        self.answers, self.indices, self.stop = answers, indices, tuple(s for s in stop if s)
+        self.on_text, self.on_done, self.cancelled = on_text, on_done, cancelled
+        self.decode_each_step = bool(self.stop or on_text)  # else the text is decoded once, at the end
+        self.start = time.perf_counter()
+
+    # ------------------------------------------------ transformers' BaseStreamer
+    def put(self, value) -> None:
+        if value.dim() > 1:  # the prompts, handed over once before the first step
+            return
+        for index, token in zip(self.indices, value.tolist()):
+            answer = self.answers[index]
+            if answer.end is not None:  # padding after its end
+                continue
+            answer.ids.append(token)
+            if token == self.eos:
+                answer.end = "eos"
+            elif self.decode_each_step:
+                text, hit = cut_at_stop(self.tokenizer.decode(answer.ids, skip_special_tokens=True), self.stop)
+                if hit:
+                    answer.end = "stop"
+                else:
+                    self._show(index, showable(text, self.stop, self.strip))
+            if answer.end is not None:
+                self.finish(index)
+
+    def end(self) -> None:
+        """generate is done; rows still open ran to max_new_tokens (finish_rest ends them)."""
+
+    # ------------------------------------------------ transformers' StoppingCriteria
+    def __call__(self, input_ids, scores=None, **kwargs):
+        import torch
+
+        if self.cancelled is not None:
+            for index in self.indices:
+                if self.answers[index].end is None and self.cancelled(index):
+                    self.answers[index].end = "cancelled"
+                    self.finish(index)
+        return torch.tensor([self.answers[i].end is not None for i in self.indices], device=input_ids.device)
+
+    # ------------------------------------------------
+    def _show(self, index: int, text: str) -> None:
+        answer = self.answers[index]
+        if len(text) > len(answer.shown) and text.startswith(answer.shown):
+            piece, answer.shown = text[len(answer.shown):], text
+            if self.on_text is not None:
+                self.on_text(index, piece)
+
+    def finish(self, index: int, seconds: float | None = None) -> None:
+        """The row's Generation (and the rest of its text to on_text, then on_done)."""
+        answer = self.answers[index]
+        text, _ = cut_at_stop(self.tokenizer.decode(answer.ids, skip_special_tokens=True), self.stop)
+        text = text.rstrip(BROKEN)  # as whole_text: no loose bytes, no surrounding whitespace
+        text = text.strip() if self.strip else text
+        if text.startswith(answer.shown):
+            self._show(index, text)
+        else:  # a tokenizer whose decoding of more ids rewrites earlier text; what was shown stays shown
+            log.warning("the streamed text of answer %d is not the start of its final text", index)
+        elapsed = time.perf_counter() - self.start if seconds is None else seconds
+        answer.result = Generation(text, len(answer.ids), round(elapsed / len(self.indices), 3),
+                                   answer.end in ("eos", "stop"), self.batch_size, answer.end == "cancelled")
+        if self.on_done is not None:
+            self.on_done(index, answer.result)
+
+    def finish_rest(self, seconds: float) -> None:
+        """After generate: rows still open ran to max_new_tokens; every row's seconds become the
+        batch's wall time shared equally (what evaluation records)."""
+        for index in self.indices:
+            answer = self.answers[index]
+            if answer.end is None:
+                answer.end = "length"
+                self.finish(index, seconds)
+            else:
+                answer.result = replace(answer.result, seconds=round(seconds / len(self.indices), 3))
+
+
 def generate(lm, chats: Sequence[list[dict[str, str]]], max_new_tokens: int = 128, batch_size: int = 8,
              do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
              progress: str | None = None,
-             on_batch: Callable[[int, int, int, float], None] | None = None) -> list[Generation]:
+             on_batch: Callable[[int, int, int, float], None] | None = None, **streaming) -> list[Generation]:
     """Answers for chats (system + user), batched with left padding, stopping at EOS.
 
     Greedy by default, so two runs (or base vs tuned) are compared on decoding-noise-free text.
     `on_batch(done, total, new tokens so far, seconds so far)` after each batch (a progress file).
     Out of memory in a batch: the batch size is halved, for that batch and the rest, and the batch
     tried again, down to 1 (each Generation says the batch size it got); out of memory at 1 is a
-    ModelError naming what to lower.
+    ModelError naming what to lower. `streaming`: stop, seed, on_text, on_done, cancelled, as
+    generate_prompts takes them.
     """
+    return generate_prompts(lm, [prompt_text(lm.tokenizer, chat) for chat in chats], max_new_tokens, batch_size,
+                            do_sample, temperature, top_p, progress, on_batch, **streaming)
+
+
+def generate_prompts(lm, texts: Sequence[str], max_new_tokens: int = 128, batch_size: int = 8,
+                     do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
+                     progress: str | None = None,
+                     on_batch: Callable[[int, int, int, float], None] | None = None,
+                     stop: Sequence[str] = (), seed: int | None = None,
+                     on_text: Callable[[int, str], None] | None = None,
+                     on_done: Callable[[int, Generation], None] | None = None,
+                     cancelled: Callable[[int], bool] | None = None, strip: bool = True) -> list[Generation]:
+    """generate for prompt strings as given (a chat already rendered, or a plain prompt).
+
+    Streaming, for the server and the chat app (index: the prompt's position in `texts`):
+      on_text(index, piece)   each new piece of an answer's text as it is generated, never half
+                              a character; the pieces add up to the Generation's text
+      on_done(index, gen)     the moment an answer ends (EOS, stop string, cancelled, max tokens)
+      cancelled(index)        asked every step: True stops that answer there (a client gone away);
+                              a batch whose answers are all stopped returns at once
+    `strip=False` keeps the whitespace around an answer (a plain prompt's continuation: " Paris"
+    after "The capital of France is"); chat answers are stripped, as evaluation scores them.
+    `stop`: strings that end an answer (not included in its text; Generation.stopped). `seed`
+    (sampling only): torch's generator is seeded before each batch, so the same prompts in the same
+    batch sample the same answers.
+    """
+    import torch
     from tqdm.auto import tqdm
+    from transformers import StoppingCriteriaList
     from unsloth import FastLanguageModel
 
     tok, model = lm.tokenizer, lm.model
+    # Left as found: a model in training (samples during training) goes back to training, the
+    # server's stays in inference mode. Switching it back while a client already answered by
+    # on_done generates on the same model would run that client's generation in training mode.
+    was_training = model.training
     FastLanguageModel.for_inference(model)
     side, tok.padding_side = tok.padding_side, "left"  # decoder-only: pad on the left to generate
     sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if do_sample else {"do_sample": False}
-    results: list[Generation] = []
+    answers = [_Answer() for _ in texts]
+    pending = list(range(len(texts)))  # in order; an answer ended before running out of memory keeps its result
     spent = 0.0
-    bar = tqdm(total=len(chats), desc=progress or "generating", unit="example", disable=progress is None)
+    bar = tqdm(total=len(texts), desc=progress or "generating", unit="example", disable=progress is None)
     size = batch_size
     try:
-        while len(results) < len(chats):
-            batch = chats[len(results):len(results) + size]
+        while pending:
+            batch = pending[:size]
+            for index in batch:
+                answers[index].restart()
+            writer = _Writer(tok, answers, batch, stop, on_text, on_done, cancelled, size, strip)
+            if do_sample and seed is not None:
+                torch.manual_seed(seed)
             try:
-                rows, seconds = _generate_ids(model, tok, [prompt_text(tok, m) for m in batch], max_new_tokens,
-                                              **sampling)
+                _, seconds = _generate_ids(model, tok, [texts[i] for i in batch], max_new_tokens, streamer=writer,
+                                           stopping_criteria=StoppingCriteriaList([writer]), **sampling)
             except device_lib.out_of_memory_errors() as e:
                 size = _smaller_batch(size, batch_size, max_new_tokens, e)
+                pending = [i for i in pending if answers[i].result is None]
                 continue
-            gens = [_decoded(tok, ids, round(seconds / len(batch), 3), size) for ids in rows]
-            results += gens
+            writer.finish_rest(seconds)
+            pending = pending[len(batch):]
+            gens = [answers[i].result for i in batch]
             spent += seconds
             bar.update(len(batch))
             bar.set_postfix(tokens_per_s=round(sum(g.new_tokens for g in gens) / seconds, 1))
             if on_batch is not None:
-                on_batch(len(results), len(chats), sum(g.new_tokens for g in results), spent)
+                done = [a.result for a in answers if a.result is not None]
+                on_batch(len(done), len(texts), sum(g.new_tokens for g in done), spent)
     finally:
         bar.close()
         tok.padding_side = side
-        FastLanguageModel.for_training(model)
-    return results
+        if was_training:
+            FastLanguageModel.for_training(model)
+    return [a.result for a in answers]
 
 
 def chats_of(split) -> list[list[dict[str, str]]]:

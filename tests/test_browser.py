@@ -1,5 +1,7 @@
 """The chat app and an explained paper in a real browser: headless Chromium (Debian's chromium and
-chromium-driver, which .ci/run installs) driven by Selenium, on a smoke run trained here.
+chromium-driver, which .ci/run installs) driven by Selenium, on a smoke run trained here. The
+chat app streams: a script in the page records every value a box shows while an answer is
+written, so the test sees the text grow, not only where it ends.
 
 Screenshots go into each test's temporary folder (kept by pytest for the last runs)."""
 import re
@@ -58,9 +60,36 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# Every 5 ms, the value of `element` (a textbox), or the text of the last element matching `css`
+# (a chat bubble), appended to window.__seen[name] when it changed.
+RECORD = """
+const [name, element, css] = arguments;
+window.__seen = window.__seen || {};
+const seen = window.__seen[name] = [];
+setInterval(() => {
+  let value = "";
+  if (element) { value = element.value; }
+  else { const all = document.querySelectorAll(css); value = all.length ? all[all.length - 1].innerText : ""; }
+  if (seen[seen.length - 1] !== value) seen.push(value);
+}, 5);
+"""
+
+
+def grew(values: list[str]) -> list[str]:
+    """The distinct non-empty values a box showed, in order; asserts they were several, each
+    the start of the next (text appended as it is generated, nothing rewritten)."""
+    shown = [v for v in values if v.strip()]
+    assert len(shown) >= 3, f"the text did not grow in steps, it appeared at once: {shown}"
+    assert all(later.startswith(earlier) for earlier, later in zip(shown, shown[1:])), shown
+    return shown
+
+
 def test_the_chat_app_explains_a_paragraph_in_korean_and_shows_base_and_tuned_in_a_browser(smoke_run, browser,
                                                                                           tmp_path):
+    """Each tab streams: the explanation, both answers of "Base vs tuned" and the chat's answer
+    grow in the page before they are done."""
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
 
     from polo_lib.deploy import chat_app
@@ -81,24 +110,45 @@ def test_the_chat_app_explains_a_paragraph_in_korean_and_shows_base_and_tuned_in
         return wait.until(lambda d: [b for b in d.find_elements(By.TAG_NAME, "button") if b.text == text])[0]
 
     try:
+        def finished() -> bool:  # Gradio's progress tracker is hidden again once the handler is done
+            return not browser.find_elements(By.CSS_SELECTOR, "[data-testid='status-tracker']:not(.hide)")
+
         browser.get(f"http://127.0.0.1:{port}/")
         tab("Explain this paragraph")
         box("paragraph (e.g.").send_keys(PARAGRAPH)
-        button("Explain in easy Korean").click()
         explanation = box("explanation")
-        wait.until(lambda d: explanation.get_attribute("value"))
-        assert HANGUL.search(explanation.get_attribute("value")), explanation.get_attribute("value")
+        browser.execute_script(RECORD, "explanation", explanation, None)
+        button("Explain in easy Korean").click()
+        wait.until(lambda d: explanation.get_attribute("value") and finished())
+        final = explanation.get_attribute("value")
+        assert HANGUL.search(final), final
+        assert grew(browser.execute_script("return window.__seen.explanation"))[-1] == final
         browser.save_screenshot(str(tmp_path / "explain-tab.png"))
 
         tab("Base vs tuned")
-        box("prompt").send_keys(PARAGRAPH)
-        button("Generate both").click()
+        box("prompt").send_keys("YOLO")  # the untrained base answers the paragraph with "." alone, this at length
         base, tuned = box("base model"), box("tuned model")
-        wait.until(lambda d: base.get_attribute("value") and tuned.get_attribute("value"))
+        browser.execute_script(RECORD, "base", base, None)
+        browser.execute_script(RECORD, "tuned", tuned, None)
+        button("Generate both").click()
+        wait.until(lambda d: base.get_attribute("value") and tuned.get_attribute("value") and finished())
         assert base.get_attribute("value") != tuned.get_attribute("value")
+        assert grew(browser.execute_script("return window.__seen.base"))[-1] == base.get_attribute("value")
+        assert grew(browser.execute_script("return window.__seen.tuned"))[-1] == tuned.get_attribute("value")
         browser.save_screenshot(str(tmp_path / "base-vs-tuned-tab.png"))
+
+        tab("Chat")
+        browser.execute_script(RECORD, "chat", None, "[data-testid='bot']")
+        message = wait.until(lambda d: [t for t in d.find_elements(By.CSS_SELECTOR, "textarea")
+                                        if t.get_attribute("data-testid") == "textbox" and t.is_displayed()])[0]
+        message.send_keys(PARAGRAPH + Keys.ENTER)
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "[data-testid='bot']") and finished())
+        answers = [v for v in browser.execute_script("return window.__seen.chat") if v.strip()]
+        assert len(set(answers)) >= 3 and len(answers[0]) < len(answers[-1]), answers  # it grew while written
+        browser.save_screenshot(str(tmp_path / "chat-tab.png"))
     finally:
         app.close()
+    print(f"screenshots: {tmp_path}")  # for the note (pytest -s)
     assert (tmp_path / "explain-tab.png").stat().st_size > 10_000
 
 

@@ -238,8 +238,9 @@ def test_bad_requests_get_a_clear_400_and_the_server_keeps_serving(tiny_server):
         ({"messages": [user], "max_tokens": 100_000}, 400, "over this server's limit"),
         ({"messages": [user], "max_tokens": 0}, 400, "max_tokens"),
         ({"messages": [{"role": "user", "content": "grid " * 3000}]}, 400, "max_seq_length"),
-        ({"messages": [user], "stream": True}, 400, "stream"),
-        ({"messages": [user], "n": 2}, 400, "n=2"),
+        ({"messages": [user], "stream_options": {"include_usage": True}}, 400, "only allowed with stream=true"),
+        ({"messages": [user], "n": 2}, 400, "n=2 with greedy decoding"),
+        ({"messages": [user], "logprobs": True}, 400, "does not support logprobs"),
         ({"messages": [user], "model": "gpt-4o"}, 404, "not served here"),
     ]
     for body, status, message in cases:

@@ -6,18 +6,26 @@ inference.generate with the run's saved tokenizer, so what you see here is what 
 measured and what `polo serve` answers:
 
   Chat          multi-turn chat with the tuned model (the Easy system prompt first)
-  Base vs tuned the same prompt to both models, answers side by side
+  Base vs tuned the same prompt to both models, answers side by side, both written at once
   Explain       a paragraph wrapped in the Easy prompt, as in training
 
-The handlers are plain functions (tested without a browser); `build_app` wires them up.
+Every tab streams: the text grows as tokens are generated (on the CPU demo an answer takes a
+minute or more). The handlers are generators of the text so far (chat_stream, compare_stream,
+explain_stream), and plain functions give their last value (tested without a browser);
+`build_app` wires the generators up. Leaving the page or pressing Gradio's stop ends the
+generation at the next token.
 
 `polo chat --server URL` talks to a running `polo serve` instead of loading the model here (the
 tuned model only; the key from --api-key or POLO_API_KEY, as the server takes it).
 """
 from __future__ import annotations
 
+import copy
 import os
+import queue
 import threading
+from collections import deque
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,7 +50,9 @@ def load_models(run, with_base: bool = True) -> Models:
     cfg = run.params()
     tokenizer = inference.run_tokenizer(run)
     tuned = inference.with_tokenizer(inference.load_tuned(cfg, run), tokenizer)
-    base = inference.with_tokenizer(inference.load_base(cfg), tokenizer) if with_base else None
+    # "Base vs tuned" generates with both at once: a Rust tokenizer used by two threads raises
+    # "Already borrowed", so the base gets an identical copy
+    base = inference.with_tokenizer(inference.load_base(cfg), copy.deepcopy(tokenizer)) if with_base else None
     return Models(tuned, base, run.id, threading.Lock())
 
 
@@ -62,6 +72,15 @@ class Remote:
         reply = self.client().chat.completions.create(model=self.model_id, messages=chat,
                                                       max_tokens=int(max_new_tokens))
         return reply.choices[0].message.content or ""
+
+    def pieces(self, chat: list[dict[str, str]], max_new_tokens: int) -> Iterator[str]:
+        """The answer's text pieces as the server streams them; closing the iterator closes the
+        connection, and the server stops generating."""
+        with self.client().chat.completions.create(model=self.model_id, messages=chat, stream=True,
+                                                   max_tokens=int(max_new_tokens)) as stream:
+            for chunk in stream:
+                if chunk.choices and chunk.choices[0].delta.content:
+                    yield chunk.choices[0].delta.content
 
 
 def connect(url: str, api_key: str | None = None) -> Models:
@@ -94,39 +113,129 @@ def _text(content: Any) -> str:
     return str(content or "")
 
 
-def _answer(models: Models, lm, chat: list[dict[str, str]], max_new_tokens: int) -> str:
-    if isinstance(lm, Remote):  # the server batches and queues requests itself
-        return lm.answer(chat, max_new_tokens)
-    with models.lock:
-        return inference.generate(lm, [chat], max_new_tokens=int(max_new_tokens), batch_size=1)[0].text
+def _streams(models: Models, lms: Sequence[Any], chat: list[dict[str, str]],
+             max_new_tokens: int) -> Iterator[list[str]]:
+    """Each model's answer to `chat` so far, generated at the same time, after every new piece.
+
+    One thread per model (a local one through inference.generate's on_text, a Remote through the
+    server's stream), under `models.lock` for local models (two users' answers do not fight over
+    the cores). Closing the iterator (Gradio does when the user leaves or presses stop) stops
+    every generation at its next token.
+    """
+    events: queue.Queue = queue.Queue()
+    stop = threading.Event()
+
+    def one(k: int, lm) -> None:
+        try:
+            if isinstance(lm, Remote):  # the server batches and queues requests itself
+                pieces = lm.pieces(chat, max_new_tokens)
+                for piece in pieces:
+                    if stop.is_set():
+                        pieces.close()  # closes the connection: the server stops this answer
+                        break
+                    events.put((k, piece))
+            else:
+                inference.generate(lm, [chat], max_new_tokens=int(max_new_tokens), batch_size=1,
+                                   on_text=lambda _, piece: events.put((k, piece)),
+                                   cancelled=lambda _: stop.is_set())
+        except Exception as e:  # noqa: BLE001 - handed to the reader, which raises it in Gradio's handler
+            events.put((k, e))
+
+    def all_of_them() -> None:
+        workers = [threading.Thread(target=one, args=(k, lm), daemon=True) for k, lm in enumerate(lms)]
+        try:
+            if any(not isinstance(lm, Remote) for lm in lms):
+                models.lock.acquire()
+            try:
+                for w in workers:
+                    w.start()
+                for w in workers:
+                    w.join()
+            finally:
+                if any(not isinstance(lm, Remote) for lm in lms):
+                    models.lock.release()
+        finally:
+            events.put(None)
+
+    threading.Thread(target=all_of_them, name="polo-chat-generate", daemon=True).start()
+    texts = [""] * len(lms)
+    yield list(texts)  # empty first: a new question clears the last answer at once
+    try:
+        while (event := events.get()) is not None:
+            k, piece = event
+            if isinstance(piece, BaseException):
+                raise piece
+            texts[k] += piece
+            yield list(texts)
+    finally:
+        stop.set()
 
 
-def chat_reply(models: Models, message: str, history: list[dict[str, Any]],
-               max_new_tokens: int = MAX_NEW_TOKENS) -> str:
-    """The tuned model's answer to `message` after `history` (Gradio's role/content dicts)."""
+def _last(values: Iterator[Any], empty: Any) -> Any:
+    """The last value an iterator yields (`empty` when it yields none): a stream's finished text."""
+    tail = deque(values, maxlen=1)
+    return tail[0] if tail else empty
+
+
+def _chat_of(message: str, history: list[dict[str, Any]]) -> list[dict[str, str]]:
     chat = [{"role": "system", "content": prompts.SYSTEM_PROMPT}]
     chat += [{"role": m["role"], "content": _text(m["content"])} for m in history
              if m.get("role") in ("user", "assistant")]
     chat.append({"role": "user", "content": _text(message)})
-    return _answer(models, models.tuned, chat, max_new_tokens)
+    return chat
+
+
+def chat_stream(models: Models, message: str, history: list[dict[str, Any]],
+                max_new_tokens: int = MAX_NEW_TOKENS) -> Iterator[str]:
+    """The tuned model's answer to `message` after `history` (Gradio's role/content dicts), growing."""
+    for (text,) in _streams(models, [models.tuned], _chat_of(message, history), max_new_tokens):
+        yield text
+
+
+def chat_reply(models: Models, message: str, history: list[dict[str, Any]],
+               max_new_tokens: int = MAX_NEW_TOKENS) -> str:
+    """The tuned model's whole answer to `message` after `history`."""
+    return _last(chat_stream(models, message, history, max_new_tokens), "")
+
+
+NO_BASE = "(base model not loaded: start with `polo chat RUN`, without --no-base or --server)"
+
+
+def compare_stream(models: Models, text: str, easy_prompt: bool = True,
+                   max_new_tokens: int = MAX_NEW_TOKENS) -> Iterator[tuple[str, str]]:
+    """(base answer, tuned answer) to the same chat, both growing at once: the Easy prompt around
+    `text`, or `text` alone."""
+    if not text.strip():
+        yield "", ""
+        return
+    chat = prompts.build_messages(text) if easy_prompt else [{"role": "user", "content": text}]
+    if models.base is None:
+        for (tuned,) in _streams(models, [models.tuned], chat, max_new_tokens):
+            yield NO_BASE, tuned
+        return
+    for base, tuned in _streams(models, [models.base, models.tuned], chat, max_new_tokens):
+        yield base, tuned
 
 
 def compare(models: Models, text: str, easy_prompt: bool = True,
             max_new_tokens: int = MAX_NEW_TOKENS) -> tuple[str, str]:
-    """(base answer, tuned answer) to the same chat: the Easy prompt around `text`, or `text` alone."""
-    if not text.strip():
-        return "", ""
-    chat = prompts.build_messages(text) if easy_prompt else [{"role": "user", "content": text}]
-    base = _answer(models, models.base, chat, max_new_tokens) if models.base is not None else \
-        "(base model not loaded: start with `polo chat RUN`, without --no-base or --server)"
-    return base, _answer(models, models.tuned, chat, max_new_tokens)
+    """(base answer, tuned answer), whole."""
+    return _last(compare_stream(models, text, easy_prompt, max_new_tokens),
+                 (NO_BASE if models.base is None else "", ""))
+
+
+def explain_stream(models: Models, paragraph: str, max_new_tokens: int = MAX_NEW_TOKENS) -> Iterator[str]:
+    """The tuned model's easy-Korean explanation of a paragraph, with the training prompt, growing."""
+    if not paragraph.strip():
+        yield ""
+        return
+    for (text,) in _streams(models, [models.tuned], prompts.build_messages(paragraph), max_new_tokens):
+        yield text
 
 
 def explain(models: Models, paragraph: str, max_new_tokens: int = MAX_NEW_TOKENS) -> str:
-    """The tuned model's easy-Korean explanation of a paragraph, with the training prompt."""
-    if not paragraph.strip():
-        return ""
-    return _answer(models, models.tuned, prompts.build_messages(paragraph), max_new_tokens)
+    """The whole explanation of a paragraph."""
+    return _last(explain_stream(models, paragraph, max_new_tokens), "")
 
 
 def build_app(models: Models):
@@ -137,9 +246,19 @@ def build_app(models: Models):
         gr.Markdown(f"# POLO Easy\nrun `{models.run_id}`: the tuned model (base + LoRA adapter), "
                     "prompted with the chat template it was trained with.")
         tokens = gr.Slider(8, 1024, value=MAX_NEW_TOKENS, step=8, label="max new tokens")
+        # Gradio streams a handler that is a generator function (a lambda returning a generator
+        # would be shown as one object), hence the small defs
+        def chat_handler(message, history, n):
+            yield from chat_stream(models, message, history, n)
+
+        def compare_handler(text, wrap, n):
+            yield from compare_stream(models, text, wrap, n)
+
+        def explain_handler(paragraph, n):
+            yield from explain_stream(models, paragraph, n)
+
         with gr.Tab("Chat"):
-            gr.ChatInterface(lambda message, history, n: chat_reply(models, message, history, n),
-                             additional_inputs=[tokens])
+            gr.ChatInterface(chat_handler, additional_inputs=[tokens])
         with gr.Tab("Base vs tuned"):
             prompt = gr.Textbox(label="prompt", lines=5)
             wrap = gr.Checkbox(value=True, label="wrap in the Easy prompt (as in training)")
@@ -147,12 +266,12 @@ def build_app(models: Models):
             with gr.Row():
                 base_out = gr.Textbox(label="base model", lines=10)
                 tuned_out = gr.Textbox(label="tuned model", lines=10)
-            go.click(lambda t, w, n: compare(models, t, w, n), [prompt, wrap, tokens], [base_out, tuned_out])
+            go.click(compare_handler, [prompt, wrap, tokens], [base_out, tuned_out])
         with gr.Tab("Explain this paragraph"):
             paragraph = gr.Textbox(label="paragraph (e.g. from the YOLO paper)", lines=6)
             explain_btn = gr.Button("Explain in easy Korean")
             explanation = gr.Textbox(label="explanation", lines=10)
-            explain_btn.click(lambda p, n: explain(models, p, n), [paragraph, tokens], [explanation])
+            explain_btn.click(explain_handler, [paragraph, tokens], [explanation])
     return app
 
 

@@ -5,7 +5,7 @@
                   kept as they are (never sent to the model)
     fit           a paragraph whose prompt + answer would pass max_seq_length is cut at sentence ends
     explain       every paragraph with the Easy prompt training used, in batches (adapter, merged
-                  export, or a running `polo serve`)
+                  export, or a running `polo serve`), the paragraph being written shown live
     write         <run>/explained/<paper>.md and .html (original and easy Korean side by side,
                   glossary terms marked) and .json (the blocks and the figures)
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 import html
 import json
 import re
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -224,20 +225,64 @@ class Explained:
 Answer = Callable[[list[list[dict[str, str]]], int, int], list[tuple[str, int]]]
 
 
-def local_answer(lm, progress: str = "explaining") -> Answer:
+class LiveLine:
+    """A progress bar over the paragraphs whose postfix shows the paragraph being written, as it is
+    written (the lowest-numbered one of those in progress, so the line does not jump between the
+    rows of a batch): on the CPU demo a batch takes minutes, and a bar alone looks stuck."""
+
+    def __init__(self, total: int, desc: str = "explaining", width: int = 48, every_s: float = 0.1, file=None):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total, desc=desc, unit="paragraph", file=file)
+        self.width, self.every_s, self.shown_at = width, every_s, 0.0
+        self.writing: dict[int, str] = {}
+        self.lock = threading.Lock()  # a server's answers arrive on several threads
+
+    def text(self, index: int, piece: str) -> None:
+        with self.lock:
+            self.writing[index] = self.writing.get(index, "") + piece
+            self._show(force=False)
+
+    def done(self, index: int) -> None:
+        with self.lock:
+            self.writing.pop(index, None)
+            self.bar.update(1)
+            self._show(force=True)
+
+    def _show(self, force: bool) -> None:
+        now = time.monotonic()
+        if not force and now - self.shown_at < self.every_s:  # a token every few ms: redraw 10 times a second
+            return
+        self.shown_at = now
+        if self.writing:
+            index = min(self.writing)
+            tail = " ".join(self.writing[index].split())[-self.width:]
+            self.bar.set_postfix_str(f"¶{index + 1}: {tail}", refresh=False)
+        else:
+            self.bar.set_postfix_str("", refresh=False)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def local_answer(lm, progress: str = "explaining", **line_options) -> Answer:
     """Answers from a loaded model through inference.generate: batched, greedy, stopping at the
-    training EOS, with a progress bar (paragraphs, tokens/s)."""
+    training EOS, with a live line (paragraphs done, the one being written; LiveLine's options)."""
     def answer(chats, max_new_tokens, batch_size):
-        gens = inference.generate(lm, chats, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
+        line = LiveLine(len(chats), progress, **line_options)
+        try:
+            gens = inference.generate(lm, chats, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                      on_text=line.text, on_done=lambda i, _: line.done(i))
+        finally:
+            line.close()
         return [(g.text, g.new_tokens) for g in gens]
     return answer
 
 
-def server_answer(url: str, api_key: str | None) -> tuple[Answer, str]:
-    """Answers from a running `polo serve` (one request per paragraph, the server batches them),
-    and the model id it serves."""
-    from tqdm.auto import tqdm
-
+def server_answer(url: str, api_key: str | None, **line_options) -> tuple[Answer, str]:
+    """Answers from a running `polo serve` (one streamed request per paragraph, `batch_size` at once:
+    the server batches them), with the same live line, and the model id it serves."""
     from .chat_app import connect
 
     remote = connect(url, api_key).tuned
@@ -245,12 +290,26 @@ def server_answer(url: str, api_key: str | None) -> tuple[Answer, str]:
     def answer(chats, max_new_tokens, batch_size):
         import concurrent.futures as cf
 
-        def one(chat):
-            reply = remote.client().chat.completions.create(model=remote.model_id, messages=chat,
-                                                            max_tokens=max_new_tokens)
-            return reply.choices[0].message.content or "", reply.usage.completion_tokens
-        with cf.ThreadPoolExecutor(batch_size) as pool:
-            return list(tqdm(pool.map(one, chats), total=len(chats), desc="explaining", unit="paragraph"))
+        line = LiveLine(len(chats), **line_options)
+
+        def one(index: int) -> tuple[str, int]:
+            pieces, tokens = [], 0
+            with remote.client().chat.completions.create(
+                    model=remote.model_id, messages=chats[index], max_tokens=max_new_tokens, stream=True,
+                    stream_options={"include_usage": True}) as stream:
+                for chunk in stream:
+                    if chunk.choices and chunk.choices[0].delta.content:
+                        pieces.append(chunk.choices[0].delta.content)
+                        line.text(index, pieces[-1])
+                    if chunk.usage is not None:
+                        tokens = chunk.usage.completion_tokens
+            line.done(index)
+            return "".join(pieces), tokens
+        try:
+            with cf.ThreadPoolExecutor(batch_size) as pool:
+                return list(pool.map(one, range(len(chats))))
+        finally:
+            line.close()
     return answer, remote.model_id
 
 

@@ -1,22 +1,32 @@
 """`polo serve RUN`: an OpenAI-compatible HTTP server for a run's model, on FastAPI + uvicorn.
 
-    POST /v1/chat/completions   OpenAI chat completions (no streaming, n = 1)
+    POST /v1/chat/completions   OpenAI chat completions: stream, n, stop, seed, temperature, top_p
+    POST /v1/completions        the same for a plain prompt (no chat template)
     GET  /v1/models             the one model served
-    GET  /health                ready, queue length, batches served (never needs the key)
+    GET  /health                ready, queue length, rows generating now, open streams (never needs the key)
     POST /apply-template        the prompt string a chat becomes (as llama.cpp's server names it)
+
+`stream: true` answers with server-sent events in OpenAI's chunk format: a first chunk with the
+role, content deltas as tokens come (never half a character), a last chunk per choice with its
+finish_reason, a usage chunk when stream_options.include_usage is set, then `data: [DONE]`. A
+client that disconnects stops its answer at the next token and frees its row of the batch.
+Every OpenAI field the server cannot honour (logprobs, tools, penalties, ...) is named in a 400.
 
 Started with an API key (`--api-key` or POLO_API_KEY, as vLLM and llama.cpp's server take one),
 every endpoint but /health wants `Authorization: Bearer <key>` (compared in constant time) and
-answers 401 in OpenAI's error shape without it. At most `max_queue` requests wait at once; one
-more gets 503 with Retry-After, and a request not answered within `request_timeout_s` gets 504:
-a crowd slows the server down, it never takes it down.
+answers 401 in OpenAI's error shape without it. At most `max_queue` requests (streams included)
+wait or generate at once; one more gets 503 with Retry-After, before any byte of a stream. A request
+not answered within `request_timeout_s` gets 504 (a stream that started: an error event, and its
+generation stops): a crowd slows the server down, it never takes it down.
 
 The most common serving bug is a prompt or stop token that differs from training. Here the
 prompt is the run's saved tokenizer (adapter/, the object training used) applying its own
-chat template, and generation is inference.generate, which stops at that tokenizer's EOS: the
-same code path evaluation measured. Concurrent requests are collected for a few
-milliseconds and generated in one left-padded batch (greedy rows are identical to
-one-at-a-time generation, see tests/test_evaluate.py).
+chat template, and generation is inference.generate_prompts, which stops at that tokenizer's
+EOS: the same code path evaluation measured. Concurrent requests, streamed or not, are collected
+for a few milliseconds and generated in one left-padded batch by one thread (greedy rows are
+identical to one-at-a-time generation, see tests/test_evaluate.py): the batch's streamer hands
+each row's new text to its request's event queue, a request that is not streamed takes only its
+row's end, the moment that row ends.
 
 On a GPU with many users, vLLM serves the same base + adapter faster
 (`vllm serve <base> --enable-lora --lora-modules easy=<run>/adapter`) or a merged export
@@ -26,19 +36,23 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import hmac
+import json
 import logging
 import math
 import queue
 import threading
 import time
 import uuid
+from collections import deque
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from .. import inference, runs
@@ -48,11 +62,13 @@ from . import export
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_TOKENS = 256       # OpenAI leaves it to the server; ~128 Hangul syllables on SmolLM2
+COMPLETIONS_MAX_TOKENS = 16    # /v1/completions without max_tokens: OpenAI's (and vLLM's) default there
 MAX_TOKENS_LIMIT = 1024        # per request; the prompt + answer must also fit max_seq_length
 MAX_BATCH_SIZE = 8             # rows generated together; 8 x 1024 tokens of KV cache is small on CPU
 BATCH_WAIT_MS = 50             # how long the first request of a batch waits for company
 MAX_QUEUE = 256                # requests accepted and not yet answered; one more gets 503
 REQUEST_TIMEOUT_S = 300.0      # a request waiting and generating longer gets 504
+MAX_STOP = 4                   # stop strings per request, as OpenAI allows
 API_KEY_ENV = "POLO_API_KEY"   # the key from the environment: never on a command line, in a log or a run folder
 
 
@@ -71,22 +87,79 @@ class Message(BaseModel):
         return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
 
 
-class ChatRequest(BaseModel):
-    """The OpenAI fields this server honours; other OpenAI fields are accepted and ignored."""
+class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="ignore")
+    include_usage: bool = False
+
+
+def _off(*values) -> Callable[[Any], bool]:
+    return lambda v: v in values
+
+
+def _empty(v) -> bool:
+    return not v
+
+
+def _text_format(v) -> bool:
+    return v is None or (isinstance(v, dict) and v.get("type") == "text")
+
+
+# OpenAI fields this server cannot honour: the values that ask nothing of it, and what it lacks.
+# Any other value is refused with a 400 naming the field, never silently ignored.
+UNSUPPORTED: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "logprobs": (_off(None, False), "it returns no log probabilities"),
+    "top_logprobs": (_off(None, 0), "it returns no log probabilities"),
+    "echo": (_off(None, False), "it does not echo the prompt"),
+    "suffix": (_off(None, ""), "it does not fill in between a prompt and a suffix"),
+    "best_of": (_off(None, 1), "it does not rank answers; ask for n answers instead"),
+    "logit_bias": (_empty, "it does not bias tokens"),
+    "frequency_penalty": (_off(None, 0, 0.0), "it applies no frequency penalty"),
+    "presence_penalty": (_off(None, 0, 0.0), "it applies no presence penalty"),
+    "tools": (_empty, "it does not call tools"),
+    "functions": (_empty, "it does not call functions"),
+    "tool_choice": (_off(None, "none", "auto"), "it does not call tools"),
+    "function_call": (_off(None, "none", "auto"), "it does not call functions"),
+    "response_format": (_text_format, "it answers in plain text only (no JSON mode or schema)"),
+    "audio": (_off(None), "it answers in text only"),
+    "modalities": (_off(None, ["text"]), "it answers in text only"),
+    "prediction": (_off(None), "it does not take predicted outputs"),
+    "web_search_options": (_off(None), "it does not search the web"),
+    "reasoning_effort": (_off(None), "the model does not reason in a separate channel"),
+}
+
+
+class _Sampling(BaseModel):
+    """The fields both endpoints share; other fields are accepted and ignored (user, metadata, store,
+    ...) unless UNSUPPORTED names them."""
+    model_config = ConfigDict(extra="allow")
 
     model: str | None = None
-    messages: list[Message] = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2)  # None or 0: greedy, as evaluation decodes
     top_p: float | None = Field(None, gt=0, le=1)
-    n: int = 1
+    n: int = Field(1, ge=1)
+    stop: str | list[str] | None = None
+    seed: int | None = None
     stream: bool = False
+    stream_options: StreamOptions | None = None
+
+    def unsupported(self) -> list[str]:
+        extra = self.model_extra or {}
+        return [f"{name} ({why})" for name, (harmless, why) in UNSUPPORTED.items()
+                if name in extra and not harmless(extra[name])]
+
+
+class ChatRequest(_Sampling):
+    messages: list[Message] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+
+
+class CompletionRequest(_Sampling):
+    prompt: str | list[str]
 
 
 class ApiError(Exception):
-    """A 4xx in OpenAI's shape: {"error": {"message", "type", "param", "code"}}."""
+    """A 4xx/5xx in OpenAI's shape: {"error": {"message", "type", "param", "code"}}."""
 
     def __init__(self, status: int, message: str, param: str | None = None,
                  type_: str = "invalid_request_error", code: str | None = None, headers: dict | None = None):
@@ -94,19 +167,63 @@ class ApiError(Exception):
         self.status, self.message, self.param, self.type, self.code = status, message, param, type_, code
         self.headers = headers
 
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
     def response(self) -> JSONResponse:
-        return JSONResponse(status_code=self.status, headers=self.headers, content={"error": {
-            "message": self.message, "type": self.type, "param": self.param, "code": self.code}})
+        return JSONResponse(status_code=self.status, headers=self.headers, content=self.body())
+
+
+def _timeout_error(limit_s: float) -> ApiError:
+    return ApiError(504, f"no answer within the server's limit of {limit_s:g} s per request (it is busy, or "
+                         "max_tokens is large for this machine); retry, or ask for fewer tokens.",
+                    type_="server_error", code="timeout")
 
 
 # ---------------------------------------------------------------- the batching backend
 
-@dataclass
-class _Pending:
-    chat: list[dict[str, str]]
-    key: tuple  # requests generate together only with equal max_tokens and sampling
-    future: asyncio.Future
-    loop: asyncio.AbstractEventLoop
+@dataclass(frozen=True)
+class Decoding:
+    """What the rows of one generate call must share (sampling is per batch in transformers)."""
+    max_tokens: int
+    temperature: float | None = None  # None or 0: greedy
+    top_p: float | None = None
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    strip: bool = True  # chat answers stripped (as evaluation scores them); a plain prompt's continuation kept whole
+
+    @property
+    def do_sample(self) -> bool:
+        return bool(self.temperature)
+
+
+class Job:
+    """One request: its rows (n choices of each prompt) and the events its handler reads.
+
+    The generation thread reports on the request's event loop (call_soon_threadsafe), in order:
+    ("start",) when its batch begins, ("text", choice, piece) as a streamed row grows, ("row",
+    choice, Generation) when a row ends, ("error", exception) if the batch fails.
+    """
+
+    def __init__(self, prompts: list[str], decoding: Decoding, stream: bool, loop: asyncio.AbstractEventLoop):
+        self.prompts, self.decoding, self.stream, self.loop = prompts, decoding, stream, loop
+        self.events: asyncio.Queue[tuple] = asyncio.Queue()
+        self.cancelled = threading.Event()  # read by the generation thread at every step
+        self.results: dict[int, inference.Generation] = {}
+        self.closed = False
+        # a seeded request samples alone: its answers then depend on its seed, not on its neighbours
+        self.key: tuple = (decoding, id(self)) if decoding.seed is not None and decoding.do_sample else (decoding,)
+
+    def tell(self, *event) -> None:
+        """From the generation thread: an event for the handler (dropped once the loop is gone)."""
+        try:
+            self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+        except RuntimeError:  # the event loop closed (server shutting down)
+            pass
+
+    async def next_event(self, deadline: float) -> tuple:
+        """The next event; TimeoutError past `deadline` (loop time)."""
+        return await asyncio.wait_for(self.events.get(), max(0.0, deadline - self.loop.time()))
 
 
 @dataclass
@@ -118,6 +235,7 @@ class Stats:
     generate_seconds: float = 0.0
     rejected_busy: int = 0      # 503: the queue was full
     timed_out: int = 0          # 504: not answered within the time limit
+    cancelled_rows: int = 0     # rows stopped before their end: the client left or timed out
     batch_sizes: list[int] = field(default_factory=list)
 
 
@@ -132,11 +250,14 @@ class Backend:
         self.max_batch_size, self.batch_wait = max_batch_size, batch_wait_ms / 1000
         self.max_queue, self.request_timeout_s = max_queue, request_timeout_s
         self.waiting = 0  # accepted, not yet answered (changed on the event loop only)
+        self.streams = 0  # streams open now (event loop only)
+        self.generating = 0  # rows of the running batch not yet ended (generation thread only)
         self.stats = Stats()
         # The generation thread sets padding on the fast tokenizer while requests are encoded: a
         # shared Rust tokenizer then raises "Already borrowed". Requests get an identical copy.
         self.request_tokenizer = copy.deepcopy(lm.tokenizer)
-        self._queue: queue.Queue[_Pending | None] = queue.Queue()
+        self._queue: queue.Queue[Job | None] = queue.Queue()
+        self._held: deque[Job] = deque()  # taken from the queue but not in the last batch (no room)
         self._thread = threading.Thread(target=self._loop, name="polo-generate", daemon=True)
         self._thread.start()
 
@@ -151,30 +272,67 @@ class Backend:
     def count_tokens(self, text: str) -> int:
         return len(self.request_tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    async def generate(self, chat: list[dict[str, str]], max_tokens: int, temperature: float | None,
-                       top_p: float | None) -> inference.Generation:
-        """The answer, generated in a batch with whatever else is waiting. ApiError 503 (with
-        Retry-After) when max_queue requests already wait; 504 past request_timeout_s."""
+    # ------------------------------------------------ on the event loop
+    def submit(self, prompts: list[str], decoding: Decoding, stream: bool = False) -> Job:
+        """Queue a request's rows; ApiError 503 (with Retry-After) when max_queue requests already wait.
+        The caller must `release` the job once answered."""
         if self.waiting >= self.max_queue:
             self.stats.rejected_busy += 1
             wait = self.retry_after()
             raise ApiError(503, f"the server is busy: {self.waiting} requests are waiting (its queue holds "
                                 f"{self.max_queue}); retry in {wait} s.", type_="server_error", code="overloaded",
                            headers={"Retry-After": str(wait)})
-        loop = asyncio.get_running_loop()
-        sampling = (True, float(temperature), float(top_p or 1.0)) if temperature else (False, 1.0, 1.0)
-        pending = _Pending(chat, (max_tokens, *sampling), loop.create_future(), loop)
+        job = Job(prompts, decoding, stream, asyncio.get_running_loop())
         self.waiting += 1
+        self.streams += stream
+        self._queue.put(job)
+        return job
+
+    def release(self, job: Job) -> None:
+        """The request is answered or gone: rows still generating stop at their next token."""
+        if job.closed:
+            return
+        job.closed = True
+        job.cancelled.set()
+        self.waiting -= 1
+        self.streams -= job.stream
+
+    async def complete(self, prompts: list[str], decoding: Decoding) -> list[inference.Generation]:
+        """Every row's Generation, generated in a batch with whatever else is waiting. ApiError 503
+        when the queue is full, 504 past request_timeout_s (its rows then stop generating)."""
+        job = self.submit(prompts, decoding)
+        deadline = job.loop.time() + self.request_timeout_s
         try:
-            self._queue.put(pending)
-            return await asyncio.wait_for(pending.future, self.request_timeout_s)  # cancels it on time out
+            while len(job.results) < len(prompts):
+                event = await job.next_event(deadline)
+                if event[0] == "row":
+                    job.results[event[1]] = event[2]
+                elif event[0] == "error":
+                    raise event[1]
+            return [job.results[i] for i in range(len(prompts))]
         except asyncio.TimeoutError:
             self.stats.timed_out += 1
-            raise ApiError(504, f"no answer within the server's limit of {self.request_timeout_s:g} s per request "
-                                "(it is busy, or max_tokens is large for this machine); retry, or ask for fewer "
-                                "tokens.", type_="server_error", code="timeout") from None
+            raise _timeout_error(self.request_timeout_s) from None
         finally:
-            self.waiting -= 1
+            self.release(job)
+
+    async def open_stream(self, prompts: list[str], decoding: Decoding) -> tuple[Job, float]:
+        """A streamed request whose batch has begun, and its deadline (loop time). The wait in the queue
+        ends in 503 (full) or 504 (too long) before the response starts, so those keep their status."""
+        job = self.submit(prompts, decoding, stream=True)
+        deadline = job.loop.time() + self.request_timeout_s
+        try:
+            event = await job.next_event(deadline)
+        except BaseException as e:  # timed out in the queue, or the handler was cancelled
+            self.release(job)
+            if isinstance(e, asyncio.TimeoutError):
+                self.stats.timed_out += 1
+                raise _timeout_error(self.request_timeout_s) from None
+            raise
+        if event[0] == "error":
+            self.release(job)
+            raise event[1]
+        return job, deadline
 
     def retry_after(self) -> int:
         """Seconds until the queue has room, from the batches served so far (at least 1)."""
@@ -185,90 +343,237 @@ class Backend:
         self._queue.put(None)
         self._thread.join(timeout=30)
 
-    def _collect(self, first: _Pending) -> list[_Pending]:
-        batch, deadline = [first], time.monotonic() + self.batch_wait
-        while len(batch) < self.max_batch_size:
+    # ------------------------------------------------ in the generation thread
+    def _next(self, timeout: float | None) -> Job | None:
+        """A held job first, else the queue's next; None when closing. queue.Empty after `timeout`."""
+        if self._held:
+            return self._held.popleft()
+        item = self._queue.get(timeout=timeout) if timeout is not None else self._queue.get()
+        if item is None:
+            self._queue.put(None)  # every later call sees it too
+        return item
+
+    def _collect(self, first: Job) -> list[Job]:
+        """`first` and the jobs that arrive within batch_wait, up to max_batch_size rows in all."""
+        batch, rows, deadline = [first], len(first.prompts), time.monotonic() + self.batch_wait
+        while rows < self.max_batch_size:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
             try:
-                item = self._queue.get(timeout=remaining)
+                item = self._next(remaining)
             except queue.Empty:
                 break
             if item is None:  # closing: finish this batch, then stop
-                self._queue.put(None)
+                break
+            if rows + len(item.prompts) > self.max_batch_size:
+                self._held.appendleft(item)  # first in the next batch
                 break
             batch.append(item)
+            rows += len(item.prompts)
         return batch
 
     def _loop(self) -> None:
         while True:
-            first = self._queue.get()
+            first = self._next(None)
             if first is None:
                 return
-            groups: dict[tuple, list[_Pending]] = {}
-            for item in self._collect(first):
-                if not item.future.cancelled():  # timed out while it waited: nobody reads the answer
-                    groups.setdefault(item.key, []).append(item)
-            for (max_tokens, do_sample, temperature, top_p), items in groups.items():
-                start = time.perf_counter()
-                try:
-                    gens = inference.generate(self.lm, [i.chat for i in items], max_new_tokens=max_tokens,
-                                              batch_size=len(items), do_sample=do_sample,
-                                              temperature=temperature, top_p=top_p)
-                except Exception as e:  # one bad batch must not kill the server
-                    log.exception("generation failed")
-                    for i in items:
-                        i.loop.call_soon_threadsafe(_resolve, i.future, None, e)
-                    continue
-                s = self.stats
-                s.batches += 1
-                s.requests += len(items)
-                s.largest_batch = max(s.largest_batch, len(items))
-                s.batch_sizes.append(len(items))
-                s.generated_tokens += sum(g.new_tokens for g in gens)
-                s.generate_seconds += time.perf_counter() - start
-                for i, g in zip(items, gens):
-                    i.loop.call_soon_threadsafe(_resolve, i.future, g, None)
+            groups: dict[tuple, list[Job]] = {}
+            for job in self._collect(first):
+                if not job.cancelled.is_set():  # timed out or gone while it waited: nobody reads the answer
+                    groups.setdefault(job.key, []).append(job)
+            for jobs in groups.values():
+                self._generate(jobs)
 
+    def _generate(self, jobs: list[Job]) -> None:
+        rows = [(job, choice) for job in jobs for choice in range(len(job.prompts))]
+        d = jobs[0].decoding
+        streamed = any(job.stream for job in jobs)
 
-def _resolve(future: asyncio.Future, result, error) -> None:
-    if future.done():  # the client went away
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(result)
+        def on_text(i: int, piece: str) -> None:
+            job, choice = rows[i]
+            if job.stream:
+                job.tell("text", choice, piece)
+
+        def on_done(i: int, gen: inference.Generation) -> None:
+            job, choice = rows[i]
+            self.generating -= 1
+            self.stats.cancelled_rows += gen.cancelled
+            job.tell("row", choice, gen)
+
+        # Counted before any row ends: a request is answered the moment its rows end, and whoever
+        # reads the stats then (/health, a test) must find its batch there already.
+        s = self.stats
+        s.batches += 1
+        s.requests += len(jobs)
+        s.largest_batch = max(s.largest_batch, len(rows))
+        s.batch_sizes.append(len(rows))
+        for job in jobs:
+            job.tell("start")
+        self.generating = len(rows)
+        start = time.perf_counter()
+        try:
+            gens = inference.generate_prompts(
+                self.lm, [job.prompts[choice] for job, choice in rows], max_new_tokens=d.max_tokens,
+                batch_size=len(rows), do_sample=d.do_sample, temperature=d.temperature or 1.0, top_p=d.top_p or 1.0,
+                stop=d.stop, seed=d.seed, strip=d.strip, on_text=on_text if streamed else None, on_done=on_done,
+                cancelled=lambda i: rows[i][0].cancelled.is_set())
+            s.generated_tokens += sum(g.new_tokens for g in gens)
+            s.generate_seconds += time.perf_counter() - start
+        except Exception as e:  # one bad batch must not kill the server
+            log.exception("generation failed")
+            for job in jobs:
+                job.tell("error", e)
+        finally:
+            self.generating = 0  # after the stats: /health's idle means the figures are final
 
 
 # ---------------------------------------------------------------- the app
 
-def validate(req: ChatRequest, backend: Backend) -> tuple[list[dict[str, str]], str, int, int]:
-    """(chat, prompt, prompt tokens, max_tokens) or an ApiError naming the field and the fix."""
+def _stops(stop: str | list[str] | None) -> tuple[str, ...]:
+    stops = [stop] if isinstance(stop, str) else list(stop or [])
+    if len(stops) > MAX_STOP:
+        raise ApiError(400, f"stop has {len(stops)} strings; at most {MAX_STOP} are allowed.", "stop")
+    return tuple(s for s in stops if s)  # an empty string would end every answer before it starts
+
+
+def check_sampling(req: _Sampling, backend: Backend, prompts: int, max_tokens: int) -> Decoding:
+    """What every endpoint checks (fields it cannot honour, model, n, stream options, stop, max_tokens)
+    and the Decoding the request's rows share; an ApiError naming the field and the fix."""
+    if unsupported := req.unsupported():
+        raise ApiError(400, "this server does not support " + "; ".join(unsupported) + ". Remove the field(s) or "
+                            "send their default.", unsupported[0].split(" ")[0], code="unsupported_parameter")
     if req.model and req.model != backend.model_id:
         raise ApiError(404, f"model '{req.model}' is not served here; this server serves "
                             f"'{backend.model_id}' (GET /v1/models).", "model", code="model_not_found")
-    if req.stream:
-        raise ApiError(400, "stream=true is not supported by this server; send stream=false.", "stream")
-    if req.n != 1:
-        raise ApiError(400, f"n={req.n}: this server returns one choice; send n=1.", "n")
+    if req.n > 1 and not req.temperature:
+        raise ApiError(400, f"n={req.n} with greedy decoding (temperature unset or 0, this server's default) "
+                            f"would return {req.n} identical choices: set temperature > 0 (e.g. 0.7) to sample "
+                            f"{req.n} different answers, or send n=1.", "n")
+    if prompts * req.n > backend.max_batch_size:
+        asked = f"n={req.n}" + (f" for each of {prompts} prompts" if prompts > 1 else "")
+        raise ApiError(400, f"{asked} asks for {prompts * req.n} answers at once; this server generates at most "
+                            f"{backend.max_batch_size} together (--max-batch-size). Ask for fewer.", "n")
+    if req.stream_options is not None and not req.stream:
+        raise ApiError(400, "stream_options is only allowed with stream=true.", "stream_options")
+    if max_tokens > backend.max_tokens_limit:
+        raise ApiError(400, f"max_tokens={max_tokens} is over this server's limit of "
+                            f"{backend.max_tokens_limit}; ask for fewer.", "max_tokens")
+    return Decoding(max_tokens, req.temperature, req.top_p, _stops(req.stop), req.seed)
+
+
+def _check_length(n_prompt: int, max_tokens: int, backend: Backend, param: str) -> None:
+    if n_prompt + max_tokens > backend.max_seq_length:
+        raise ApiError(400, f"the prompt is {n_prompt} tokens and max_tokens is {max_tokens}: together over "
+                            f"the model's max_seq_length of {backend.max_seq_length} tokens. Shorten the "
+                            f"{param} or lower max_tokens.", param, code="context_length_exceeded")
+
+
+def validate(req: ChatRequest, backend: Backend) -> tuple[list[dict[str, str]], str, int, Decoding]:
+    """(chat, prompt, prompt tokens, decoding) or an ApiError naming the field and the fix."""
+    max_tokens = req.max_completion_tokens or req.max_tokens or min(DEFAULT_MAX_TOKENS, backend.max_tokens_limit)
+    decoding = check_sampling(req, backend, 1, max_tokens)
     if req.messages[-1].role != "user":
         raise ApiError(400, f"the last message has role '{req.messages[-1].role}'; it must be 'user' "
                             "(the model answers the user's last message).", "messages")
     if any(m.role == "system" for m in req.messages[1:]):
         raise ApiError(400, "a 'system' message may only come first.", "messages")
-    max_tokens = req.max_completion_tokens or req.max_tokens or min(DEFAULT_MAX_TOKENS, backend.max_tokens_limit)
-    if max_tokens > backend.max_tokens_limit:
-        raise ApiError(400, f"max_tokens={max_tokens} is over this server's limit of "
-                            f"{backend.max_tokens_limit}; ask for fewer.", "max_tokens")
     chat = [{"role": m.role, "content": m.text()} for m in req.messages]
     prompt = backend.render(chat)
     n_prompt = backend.count_tokens(prompt)
-    if n_prompt + max_tokens > backend.max_seq_length:
-        raise ApiError(400, f"the prompt is {n_prompt} tokens and max_tokens is {max_tokens}: together over "
-                            f"the model's max_seq_length of {backend.max_seq_length} tokens. Shorten the "
-                            "messages or lower max_tokens.", "messages", code="context_length_exceeded")
-    return chat, prompt, n_prompt, max_tokens
+    _check_length(n_prompt, max_tokens, backend, "messages")
+    return chat, prompt, n_prompt, decoding
+
+
+def validate_completion(req: CompletionRequest, backend: Backend) -> tuple[list[str], int, Decoding]:
+    """(prompts, prompt tokens in all, decoding) for /v1/completions: each prompt as given, no chat template."""
+    prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
+    decoding = check_sampling(req, backend, len(prompts), req.max_tokens or COMPLETIONS_MAX_TOKENS)
+    if not prompts or not all(p.strip() for p in prompts):
+        raise ApiError(400, "prompt is empty: give the text to continue.", "prompt")
+    counts = [backend.count_tokens(p) for p in prompts]
+    _check_length(max(counts), decoding.max_tokens, backend, "prompt")
+    # the continuation as generated: " Paris" after "The capital of France is" keeps its space
+    return prompts, sum(counts), dataclasses.replace(decoding, strip=False)
+
+
+def _sse(data: dict[str, Any]) -> str:
+    return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+def _finish_reason(gen: inference.Generation) -> str:
+    return "stop" if gen.stopped else "length"
+
+
+def _usage(prompt_tokens: int, gens: list[inference.Generation]) -> dict[str, int]:
+    completion = sum(g.new_tokens for g in gens)
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion, "total_tokens": prompt_tokens + completion}
+
+
+async def stream_events(backend: Backend, job: Job, deadline: float, chat: bool, prompt_tokens: int,
+                        include_usage: bool) -> AsyncIterator[str]:
+    """A started job's events as OpenAI's server-sent events: (chat) a role chunk per choice, then
+    one chunk per text piece and one with each choice's finish_reason, a usage chunk when asked,
+    `data: [DONE]`. Each chunk carries one choice (clients read choices[0]). Past the deadline, or if
+    generation fails, an error event in OpenAI's shape ends the stream (the openai client raises it)."""
+    ident, created = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}", int(time.time())
+
+    def chunk(choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> str:
+        body = {"id": ident, "object": "chat.completion.chunk" if chat else "text_completion", "created": created,
+                "model": backend.model_id, "choices": choices}
+        if include_usage:
+            body["usage"] = usage  # null on every chunk but the last, as OpenAI sends it
+        return _sse(body)
+
+    def choice(index: int, text: str | None = None, finish: str | None = None, role: bool = False) -> dict[str, Any]:
+        if not chat:
+            return {"index": index, "text": text or "", "logprobs": None, "finish_reason": finish}
+        delta = {"role": "assistant", "content": ""} if role else {} if text is None else {"content": text}
+        return {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
+
+    try:
+        if chat:
+            for index in range(len(job.prompts)):
+                yield chunk([choice(index, role=True)])
+        while len(job.results) < len(job.prompts):
+            event = await job.next_event(deadline)
+            if event[0] == "text":
+                yield chunk([choice(event[1], event[2])])
+            elif event[0] == "row":
+                job.results[event[1]] = event[2]
+                yield chunk([choice(event[1], finish=_finish_reason(event[2]))])
+            elif event[0] == "error":
+                raise event[1]
+        if include_usage:
+            yield chunk([], _usage(prompt_tokens, list(job.results.values())))
+        yield "data: [DONE]\n\n"
+    except asyncio.TimeoutError:
+        backend.stats.timed_out += 1
+        yield _sse(_timeout_error(backend.request_timeout_s).body())
+    except Exception as e:  # headers are sent: the error goes in the stream
+        log.exception("a streamed answer failed")
+        yield _sse(ApiError(500, f"generation failed: {type(e).__name__}: {e}", type_="server_error").body())
+    finally:
+        backend.release(job)
+
+
+class EventStream(StreamingResponse):
+    """Server-sent events that release their job however the response ends. stream_events
+    releases in its finally (finished, or cancelled by Starlette when the client leaves); this
+    covers a response ended before the generator's first step, whose finally would never run
+    (not seen with uvicorn 0.54 and Starlette 1.10, where the generator always starts: a cheap
+    guard against a leaked queue slot, release is idempotent)."""
+
+    def __init__(self, events: AsyncIterator[str], on_close: Callable[[], None]):
+        super().__init__(events, media_type="text/event-stream",
+                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        self.on_close = on_close
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.on_close()
 
 
 def check_api_key(api_key: str | None) -> str | None:
@@ -313,8 +618,10 @@ def create_app(backend: Backend, api_key: str | None = None) -> FastAPI:
         s = backend.stats
         return {"status": "ok", "model": backend.model_id, "requests": s.requests, "batches": s.batches,
                 "largest_batch": s.largest_batch, "max_seq_length": backend.max_seq_length,
-                "waiting": backend.waiting, "max_queue": backend.max_queue, "rejected_busy": s.rejected_busy,
-                "timed_out": s.timed_out, "api_key_required": expected is not None}
+                "waiting": backend.waiting, "max_queue": backend.max_queue, "generating": backend.generating,
+                "max_batch_size": backend.max_batch_size, "streams": backend.streams,
+                "cancelled_rows": s.cancelled_rows, "rejected_busy": s.rejected_busy, "timed_out": s.timed_out,
+                "api_key_required": expected is not None}
 
     @app.get("/v1/models")
     def models():
@@ -326,18 +633,30 @@ def create_app(backend: Backend, api_key: str | None = None) -> FastAPI:
         chat, prompt, n_prompt, _ = validate(req, backend)
         return {"prompt": prompt, "prompt_tokens": n_prompt}
 
+    async def answer(prompts: list[str], decoding: Decoding, req: _Sampling, prompt_tokens: int, chat: bool):
+        if req.stream:
+            job, deadline = await backend.open_stream(prompts, decoding)
+            usage = bool(req.stream_options and req.stream_options.include_usage)
+            return EventStream(stream_events(backend, job, deadline, chat, prompt_tokens, usage),
+                               lambda: backend.release(job))
+        gens = await backend.complete(prompts, decoding)
+        ident, created = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}", int(time.time())
+        choices = [{"index": i, "logprobs": None, "finish_reason": _finish_reason(g),
+                    **({"message": {"role": "assistant", "content": g.text}} if chat else {"text": g.text})}
+                   for i, g in enumerate(gens)]
+        return {"id": ident, "object": "chat.completion" if chat else "text_completion", "created": created,
+                "model": backend.model_id, "choices": choices, "usage": _usage(prompt_tokens, gens)}
+
     @app.post("/v1/chat/completions")
     async def chat_completions(req: ChatRequest):
-        chat, _, n_prompt, max_tokens = validate(req, backend)
-        gen = await backend.generate(chat, max_tokens, req.temperature, req.top_p)
-        return {
-            "id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion", "created": int(time.time()),
-            "model": backend.model_id,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": gen.text},
-                         "finish_reason": "stop" if gen.stopped else "length"}],
-            "usage": {"prompt_tokens": n_prompt, "completion_tokens": gen.new_tokens,
-                      "total_tokens": n_prompt + gen.new_tokens},
-        }
+        _, prompt, n_prompt, decoding = validate(req, backend)
+        return await answer([prompt] * req.n, decoding, req, n_prompt, chat=True)
+
+    @app.post("/v1/completions")
+    async def completions(req: CompletionRequest):
+        prompts, n_prompt, decoding = validate_completion(req, backend)
+        # choice i*n + j is the j-th answer to prompt i, as OpenAI orders them
+        return await answer([p for p in prompts for _ in range(req.n)], decoding, req, n_prompt, chat=False)
 
     return app
 
