@@ -151,8 +151,10 @@ def test_resumed_run_matches_uninterrupted_run(smoke):
     a = train.read_train_log(whole.logs / "train_log.csv")
     b = train.read_train_log(broken.logs / "train_log.csv")
     assert list(a["step"]) == list(b["step"])
-    pd.testing.assert_series_equal(a["loss"], b["loss"], rtol=1e-5)
-    pd.testing.assert_series_equal(a["eval_loss"], b["eval_loss"], rtol=1e-5)
+    # NF4: the resumed steps agree to float rounding, not bit for bit (measured here: at most 1.5e-5
+    # relative, in the last step); a resume that lost the optimizer state or the schedule moves them ~1e-2.
+    pd.testing.assert_series_equal(a["loss"], b["loss"], rtol=1e-4)
+    pd.testing.assert_series_equal(a["eval_loss"], b["eval_loss"], rtol=1e-4)
 
 
 def test_fresh_start_in_a_run_with_checkpoints_is_refused(smoke, monkeypatch):
