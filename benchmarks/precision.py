@@ -84,6 +84,10 @@ def bench_precision(overrides: dict | None = None, pair: tuple[str, str] = PAIR)
     return out
 
 
+def _cell(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
 def markdown(p: dict) -> list[str]:
     runs = p["runs"]
     names = [n for n in p["pair"] if "error" not in runs[n]]
@@ -95,13 +99,13 @@ def markdown(p: dict) -> list[str]:
             ("training tokens/s", "tokens_per_s"), ("prepare + train s", "train_and_prepare_seconds"),
             ("peak RSS GiB", "peak_rss_gib"), ("loss first", "loss_first"), ("loss last", "loss_last")]
     for label, key in rows:
-        lines.append(f"| {label} | " + " | ".join(str(runs[n].get(key)) for n in names) + " |")
+        lines.append(f"| {label} | " + " | ".join(_cell(runs[n].get(key)) for n in names) + " |")
     lines.append("| eval loss by step | " + " | ".join(
         ", ".join(f"{s}: {v}" for s, v in runs[n]["eval_loss_curve"]) for n in names) + " |")
     for which in ("base", "tuned"):
         scores = {n: (runs[n].get("final_metrics") or {}).get(which) or {} for n in names}
         for k in sorted({k for n in names for k, v in scores[n].items() if isinstance(v, (int, float))}):
-            lines.append(f"| {which} {k} | " + " | ".join(str(scores[n].get(k)) for n in names) + " |")
+            lines.append(f"| {which} {k} | " + " | ".join(_cell(scores[n].get(k)) for n in names) + " |")
     lines += ["", "Read on a CPU only: bitsandbytes' CPU backend dequantizes each NF4 weight for every matmul, "
               "so neither the speed nor (at 135M parameters) the memory says what a GPU will do; the losses "
               "and metrics say what NF4's rounding costs the recipe.", ""]

@@ -29,6 +29,19 @@ from typing import Any
 RAW_FILE = "data/raw/yolo_v1.json"
 
 
+def in_waves(ask, paragraphs: list[str], concurrency: int) -> tuple[list, float]:
+    """One warm-up request, then `ask` on every paragraph, `concurrency` at a time in waves: the
+    answers and the wall seconds of the waves."""
+    import concurrent.futures as cf
+
+    ask(paragraphs[0])
+    results, start = [], time.perf_counter()
+    with cf.ThreadPoolExecutor(concurrency) as pool:
+        for i in range(0, len(paragraphs), concurrency):
+            results += list(pool.map(ask, paragraphs[i:i + concurrency]))
+    return results, time.perf_counter() - start
+
+
 def load_test(base_url: str, concurrency: int, requests: int = 8, max_tokens: int = 64,
               raw_file: str = RAW_FILE) -> dict[str, Any]:
     """Latency and tokens/s of a running server with `concurrency` clients sending Easy prompts.
@@ -37,7 +50,6 @@ def load_test(base_url: str, concurrency: int, requests: int = 8, max_tokens: in
     concurrency, sent in waves of `concurrency` at once, so the levels compare like for like.
     One request first warms the server up and is not counted.
     """
-    import concurrent.futures as cf
     import statistics
 
     import httpx
@@ -56,12 +68,7 @@ def load_test(base_url: str, concurrency: int, requests: int = 8, max_tokens: in
         usage = r.json()["usage"]
         return time.perf_counter() - start, usage["completion_tokens"], usage["prompt_tokens"]
 
-    ask(paragraphs[0])
-    results, start = [], time.perf_counter()
-    with cf.ThreadPoolExecutor(concurrency) as pool:
-        for i in range(0, len(paragraphs), concurrency):
-            results += list(pool.map(ask, paragraphs[i:i + concurrency]))
-    wall = time.perf_counter() - start
+    results, wall = in_waves(ask, paragraphs, concurrency)
     latencies = [r[0] for r in results]
     tokens = sum(r[1] for r in results)
     return {"concurrency": concurrency, "requests": len(results), "max_tokens": max_tokens,
@@ -74,7 +81,6 @@ def stream_test(base_url: str, concurrency: int, requests: int = 8, max_tokens: 
                 raw_file: str = RAW_FILE, api_key: str | None = None) -> dict[str, Any]:
     """First-token latency and tokens/s of `concurrency` streams at once: the same chats as
     load_test, stream=true with stream_options.include_usage, in waves; one warm-up stream first."""
-    import concurrent.futures as cf
     import statistics
 
     import httpx
@@ -107,12 +113,7 @@ def stream_test(base_url: str, concurrency: int, requests: int = 8, max_tokens: 
         end = time.perf_counter() - start
         return (first if first is not None else end), end, tokens
 
-    ask(paragraphs[0])
-    results, start = [], time.perf_counter()
-    with cf.ThreadPoolExecutor(concurrency) as pool:
-        for i in range(0, len(paragraphs), concurrency):
-            results += list(pool.map(ask, paragraphs[i:i + concurrency]))
-    wall = time.perf_counter() - start
+    results, wall = in_waves(ask, paragraphs, concurrency)
     firsts = [r[0] for r in results]
     tokens = sum(r[2] for r in results)
     # after its first piece a stream's own rate: the tokens that followed over the time they took

@@ -70,6 +70,20 @@ def tiny_smollm2_run(tmp_path_factory):
                             overrides={"model.model_name": str(folder)})
 
 
+@pytest.fixture(scope="module")
+def tiny_server(tiny_run):
+    """`polo serve` of the module's tiny run in a background thread: (backend, base URL)."""
+    from polo_lib.deploy import serve
+
+    backend = serve.load_backend(tiny_run, max_batch_size=8, batch_wait_ms=50)
+    port = free_port()
+    server = serve.start_in_thread(serve.create_app(backend), port=port)
+    yield backend, f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    server.thread.join(timeout=10)
+    backend.close()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -171,17 +171,6 @@ def test_export_refusals_leave_nothing_half_written(tiny_run):
 
 # ---------------------------------------------------------------- server
 
-@pytest.fixture(scope="module")
-def tiny_server(tiny_run):
-    backend = serve.load_backend(tiny_run, max_batch_size=8, batch_wait_ms=50)
-    port = free_port()
-    server = serve.start_in_thread(serve.create_app(backend), port=port)
-    yield backend, f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    server.thread.join(timeout=10)
-    backend.close()
-
-
 def test_server_answers_the_openai_client_with_the_training_template(tiny_server, tiny_run):
     from openai import OpenAI
     from transformers import AutoTokenizer

@@ -27,14 +27,9 @@ LONG = [{"role": "user", "content": "grid grid grid grid"}]
 
 
 @pytest.fixture(scope="module")
-def server(tiny_run):
-    backend = serve.load_backend(tiny_run, max_batch_size=8, batch_wait_ms=50)
-    port = free_port()
-    running = serve.start_in_thread(serve.create_app(backend), port=port)
-    yield backend, f"http://127.0.0.1:{port}"
-    running.should_exit = True
-    running.thread.join(timeout=10)
-    backend.close()
+def server(tiny_server):
+    """`polo serve` of the module's tiny run in a thread (adapter_runs.tiny_server)."""
+    return tiny_server
 
 
 def client(url: str, key: str = "not-needed"):
