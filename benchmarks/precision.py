@@ -32,23 +32,21 @@ def run_one(params_file: str, overrides: dict, out: Path) -> dict:
     from polo_lib import device, pipeline, runs
     from polo_lib.model import import_unsloth
 
-    import_unsloth()
+    import_unsloth()  # before polo_lib.train pulls in transformers and TRL
+    from polo_lib.model import count_4bit_layers
+    from polo_lib.train import read_train_log
+
     cfg = pipeline.resolve(params_file, overrides)
     run = runs.open_run(cfg)
     start = time.perf_counter()
     pipeline.prepare_stage(cfg, run)
     session = pipeline.train_stage(cfg, run, live=False)
     train_seconds = time.perf_counter() - start
-    from polo_lib import model as model_lib
-
-    four_bit_layers = model_lib.count_4bit_layers(session.lm.model)
+    four_bit_layers = count_4bit_layers(session.lm.model)
     del session
     pipeline.evaluate_stage(cfg, run)
     summary = run.summary()
-    log_path = run.logs / "train_log.csv"
-    from polo_lib.train import read_train_log
-
-    log = read_train_log(log_path)
+    log = read_train_log(run.logs / "train_log.csv")
     evals = log[log["eval_loss"].notna()].drop_duplicates("step", keep="last")
     evaluation = summary.evaluation
     figures = {
