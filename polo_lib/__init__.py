@@ -1,12 +1,12 @@
 """polo_lib: the library under the notebooks. Flat for notebooks (`from polo_lib import data,
 model, params, runs, train`), layered inside; imports only point down (tests/test_layers.py):
 
-  core           paths, atomic, errors, prompts, params, notebook, device, progress
+  core           paths, atomic, errors, prompts, registry, params, notebook, device, progress, unsloth_first
   models         model, local_models, inference
-  stages         data, train, evaluate, metrics, plots
+  stages         data, train, task_eval, trackers, evaluate, metrics/, plots
   records        runs, reports
-  orchestration  pipeline (the recipe, once), preflight, queues, compare, sweeps/
-  edges          deploy/ (export, serve, chat_app), cli, colab (the notebooks' Colab install)
+  orchestration  pipeline, preflight, queues, compare, sweeps/
+  edges          deploy/, cli, colab
 
 Nothing is imported here: `import polo_lib` stays cheap, and Unsloth is imported first by
 whoever loads a model (model.import_unsloth).

@@ -20,8 +20,9 @@ from typing import Any
 
 import yaml
 
+from . import device, paths, pipeline, registry, reports, runs
 from . import params as params_lib
-from . import paths, pipeline, reports, runs
+from .deploy import limits
 from .errors import ParamsError, PoloError
 
 
@@ -258,6 +259,11 @@ def cmd_chat(args) -> int:
     return 0
 
 
+def _choices_help(choices: dict[str, str]) -> str:
+    """'name: what it is; ...' for a registry's choices (argparse shows the list itself)."""
+    return "; ".join(f"{name}: {what}" for name, what in choices.items())
+
+
 def _with_params(p, sets: bool = True):
     p.add_argument("params", help="a name in params/ (cpu, default, smoke) or a path to a .yaml file")
     if sets:
@@ -286,8 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "check params, files, model, data, template and memory; train nothing"))
     p = _with_params(command("plan", cmd_plan, "what a params file would run with on this or another machine "
                                                "(precision, optimizer, schedule, parameters, memory); loads nothing"))
-    p.add_argument("--device", default="here", help="here (this machine) or a profile: t4, a10g, rtx4090, "
-                                                    "h100, h200, cuda-no-bitsandbytes, cpu")
+    p.add_argument("--device", default="here", choices=["here", *device.PROFILES],
+                   help="here (this machine) or a machine profile")
     json_help = "print the result as JSON on stdout (what is printed on the way goes to stderr)"
     p = command("queue", cmd_queue, "run a queue of variants (or a chained pipeline) from a YAML file")
     p.add_argument("file", help="a queue file: a name in params/queues/ (cpu_lr, cpu_two_stage) or a path")
@@ -301,15 +307,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("sweep", cmd_sweep, "hyperparameter sweep (Optuna, or Ray Tune): each trial a run folder")
     p.add_argument("file", nargs="?", help="a sweep file: a name in params/sweeps/ (smoke, cpu_lr) or a path")
     p.add_argument("--resume", default=None, metavar="SWEEP_ID", help="continue an interrupted sweep")
-    p.add_argument("--engine", default="optuna", choices=["optuna", "ray"],
-                   help="optuna: trials in this process; ray: Ray Tune, one trial per GPU or per N CPUs")
+    p.add_argument("--engine", default=next(iter(registry.SWEEP_ENGINES)), choices=registry.SWEEP_ENGINES,
+                   help=_choices_help(registry.SWEEP_ENGINES))
     p.add_argument("--address", default=None, help="ray: an existing cluster (e.g. auto or HOST:6379)")
     p.add_argument("--n-trials", type=int, default=None, help="replace the file's n_trials (e.g. a quick try)")
     p.add_argument("--json", action="store_true", help=json_help)
     p = command("export", cmd_export, "export a run: its adapter, a merged 16-bit model, or GGUF")
     p.add_argument("run_id", help=runs.REF_HELP)
-    p.add_argument("--format", required=True, choices=("adapter", "merged", "gguf"),
-                   help="adapter: the LoRA adapter as trained; merged: base + adapter, 16-bit; gguf: llama.cpp files")
+    p.add_argument("--format", required=True, choices=registry.EXPORT_FORMATS,
+                   help=_choices_help(registry.EXPORT_FORMATS))
     p.add_argument("--gguf-types", default="f16,q8_0", help="comma-separated: f16, bf16, q8_0")
     p.add_argument("--force", action="store_true", help="replace an existing export/<format>/")
     p = command("explain", cmd_explain, "a whole paper in easy Korean, paragraph by paragraph, side by side")
@@ -331,11 +337,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to listen on every interface (Docker)")
     p.add_argument("--port", type=int, default=8000, help="port to listen on")
     p.add_argument("--merged", action="store_true", help="serve export/merged instead of base + adapter")
-    p.add_argument("--max-batch-size", type=int, default=8, help="requests generated together")
-    p.add_argument("--batch-wait-ms", type=float, default=50, help="how long a batch waits for company")
-    p.add_argument("--max-tokens-limit", type=int, default=1024, help="largest max_tokens a request may ask")
-    p.add_argument("--max-queue", type=int, default=256, help="requests that may wait at once; one more gets 503")
-    p.add_argument("--timeout", type=float, default=300, help="seconds a request may wait and generate (then 504)")
+    p.add_argument("--max-batch-size", type=int, default=limits.MAX_BATCH_SIZE, help="requests generated together")
+    p.add_argument("--batch-wait-ms", type=float, default=limits.BATCH_WAIT_MS,
+                   help="how long a batch waits for company")
+    p.add_argument("--max-tokens-limit", type=int, default=limits.MAX_TOKENS_LIMIT,
+                   help="largest max_tokens a request may ask")
+    p.add_argument("--max-queue", type=int, default=limits.MAX_QUEUE,
+                   help="requests that may wait at once; one more gets 503")
+    p.add_argument("--timeout", type=float, default=limits.REQUEST_TIMEOUT_S,
+                   help="seconds a request may wait and generate (then 504)")
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on every endpoint but "
                    "/health (default: $POLO_API_KEY if set, else no key; prefer the variable: a command line "
                    "is visible to other users)")

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 
 import pandas as pd
 
-from . import plots, runs
+from . import plots, registry, runs
 from .errors import RunError
 
 
@@ -73,13 +73,12 @@ def _mapping(value: Mapping[str, str] | str | None) -> dict[str, str]:
 
 
 def best(table: pd.DataFrame, metric: str = "eval_loss_best", higher_is_better: bool | None = None) -> pd.Series:
-    """The best run's row by `metric` (direction from metrics.HIGHER_IS_BETTER unless given)."""
-    from .metrics import HIGHER_IS_BETTER
-
+    """The best run's row by `metric` (direction from the registry's metric unless given; lower for the rest)."""
     if metric not in table:
         raise RunError(f"metric '{metric}' not in the table; choose one of {', '.join(table.columns)}")
     if higher_is_better is None:
-        higher_is_better = HIGHER_IS_BETTER.get(metric, False) if metric != "eval_loss_best" else False
+        known = registry.METRICS.get(metric)
+        higher_is_better = bool(known and known.higher_is_better)
     values = table[metric].dropna()
     if values.empty:
         raise RunError(f"no run has a value for '{metric}' (evaluate the runs first)")

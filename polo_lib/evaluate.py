@@ -17,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from . import inference, plots, progress
+from . import inference, plots, progress, registry
 from .atomic import atomic_write_json, atomic_write_text
 from .errors import RunError
 
@@ -94,9 +94,9 @@ def score(predictions: pd.DataFrame, cfg, evaluation=None) -> pd.DataFrame:
                                       cfg.data.filler_phrases, glossary) for name in ("base", "tuned")}
     table = pd.DataFrame(scores)
     table["delta"] = table["tuned"] - table["base"]
-    table["tuned_better"] = [
-        None if metrics.HIGHER_IS_BETTER.get(k) is None or pd.isna(d) else (d > 0) == metrics.HIGHER_IS_BETTER[k]
-        for k, d in table["delta"].items()]
+    higher = {k: registry.METRICS[k].higher_is_better for k in table.index}
+    table["tuned_better"] = [None if higher[k] is None or pd.isna(d) else (d > 0) == higher[k]
+                             for k, d in table["delta"].items()]
     if evaluation is not None:
         speed = speed_table(predictions)
         body = {"split": cfg.evaluation.split, "examples": len(predictions),
@@ -109,10 +109,6 @@ def score(predictions: pd.DataFrame, cfg, evaluation=None) -> pd.DataFrame:
     return table
 
 
-# The metrics of the per-paper table: the n-gram scores and the task figures, no embedding model.
-PAPER_METRICS = ("chrf", "bleu", "rouge_l", "sari", "term_coverage", "hangul_share")
-
-
 def by_paper(predictions: pd.DataFrame, glossary=None) -> pd.DataFrame | None:
     """Base and tuned per paper (rows: paper; columns: examples, <metric>_base, <metric>_tuned),
     when the evaluation holds more than one paper (data.raw_file with several files); else None."""
@@ -121,19 +117,16 @@ def by_paper(predictions: pd.DataFrame, glossary=None) -> pd.DataFrame | None:
     if "paper" not in predictions or predictions["paper"].nunique() < 2:
         return None
     glossary = metrics.load_glossary() if glossary is None else glossary
+    chosen = [m for m in registry.METRICS.values() if m.per_paper]  # cheap ones: no embedding model
     rows = []
     for paper, part in predictions.groupby("paper", sort=False):
         sources, references = list(part["original"]), list(part["reference"])
         row = {"paper": paper, "examples": len(part)}
         for name in ("base", "tuned"):
-            answers = list(part[name])
-            scores = {"chrf": metrics.chrf(answers, references), "bleu": metrics.bleu(answers, references),
-                      "rouge_l": metrics.rouge_l(answers, references),
-                      **{k: v for k, v in metrics.during_training(sources, answers, references, glossary).items()
-                         if k in PAPER_METRICS}}
-            row.update({f"{k}_{name}": scores[k] for k in PAPER_METRICS})
+            scores = metrics.score(chosen, registry.Texts(sources, list(part[name]), references, glossary))
+            row.update({f"{k}_{name}": v for k, v in scores.items()})
         rows.append(row)
-    columns = ["paper", "examples", *(f"{k}_{n}" for k in PAPER_METRICS for n in ("base", "tuned"))]
+    columns = ["paper", "examples", *(f"{m.name}_{n}" for m in chosen for n in ("base", "tuned"))]
     return pd.DataFrame(rows, columns=columns).set_index("paper")
 
 

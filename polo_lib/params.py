@@ -17,23 +17,31 @@ import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from . import paths
+from . import paths, registry
 from .errors import ParamsError, bullet_list
 
 DEFAULT_FILLERS = ["In simple terms, ", "쉽게 말해서, ", "간단히 말하면, ", "다시 말해서, "]
 
 
 STEP_SCHEDULES = ("auto", "epoch")  # eval_steps / save_steps besides a number
-# Task metrics that evaluation.during_training scores at each evaluation (their directions:
-# metrics.HIGHER_IS_BETTER), and so what training.early_stopping_metric may name besides eval_loss.
-DURING_TRAINING_METRICS = ("chrf", "sari", "term_coverage", "hangul_share")
-TRACKERS = ("tensorboard", "mlflow", "trackio", "wandb")  # training.report_to
-DATA_FORMATS = ("paper", "messages", "alpaca")  # data.format
+
+
+def _stopping_metric(value: str) -> str:
+    choices = registry.early_stopping_choices()
+    if value not in choices:
+        raise ValueError(f"must be eval_loss or a metric scored during training: one of {', '.join(choices)}")
+    return value
+
+
+# eval_loss, or a task metric scored at each evaluation (registry.METRICS with during_training): checked
+# against the registry when validated, so a metric registered at run time counts too.
+StoppingMetric = Annotated[str, AfterValidator(_stopping_metric), Field(
+    json_schema_extra=lambda schema: schema.update(enum=list(registry.early_stopping_choices())))]
 
 
 class _Section(BaseModel):
@@ -93,7 +101,7 @@ class TrainingParams(_Section):
     lr_scheduler_type: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
     weight_decay: float = Field(0.01, ge=0, lt=1)
     max_grad_norm: float = Field(1.0, gt=0)
-    optim: str = "auto"  # auto: adamw_8bit on a GPU, adamw_torch on CPU
+    optim: str = "auto"  # auto: adamw_8bit on a GPU, adamw_torch_fused on CPU (what Unsloth runs there)
     logging_steps: int = Field(1, ge=1)
     # A number of steps, "epoch" (once per epoch) or "auto" (~10 evaluations, at least one per
     # epoch): resolved from the prepared data's size by train.plan, shown before training.
@@ -104,10 +112,10 @@ class TrainingParams(_Section):
     early_stopping_threshold: float = Field(0.001, ge=0)  # absolute improvement of early_stopping_metric
     # What early stopping and the best checkpoint follow: eval_loss, or a task metric scored at
     # each evaluation (evaluation.during_training must be on); its direction is the metric's own.
-    early_stopping_metric: Literal["eval_loss", "chrf", "sari", "term_coverage", "hangul_share"] = "eval_loss"
+    early_stopping_metric: StoppingMetric = "eval_loss"
     # Experiment trackers the trainer logs to, besides the run folder: offline by default
     # (MLflow: a SQLite store in outputs/mlflow; W&B: offline mode; Trackio: its local store).
-    report_to: tuple[Literal["tensorboard", "mlflow", "trackio", "wandb"], ...] = ("tensorboard",)
+    report_to: tuple[Literal[tuple(registry.TRACKERS)], ...] = ("tensorboard",)
     seed: int = Field(3407, ge=0)
     save_merged_16bit: bool = False
 
@@ -146,7 +154,7 @@ class DataParams(_Section):
     # paper (a list of files trains on several papers; each keeps its name in the splits);
     # messages: chat JSONL ({"messages": [system?, user, assistant]}); alpaca: JSON or JSONL
     # records {instruction, input, output}.
-    format: Literal["paper", "messages", "alpaca"] = "paper"
+    format: Literal[tuple(registry.DATA_FORMATS)] = "paper"
     raw_file: str | tuple[str, ...] = "data/raw/yolo_v1.json"  # relative to the repo root; one or a list
     processed_name: str = Field("yolo_v1", pattern=r"^[A-Za-z0-9._-]+$")
     filler_phrases: tuple[str, ...] = tuple(DEFAULT_FILLERS)

@@ -10,6 +10,8 @@ if TYPE_CHECKING:
 
 import matplotlib.pyplot as plt
 
+from . import registry
+
 
 def token_length_histogram(lengths: Mapping[str, Sequence[int]], max_seq_length: int):
     """Token lengths per split with the max_seq_length line: what would be truncated, at a glance."""
@@ -35,15 +37,10 @@ def save(fig, path: str | Path) -> Path:
     return path
 
 
-# The task metrics scored during training (evaluation.during_training), on one 0-100 scale.
-TASK_CURVES = {"eval_chrf": ("chrF", 1), "eval_sari": ("SARI", 1),
-               "eval_term_coverage": ("glossary coverage %", 100), "eval_hangul_share": ("Hangul share %", 100)}
-
-
 def loss_curve(log: pd.DataFrame, title: str = "loss"):
     """Train loss per logging step and eval loss per evaluation, on one axis; beside it, when the
     log has them, the task metrics scored at each evaluation (loss and quality can part ways)."""
-    task = [k for k in TASK_CURVES if k in log and log[k].notna().any()]
+    task = [m for m in registry.during_training() if m.log_key in log and log[m.log_key].notna().any()]
     fig, axes = plt.subplots(1, 2 if task else 1, figsize=(12 if task else 7, 3.5), squeeze=False)
     ax = axes[0][0]
     train = log.dropna(subset=["loss"]) if "loss" in log else log.iloc[0:0]
@@ -60,10 +57,9 @@ def loss_curve(log: pd.DataFrame, title: str = "loss"):
     ax.grid(alpha=0.3)
     if task:
         right = axes[0][1]
-        for key in task:
-            label, scale = TASK_CURVES[key]
-            points = log.dropna(subset=[key])
-            right.plot(points["step"], points[key] * scale, "o-", label=label)
+        for metric in task:  # each on the 0-100 scale: fractions as percentages
+            points = log.dropna(subset=[metric.log_key])
+            right.plot(points["step"], points[metric.log_key] * metric.chart_scale, "o-", label=metric.chart_label)
         right.set_xlabel("step")
         right.set_ylabel("0-100")
         right.set_title("task metrics on the validation sample")

@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
 
+from . import registry
 from .atomic import atomic_write_json
 
 FILE = "progress.json"
@@ -60,10 +61,6 @@ def describe(state: dict[str, Any]) -> str:
     return f"{state.get('phase', '')}  {state.get('tokens', 0)} tokens  {_number(state.get('tokens_per_s'), 1)} tok/s"
 
 
-# Task metrics scored during training (evaluation.during_training), shown with each eval_loss.
-TASK_LABELS = {"eval_chrf": "chrF", "eval_sari": "SARI", "eval_term_coverage": "glossary",
-               "eval_hangul_share": "Hangul"}
-
 class View:
     """Shows successive progress states of one stage on `stream`: a tqdm bar on a terminal,
     plain lines at most every `interval` seconds elsewhere; evaluations as lines of their own."""
@@ -102,8 +99,8 @@ class View:
         evaluation = (state.get("eval_step"), state.get("eval_loss"))
         if evaluation[1] is not None and evaluation != self.last_eval:
             self.last_eval = evaluation
-            task = "".join(f", {label} {_number(state[key], 3)}" for key, label in TASK_LABELS.items()
-                           if state.get(key) is not None)
+            task = "".join(f", {m.label} {_number(state[m.log_key], 3)}" for m in registry.during_training()
+                           if state.get(m.log_key) is not None)
             if state.get("eval_task_seconds") is not None:
                 task += f" (scored in {state['eval_task_seconds']:.1f} s)"
             self._say(f"  eval at step {evaluation[0]}/{total}: eval_loss {_number(evaluation[1], 4)}{task}")

@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from . import registry
 from .atomic import atomic_write_text
 from .device import Decisions
 from .errors import PoloError, RunError
@@ -237,9 +238,9 @@ def headline(run: Run) -> list[str]:
             f"training speed: {t.tokens_per_s} tokens/s over {t.steps} steps",
         ]
         task = t.task_metrics
-        lines += [f"{name} during training: {_number(task.get(f'{name}_first'))} (step 0) -> "
-                  f"{_number(task.get(f'{name}_last'))} (last), best {_number(task.get(f'{name}_best'))}"
-                  for name in ("chrf", "sari", "term_coverage", "hangul_share") if f"{name}_first" in task]
+        lines += [f"{m.name} during training: {_number(task.get(f'{m.name}_first'))} (step 0) -> "
+                  f"{_number(task.get(f'{m.name}_last'))} (last), best {_number(task.get(f'{m.name}_best'))}"
+                  for m in registry.during_training() if f"{m.name}_first" in task]
     e = summary.evaluation
     if e is not None:
         count = f", the latest of {len(summary.evaluations)}" if len(summary.evaluations) > 1 else ""

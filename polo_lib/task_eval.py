@@ -16,22 +16,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import metrics
+from . import metrics, registry
 from .errors import DataError
-from .params import DURING_TRAINING_METRICS
+from .registry import greater_is_better  # noqa: F401 - the direction of an early-stopping metric
 
-# The keys the trainer logs at each evaluation (prefix eval_), and what one evaluation's scoring cost.
-LOG_KEYS: tuple[str, ...] = (*(f"eval_{m}" for m in DURING_TRAINING_METRICS), "eval_task_seconds")
+
+def log_keys() -> tuple[str, ...]:
+    """The keys the trainer logs at each evaluation (eval_chrf, ...: the registry's metrics scored during
+    training), and what one evaluation's scoring cost (eval_task_seconds)."""
+    return (*(m.log_key for m in registry.during_training()), "eval_task_seconds")
 
 
 def metric_key(name: str) -> str:
     """The trainer's metric for an early_stopping_metric name: eval_loss, eval_chrf, ..."""
     return name if name.startswith("eval_") else f"eval_{name}"
-
-
-def greater_is_better(name: str) -> bool:
-    """Direction of an early-stopping metric, from metrics.HIGHER_IS_BETTER (the one place)."""
-    return False if name == "eval_loss" else bool(metrics.HIGHER_IS_BETTER[name])
 
 
 @dataclass

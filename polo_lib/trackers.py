@@ -28,19 +28,18 @@ from typing import Any
 
 from . import paths
 from .errors import ParamsError
+from .registry import TRACKERS
 
 log = logging.getLogger(__name__)
 
-# tracker -> (module, the pip extra of this project that installs it)
-PACKAGES = {"mlflow": ("mlflow", "mlflow"), "trackio": ("trackio", "trackio"), "wandb": ("wandb", "wandb")}
 EXPERIMENT = PROJECT = "polo"  # MLflow's experiment, Trackio's and W&B's project
 
 
 def missing(report_to) -> list[str]:
     """A problem per tracker in `report_to` whose package is not installed, naming the extra."""
-    return [f"training.report_to names {name}, but the '{PACKAGES[name][0]}' package is not installed: "
-            f"pip install -e '.[{PACKAGES[name][1]}]' (or remove {name} from training.report_to)"
-            for name in report_to if name in PACKAGES and importlib.util.find_spec(PACKAGES[name][0]) is None]
+    return [f"training.report_to names {name}, but the '{TRACKERS[name].module}' package is not installed: "
+            f"pip install -e '.[{TRACKERS[name].extra}]' (or remove {name} from training.report_to)"
+            for name in report_to if TRACKERS[name].extra and importlib.util.find_spec(TRACKERS[name].module) is None]
 
 
 def check(report_to) -> None:
@@ -131,7 +130,7 @@ def log_stage_end(run, cfg) -> dict[str, Any] | None:
     `summary.evaluation.tuned.*`, ...) to each tracker's run named after the run id; returns where
     (for the manifest), None when no tracker needs it. Never fails the stage: a tracker that cannot
     be reached costs a warning, not the run (the run folder holds everything)."""
-    chosen = [t for t in cfg.training.report_to if t in PACKAGES]
+    chosen = [t for t in cfg.training.report_to if TRACKERS[t].extra]
     if not chosen:
         return None
     summary = run.summary().model_dump(by_alias=True, exclude_none=True)

@@ -19,7 +19,11 @@ from polo_lib.model import import_unsloth  # noqa: E402 - after the path, before
 
 import_unsloth()
 
-from polo_lib import params, paths, pipeline, runs  # noqa: E402
+import extra_metric  # noqa: E402 - tests/, this script's folder
+
+from polo_lib import params, paths, pipeline, registry, runs  # noqa: E402
+
+registry.register(extra_metric.METRIC)  # a metric added in one place: scored, logged, plotted, reported
 
 
 def wandb_records(path: Path) -> list[dict]:

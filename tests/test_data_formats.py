@@ -6,7 +6,7 @@ import re
 import pytest
 from transformers import AutoTokenizer
 
-from polo_lib import data, inference, params, paths, train
+from polo_lib import data, inference, params, paths, registry, train
 from polo_lib.errors import DataError, ParamsError
 
 YOLO, RESNET = "data/raw/yolo_v1.json", "data/raw/resnet.json"
@@ -190,7 +190,7 @@ def test_a_chat_format_paper_column_names_the_file(tmp_path):
 
 def test_the_data_formats_are_what_params_allow():
     allowed = str(params.DataParams.model_fields["format"].annotation)
-    assert params.DATA_FORMATS == tuple(re.findall(r"'(\w+)'", allowed))
+    assert tuple(registry.DATA_FORMATS) == tuple(re.findall(r"'(\w+)'", allowed))
     assert (paths.PROJ_ROOT / RESNET).is_file()
 
 

@@ -22,7 +22,7 @@ import pytest
 import benchmarks.__main__ as bench
 from benchmarks.device import check, results, shapes, wheels
 from benchmarks.training import probe
-from polo_lib import metrics
+from polo_lib import metrics, registry
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "device_check.sh"
@@ -360,11 +360,11 @@ def test_bare_paths_train_float32_on_a_cpu(monkeypatch):
 def without_kiwipiepy(monkeypatch):
     """`import kiwipiepy` fails, as on the device (its 84 MiB model is not carried)."""
     monkeypatch.setitem(sys.modules, "kiwipiepy", None)
-    metrics._kiwi.cache_clear()
-    metrics._korean_tokens.cache_clear()
+    metrics.tokens._kiwi.cache_clear()
+    metrics.tokens._korean_tokens.cache_clear()
     yield
-    metrics._kiwi.cache_clear()
-    metrics._korean_tokens.cache_clear()
+    metrics.tokens._kiwi.cache_clear()
+    metrics.tokens._korean_tokens.cache_clear()
 
 
 def test_task_metrics_fall_back_to_13a_tokens_without_kiwipiepy_and_say_so(without_kiwipiepy):
@@ -376,7 +376,7 @@ def test_task_metrics_fall_back_to_13a_tokens_without_kiwipiepy_and_say_so(witho
     with pytest.warns(RuntimeWarning, match="kiwipiepy is not installed.*13a"):
         scores = metrics.during_training(sources, predictions, references, [])
     assert metrics.korean_tokenizer() == "13a"
-    assert set(scores) == set(metrics.DURING_TRAINING_METRICS)
+    assert set(scores) == {m.name for m in registry.during_training()}
     assert scores["sari"] == pytest.approx(metrics.sari(sources, predictions, [references], tokenize="13a"))
     assert metrics.korean_tokens("YOLO는 격자로 나눕니다.") == ["YOLO는", "격자로", "나눕니다", "."]
     with pytest.raises(ImportError, match="tokenize='kiwi' needs kiwipiepy"):  # asked by name: no substitute
@@ -385,7 +385,7 @@ def test_task_metrics_fall_back_to_13a_tokens_without_kiwipiepy_and_say_so(witho
 
 def test_korean_tokens_are_kiwi_morphemes_when_kiwipiepy_is_there():
     pytest.importorskip("kiwipiepy")
-    metrics._kiwi.cache_clear()
+    metrics.tokens._kiwi.cache_clear()
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no fallback warning
         assert metrics.korean_tokenizer() == "kiwi"

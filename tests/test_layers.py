@@ -15,7 +15,8 @@ LAYERS = {  # lowest first
     # device: pure decisions about this machine, importing only errors and unsloth_first (to ask Unsloth's
     # NF4 probe after Unsloth is imported); in core because params'
     # `auto` choice (GPU recipe where CUDA is) asks it. notebook: IPython hooks, importing only errors.
-    "core": {"paths", "atomic", "errors", "prompts", "params", "notebook", "device", "progress", "unsloth_first"},
+    "core": {"paths", "atomic", "errors", "prompts", "registry", "params", "notebook", "device", "progress",
+             "unsloth_first"},
     "models": {"model", "local_models", "inference"},
     "stages": {"data", "train", "task_eval", "trackers", "evaluate", "metrics", "plots"},
     "records": {"runs", "reports"},
@@ -122,3 +123,30 @@ def test_the_checker_sees_an_upward_import(tmp_path):
     fake = tmp_path / "params.py"
     fake.write_text("def f():\n    from . import runs\n    from .pipeline import train_stage\n")
     assert imports_of("params", fake) >= {"runs", "pipeline"}
+
+
+def _map(docstring: str, heading_names: list[str]) -> dict[str, set[str]]:
+    """{heading: names} from lines like '  core   paths, atomic, ...' (a package written 'sweeps/')."""
+    out = {}
+    for line in docstring.splitlines():
+        words = line.split(None, 1)
+        if line.startswith("  ") and len(words) == 2 and words[0] in heading_names:
+            out[words[0]] = {n.strip().rstrip("/") for n in words[1].split(",")}
+    return out
+
+
+def test_the_package_docstring_shows_this_table():
+    import polo_lib
+
+    assert _map(polo_lib.__doc__, NAMES) == LAYERS, "polo_lib/__init__.py's layer lines differ from LAYERS"
+
+
+def test_every_package_docstring_names_its_modules():
+    """deploy/, sweeps/ and metrics/ list their modules in their docstrings ('  name   what it does')."""
+    for package in ("deploy", "sweeps", "metrics"):
+        init = PACKAGE / package / "__init__.py"
+        doc = ast.get_docstring(ast.parse(init.read_text(encoding="utf-8")))
+        listed = {line.split()[0].removesuffix(".py") for line in doc.splitlines()
+                  if line.startswith("  ") and line.split()}
+        present = {p.stem for p in init.parent.glob("*.py") if p.stem != "__init__"}
+        assert present <= listed, f"polo_lib/{package}/__init__.py does not describe {sorted(present - listed)}"

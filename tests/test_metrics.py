@@ -5,7 +5,7 @@ import math
 import pytest
 from rouge_score import rouge_scorer
 
-from polo_lib import data, metrics, paths
+from polo_lib import data, metrics, paths, registry
 from polo_lib.errors import DataError
 from polo_lib.params import DEFAULT_FILLERS
 
@@ -266,7 +266,7 @@ def test_term_coverage_pools_pairs_and_is_nan_without_terms():
 
 def test_score_all_has_every_key_with_a_direction():
     scores = metrics.score_all([EN, EN_2], [KO, KO_2], [KO, KO_2], DEFAULT_FILLERS, GLOSSARY)
-    assert list(scores) == list(metrics.HIGHER_IS_BETTER)
+    assert list(scores) == list(registry.METRICS)
     assert all(isinstance(v, float) for v in scores.values())
     assert scores["chrf"] == pytest.approx(100.0)
     assert scores["meaning_ratio"] == pytest.approx(1.0)

@@ -19,13 +19,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from polo_lib import params, runs, task_eval, trackers, train
+from polo_lib import params, registry, runs, task_eval, trackers, train
 from polo_lib.errors import ParamsError
 from polo_lib.sweeps import spec as sweep_spec
 
 pytestmark = pytest.mark.slow
 
-TASK = [f"eval_{m}" for m in params.DURING_TRAINING_METRICS]
+TASK = [m.log_key for m in registry.during_training()]
 # Patience 1 on the Hangul share: the tiny model's answers to 2 validation paragraphs go from 0 (step 0)
 # to 0.5 (3) to 1.0 (6) to 0.91 (9) Hangul while its eval_loss keeps falling, so training stops at 9 of
 # 12 because of the task metric alone.
@@ -83,8 +83,43 @@ def test_the_live_chart_shows_the_task_metrics_beside_the_loss(scored_run):
     log = train.read_train_log(run.logs / "train_log.csv")
     fig = plots.loss_curve(log)
     assert len(fig.axes) == 2
-    assert fig.axes[1].get_legend_handles_labels()[1] == ["chrF", "SARI", "glossary coverage %", "Hangul share %"]
+    assert fig.axes[1].get_legend_handles_labels()[1] == ["chrF", "SARI", "Hangul share %", "glossary coverage %"]
     assert len(plots.loss_curve(log[train.LOG_COLUMNS]).axes) == 1  # a log without them: the loss alone
+
+
+def test_a_metric_added_in_one_place_is_scored_shown_plotted_and_reported(scored_run, monkeypatch):
+    """tests/extra_metric.py is one registry.Metric; tests/scored_run.py registered it before training. Here
+    (registered again in this process, as a user's notebook would) nothing else was told about it."""
+    import io
+
+    import extra_metric
+
+    from polo_lib import plots, progress, reports
+
+    metric = extra_metric.METRIC
+    monkeypatch.setitem(registry.METRICS, metric.name, metric)
+    _, run, _, _ = scored_run
+    log = train.read_train_log(run.logs / "train_log.csv")
+    evals = log.dropna(subset=["eval_loss"])
+    assert evals[metric.log_key].between(0, 1).all() and len(evals) == 4  # scored at every evaluation
+    # ...on the answers behind it
+    lines = [json.loads(x) for x in (run.logs / "task_samples.jsonl").read_text(encoding="utf-8").splitlines()]
+    answers = [list(x["answers"].values()) for x in lines]
+    assert list(evals[metric.log_key]) == pytest.approx(
+        [extra_metric.finished_share(registry.Texts([""] * len(a), a, [""] * len(a))) for a in answers])
+    # the terminal line
+    out = io.StringIO()
+    progress.View(out, tty=False).update({"stage": "train", "done": 3, "total": 9, "eval_step": 3, "eval_loss": 1.5,
+                                          metric.log_key: 0.5, "eval_chrf": 7.0})
+    assert "chrF 7.000, finished 0.500" in out.getvalue()
+    # the chart
+    legend = plots.loss_curve(log).axes[1].get_legend_handles_labels()[1]
+    assert legend[-1] == "answers that end a sentence %"
+    # the summary, the headline and the evaluation's table in report.md
+    assert {f"{metric.name}_first", f"{metric.name}_last"} <= set(run.summary().training.task_metrics)
+    assert f"{metric.name} during training:" in "\n".join(reports.headline(run))
+    assert metric.name in run.summary().evaluation.tuned
+    assert f"| {metric.name} |" in (run.path / "report.md").read_text(encoding="utf-8")
 
 
 def test_task_metrics_reach_tensorboard(scored_run):

@@ -3,6 +3,8 @@
   export     a run as its LoRA adapter, a merged 16-bit model or GGUF files, each checked by reloading
   serve      `polo serve RUN`: an OpenAI-compatible HTTP server (FastAPI + uvicorn)
   chat_app   `polo chat RUN`: a Gradio app, tuned vs base side by side
+  explain    `polo explain RUN PAPER`: a whole paper explained paragraph by paragraph, as an HTML page
+  limits     the serving limits' defaults, shared by `polo serve`'s flags and the server
 
 Edges: nothing below imports them. Within polo_lib only cli.py imports polo_lib.deploy; these
 modules build on inference (loading, generation), runs (lookup) and prompts. Importing the

@@ -35,10 +35,11 @@ from .. import inference, local_models, paths, prompts
 from ..atomic import atomic_replace_dir
 from ..errors import ModelError, PoloError, RunError
 from ..notebook import say
+from ..registry import EXPORT_FORMATS
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("adapter", "merged", "gguf")
+FORMATS = tuple(EXPORT_FORMATS)
 # The converter writes these without llama.cpp's compiled quantize tool; q4_k etc. need it.
 GGUF_TYPES = ("f16", "bf16", "q8_0")
 DEFAULT_GGUF_TYPES = ("f16", "q8_0")

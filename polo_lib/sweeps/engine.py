@@ -9,13 +9,14 @@ from pathlib import Path
 
 from .. import pipeline
 from ..errors import ParamsError
+from ..registry import SWEEP_ENGINES
 from .folder import get_sweep, open_folder
 from .optuna_engine import run_optuna
 from .ray_engine import run_ray
 from .results import SweepResult, best_trial, write_results
 from .spec import Sweep, load
 
-ENGINES = ("optuna", "ray")
+ENGINES = tuple(SWEEP_ENGINES)
 
 
 def run_sweep(sweep_file: str | Path | None = None, resume: str | None = None, engine: str = "optuna",

@@ -25,7 +25,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .. import params as params_lib
-from .. import paths, task_eval
+from .. import paths, registry, task_eval
 from ..errors import ParamsError, bullet_list
 
 SWEEPS_DIR = paths.SWEEPS_DIR
@@ -85,7 +85,7 @@ class Objective(_Strict):
     direction: Literal["minimize", "maximize"] | None = None  # None: the metric's own (known ones)
     # What the pruner compares at each evaluation: eval_loss, or a task metric scored during training
     # (the base params need evaluation.during_training); its direction is the metric's own.
-    prune_on: Literal["eval_loss", "chrf", "sari", "term_coverage", "hangul_share"] = "eval_loss"
+    prune_on: params_lib.StoppingMetric = "eval_loss"
 
 
 class Sampler(_Strict):
@@ -274,22 +274,21 @@ def _max_steps_hint(cfg) -> int:
 
 def _resolve_objective(obj: Objective) -> tuple[str, str, str | None]:
     """(summary.json path, direction, problem or None)."""
-    from ..metrics import HIGHER_IS_BETTER
-
+    directions = {m.name: m.higher_is_better for m in registry.METRICS.values()}
     name = obj.metric
     if name in SHORT_OBJECTIVES:
         name = SHORT_OBJECTIVES[name]
-    elif name in HIGHER_IS_BETTER:
+    elif name in directions:
         name = f"evaluation.tuned.{name}"
     elif name in TRAINING_FIGURES:
         name = f"training.{name}"
     higher = None
     if name.startswith("training.") and name.split(".", 1)[1] in TRAINING_FIGURES:
         higher = TRAINING_FIGURES[name.split(".", 1)[1]]
-    elif name.startswith("evaluation.tuned.") and name.rsplit(".", 1)[1] in HIGHER_IS_BETTER:
-        higher = HIGHER_IS_BETTER[name.rsplit(".", 1)[1]]
+    elif name.startswith("evaluation.tuned.") and name.rsplit(".", 1)[1] in directions:
+        higher = directions[name.rsplit(".", 1)[1]]
     else:
-        options = [*SHORT_OBJECTIVES, *TRAINING_FIGURES, *HIGHER_IS_BETTER]
+        options = [*SHORT_OBJECTIVES, *TRAINING_FIGURES, *directions]
         match = difflib.get_close_matches(obj.metric, options, n=1)
         return name, "minimize", (f"objective.metric '{obj.metric}' is not a figure of summary.json."
                                   + (f" Did you mean '{match[0]}'?" if match else "")
