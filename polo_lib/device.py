@@ -31,6 +31,9 @@ from .errors import ModelError
 
 BF16_MIN_CAPABILITY = (8, 0)  # Ampere: bf16 tensor cores; a T4 (7.5) only emulates bf16
 # optimizers TRL builds from bitsandbytes (8-bit states, or paged): they need it importable on CUDA
+# AdamW on a CPU: Unsloth's CPU trainer (unsloth_zoo.cpu.trainer) turns adamw_torch into torch's fused
+# kernel (torch >= 2.4; this project pins 2.13), so that is what is decided, recorded and checked.
+CPU_ADAMW = "adamw_torch_fused"
 BNB_OPTIMIZERS = ("adamw_8bit", "paged_adamw_8bit", "adamw_bnb_8bit", "paged_adamw_32bit", "lion_8bit")
 
 
@@ -248,7 +251,11 @@ def decide(device: Device, model_params, lora_params, training_params) -> Decisi
         four_bit = False
     optim = training_params.optim
     if optim == "auto":
-        optim = "adamw_8bit" if device.cuda and device.bitsandbytes else "adamw_torch"
+        optim = "adamw_8bit" if device.cuda and device.bitsandbytes else "adamw_torch" if device.cuda else CPU_ADAMW
+    elif optim == "adamw_torch" and not device.cuda:
+        notes.append(f"training.optim adamw_torch: Unsloth's CPU trainer runs it as {CPU_ADAMW}, the same AdamW "
+                     "in one fused CPU kernel.")
+        optim = CPU_ADAMW
     elif (optim in BNB_OPTIMIZERS or "bnb" in optim) and not (device.cuda and device.bitsandbytes):
         where = "bitsandbytes is not installed" if device.cuda else "this machine has no CUDA GPU"
         raise ModelError(f"training.optim '{optim}' is a bitsandbytes optimizer, but {where}. "

@@ -403,7 +403,9 @@ def greedy_ids(model, tokenizer, chats: Sequence[list[dict[str, str]]], max_new_
 # ---------------------------------------------------------------- loading
 
 def _loaded(name_or_path: str, cfg):
-    return model_lib.LoadedModel(*model_lib.from_pretrained(name_or_path, cfg), {})
+    decisions = device_lib.decide_for(cfg)
+    model, tokenizer = model_lib.from_pretrained(name_or_path, cfg, decisions)
+    return model_lib.LoadedModel(model, tokenizer, {}, [], decisions)
 
 
 def load_base(cfg):

@@ -161,11 +161,13 @@ def check_memory(estimate: MemoryEstimate, enabled: bool = True) -> MemoryEstima
 
 @dataclass
 class LoadedModel:
-    """The LoRA-wrapped model, its tokenizer, and what was asked vs what was applied."""
+    """The LoRA-wrapped model, its tokenizer, and what was asked vs what was applied; `decisions`: what
+    `device.decide` said for this load, checked against the loaded model, for the trainer to use."""
     model: Any
     tokenizer: Any
     applied: dict[str, Any]
     notes: list[str] = field(default_factory=list)
+    decisions: device_lib.Decisions | None = None
 
     def applied_table(self) -> pd.DataFrame:
         rows = [{"setting": k, "asked": v["asked"], "applied": v["applied"]}
@@ -195,8 +197,10 @@ def load_tokenizer(model_params):
                          "(smollm2-135m-instruct) or a local path.") from None
 
 
-def from_pretrained(name_or_path: str, cfg, device=None):
-    """FastLanguageModel.from_pretrained with the params' length and the device's decided dtype and 4-bit.
+def from_pretrained(name_or_path: str, cfg, decisions: device_lib.Decisions | None = None):
+    """FastLanguageModel.from_pretrained with the params' length and the decided dtype and 4-bit
+    (`decisions`: the caller's, else decided here for this machine), then checked against them
+    (`check_applied`).
 
     One place for training, evaluation (base, and base + a saved adapter folder), serving and
     benchmarks, so every path loads the model the same way.
@@ -204,15 +208,17 @@ def from_pretrained(name_or_path: str, cfg, device=None):
     import_unsloth()
     from unsloth import FastLanguageModel
 
-    decisions = device_lib.decide(device_lib.as_device(device), cfg.model, cfg.lora, cfg.training)
+    decisions = decisions or device_lib.decide_for(cfg)
     local_models.check_reachable(name_or_path)  # offline: one clear error now, not a minute of hub retries
     try:
-        return FastLanguageModel.from_pretrained(
+        model, tokenizer = FastLanguageModel.from_pretrained(
             model_name=name_or_path, max_seq_length=cfg.model.max_seq_length,
             dtype=device_lib.torch_dtype(decisions.dtype), load_in_4bit=decisions.load_in_4bit)
     except (OSError, ValueError) as e:
         raise ModelError(f"model_name '{cfg.model.model_name}': could not load {name_or_path} "
                          f"({type(e).__name__}: {e}).") from None
+    check_applied(model, decisions, name_or_path)
+    return model, tokenizer
 
 
 def load(cfg, device=None) -> LoadedModel:
@@ -225,14 +231,14 @@ def load(cfg, device=None) -> LoadedModel:
     """
     import torch
 
-    device = device_lib.as_device(device)
+    device = device_lib.as_device(device)  # described once for this load
     decisions = device_lib.decide(device, cfg.model, cfg.lora, cfg.training)  # refusals before loading
     notes = list(decisions.notes)
     where = local_models.resolve(cfg.model.model_name)
-    model, tokenizer = from_pretrained(where, cfg, device)
+    model, tokenizer = from_pretrained(where, cfg, decisions)
     from unsloth import FastLanguageModel
 
-    four_bit_layers = check_applied(model, decisions, where)
+    four_bit_layers = count_4bit_layers(model)
     lora_shapes(model.config, cfg.lora.target_modules)  # a clear error for a missing target module
     model = FastLanguageModel.get_peft_model(
         model, r=cfg.lora.r, lora_alpha=cfg.lora.lora_alpha, lora_dropout=cfg.lora.lora_dropout,
@@ -254,7 +260,7 @@ def load(cfg, device=None) -> LoadedModel:
     for n in notes:
         log.warning(n)
     torch.manual_seed(cfg.training.seed)
-    return LoadedModel(model, tokenizer, applied, notes)
+    return LoadedModel(model, tokenizer, applied, notes, decisions)
 
 
 def count_4bit_layers(model) -> int:
@@ -266,10 +272,15 @@ def count_4bit_layers(model) -> int:
 
 def check_applied(model, decisions, where: str) -> int:
     """The loaded model against what `device.decide` said it would be: 4-bit decided means NF4
-    Linear4bit layers, 16-bit decided means none. Unsloth's CPU loader falls back to 16-bit on its
-    own (bitsandbytes refuses layers narrower than 64): that must stop the run, not change its
-    precision behind the manifest's back. Returns the number of 4-bit layers."""
+    Linear4bit layers, 16-bit decided means none, and the embedding weights are in the decided dtype.
+    Unsloth's CPU loader falls back to 16-bit on its own (bitsandbytes refuses layers narrower than
+    64): that must stop the run, not change its precision behind the manifest's back. Returns the
+    number of 4-bit layers."""
     n = count_4bit_layers(model)
+    embedding = model.get_input_embeddings().weight.dtype
+    if str(embedding).removeprefix("torch.") != decisions.dtype:
+        raise ModelError(f"{where}: loaded in {str(embedding).removeprefix('torch.')} where {decisions.dtype} was "
+                         "decided for this machine (the embedding weights); set model.dtype explicitly.")
     if decisions.load_in_4bit and n == 0:
         raise ModelError(f"{where}: 4-bit NF4 was decided for this machine but the loaded model holds no "
                          "bitsandbytes Linear4bit layer (Unsloth fell back to 16-bit weights; its log above says "

@@ -20,12 +20,11 @@ import pandas as pd
 
 from . import device as device_lib
 from . import model as model_lib
-from . import plots, progress, task_eval, trackers
+from . import plots, progress, registry, task_eval, trackers
 from .atomic import atomic_write_text
 from .errors import DataError, ModelError, ParamsError, RunError
 from .inference import merge_to_16bit
 from .notebook import in_notebook, say
-from .params import DURING_TRAINING_METRICS
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +167,7 @@ class _LogRecorder:
             row.update(loss=logs["loss"], learning_rate=logs.get("learning_rate"),
                        grad_norm=logs.get("grad_norm"), tokens_per_s=rate and round(rate, 1), tokens_seen=tokens)
         elif "eval_loss" in logs:
-            row.update(eval_loss=logs["eval_loss"], **{k: logs[k] for k in task_eval.LOG_KEYS if k in logs})
+            row.update(eval_loss=logs["eval_loss"], **{k: logs[k] for k in task_eval.log_keys() if k in logs})
         else:
             return
         self.rows.append(row)
@@ -176,7 +175,7 @@ class _LogRecorder:
         self.latest.update({k: row[k] for k in ("loss", "tokens_per_s") if row.get(k) is not None})
         if row.get("eval_loss") is not None:
             self.latest.update(eval_loss=row["eval_loss"], eval_step=row["step"],
-                               **{k: row[k] for k in task_eval.LOG_KEYS if k in row})
+                               **{k: row[k] for k in task_eval.log_keys() if k in row})
         progress.write(self.csv_path.parent, stage="train", done=state.global_step,
                        total=state.max_steps or self.total_steps, epoch=row["epoch"], **self.latest)
         if self.live:
@@ -184,7 +183,7 @@ class _LogRecorder:
 
     def frame(self) -> pd.DataFrame:
         """The log so far; the task metrics' columns when they were scored (evaluation.during_training)."""
-        task = [k for k in task_eval.LOG_KEYS if any(k in r for r in self.rows)]
+        task = [k for k in task_eval.log_keys() if any(k in r for r in self.rows)]
         return pd.DataFrame(self.rows, columns=LOG_COLUMNS + task)
 
     def write(self) -> None:
@@ -498,6 +497,18 @@ class Session:
         return self.checks._repr_html_()
 
 
+def check_trainer(args, decisions) -> None:
+    """The trainer's arguments against the decisions: the optimizer and mixed precision it will build
+    are the decided ones (TRL or Unsloth changing them would make the manifest wrong); ModelError if not."""
+    optim = getattr(args.optim, "value", args.optim)
+    built = {"optimizer": optim, "fp16": bool(args.fp16), "bf16": bool(args.bf16)}
+    decided = {"optimizer": decisions.optim, "fp16": decisions.fp16, "bf16": decisions.bf16}
+    wrong = [f"{k}: {built[k]} built, {decided[k]} decided" for k in built if built[k] != decided[k]]
+    if wrong:
+        raise ModelError("the trainer does not run as decided for this machine (" + "; ".join(wrong) + "): "
+                         "set training.optim and model.dtype explicitly, or report this as a bug.")
+
+
 def _precision_name(args) -> str:
     return "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
 
@@ -511,7 +522,7 @@ def build(lm, dataset, cfg, run, live: bool | None = None, callbacks: list | Non
     from trl import SFTTrainer
     from unsloth.chat_templates import train_on_responses_only
 
-    decisions = device_lib.decide_for(cfg)
+    decisions = lm.decisions or device_lib.decide_for(cfg)  # the load's own: decided once
     resume_from = resolve_resume(run, cfg.run.resume)
     if resume_from is not None and resume_from.resolve().parent == run.checkpoints.resolve():  # this run's own
         relocate_checkpoint(resume_from, run.checkpoints)
@@ -533,6 +544,7 @@ def build(lm, dataset, cfg, run, live: bool | None = None, callbacks: list | Non
     if len(trainer.train_dataset) != len(train_ds):  # TRL drops fully masked examples by itself
         raise DataError(f"the trainer kept {len(trainer.train_dataset)} of {len(train_ds)} training examples "
                         "after masking; some would train on nothing. Check the chat markers.")
+    check_trainer(trainer.args, decisions)
     if score is not None:
         task_eval.attach(trainer, score)
     if live is None:
@@ -621,11 +633,9 @@ def _best_eval_loss(log_df: pd.DataFrame) -> float | None:
 def _task_figures(log_df: pd.DataFrame) -> dict[str, float]:
     """The task metrics scored during training: at the first evaluation (step 0: the base model),
     the last, and the best after step 0 (in each metric's own direction)."""
-    from .metrics import HIGHER_IS_BETTER
-
     out = {}
-    for name in DURING_TRAINING_METRICS:
-        key = f"eval_{name}"
+    for metric in registry.during_training():
+        name, key = metric.name, metric.log_key
         if key not in log_df:
             continue
         values = log_df.dropna(subset=[key])
@@ -634,7 +644,7 @@ def _task_figures(log_df: pd.DataFrame) -> dict[str, float]:
         trained = values[values["step"] > 0][key]
         out[f"{name}_first"], out[f"{name}_last"] = float(values[key].iloc[0]), float(values[key].iloc[-1])
         if len(trained):
-            out[f"{name}_best"] = float(trained.max() if HIGHER_IS_BETTER[name] else trained.min())
+            out[f"{name}_best"] = float(trained.max() if metric.higher_is_better else trained.min())
     return out
 
 

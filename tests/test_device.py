@@ -81,7 +81,7 @@ def test_a_gpu_recipe_on_a_cpu_stops_naming_the_params_to_use():
         decide(CPU)
     d = decide(CPU_NF4, require_gpu=False)  # asked for: it runs, in 4-bit where bitsandbytes' CPU NF4 works
     assert (d.dtype, d.load_in_4bit, d.optim, d.gradient_checkpointing, d.use_cpu, d.notes) == \
-        ("float32", True, "adamw_torch", True, True, ())
+        ("float32", True, "adamw_torch_fused", True, True, ())
 
 
 # a CPU: 4-bit where bitsandbytes' CPU backend runs NF4, else 16-bit with the reason in a note
@@ -96,7 +96,7 @@ CPU_TABLE = [
 @pytest.mark.parametrize("dev, four_bit, why", CPU_TABLE, ids=["nf4", "no-bitsandbytes", "no-kernel"])
 def test_4bit_on_a_cpu_wherever_bitsandbytes_nf4_runs(dev, four_bit, why):
     d = decide(dev, "cpu", load_in_4bit=True)
-    assert (d.load_in_4bit, d.dtype, d.optim, d.use_cpu) == (four_bit, "float32", "adamw_torch", True)
+    assert (d.load_in_4bit, d.dtype, d.optim, d.use_cpu) == (four_bit, "float32", "adamw_torch_fused", True)
     assert d.precision == ("4-bit NF4 + float32" if four_bit else "float32")
     if why is None:
         assert d.notes == ()
@@ -124,12 +124,12 @@ def test_the_cpu_demo_and_smoke_recipes_on_a_cpu():
     for name in ("cpu", "smoke"):
         d = decide(CPU, name)
         assert (d.dtype, d.load_in_4bit, d.optim, d.gradient_checkpointing, d.fp16, d.bf16, d.use_cpu) == \
-            ("float32", False, "adamw_torch", False, False, False, True)
+            ("float32", False, "adamw_torch_fused", False, False, False, True)
     with pytest.raises(ModelError, match="no CUDA GPU"):
         decide(CPU, "cpu", optim="adamw_8bit")
     d = decide(CPU_NF4, "cpu_qlora")  # the QLoRA shape on a CPU: cpu.yaml but NF4
     assert (d.dtype, d.load_in_4bit, d.optim, d.gradient_checkpointing, d.use_cpu) == \
-        ("float32", True, "adamw_torch", False, True)
+        ("float32", True, "adamw_torch_fused", False, True)
 
 
 def test_the_cpu_recipe_on_a_gpu_uses_the_gpu():
@@ -160,7 +160,7 @@ def test_this_machine_is_described_without_cuda_and_auto_picks_cpu():
 def test_the_manifest_records_the_decisions_and_a_gpu_recipe_makes_no_run_folder(isolated_outputs):
     run = runs.open_run(params.load("smoke"))
     manifest = run.manifest()
-    assert manifest["decisions"]["dtype"] == "float32" and manifest["decisions"]["optim"] == "adamw_torch"
+    assert manifest["decisions"]["dtype"] == "float32" and manifest["decisions"]["optim"] == "adamw_torch_fused"
     assert manifest["device"]["bf16"] is False and manifest["device"]["device"] == "cpu"
     before = sorted(p.name for p in run.path.parent.iterdir())
     with pytest.raises(ModelError, match="GPU recipe"):
@@ -311,8 +311,9 @@ def test_polo_plan_shows_what_a_t4_would_run_without_loading_anything(capsys):
     assert "pip install -r requirements/gpu.txt" in capsys.readouterr().err
     assert cli.main(["plan", "default"]) == 2               # this machine: no CUDA
     assert "params_file 'cpu'" in capsys.readouterr().err
-    assert cli.main(["plan", "default", "--device", "tpu"]) == 2
-    assert "choose one of: here, t4" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:  # argparse refuses it from device.PROFILES, naming them
+        cli.main(["plan", "default", "--device", "tpu"])
+    assert exit_.value.code == 2 and "invalid choice: 'tpu' (choose from 'here', 't4'" in capsys.readouterr().err
 
 
 SHIPPED = sorted(paths.QUEUES_DIR.glob("*.yaml")) + sorted(paths.SWEEPS_DIR.glob("*.yaml"))

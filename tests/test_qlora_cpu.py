@@ -7,13 +7,14 @@ Resuming a 4-bit run is tests/test_train.py's resume test; the GGUF export of a 
 tests/test_export_gguf.py's (its run is 4-bit)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import httpx
 import pytest
 from adapter_runs import free_port
 
-from polo_lib import data, device, inference, model, params, pipeline, prompts
+from polo_lib import data, device, inference, local_models, model, params, pipeline, prompts, train
 from polo_lib.deploy import export, serve
 from polo_lib.errors import ModelError
 
@@ -52,7 +53,7 @@ def test_polo_run_trains_and_evaluates_on_an_nf4_base(qlora_run, record_agrees):
     assert manifest["model"]["load_in_4bit"] == {"asked": True, "applied": True}
     assert manifest["model"]["linear4bit_layers"] == TINY_LINEAR_LAYERS
     report = (run.path / "report.md").read_text(encoding="utf-8")
-    assert f"- precision: 4-bit NF4 + float32 ({TINY_LINEAR_LAYERS} Linear4bit layers), optimizer adamw_torch" \
+    assert f"- precision: 4-bit NF4 + float32 ({TINY_LINEAR_LAYERS} Linear4bit layers), optimizer adamw_torch_fused" \
         in report
     training = run.summary().training
     assert training.steps == 6 and training.loss_last < training.loss_first
@@ -119,3 +120,42 @@ def test_params4bit_weights_count_as_the_16bit_model_they_came_from(tiny_model_d
         model.check_applied(sixteen.model, decided_4bit, "tiny-llama")
     with pytest.raises(ModelError, match="14 Linear4bit layers loaded where float32 weights were decided"):
         model.check_applied(four.model, device.decide_for(params.load("smoke")), "tiny-llama")
+    decided_bf16 = dataclasses.replace(device.decide_for(params.load("smoke")), dtype="bfloat16")
+    with pytest.raises(ModelError, match="loaded in float32 where bfloat16 was decided"):
+        model.check_applied(sixteen.model, decided_bf16, "tiny-llama")
+
+
+def test_a_decided_4bit_load_that_comes_back_16bit_stops_the_run(tiny_model_dir, monkeypatch):
+    """Decided on a CPU where NF4 runs; then Unsloth's loader is told NF4 does not (its own switch, which
+    its probe reads once per process: the probe's cache is cleared around the test) and loads 16-bit
+    weights without failing: the load itself refuses the model."""
+    from unsloth_zoo.cpu.runtime import cpu_bnb_4bit_supported
+
+    cfg = params.load("smoke", overrides=FOUR_BIT)
+    decided = device.decide(device.PROFILES["cpu"], cfg.model, cfg.lora, cfg.training)
+    assert decided.load_in_4bit
+    monkeypatch.setenv("UNSLOTH_CPU_LOAD_IN_4BIT", "0")
+    cpu_bnb_4bit_supported.cache_clear()
+    try:
+        with pytest.raises(ModelError, match="4-bit NF4 was decided .* holds no bitsandbytes Linear4bit layer"):
+            model.from_pretrained(local_models.resolve(cfg.model.model_name), cfg, decided)
+    finally:
+        monkeypatch.delenv("UNSLOTH_CPU_LOAD_IN_4BIT")
+        cpu_bnb_4bit_supported.cache_clear()
+
+
+@pytest.mark.parametrize("changed,message", [
+    ({}, None),
+    ({"optim": "adamw_8bit"}, "optimizer: adamw_torch_fused built, adamw_8bit decided"),
+    ({"bf16": True}, "bf16: False built, True decided"),
+])
+def test_the_trainer_is_checked_against_the_decisions(changed, message, tmp_path):
+    from transformers import TrainingArguments
+
+    decided = dataclasses.replace(device.decide_for(params.load("smoke")), **changed)
+    args = TrainingArguments(output_dir=str(tmp_path), optim="adamw_torch", use_cpu=True, report_to=[])
+    if message is None:
+        train.check_trainer(args, decided)
+    else:
+        with pytest.raises(ModelError, match=message):
+            train.check_trainer(args, decided)
