@@ -117,9 +117,13 @@ def params_page() -> str:
         if cls.__doc__:
             lines += [" ".join(cls.__doc__.split()), ""]
         lines += ["| key | type | default | limits | description |", "|---|---|---|---|---|"]
+        schema = cls.model_json_schema(mode="validation")["properties"]
         for name, info in cls.model_fields.items():
             about = info.description or comments.get(name, "")
-            lines.append(f"| `{section}.{name}` | {_cell(_type_name(info.annotation))} | {_cell(_default(info))} "
+            kind = _type_name(info.annotation)
+            if kind == "str" and schema.get(name, {}).get("enum"):  # choices checked by a validator (a registry's)
+                kind = "one of " + ", ".join(f"`{a}`" for a in schema[name]["enum"])
+            lines.append(f"| `{section}.{name}` | {_cell(kind)} | {_cell(_default(info))} "
                          f"| {_cell(_limits(info))} | {_cell(about)} |")
         lines.append("")
     lines += ["## Short names", "",
