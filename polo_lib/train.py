@@ -26,9 +26,12 @@ from .errors import DataError, ModelError, ParamsError, RunError
 from .inference import merge_to_16bit
 from .notebook import in_notebook, say
 from .params import DURING_TRAINING_METRICS
+from .unsloth_first import without_lines
 
 log = logging.getLogger(__name__)
 
+# What Unsloth's train_on_responses_only prints for each split (see build)
+DROPPING_COLUMNS = "Unsloth: Dropping columns the model is not fed"
 # tokens_seen: answer and prompt tokens (not padding) trained on so far, from the trainer's state
 LOG_COLUMNS = ["step", "epoch", "loss", "eval_loss", "learning_rate", "grad_norm", "tokens_per_s", "tokens_seen"]
 
@@ -528,8 +531,11 @@ def build(lm, dataset, cfg, run, live: bool | None = None, callbacks: list | Non
     trainer = SFTTrainer(
         model=lm.model, processing_class=lm.tokenizer, args=sft_config(cfg, run, decisions, schedule),
         train_dataset=train_ds.select_columns(keep), eval_dataset=eval_ds.select_columns(keep))
-    trainer = train_on_responses_only(trainer, instruction_part=markers.instruction,
-                                      response_part=markers.response)
+    # It drops the `messages` column from both splits once tokenized, saying so once per split: the
+    # model is fed the tokens, as it should be, and the user has nothing to do about it
+    with without_lines(DROPPING_COLUMNS):
+        trainer = train_on_responses_only(trainer, instruction_part=markers.instruction,
+                                          response_part=markers.response)
     if len(trainer.train_dataset) != len(train_ds):  # TRL drops fully masked examples by itself
         raise DataError(f"the trainer kept {len(trainer.train_dataset)} of {len(train_ds)} training examples "
                         "after masking; some would train on nothing. Check the chat markers.")

@@ -402,7 +402,9 @@ def test_polo_explain_writes_the_paper_side_by_side_with_the_runs_model_and_the_
 
 # ---------------------------------------------------------------- chat app and CLI
 
-def test_chat_app_handlers_answer_and_the_app_opens(tiny_run):
+def test_chat_app_handlers_answer_and_the_app_opens(tiny_run, capsys):
+    """The handlers answer as inference does; the app opens saying where in one line of ours, without
+    Gradio's hint at a share option `polo chat` does not have."""
     from polo_lib.deploy import chat_app
 
     models = chat_app.load_models(tiny_run)
@@ -415,12 +417,13 @@ def test_chat_app_handlers_answer_and_the_app_opens(tiny_run):
     # "explain" is the Easy prompt, exactly as training built it
     assert explained == tuned == inference.generate(models.tuned, [prompts.build_messages(PARAGRAPH)],
                                                    max_new_tokens=8)[0].text
-    app = chat_app.build_app(models)
     port = free_port()
-    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, share=False)
+    capsys.readouterr()
+    app = chat_app.open_app(chat_app.build_app(models), port=port, block=False)  # what `polo chat` runs
     try:
         r = httpx.get(f"http://127.0.0.1:{port}/", timeout=30)
         assert r.status_code == 200 and "POLO Easy" in r.text
+        assert capsys.readouterr().out == f"polo chat: open http://127.0.0.1:{port}/ in a browser (Ctrl+C stops it)\n"
     finally:
         app.close()
 
