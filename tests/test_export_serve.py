@@ -361,8 +361,11 @@ def test_polo_explain_writes_the_paper_side_by_side_with_the_runs_model_and_the_
     paper = explain.resolve_paper(None)
     monkeypatch.setenv("POLO_OUTPUTS", str(tiny_run.path.parents[1]))
     assert cli.main(["explain", tiny_run.id, str(paper), "--max-new-tokens", "6", "--batch-size", "8", "--force"]) == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     assert "31 paragraph(s)" in printed and "13 heading(s)" in printed and "tokens/s" in printed
+    loading = captured.err.replace("\n", "\r").split("\r")  # the model loads under a bar
+    assert any(f"loading run {tiny_run.id}: adapter: 100%" in d and " 1/1 [" in d for d in loading), loading
     written = explain.output_paths(tiny_run, paper)
     body = json.loads(written["json"].read_text(encoding="utf-8"))
     assert body["counts"] == {"heading": 13, "paragraph": 31, "caption": 1, "equation": 1, "reference": 4}
@@ -403,11 +406,14 @@ def test_polo_explain_writes_the_paper_side_by_side_with_the_runs_model_and_the_
 # ---------------------------------------------------------------- chat app and CLI
 
 def test_chat_app_handlers_answer_and_the_app_opens(tiny_run, capsys):
-    """The handlers answer as inference does; the app opens saying where in one line of ours, without
-    Gradio's hint at a share option `polo chat` does not have."""
+    """The models load under a bar (tuned, then base); the handlers answer as inference does; the app
+    opens saying where in one line of ours, without Gradio's hint at a share option `polo chat` does
+    not have."""
     from polo_lib.deploy import chat_app
 
     models = chat_app.load_models(tiny_run)
+    loading = capsys.readouterr().err.replace("\n", "\r").split("\r")
+    assert any(f"loading run {tiny_run.id}: base: 100%" in d and " 2/2 [" in d for d in loading), loading
     reply = chat_app.chat_reply(models, "What is a grid cell?", [
         {"role": "user", "content": "Hi"}, {"role": "assistant", "content": [{"type": "text", "text": "Hello"}]}],
         max_new_tokens=8)

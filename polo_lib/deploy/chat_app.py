@@ -47,12 +47,21 @@ class Models:
 
 def load_models(run, with_base: bool = True) -> Models:
     """Base + adapter, and the base alone, both with the run's own tokenizer (template, EOS)."""
+    from tqdm.auto import tqdm
+
     cfg = run.params()
     tokenizer = inference.run_tokenizer(run)
-    tuned = inference.with_tokenizer(inference.load_tuned(cfg, run), tokenizer)
-    # "Base vs tuned" generates with both at once: a Rust tokenizer used by two threads raises
-    # "Already borrowed", so the base gets an identical copy
-    base = inference.with_tokenizer(inference.load_base(cfg), copy.deepcopy(tokenizer)) if with_base else None
+    # seconds each on the CPU demo, minutes for a 3B model: a bar with the models loaded and time left
+    with tqdm(total=2 if with_base else 1, desc=f"loading run {run.id}: tuned", unit="model") as bar:
+        tuned = inference.with_tokenizer(inference.load_tuned(cfg, run), tokenizer)
+        bar.update(1)
+        base = None
+        if with_base:
+            bar.set_description(f"loading run {run.id}: base")
+            # "Base vs tuned" generates with both at once: a Rust tokenizer used by two threads raises
+            # "Already borrowed", so the base gets an identical copy
+            base = inference.with_tokenizer(inference.load_base(cfg), copy.deepcopy(tokenizer))
+            bar.update(1)
     return Models(tuned, base, run.id, threading.Lock())
 
 
