@@ -177,10 +177,11 @@ def cmd_sweep(args) -> int:
 
 
 def _unsloth_first() -> None:
-    """Unsloth patches transformers when imported first; the export, serve and chat paths load models."""
+    """Unsloth patches transformers when imported first; the export, serve, chat and explain paths load
+    models to answer with, never to train: without Unsloth's "training on CPU" banner."""
     from .model import import_unsloth
 
-    import_unsloth()
+    import_unsloth(training=False)
 
 
 def cmd_export(args) -> int:

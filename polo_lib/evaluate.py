@@ -20,6 +20,7 @@ import pandas as pd
 from . import inference, plots, progress, registry
 from .atomic import atomic_write_json, atomic_write_text
 from .errors import RunError
+from .notebook import readable
 
 log = logging.getLogger(__name__)
 
@@ -149,8 +150,9 @@ def chart(table: pd.DataFrame, evaluation=None, title: str = "base vs tuned"):
     return fig
 
 
-def examples(predictions: pd.DataFrame, evaluation=None, n: int = 5) -> pd.DataFrame:
-    """n examples side by side (original, reference, base, tuned); with an evaluation, its examples.md."""
+def examples(predictions: pd.DataFrame, evaluation=None, n: int = 5):
+    """n examples side by side (original, reference, base, tuned), every text whole and wrapped
+    (notebook.readable; `.data` is the DataFrame); with an evaluation, its examples.md."""
     table = predictions[["original", "reference", "base", "tuned"]].head(n)
     if evaluation is not None:
         parts = [f"# Examples: run {evaluation.run.id}, evaluation {evaluation.id}\n"]
@@ -159,4 +161,4 @@ def examples(predictions: pd.DataFrame, evaluation=None, n: int = 5) -> pd.DataF
             for col in ("original", "reference", "base", "tuned"):
                 parts.append(f"**{col}**\n\n{row[col] or '(empty)'}\n")
         atomic_write_text(evaluation.path / "examples.md", "\n".join(parts))
-    return table
+    return readable(table)

@@ -29,6 +29,7 @@ from . import device as device_lib
 from . import local_models, prompts
 from . import model as model_lib
 from .errors import ModelError, RunError
+from .progress import GenerationBar
 
 log = logging.getLogger(__name__)
 
@@ -310,7 +311,6 @@ def generate_prompts(lm, texts: Sequence[str], max_new_tokens: int = 128, batch_
     batch sample the same answers.
     """
     import torch
-    from tqdm.auto import tqdm
     from transformers import StoppingCriteriaList
     from unsloth import FastLanguageModel
 
@@ -325,7 +325,7 @@ def generate_prompts(lm, texts: Sequence[str], max_new_tokens: int = 128, batch_
     answers = [_Answer() for _ in texts]
     pending = list(range(len(texts)))  # in order; an answer ended before running out of memory keeps its result
     spent = 0.0
-    bar = tqdm(total=len(texts), desc=progress or "generating", unit="example", disable=progress is None)
+    bar = GenerationBar(progress, len(texts), batch_size, max_new_tokens)  # moves at every decoding step
     size = batch_size
     try:
         while pending:
@@ -337,17 +337,16 @@ def generate_prompts(lm, texts: Sequence[str], max_new_tokens: int = 128, batch_
                 torch.manual_seed(seed)
             try:
                 _, seconds = _generate_ids(model, tok, [texts[i] for i in batch], max_new_tokens, streamer=writer,
-                                           stopping_criteria=StoppingCriteriaList([writer]), **sampling)
+                                           stopping_criteria=StoppingCriteriaList([writer, bar]), **sampling)
             except device_lib.out_of_memory_errors() as e:
                 size = _smaller_batch(size, batch_size, max_new_tokens, e)
                 pending = [i for i in pending if answers[i].result is None]
+                bar.retry(size, len(pending))
                 continue
             writer.finish_rest(seconds)
             pending = pending[len(batch):]
-            gens = [answers[i].result for i in batch]
             spent += seconds
-            bar.update(len(batch))
-            bar.set_postfix(tokens_per_s=round(sum(g.new_tokens for g in gens) / seconds, 1))
+            bar.batch_done(len(texts) - len(pending), len(pending), size)
             if on_batch is not None:
                 done = [a.result for a in answers if a.result is not None]
                 on_batch(len(done), len(texts), sum(g.new_tokens for g in done), spent)

@@ -385,6 +385,7 @@ PRETRAIN_LR = 3e-3
 def _pretrain(model, tokenizer, texts: Sequence[str], seed: int, steps: int) -> dict[str, float]:
     """Causal-LM training on `texts`, deterministic for a seed; returns first/last loss."""
     import torch
+    from tqdm.auto import tqdm
 
     gen = torch.Generator().manual_seed(seed)
     encoded = [tokenizer(t, add_special_tokens=False)["input_ids"][:126] for t in texts]
@@ -392,7 +393,9 @@ def _pretrain(model, tokenizer, texts: Sequence[str], seed: int, steps: int) -> 
     opt = torch.optim.AdamW(model.parameters(), lr=PRETRAIN_LR, weight_decay=0.0)
     model.train()
     first = last = float("nan")
-    for step in range(steps):
+    # once per model cache, about 2 s on an idle machine and over 100 s on a busy 2-core one: a bar
+    bar = tqdm(range(steps), desc=f"building {TINY_LLAMA} (once per model cache): pretraining", unit="step")
+    for step in bar:
         idx = torch.randint(len(encoded), (PRETRAIN_BATCH,), generator=gen).tolist()
         batch = [encoded[i] for i in idx]
         width = max(len(b) for b in batch)
@@ -407,6 +410,8 @@ def _pretrain(model, tokenizer, texts: Sequence[str], seed: int, steps: int) -> 
         opt.zero_grad(set_to_none=True)
         first = loss.item() if step == 0 else first
         last = loss.item()
+        bar.set_postfix_str(f"loss {last:.3f}", refresh=False)
+    bar.close()
     model.eval()
     return {"first": round(first, 3), "last": round(last, 3), "steps": steps}
 
@@ -427,7 +432,7 @@ def build_tiny_llama(out_dir: Path, texts: Sequence[str], seed: int = 0,
     if not texts:
         raise ModelError("build_tiny_llama: no texts to train the tokenizer on.")
     out_dir = Path(out_dir)
-    log.info("building tiny-llama into %s (takes ~2 s)", out_dir)
+    log.info("building tiny-llama into %s (a few seconds; minutes on a busy 2-core machine)", out_dir)
 
     def write(tmp: Path) -> dict[str, Any]:
         import torch

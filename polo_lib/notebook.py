@@ -66,3 +66,16 @@ def on_cell_error(record: Callable[[str, str], None]) -> None:
             shell.events.unregister("post_run_cell", cb)
     on_cell._polo_watcher = True  # type: ignore[attr-defined]
     shell.events.register("post_run_cell", on_cell)
+
+
+# Whole texts in a table: wrapped at the cell's width with their own line breaks, a long path broken
+# anywhere rather than cut, read from the top left (pandas cuts every cell at 50 characters).
+READABLE_CSS = {"white-space": "pre-wrap", "overflow-wrap": "anywhere", "text-align": "left",
+                "vertical-align": "top", "min-width": "16em"}
+
+
+def readable(table):
+    """`table` to read, not to compute with: every text whole and wrapped (a pandas Styler; Jupyter
+    shows it as HTML, `.data` is the DataFrame). A model's `<|im_end|>` shows as text, not as markup."""
+    return table.style.format(escape="html").set_properties(**READABLE_CSS).set_table_styles(
+        [{"selector": "th", "props": [("text-align", "left"), ("vertical-align", "top")]}])

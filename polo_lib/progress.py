@@ -6,6 +6,10 @@ notebook's kernel or in this process alike, and shows it: on a terminal a bar pe
 step / total, epoch, last train and eval loss, tokens/s and time left, and a line per evaluation
 that stays in the scrollback; elsewhere (CI, a log file) plain lines at a steady rate.
 
+In-process work that takes more than a few seconds shows a tqdm.auto bar (a widget in a notebook,
+a bar on the terminal's stderr): GenerationBar for generating answers, counted in decoding steps so
+that one batch (the samples before training, the task metrics at an evaluation) moves too.
+
 Core layer: it imports only `atomic`, so train and evaluate can write and pipeline can watch.
 """
 from __future__ import annotations
@@ -59,6 +63,51 @@ def describe(state: dict[str, Any]) -> str:
         return (f"epoch {_number(state.get('epoch'), 2)}  loss {_number(state.get('loss'))}  "
                 f"eval_loss {_number(state.get('eval_loss'))}  {_number(state.get('tokens_per_s'), 0)} tok/s")
     return f"{state.get('phase', '')}  {state.get('tokens', 0)} tokens  {_number(state.get('tokens_per_s'), 1)} tok/s"
+
+
+class GenerationBar:
+    """A bar over the decoding steps of generating `answers` answers, `batch_size` at a time, at most
+    `max_new_tokens` steps a batch: it moves at every step (a stopping criterion of model.generate
+    that never stops anything), so a single batch of a few minutes shows counts and time left. A
+    batch whose answers all end early moves the bar to that batch's end, so the time left is an upper
+    bound. `desc` None: no bar (the server's batches, the chat's answers)."""
+
+    def __init__(self, desc: str | None, answers: int, batch_size: int, max_new_tokens: int,
+                 file: TextIO | None = None):
+        from tqdm.auto import tqdm
+
+        self.answers, self.max_new_tokens = answers, max_new_tokens
+        self.steps_before = 0  # the bar's position at the start of the batch running now
+        self.bar = tqdm(total=self._steps(answers, batch_size), desc=desc, unit="token", file=file,
+                        disable=desc is None, postfix=f"answers 0/{answers}")
+
+    def _steps(self, answers: int, batch_size: int) -> int:
+        return -(-answers // max(1, batch_size)) * self.max_new_tokens
+
+    def __call__(self, input_ids, scores=None, **kwargs):
+        """One decoding step done (transformers' StoppingCriteria: no row stops here)."""
+        import torch
+
+        if self.bar.n < self.steps_before + self.max_new_tokens:
+            self.bar.update(1)
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+    def batch_done(self, answered: int, left: int, batch_size: int) -> None:
+        """A batch ended: `answered` answers so far, `left` still to write `batch_size` at a time
+        (smaller than asked after running out of memory)."""
+        self.steps_before = self.bar.n = self.steps_before + self.max_new_tokens
+        self.bar.total = self.bar.n + self._steps(left, batch_size)
+        self.bar.set_postfix_str(f"answers {answered}/{self.answers}", refresh=False)
+        self.bar.refresh()
+
+    def retry(self, batch_size: int, left: int) -> None:
+        """The batch ran out of memory: it starts again, smaller; the steps it made count no more."""
+        self.bar.n = self.steps_before
+        self.bar.total = self.steps_before + self._steps(left, batch_size)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 class View:

@@ -120,6 +120,27 @@ def write_report(run: Run) -> Path:
     return atomic_write_text(run.path / "report.md", "\n".join(out))
 
 
+def rendered(report: Path):
+    """A report (report.md) to read in a notebook: its Markdown rendered, with the images it links
+    (the loss curve, the metrics chart) inlined, since they lie beside the report, not the notebook."""
+    import base64
+    import re
+
+    from IPython.display import Markdown
+
+    folder = Path(report).parent
+
+    def inline(match: re.Match) -> str:
+        image = folder / match.group(2)
+        if not image.is_file():
+            return match.group(0)
+        data = base64.b64encode(image.read_bytes()).decode("ascii")
+        return f"![{match.group(1)}](data:image/png;base64,{data})"
+
+    text = Path(report).read_text(encoding="utf-8")
+    return Markdown(re.sub(r"!\[([^\]]*)\]\(([^)\s]+\.png)\)", inline, text))
+
+
 def _header(run: Run, manifest: dict[str, Any]) -> list[str]:
     git = manifest.get("git") or {}
     device = manifest.get("device") or {}
@@ -145,10 +166,12 @@ def _training(run: Run, summary: RunSummary, warnings: list[str]) -> list[str]:
     out = []
     t = summary.training
     if t is not None:
+        from .train import TIME_FIGURES
+
         figures = t.model_dump(by_alias=True)
-        rows = [{"figure": f"{k}.{sub}" if isinstance(v, dict) else k, "value": x}
+        rows = [{"figure": f"{k}.{sub}" if isinstance(v, dict) else k, "value": x, "meaning": TIME_FIGURES.get(k, "")}
                 for k, v in figures.items() for sub, x in (v.items() if isinstance(v, dict) else [(None, v)])]
-        out += ["## Training", "", md_table(rows, ["figure", "value"]), ""]
+        out += ["## Training", "", md_table(rows, ["figure", "value", "meaning"]), ""]
         warnings.extend(t.plan_notes)
         if t.early_stopped:
             warnings.append(f"early stopping fired at step {t.early_stopped_at_step}; "

@@ -79,8 +79,8 @@ class TrainingSummary(_Section):
     early_stopping_patience: int | None = None  # as trained: 0 where the file's gave way to a short run
     plan_notes: list[str] = []                # train.Plan.notes: what gave way to the run length asked for
     tokens_per_s: float | None = None
-    train_seconds: float | None = None
-    train_runtime: float | None = None
+    train_seconds: float | None = None          # train.TIME_FIGURES says what each time figure measures
+    baseline_eval_seconds: float | None = None  # older runs have train_runtime instead (kept as an extra)
     resumed_from: str | None = None
 
 

@@ -49,7 +49,7 @@ class TaskScorer:
 
         start = time.perf_counter()
         answers = [g.text for g in generate(self.lm, self.chats, max_new_tokens=self.max_new_tokens,
-                                            batch_size=len(self.chats))]
+                                            batch_size=len(self.chats), progress=f"task metrics at step {step}")]
         scores = metrics.during_training(self.sources, answers, self.references, self.glossary)
         scores["task_seconds"] = round(time.perf_counter() - start, 2)
         if self.samples_path is not None:

@@ -24,10 +24,13 @@ from . import plots, progress, registry, task_eval, trackers
 from .atomic import atomic_write_text
 from .errors import DataError, ModelError, ParamsError, RunError
 from .inference import merge_to_16bit
-from .notebook import in_notebook, say
+from .notebook import in_notebook, readable, say
+from .unsloth_first import without_lines
 
 log = logging.getLogger(__name__)
 
+# What Unsloth's train_on_responses_only prints for each split (see build)
+DROPPING_COLUMNS = "Unsloth: Dropping columns the model is not fed"
 # tokens_seen: answer and prompt tokens (not padding) trained on so far, from the trainer's state
 LOG_COLUMNS = ["step", "epoch", "loss", "eval_loss", "learning_rate", "grad_norm", "tokens_per_s", "tokens_seen"]
 
@@ -539,8 +542,11 @@ def build(lm, dataset, cfg, run, live: bool | None = None, callbacks: list | Non
     trainer = SFTTrainer(
         model=lm.model, processing_class=lm.tokenizer, args=sft_config(cfg, run, decisions, schedule),
         train_dataset=train_ds.select_columns(keep), eval_dataset=eval_ds.select_columns(keep))
-    trainer = train_on_responses_only(trainer, instruction_part=markers.instruction,
-                                      response_part=markers.response)
+    # It drops the `messages` column from both splits once tokenized, saying so once per split: the
+    # model is fed the tokens, as it should be, and the user has nothing to do about it
+    with without_lines(DROPPING_COLUMNS):
+        trainer = train_on_responses_only(trainer, instruction_part=markers.instruction,
+                                          response_part=markers.response)
     if len(trainer.train_dataset) != len(train_ds):  # TRL drops fully masked examples by itself
         raise DataError(f"the trainer kept {len(trainer.train_dataset)} of {len(train_ds)} training examples "
                         "after masking; some would train on nothing. Check the chat markers.")
@@ -575,15 +581,18 @@ def build(lm, dataset, cfg, run, live: bool | None = None, callbacks: list | Non
     return Session(trainer, lm, cfg, run, markers, recorder, resume_from, checks, schedule)
 
 
-def fit(session: Session) -> pd.DataFrame:
-    """Train (resuming when the session says so); returns the headline figures as a table."""
+def fit(session: Session):
+    """Train (resuming when the session says so); returns the headline figures as a table to read
+    (figures_table: a time figure says what it measures)."""
     run, trainer = session.run, session.trainer
     start = time.perf_counter()
     run.update_manifest(training={"status": "running", "resume_from": str(session.resume_from or "")})
+    baseline = 0.0
     try:
         if session.resume_from is None:
             trainer.evaluate()  # eval_loss at step 0: the base model's, so "did it improve" has a baseline
-        output = trainer.train(resume_from_checkpoint=str(session.resume_from) if session.resume_from else None)
+            baseline = time.perf_counter() - start
+        trainer.train(resume_from_checkpoint=str(session.resume_from) if session.resume_from else None)
     except device_lib.out_of_memory_errors() as e:
         raise _out_of_memory(session, e) from None
     seconds = time.perf_counter() - start
@@ -614,11 +623,29 @@ def fit(session: Session) -> pd.DataFrame:
         "early_stopping_patience": session.plan.patience if session.plan else None,
         "plan_notes": list(session.plan.notes) if session.plan else [],
         "tokens_per_s": round(float(rates.median()), 1) if len(rates) else None,
-        "train_seconds": round(seconds, 1), "train_runtime": output.metrics.get("train_runtime"),
+        "train_seconds": round(seconds, 1), "baseline_eval_seconds": round(baseline, 1),
         "resumed_from": session.resume_from.name if session.resume_from else None,
     }
     run.update_manifest(training={"status": "finished", **session.result})
-    return pd.DataFrame([session.result]).T.rename(columns={0: "value"})
+    return readable(figures_table(session.result))
+
+
+# What each time figure of a training measures: fit's table and report.md show these words beside them.
+TIME_FIGURES = {
+    "train_seconds": "wall seconds of the whole training: the step-0 evaluation of the base model, then every "
+                     "step with its evaluations and checkpoints",
+    "baseline_eval_seconds": "of train_seconds, the step-0 evaluation of the base model (eval_loss, and the task "
+                             "metrics when evaluation.during_training is on); 0 when resumed",
+    # written by runs trained before baseline_eval_seconds replaced it; summaries keep it as they are
+    "train_runtime": "Trainer.train's own seconds: train_seconds without the step-0 evaluation (older runs)",
+}
+
+
+def figures_table(figures: dict[str, Any]) -> pd.DataFrame:
+    """Headline figures as a table: value, and what a time figure measures (TIME_FIGURES)."""
+    table = pd.DataFrame({"value": pd.Series(figures, dtype=object)})
+    table["meaning"] = [TIME_FIGURES.get(k, "") for k in table.index]
+    return table
 
 
 def _best_eval_loss(log_df: pd.DataFrame) -> float | None:
@@ -732,8 +759,9 @@ def _out_of_memory(session: Session, error: BaseException) -> RunError:
     return RunError("\n".join(lines))
 
 
-def finish(session: Session) -> pd.DataFrame:
-    """Save the adapter (+ tokenizer), optionally the merged 16-bit model, and plots/loss.png."""
+def finish(session: Session):
+    """Save the adapter (+ tokenizer), optionally the merged 16-bit model, and plots/loss.png; the
+    paths written, whole (notebook.readable)."""
     run, lm = session.run, session.lm
     lm.model.save_pretrained(str(run.adapter))
     lm.tokenizer.save_pretrained(str(run.adapter))
@@ -749,22 +777,26 @@ def finish(session: Session) -> pd.DataFrame:
     saved["loss_plot"] = str(plots.save(fig, run.plots / "loss.png"))
     run.update_manifest(artifacts=saved)
     run.update_summary(training=session.result)
-    return pd.DataFrame([saved]).T.rename(columns={0: "path"})
+    return readable(pd.DataFrame([saved]).T.rename(columns={0: "path"}))  # each path whole
 
 
 # ---------------------------------------------------------------- samples
 
-def sample(lm, split, n: int = 3, max_new_tokens: int = 128) -> pd.DataFrame:
-    """Greedy generations for the first n examples of a split (id, original, reference, output)."""
+def sample(lm, split, n: int = 3, max_new_tokens: int = 128, progress: str | None = "samples") -> pd.DataFrame:
+    """Greedy generations for the first n examples of a split (id, original, reference, output),
+    under a bar named `progress` (minutes on a busy CPU; None: no bar)."""
     from .inference import chats_of, generate
 
     rows = split.select(range(min(n, len(split))))
-    outputs = generate(lm, chats_of(rows), max_new_tokens=max_new_tokens)
+    outputs = generate(lm, chats_of(rows), max_new_tokens=max_new_tokens, progress=progress)
     return pd.DataFrame({"id": rows["id"], "original": rows["original"],
                          "reference": rows["simplified"], "output": [g.text for g in outputs]}).set_index("id")
 
 
-def side_by_side(before: pd.DataFrame, after: pd.DataFrame) -> pd.DataFrame:
+def side_by_side(before: pd.DataFrame, after: pd.DataFrame | None = None):
+    """The samples before training (and after, beside them) to read: every text whole, wrapped
+    (notebook.readable; `.data` is the DataFrame)."""
     table = before.rename(columns={"output": "before training"})
-    table["after training"] = after["output"]
-    return table
+    if after is not None:
+        table["after training"] = after["output"]
+    return readable(table)

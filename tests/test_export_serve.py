@@ -361,8 +361,11 @@ def test_polo_explain_writes_the_paper_side_by_side_with_the_runs_model_and_the_
     paper = explain.resolve_paper(None)
     monkeypatch.setenv("POLO_OUTPUTS", str(tiny_run.path.parents[1]))
     assert cli.main(["explain", tiny_run.id, str(paper), "--max-new-tokens", "6", "--batch-size", "8", "--force"]) == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     assert "31 paragraph(s)" in printed and "13 heading(s)" in printed and "tokens/s" in printed
+    loading = captured.err.replace("\n", "\r").split("\r")  # the model loads under a bar
+    assert any(f"loading run {tiny_run.id}: adapter: 100%" in d and " 1/1 [" in d for d in loading), loading
     written = explain.output_paths(tiny_run, paper)
     body = json.loads(written["json"].read_text(encoding="utf-8"))
     assert body["counts"] == {"heading": 13, "paragraph": 31, "caption": 1, "equation": 1, "reference": 4}
@@ -402,10 +405,15 @@ def test_polo_explain_writes_the_paper_side_by_side_with_the_runs_model_and_the_
 
 # ---------------------------------------------------------------- chat app and CLI
 
-def test_chat_app_handlers_answer_and_the_app_opens(tiny_run):
+def test_chat_app_handlers_answer_and_the_app_opens(tiny_run, capsys):
+    """The models load under a bar (tuned, then base); the handlers answer as inference does; the app
+    opens saying where in one line of ours, without Gradio's hint at a share option `polo chat` does
+    not have."""
     from polo_lib.deploy import chat_app
 
     models = chat_app.load_models(tiny_run)
+    loading = capsys.readouterr().err.replace("\n", "\r").split("\r")
+    assert any(f"loading run {tiny_run.id}: base: 100%" in d and " 2/2 [" in d for d in loading), loading
     reply = chat_app.chat_reply(models, "What is a grid cell?", [
         {"role": "user", "content": "Hi"}, {"role": "assistant", "content": [{"type": "text", "text": "Hello"}]}],
         max_new_tokens=8)
@@ -415,12 +423,13 @@ def test_chat_app_handlers_answer_and_the_app_opens(tiny_run):
     # "explain" is the Easy prompt, exactly as training built it
     assert explained == tuned == inference.generate(models.tuned, [prompts.build_messages(PARAGRAPH)],
                                                    max_new_tokens=8)[0].text
-    app = chat_app.build_app(models)
     port = free_port()
-    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, share=False)
+    capsys.readouterr()
+    app = chat_app.open_app(chat_app.build_app(models), port=port, block=False)  # what `polo chat` runs
     try:
         r = httpx.get(f"http://127.0.0.1:{port}/", timeout=30)
         assert r.status_code == 200 and "POLO Easy" in r.text
+        assert capsys.readouterr().out == f"polo chat: open http://127.0.0.1:{port}/ in a browser (Ctrl+C stops it)\n"
     finally:
         app.close()
 

@@ -136,10 +136,14 @@ def test_existing_folder_is_returned_and_file_is_rejected(tmp_path):
 # --------------------------------------------------------------------------- tiny llama
 
 
-def test_tiny_llama_build_is_complete(tmp_path):
+def test_tiny_llama_build_is_complete(tmp_path, capsys):
     # No wall-clock bound here: on a loaded 2-core machine the build took 41 s, and speed belongs
-    # to the benchmarks, not to a test that fails when the machine is busy.
+    # to the benchmarks, not to a test that fails when the machine is busy. Its pretraining shows a
+    # bar with the steps done (a fresh outputs folder's first run waited 105 s in silence).
     out = lm.build_tiny_llama(tmp_path / "t", TEXTS, **QUICK)
+    drawn = capsys.readouterr().err.replace("\n", "\r").split("\r")
+    assert any(d.startswith("building tiny-llama (once per model cache): pretraining: 100%") and " 4/4 [" in d
+               for d in drawn), drawn
     names = {p.name for p in out.iterdir()}
     assert {"config.json", "model.safetensors", "tokenizer.json", lm.MARKER_NAME} <= names
     marker = json.loads((out / lm.MARKER_NAME).read_text())

@@ -97,3 +97,38 @@ def test_watch_follows_the_file_a_stage_writes_from_another_process_or_thread(tm
     lines = out.getvalue().splitlines()
     assert lines[-1].startswith("  train 6/6 (100%)")  # the final state is always shown
     assert any("eval at step 5/6" in line for line in lines)
+
+
+def test_one_batch_of_answers_moves_the_bar_at_every_decoding_step(tiny_model_dir, monkeypatch, capsys):
+    """The samples before training and the task metrics at an evaluation are one batch each, minutes
+    on a busy CPU: the bar counts decoding steps (with the answers done and time left), not answers,
+    which would sit at 0 until the batch ends."""
+    from polo_lib import inference, params, prompts
+
+    monkeypatch.setenv("TQDM_MININTERVAL", "0")  # every step drawn
+    lm = inference.load_base(params.load("smoke"))
+    capsys.readouterr()
+    inference.generate(lm, [prompts.build_messages("YOLO divides the image into a grid.")] * 2, max_new_tokens=12,
+                       progress="before training")
+    drawn = capsys.readouterr().err.split("\r")
+    assert any(d.startswith("before training:   8%") and " 1/12 [" in d and "answers 0/2" in d for d in drawn), drawn
+    assert " 12/12 [" in drawn[-1] and "answers 2/2" in drawn[-1]
+
+
+def test_the_bar_of_several_batches_ends_each_batch_at_its_share_and_restarts_a_smaller_one():
+    """3 batches of 2 (6 answers, at most 4 tokens each): an early end jumps to the batch's share;
+    running out of memory drops the failed batch's steps and sizes the rest at the smaller batch."""
+    import torch
+
+    bar = progress.GenerationBar("answers", answers=6, batch_size=2, max_new_tokens=4, file=io.StringIO())
+    ids = torch.zeros((2, 7), dtype=torch.long)
+    assert bar.bar.total == 12
+    for _ in range(2):
+        assert bar(ids).tolist() == [False, False]  # counts, never stops a row
+    assert bar.bar.n == 2
+    bar.batch_done(answered=2, left=4, batch_size=2)  # both answers ended at step 2
+    assert (bar.bar.n, bar.bar.total) == (4, 12)
+    bar(ids)
+    bar.retry(batch_size=1, left=4)  # out of memory: the rest one at a time
+    assert (bar.bar.n, bar.bar.total) == (4, 20)
+    bar.close()

@@ -15,7 +15,7 @@ from polo_lib import paths, pipeline
 
 RECIPE_NAMES = {"data", "model", "train", "evaluate", "runs", "reports", "run"}
 OPENING = {"params.from_notebook", "runs.open_run", "runs.lookup"}
-DISPLAY = {"data.describe", "model.parameter_table", "train.sample", "train.side_by_side",
+DISPLAY = {"data.describe", "model.parameter_table", "train.sample", "train.side_by_side", "reports.rendered",
            "evaluate.speed_table", "data.split_table", "evaluate.by_paper"}
 
 

@@ -183,13 +183,21 @@ def test_command_help_names_every_positional_and_shows_defaults(capsys):
 
 
 def test_polo_list_and_report_work_from_the_folder_alone(capsys):
+    """Also for a run trained before baseline_eval_seconds: its train_runtime is read back and each
+    time figure says in the report what it measures."""
+    from polo_lib.train import TIME_FIGURES
+
     cfg = params.load("smoke")
     run = runs.open_run(cfg)
     run.update_summary(training={"loss_first": 3.0, "loss_last": 2.0, "early_stopped": True,
-                                 "early_stopped_at_step": 4, "best_checkpoint": "checkpoint-2"})
+                                 "early_stopped_at_step": 4, "best_checkpoint": "checkpoint-2",
+                                 "train_seconds": 755.5, "train_runtime": 311.29})
     assert cli.main(["report", run.id]) == 0
     report = (run.path / "report.md").read_text(encoding="utf-8")
     assert f"# Run {run.id}" in report and "| loss_last | 2 |" in report
+    assert run.summary().training.train_seconds == 755.5
+    assert f"| train_seconds | 755.5 | {TIME_FIGURES['train_seconds']} |" in report
+    assert f"| train_runtime | 311.3 | {TIME_FIGURES['train_runtime']} |" in report
     assert "early stopping fired at step 4" in report and "training.learning_rate" in report
     assert cli.main(["list"]) == 0 and run.id in capsys.readouterr().out
 

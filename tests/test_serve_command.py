@@ -9,6 +9,7 @@ import pytest
 from adapter_runs import PARAGRAPH, free_port
 
 from polo_lib import prompts
+from polo_lib.unsloth_first import CPU_BANNER
 
 pytestmark = pytest.mark.slow
 
@@ -16,7 +17,8 @@ pytestmark = pytest.mark.slow
 def test_polo_serve_command_serves_a_run_until_stopped(tiny_run, tmp_path, capsys):
     """The user's command: `polo serve <run>` in its own process, its API key from POLO_API_KEY,
     answers; 2,000 requests at once with a queue of 256 each get 200 or 503 while the server stays
-    up within a memory bound; the key is in no log or run file; SIGINT stops it."""
+    up within a memory bound; the key is in no log or run file; SIGINT stops it. Its log has no
+    Unsloth "training on CPU" banner (the chat, explain and export commands import Unsloth the same way)."""
     import os
     import signal
     import subprocess
@@ -61,5 +63,6 @@ def test_polo_serve_command_serves_a_run_until_stopped(tiny_run, tmp_path, capsy
         assert proc.wait(timeout=30) == 0
     served = (tmp_path / "serve.log").read_text()
     assert f"serving run {tiny_run.id}" in served and "API key required" in served
+    assert CPU_BANNER not in served  # nothing trains here: no "training on CPU" (cli._unsloth_first)
     assert not [p for p in tiny_run.path.rglob("*") if p.is_file() and key.encode() in p.read_bytes()]
     assert key not in served

@@ -135,3 +135,36 @@ def test_polo_run_rejects_unknown_overrides_before_any_work(capsys):
     assert cli.main(["run", "smoke", "--set", "learnig_rate=1e-4"]) == 2
     assert "Did you mean" in capsys.readouterr().err
     assert not paths.runs_dir().exists()
+
+
+def test_the_executed_train_notebook_shows_whole_texts_whole_paths_and_ends_on_the_report(pipeline_run, monkeypatch):
+    """What a person reads in train.ipynb: the samples before and after training with every text
+    whole (pandas cut each at 50 characters), a bar while they are written, the saved paths whole
+    (the adapter's was cut where the run id starts), each time figure with what it measures, no
+    Unsloth 'Dropping columns' notice, and the report rendered last (not a bare PosixPath)."""
+    import html
+
+    from polo_lib import train
+
+    executed = json.loads((pipeline_run.notebooks / "train.ipynb").read_text(encoding="utf-8"))
+    cells = {c.get("id"): c for c in executed["cells"]}
+
+    def shown(cell_id: str, kind: str = "text/html") -> str:
+        outputs = cells[cell_id].get("outputs", [])
+        return "".join("".join(o.get("data", {}).get(kind, "")) + "".join(o.get("text", "")) for o in outputs)
+
+    monkeypatch.setenv("POLO_PROCESSED_DIR", str(pipeline_run.path.parents[2] / "processed"))  # the fixture's
+    validation = data.load_processed(params.load("smoke").data)["validation"]
+    for cell_id in ("train-17", "train-23"):  # before; before and after
+        for text in validation["original"][:3]:
+            assert len(text) > 50 and html.escape(text) in shown(cell_id), (cell_id, text[:60])
+    assert "before training" in shown("train-23") and "after training" in shown("train-23")
+    assert "samples" in shown("train-17", "text/plain")  # the bar (a widget; its text form names it)
+    assert str(pipeline_run.adapter) in shown("train-21")
+    assert html.escape(train.TIME_FIGURES["baseline_eval_seconds"]) in shown("train-19")
+    everything = json.dumps(executed)
+    assert train.DROPPING_COLUMNS not in everything
+    assert executed["cells"][-1]["id"] == "train-25"
+    report = shown("train-25", "text/markdown")
+    assert report.startswith(f"# Run {pipeline_run.id}") and "data:image/png;base64," in report  # the loss curve
+    assert "PosixPath" not in shown("train-25", "text/plain")

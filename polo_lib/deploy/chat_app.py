@@ -47,12 +47,21 @@ class Models:
 
 def load_models(run, with_base: bool = True) -> Models:
     """Base + adapter, and the base alone, both with the run's own tokenizer (template, EOS)."""
+    from tqdm.auto import tqdm
+
     cfg = run.params()
     tokenizer = inference.run_tokenizer(run)
-    tuned = inference.with_tokenizer(inference.load_tuned(cfg, run), tokenizer)
-    # "Base vs tuned" generates with both at once: a Rust tokenizer used by two threads raises
-    # "Already borrowed", so the base gets an identical copy
-    base = inference.with_tokenizer(inference.load_base(cfg), copy.deepcopy(tokenizer)) if with_base else None
+    # seconds each on the CPU demo, minutes for a 3B model: a bar with the models loaded and time left
+    with tqdm(total=2 if with_base else 1, desc=f"loading run {run.id}: tuned", unit="model") as bar:
+        tuned = inference.with_tokenizer(inference.load_tuned(cfg, run), tokenizer)
+        bar.update(1)
+        base = None
+        if with_base:
+            bar.set_description(f"loading run {run.id}: base")
+            # "Base vs tuned" generates with both at once: a Rust tokenizer used by two threads raises
+            # "Already borrowed", so the base gets an identical copy
+            base = inference.with_tokenizer(inference.load_base(cfg), copy.deepcopy(tokenizer))
+            bar.update(1)
     return Models(tuned, base, run.id, threading.Lock())
 
 
@@ -280,7 +289,15 @@ def launch(run_id: str | None, host: str = "127.0.0.1", port: int = 7860, with_b
     """Load the run's models (or connect to `server`) and open the app; `block=False` returns the
     running app (tests)."""
     models = connect(server, api_key) if server else load_models(runs.lookup(run_id), with_base)
-    app = build_app(models)
-    app.launch(server_name=host, server_port=port, prevent_thread_lock=not block, share=False,
-               inbrowser=False, show_error=True)
+    return open_app(build_app(models), host, port, block)
+
+
+def open_app(app, host: str = "127.0.0.1", port: int = 7860, block: bool = True):
+    """Start the app on host:port and say where, in one line of our own: Gradio's launch messages stay
+    unsaid (its "To create a public link, set `share=True`" offers what `polo chat` does not)."""
+    app.launch(server_name=host, server_port=port, prevent_thread_lock=True, share=False,
+               inbrowser=False, show_error=True, quiet=True)
+    print(f"polo chat: open {app.local_url} in a browser (Ctrl+C stops it)", flush=True)
+    if block:
+        app.block_thread()
     return app

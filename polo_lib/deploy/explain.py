@@ -461,7 +461,12 @@ def explain_paper(run, paper: str | Path, blocks: Sequence[Block] | None = None,
     if server:
         answer, model = server_answer(server, api_key)
     else:
-        lm = export.load_merged(run, cfg) if merged else inference.load_tuned(cfg, run)
-        answer, model = local_answer(inference.with_tokenizer(lm, tokenizer)), "merged" if merged else "adapter"
+        from tqdm.auto import tqdm
+
+        model = "merged" if merged else "adapter"
+        with tqdm(total=1, desc=f"loading run {run.id}: {model}", unit="model") as bar:  # minutes for a 3B model
+            lm = export.load_merged(run, cfg) if merged else inference.load_tuned(cfg, run)
+            bar.update(1)
+        answer = local_answer(inference.with_tokenizer(lm, tokenizer))
     result = explain(blocks, answer, n_new, batch, Path(paper).name, run.id, model)
     return result, write(result, run, paper)
