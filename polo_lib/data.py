@@ -147,7 +147,7 @@ def validate_records(items: Any, source: str = "data") -> list[Record]:
 def _read(path: str | Path) -> tuple[Path, str, str]:
     """(path, how to show it, its text): a clear DataError when it is missing or not UTF-8."""
     path = paths.resolve_project_path(path)
-    shown = _display(path)
+    shown = paths.display(path)
     if not path.is_file():
         raise DataError(f"{shown}: no such file. Set data.raw_file to the dataset's path "
                         f"(relative to the repo root or absolute), or a list of paths.")
@@ -548,7 +548,7 @@ def prepare(data_params, tokenizer, max_seq_length: int) -> Prepared:
         examples[split] = kept
         lengths[split] = [k for k in n if k <= max_seq_length]
     stats = {
-        "raw_file": ", ".join(_display(paths.resolve_project_path(f)) for f in data_params.raw_files),
+        "raw_file": ", ".join(paths.display(paths.resolve_project_path(f)) for f in data_params.raw_files),
         "format": data_params.format,
         "records": count, "paragraphs": len(paragraphs),
         "papers": {name: {s: sum(e["paper"] == name for e in ex) for s, ex in examples.items()}
@@ -624,7 +624,7 @@ def load_or_prepare(cfg):
             else "is missing"
         # An announcement on stdout, not a logged warning: preparing here is what the cell is for on a
         # fresh clone, and JupyterLab shows a warning (stderr) in red, as if something were wrong.
-        print(f"processed data for '{cfg.data.processed_name}' at {_display(where)} {why}: preparing it now, "
+        print(f"processed data for '{cfg.data.processed_name}' at {paths.display(where)} {why}: preparing it now, "
               "as prepare_data.ipynb does", flush=True)
         save(prepare(cfg.data, tokenizer, cfg.model.max_seq_length), cfg.data)
     return load_processed(cfg.data)
@@ -640,11 +640,4 @@ def describe(dataset) -> pd.DataFrame:
              "original_chars": sum(len(x) for x in d["original"]),
              "simplified_chars": sum(len(x) for x in d["simplified"])} for s, d in dataset.items()]
     return pd.DataFrame(rows).set_index("split")
-
-
-def _display(path: Path) -> str:
-    try:
-        return str(Path(path).relative_to(paths.PROJ_ROOT))
-    except ValueError:
-        return str(path)
 

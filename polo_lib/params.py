@@ -407,14 +407,11 @@ def load(params_file: str | Path, overrides: Mapping[str, Any] | None = None, **
     if str(params_file) == AUTO:
         params_file, chosen_by = auto_choice()
     path = resolve_file(params_file)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise ParamsError(f"{_display(path)}: not valid YAML ({e}). Fix the syntax.") from None
+    data = paths.read_yaml(path, ParamsError, paths.display(path))
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ParamsError(f"{_display(path)}: expected a mapping of sections "
+        raise ParamsError(f"{paths.display(path)}: expected a mapping of sections "
                           f"({', '.join(SECTIONS)}), got {type(data).__name__}.")
     merged, override_problems = normalize_overrides({**(overrides or {}), **shortcuts})
     for dotted, value in merged.items():
@@ -426,7 +423,7 @@ def load(params_file: str | Path, overrides: Mapping[str, Any] | None = None, **
         data["overridden"] = sorted({*recorded, *merged})
     if chosen_by:
         data["chosen_by"] = chosen_by
-    return _validate(data, _display(path), [f"overrides: {p}" for p in override_problems],
+    return _validate(data, paths.display(path), [f"overrides: {p}" for p in override_problems],
                      frozenset(merged))
 
 
@@ -440,7 +437,7 @@ def load_resolved(path: str | Path) -> Params:
     path = Path(path)
     if not path.is_file():
         raise ParamsError(f"{path}: no such params file.")
-    return from_dict(yaml.safe_load(path.read_text(encoding="utf-8")) or {}, origin=_display(path))
+    return from_dict(yaml.safe_load(path.read_text(encoding="utf-8")) or {}, origin=paths.display(path))
 
 
 def save(cfg: Params, path: str | Path) -> Path:
@@ -539,10 +536,3 @@ def from_notebook(namespace: Mapping[str, Any], default_file: str | Path | None 
     if not isinstance(overrides, Mapping):
         raise ParamsError(f"notebook parameter 'overrides' must be a mapping of dotted keys, got {overrides!r}")
     return load(params_file, overrides=overrides, **knobs)
-
-
-def _display(path: Path) -> str:
-    try:
-        return str(path.relative_to(paths.PROJ_ROOT))
-    except ValueError:
-        return str(path)
