@@ -1,9 +1,9 @@
 """polo_lib: the library under the notebooks. Flat for notebooks (`from polo_lib import data,
 model, params, runs, train`), layered inside; imports only point down (tests/test_layers.py):
 
-  core           paths, atomic, errors, prompts, registry, params, notebook, device, progress, unsloth_first
+  core           paths, atomic, errors, prompts, registry, params/, notebook, device, progress, unsloth_first
   models         model, local_models, inference
-  stages         data, train, task_eval, trackers, evaluate, metrics/, plots
+  stages         data/, train, task_eval, trackers, evaluate, metrics/, plots
   records        runs, reports
   orchestration  pipeline, preflight, queues, compare, sweeps/
   edges          deploy/, cli, colab

@@ -1,5 +1,6 @@
-"""Where things live. Every path is derived from the package's own location, never the cwd,
-so the same code works from the repo root, notebooks/, papermill --cwd or a Colab clone.
+"""Where things live, and how a path is shown and a YAML file read. Every path is derived from
+the package's own location, never the cwd, so the same code works from the repo root,
+notebooks/, papermill --cwd or a Colab clone.
 
 Environment overrides (used by tests and by users with a scratch disk):
   POLO_OUTPUTS        outputs folder (default <repo>/outputs)
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 PROJ_ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = PROJ_ROOT / "data"
@@ -45,6 +47,25 @@ def resolve_project_path(path: str | os.PathLike) -> Path:
     """An absolute path as is; a relative one is relative to the repo root, not the cwd."""
     p = Path(path).expanduser()
     return p if p.is_absolute() else PROJ_ROOT / p
+
+
+def display(path: str | os.PathLike) -> str:
+    """A path as messages show it: relative to the repo root when it is inside it, else as given."""
+    try:
+        return str(Path(path).relative_to(PROJ_ROOT))
+    except ValueError:
+        return str(path)
+
+
+def read_yaml(path: Path, error: type[Exception], shown: str | None = None) -> Any:
+    """A YAML file's parsed content; `error` (ParamsError, DataError...) naming the file as `shown`
+    (default: the path) when it is not valid YAML or not UTF-8."""
+    import yaml
+
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise error(f"{shown or path}: not valid YAML ({e}). Fix the syntax.") from None
 
 
 def find_yaml(ref: str | os.PathLike, folder: Path, what: str) -> Path:

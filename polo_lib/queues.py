@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 
 from . import paths, pipeline, reports, runs
 from .errors import ParamsError, PoloError
@@ -60,10 +59,7 @@ def load(path: str | Path) -> QueueFile:
         path = paths.find_yaml(path, paths.QUEUES_DIR, "queue file")
     except FileNotFoundError as e:
         raise ParamsError(str(e)) from None
-    try:
-        body = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise ParamsError(f"{path}: not valid YAML ({e}).") from None
+    body = paths.read_yaml(path, ParamsError) or {}
     if not isinstance(body, dict):
         raise ParamsError(f"{path}: expected a mapping with base and variants (or pipeline).")
     problems = []

@@ -163,7 +163,7 @@ TRACKERS: dict[str, Tracker] = {
     "wandb": Tracker("wandb", "wandb"),
 }
 
-# data.format: what a raw data file holds (data.py reads each)
+# data.format: what a raw data file holds (data/formats.py reads each)
 DATA_FORMATS: dict[str, str] = {
     "paper": "papers as paragraphs with easy-Korean explanations (data/raw/*.json)",
     "messages": "chat examples as lists of {role, content} messages (JSONL)",

@@ -105,7 +105,7 @@ def params_page() -> str:
     lines = [
         "# Params reference",
         "",
-        "Generated from the pydantic models in `polo_lib/params.py` each time the site is built "
+        "Generated from the pydantic models in `polo_lib/params/schema.py` each time the site is built "
         "(`docs/hooks/reference.py`): every key a params file or `--set` may name, its type, default, "
         "limits and the description written with it in the code. A params file names only what it "
         "changes; unknown keys, wrong types and out-of-range values fail before anything loads, all at once.",

@@ -84,15 +84,10 @@ def parse_glossary(items: Any, source: str = "glossary") -> list[GlossaryEntry]:
 def load_glossary(path: str | Path | None = None) -> list[GlossaryEntry]:
     """Read and validate a glossary YAML file (default data/glossary.yaml); DataError names the
     file and every bad entry."""
-    import yaml
-
     path = Path(path) if path is not None else paths.DATA_DIR / "glossary.yaml"
     if not path.is_file():
         raise DataError(f"{path}: glossary file not found.")
-    try:
-        items = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: not valid YAML ({e}). Fix the syntax.") from None
+    items = paths.read_yaml(path, DataError)
     return parse_glossary(items, source=str(path))
 
 

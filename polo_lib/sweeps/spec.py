@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .. import params as params_lib
@@ -167,10 +166,7 @@ def resolve_file(sweep_file: str | Path) -> Path:
 def load(sweep_file: str | Path) -> Sweep:
     """Read and validate a sweep file; every problem is reported at once, before any trial."""
     path = resolve_file(sweep_file)
-    try:
-        body = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise ParamsError(f"{path}: not valid YAML ({e}). Fix the syntax.") from None
+    body = paths.read_yaml(path, ParamsError)
     if not isinstance(body, dict):
         raise ParamsError(f"{path}: expected a mapping with base, space, objective and n_trials.")
     body.setdefault("name", path.stem)

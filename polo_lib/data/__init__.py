@@ -1,0 +1,46 @@
+"""The training data: read and validate the raw files, clean, group, split, make chats, save.
+
+Each example (a paper's paragraph, or one chat) becomes one chat through the model's own template;
+the processed splits are saved with the inputs hash they were made from, and prepared again when
+the inputs change. The names below are the package's: `from polo_lib import data; data.prepare(...)`.
+
+  formats   the three raw formats (paper, messages, alpaca) read and validated; Record, Paragraph
+  clean     filler phrases out of every answer, whitespace normalised
+  split     paper sentences grouped into paragraphs; seeded splits by example, each paper on its own
+  lengths   token lengths through the model's template; the over-length policy (fail or drop)
+  store     the processed folder, its inputs hash, saving and loading it
+  prepared  every step together (prepare, Prepared) and load_or_prepare
+"""
+from .clean import clean_examples, clean_records, remove_fillers  # noqa: F401
+from .formats import (  # noqa: F401
+    ALPACA_FIELDS,
+    CHAT_ROLES,
+    FIELDS,
+    ID_PATTERN,
+    Paragraph,
+    Record,
+    load_chats,
+    load_raw,
+    validate_records,
+)
+from .lengths import apply_length_policy, length_stats, token_length, token_lengths  # noqa: F401
+from .prepared import Prepared, load_or_prepare, prepare, read_examples, split_sizes, split_table  # noqa: F401
+from .split import (  # noqa: F401
+    SPLITS,
+    _key,
+    group_paragraphs,
+    paragraph_table,
+    split_paragraphs,
+    to_examples,
+)
+from .store import (  # noqa: F401
+    LAYOUT,
+    current_hash,
+    describe,
+    inputs_hash,
+    load_processed,
+    load_stats,
+    prepared_hash,
+    processed_path,
+    save,
+)
