@@ -103,9 +103,14 @@ def test_one_batch_of_answers_moves_the_bar_at_every_decoding_step(tiny_model_di
     """The samples before training and the task metrics at an evaluation are one batch each, minutes
     on a busy CPU: the bar counts decoding steps (with the answers done and time left), not answers,
     which would sit at 0 until the batch ends."""
+    from functools import partialmethod
+
+    import tqdm.std
+
     from polo_lib import inference, params, prompts
 
-    monkeypatch.setenv("TQDM_MININTERVAL", "0")  # every step drawn
+    # every step drawn, however fast (TQDM_MININTERVAL does not reach tqdm.auto's asyncio class)
+    monkeypatch.setattr(tqdm.std.tqdm, "__init__", partialmethod(tqdm.std.tqdm.__init__, mininterval=0))
     lm = inference.load_base(params.load("smoke"))
     capsys.readouterr()
     inference.generate(lm, [prompts.build_messages("YOLO divides the image into a grid.")] * 2, max_new_tokens=12,
