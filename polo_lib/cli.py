@@ -113,6 +113,7 @@ def cmd_preflight(args) -> int:
 def cmd_plan(args) -> int:
     from . import device, preflight
 
+    _unsloth_first()  # plan loads nothing: no "training on CPU" banner; its own "speed" row says it
     cfg = params_lib.load(args.params, overrides=parse_sets(args.sets))
     for title, table in preflight.plan_tables(cfg, device.profile(args.device)).items():
         print(f"## {title}\n{reports.text_table(table, _width(), limit=200)}\n")

@@ -174,6 +174,9 @@ def plan_tables(cfg, device) -> dict[str, pd.DataFrame]:
             ("precision", decisions.precision), ("trainer fp16 / bf16", f"{decisions.fp16} / {decisions.bf16}"),
             ("optimizer", decisions.optim), ("gradient checkpointing", str(decisions.gradient_checkpointing)),
             *[("note", n) for n in decisions.notes]]
+    if not device.cuda:  # said once, here, in our words (Unsloth's import banner is silenced where nothing trains)
+        rows.append(("speed", "no CUDA GPU: training runs on the CPU, far slower than on a GPU (measured speeds: "
+                              "benchmarks/results/); fine for the SmolLM2 demo, not for a 3B model"))
     config = model.load_config(cfg.model.model_name)
     n_train = data.split_sizes(cfg.data)["train"]
     return {

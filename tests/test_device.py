@@ -307,6 +307,10 @@ def test_polo_plan_shows_what_a_t4_would_run_without_loading_anything(capsys):
     assert "4-bit NF4 + float16" in out and "adamw_8bit" in out
     assert "13, 26, 39, 52, 65" in out                      # the seed recipe evaluates every epoch
     assert "3221924864" in out and "9175040" in out         # 3B base + LoRA r16 on q/k/v/o
+    assert "speed" not in out                               # a GPU: nothing to warn about
+    assert cli.main(["plan", "cpu", "--device", "cpu"]) == 0
+    speed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("speed ")]
+    assert len(speed) == 1 and "no CUDA GPU: training runs on the CPU, far slower" in speed[0]
     assert cli.main(["plan", "default", "--device", "cuda-no-bitsandbytes"]) == 2
     assert "pip install -r requirements/gpu.txt" in capsys.readouterr().err
     assert cli.main(["plan", "default"]) == 2               # this machine: no CUDA
