@@ -145,6 +145,29 @@ def cmd_list(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    import pandas as pd
+
+    from . import compare
+
+    table = compare.paired([runs.lookup(r) for r in args.run_ids])
+    if args.json:
+        _print_json(_records(table.reset_index()))
+        return 0
+    for run_id, part in table.groupby(level="run", sort=False):
+        rows = part.reset_index()
+        first = rows["baseline_run"].iloc[0]
+        shown = pd.DataFrame({
+            "metric": rows["metric"],
+            "baseline": [reports.interval_text(*v) for v in rows[["baseline", "baseline_low", "baseline_high"]].values],
+            "run": [reports.interval_text(*v) for v in rows[["run", "run_low", "run_high"]].values],
+            "run - baseline": [reports.interval_text(*v) for v in rows[["delta", "delta_low", "delta_high"]].values],
+            "p": rows["p_value"], "verdict": rows["verdict"]})
+        print(f"{run_id} against {first} (the baseline), {int(rows['n'].max())} examples, paired:")
+        print(reports.text_table(shown.set_index("metric"), _width(), limit=40) + "\n")
+    return 0
+
+
 def cmd_report(args) -> int:
     run = runs.lookup(args.run_id, status=None)
     path = reports.write_report(run)
@@ -303,6 +326,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("list", cmd_list, "every run in outputs/runs, failed and damaged ones included")
     p.add_argument("--status", default=None, choices=runs.STATUSES, help="only runs with this status")
     p.add_argument("--json", action="store_true", help="every column of every run as JSON")
+    p = command("compare", cmd_compare, "runs evaluated on the same examples, each against the first, "
+                                        "paired per example with intervals and verdicts")
+    p.add_argument("run_ids", nargs="+", metavar="RUN", help=runs.REF_HELP + "; the first is the baseline")
+    p.add_argument("--json", action="store_true", help="every figure of every comparison as JSON")
     p = command("report", cmd_report, "regenerate a run's report.md from its folder")
     p.add_argument("run_id", help=runs.REF_HELP)
     p.add_argument("--json", action="store_true", help="the report's path, manifest and summary as JSON")

@@ -93,3 +93,57 @@ def params_diff(chosen: Sequence[runs.Run]) -> pd.DataFrame:
         flat[r.id] = {f"{s}.{k}": str(v) for s, body in d.items() if isinstance(body, dict) for k, v in body.items()}
     table = pd.DataFrame(flat)
     return table[table.nunique(axis=1) > 1]
+
+
+def _scored(run: runs.Run, ref: str | None = None) -> tuple[object, pd.DataFrame, pd.DataFrame]:
+    """(evaluation, its per-example scores of the tuned model, its predictions) or a RunError saying
+    what to do."""
+    evaluation = run.evaluation(ref)
+    if evaluation is None:
+        raise RunError(f"run {run.id} has no finished evaluation: evaluate it first (polo run {run.id} "
+                       "--stages evaluate, or notebooks/evaluate.ipynb).")
+    path = evaluation.path / "scores.csv"
+    if not path.is_file():
+        raise RunError(f"run {run.id}, evaluation {evaluation.id} has no per-example scores (scores.csv): it was "
+                       "evaluated before they were kept; evaluate it again to compare it.")
+    predictions = pd.read_json(evaluation.path / "predictions.jsonl", lines=True, dtype={"id": str})
+    scores = pd.read_csv(path, dtype={"id": str})
+    return evaluation, scores[scores["model"] == "tuned"], predictions
+
+
+def _same_examples(a: pd.DataFrame, b: pd.DataFrame) -> str | None:
+    """Why two evaluations' examples differ (ids, or the source text behind one id), or None."""
+    ids_a, ids_b = list(a["id"]), list(b["id"])
+    if set(ids_a) != set(ids_b):
+        only_a, only_b = sorted(set(ids_a) - set(ids_b)), sorted(set(ids_b) - set(ids_a))
+        return (f"{len(ids_a)} vs {len(ids_b)} examples; only in the first: {', '.join(only_a[:5]) or '-'}; "
+                f"only in the second: {', '.join(only_b[:5]) or '-'}")
+    texts_b = dict(zip(b["id"], b["original"]))
+    changed = [i for i, text in zip(a["id"], a["original"]) if texts_b[i] != text]
+    return f"the source text of {', '.join(changed[:5])} differs" if changed else None
+
+
+def paired(chosen: Sequence[runs.Run], evaluations: Mapping[str, str] | str | None = None) -> pd.DataFrame:
+    """Each run's tuned answers against the first run's, metric by metric, paired by example (stats:
+    means with intervals, the paired difference's interval, p-value and verdict): rows (run, metric).
+    The runs must have been evaluated on the same examples (ids and source texts), else a RunError
+    names the difference. Statistics settings: the first run's evaluation params."""
+    from . import evaluate
+
+    if len(chosen) < 2:
+        raise RunError("compare needs two runs or more: the first is the baseline the others are compared with.")
+    picks = {runs.lookup(ref, status=None).id: ev for ref, ev in _mapping(evaluations).items()}
+    scored = {r.id: _scored(r, picks.get(r.id)) for r in chosen}
+    first = chosen[0]
+    cfg = scored[first.id][0].params()
+    tables = []
+    for r in chosen[1:]:
+        why = _same_examples(scored[first.id][2], scored[r.id][2])
+        if why:
+            raise RunError(f"runs {first.id} and {r.id} were evaluated on different examples ({why}): evaluate "
+                           "them on the same split and limit to compare them pairwise.")
+        both = pd.concat([scored[first.id][1].assign(model="first"), scored[r.id][1].assign(model="other")])
+        table = evaluate.compare_scores(both, "first", "other", cfg)
+        tables.append(table.rename(columns=lambda c: c.replace("base", "baseline").replace("tuned", "run"))
+                      .assign(run=r.id, baseline_run=first.id).rename_axis("metric").reset_index())
+    return pd.concat(tables).set_index(["run", "metric"])

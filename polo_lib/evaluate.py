@@ -17,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from . import inference, plots, progress, registry
+from . import inference, plots, progress, registry, stats
 from .atomic import atomic_write_json, atomic_write_text
 from .errors import RunError
 from .notebook import readable
@@ -82,30 +82,60 @@ def speed_table(predictions: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("model")
 
 
-def score(predictions: pd.DataFrame, cfg, evaluation=None) -> pd.DataFrame:
-    """Every metric for base and tuned, with the delta and whether tuned is better.
+def example_scores(predictions: pd.DataFrame, cfg, glossary=None) -> pd.DataFrame:
+    """Every registered metric on each example alone, for both models: rows (id, model), a column per
+    metric. The unit of every interval and test (stats); saved as the evaluation's scores.csv."""
+    from . import metrics
 
-    With an evaluation: writes its metrics.json (the run's summary takes it when the stage ends).
+    glossary = metrics.load_glossary() if glossary is None else glossary
+    sources, references = list(predictions["original"]), list(predictions["reference"])
+    rows = []
+    for name in ("base", "tuned"):
+        texts = registry.Texts(sources, list(predictions[name]), references, glossary, list(cfg.data.filler_phrases))
+        rows += [{"id": pid, "model": name, **scores}
+                 for pid, scores in zip(predictions.index, metrics.per_example(registry.METRICS.values(), texts))]
+    return pd.DataFrame(rows)
+
+
+def compare_scores(per_example: pd.DataFrame, a: str, b: str, cfg) -> pd.DataFrame:
+    """Model `b` against model `a` (columns base / tuned of the result), metric by metric, paired by
+    example: means with bootstrap intervals, the paired difference's interval and permutation p-value,
+    the smallest detectable difference and a verdict in the metric's own direction (stats.compare)."""
+    e = cfg.evaluation
+    first = per_example[per_example["model"] == a].set_index("id")
+    second = per_example[per_example["model"] == b].set_index("id").reindex(first.index)
+    rows = {m.name: stats.compare(first[m.name], second[m.name], m.higher_is_better, e.bootstrap_resamples,
+                                  e.confidence, e.stats_seed).as_dict()
+            for m in registry.METRICS.values() if m.name in first}
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def score(predictions: pd.DataFrame, cfg, evaluation=None) -> pd.DataFrame:
+    """Every metric for base and tuned as the mean over examples, with bootstrap intervals, tuned - base
+    with a paired interval, its p-value, the smallest difference this many examples could detect and a
+    verdict: "better", "worse" or "no clear difference" (stats). On 6 test paragraphs most differences
+    are not clear: the verdict says so instead of calling any higher mean better.
+
+    With an evaluation: writes its scores.csv (per example) and metrics.json (the run's summary takes
+    it when the stage ends).
     """
     from . import metrics
 
     glossary = metrics.load_glossary()
-    sources, references = list(predictions["original"]), list(predictions["reference"])
-    scores = {name: metrics.score_all(sources, list(predictions[name]), references,
-                                      cfg.data.filler_phrases, glossary) for name in ("base", "tuned")}
-    table = pd.DataFrame(scores)
-    table["delta"] = table["tuned"] - table["base"]
-    higher = {k: registry.METRICS[k].higher_is_better for k in table.index}
-    table["tuned_better"] = [None if higher[k] is None or pd.isna(d) else (d > 0) == higher[k]
-                             for k, d in table["delta"].items()]
+    per_example = example_scores(predictions, cfg, glossary)
+    table = compare_scores(per_example, "base", "tuned", cfg)
     if evaluation is not None:
         speed = speed_table(predictions)
-        body = {"split": cfg.evaluation.split, "examples": len(predictions),
-                "decoding": cfg.evaluation.model_dump(), "metrics": _clean(table.to_dict(orient="index")),
-                "speed": _clean(speed.to_dict(orient="index"))}
+        e = cfg.evaluation
+        body = {"split": e.split, "examples": len(predictions), "decoding": e.model_dump(),
+                "statistics": {"unit": "example", "interval": f"percentile bootstrap, {e.bootstrap_resamples} "
+                               f"resamples, {e.confidence:.0%}", "test": "paired sign-flip permutation",
+                               "seed": e.stats_seed},
+                "metrics": _clean(table.to_dict(orient="index")), "speed": _clean(speed.to_dict(orient="index"))}
         papers = by_paper(predictions, glossary)
         if papers is not None:
             body["by_paper"] = _clean(papers.reset_index().to_dict(orient="records"))
+        atomic_write_text(evaluation.path / "scores.csv", per_example.to_csv(index=False))
         atomic_write_json(evaluation.path / "metrics.json", body)
     return table
 
@@ -142,9 +172,16 @@ def _clean(obj: Any) -> Any:
     return obj
 
 
+def _intervals(table: pd.DataFrame) -> dict[str, pd.DataFrame] | None:
+    """{model: (low, high) per metric} from score's table; None for a table without intervals."""
+    if "base_low" not in table:
+        return None
+    return {m: table[[f"{m}_low", f"{m}_high"]].set_axis(["low", "high"], axis=1) for m in ("base", "tuned")}
+
+
 def chart(table: pd.DataFrame, evaluation=None, title: str = "base vs tuned"):
     """Base vs tuned bars per metric; with an evaluation, saved as its metrics.png."""
-    fig = plots.metrics_chart(table[["base", "tuned"]], title=title)
+    fig = plots.metrics_chart(table[["base", "tuned"]], title=title, intervals=_intervals(table))
     if evaluation is not None:
         plots.save(fig, evaluation.path / "metrics.png")
     return fig

@@ -70,8 +70,10 @@ def loss_curve(log: pd.DataFrame, title: str = "loss"):
     return fig
 
 
-def metrics_chart(table: pd.DataFrame, title: str = "base vs tuned"):
-    """One small bar pair per metric (rows of `table`, columns = models): each on its own scale."""
+def metrics_chart(table: pd.DataFrame, title: str = "base vs tuned",
+                  intervals: Mapping[str, pd.DataFrame] | None = None):
+    """One small bar pair per metric (rows of `table`, columns = models): each on its own scale;
+    `intervals` {model: a frame of low / high per metric} draws each bar's interval as an error bar."""
     names = list(table.index)
     cols = 4
     rows = max(1, -(-len(names) // cols))
@@ -79,7 +81,14 @@ def metrics_chart(table: pd.DataFrame, title: str = "base vs tuned"):
     colors = ["tab:gray", "tab:green", "tab:blue", "tab:orange"]
     for ax, name in zip(axes.flat, names):
         values = table.loc[name]
-        ax.bar(range(len(values)), [0 if v != v else v for v in values],
+        heights = [0 if v != v else v for v in values]
+        errors = None
+        if intervals:  # asymmetric: from the bar's top down to low, up to high
+            lows = [intervals[m].loc[name, "low"] if m in intervals else v for m, v in zip(table.columns, heights)]
+            highs = [intervals[m].loc[name, "high"] if m in intervals else v for m, v in zip(table.columns, heights)]
+            errors = [[max(0.0, h - lo) if lo == lo else 0 for h, lo in zip(heights, lows)],
+                      [max(0.0, hi - h) if hi == hi else 0 for h, hi in zip(heights, highs)]]
+        ax.bar(range(len(values)), heights, yerr=errors, capsize=3 if errors else 0,
                color=colors[:len(values)], tick_label=list(table.columns))
         ax.set_title(name, fontsize=9)
         ax.tick_params(labelsize=8)

@@ -188,11 +188,11 @@ def _evaluation(run: Run, warnings: list[str]) -> list[str]:
     out = []
     if latest is not None:
         body, folder = latest.metrics(), latest.path.relative_to(run.path).as_posix()
-        rows = [{"metric": k, **v} for k, v in body.get("metrics", {}).items()]
+        scores = body.get("metrics", {})
         out += [f"## Evaluation ({body.get('split')}, {body.get('examples')} examples)", "",
                 f"Evaluation `{latest.id}`, the latest of {len(every)}; its params: "
                 f"[{folder}/params.yaml]({folder}/params.yaml){_evaluation_differs(run, latest, warnings)}", "",
-                md_table(rows, ["metric", "base", "tuned", "delta", "tuned_better"]), ""]
+                *comparison_table(scores, body.get("statistics")), ""]
         if body.get("by_paper"):
             columns = list(body["by_paper"][0])
             out += ["### By paper", "", md_table(body["by_paper"], columns), ""]
@@ -210,6 +210,39 @@ def _evaluation(run: Run, warnings: list[str]) -> list[str]:
         out += ["## Every evaluation of this run", "", "Each in its own folder, eval/<id>/, oldest first.", "",
                 md_table(rows, ["id", "status", "split", "limit", "examples", "chrf base", "chrf tuned", "start"]), ""]
     return out
+
+
+def interval_text(value: Any, low: Any, high: Any) -> str:
+    """'14.1 [8.2, 19.9]' for a mean and its interval; the mean alone where there is no interval."""
+    if value is None:
+        return ""
+    if low is None or high is None:
+        return cell_text(value)
+    return f"{cell_text(value)} [{cell_text(low)}, {cell_text(high)}]"
+
+
+def comparison_table(scores: dict[str, dict[str, Any]], statistics: dict[str, Any] | None = None) -> list[str]:
+    """A base-vs-tuned table as markdown lines: each metric's mean per example with its interval,
+    tuned - base with its paired interval and p-value, the verdict, and under it how many examples the
+    statistics rest on and the smallest difference they could detect. An evaluation written before
+    intervals were computed shows its delta and tuned_better."""
+    if not scores or "verdict" not in next(iter(scores.values())):
+        rows = [{"metric": k, **v} for k, v in scores.items()]
+        return [md_table(rows, ["metric", "base", "tuned", "delta", "tuned_better"])]
+    rows = [{"metric": k, "base": interval_text(v.get("base"), v.get("base_low"), v.get("base_high")),
+             "tuned": interval_text(v.get("tuned"), v.get("tuned_low"), v.get("tuned_high")),
+             "tuned - base": interval_text(v.get("delta"), v.get("delta_low"), v.get("delta_high")),
+             "p": cell_text(v.get("p_value")), "detectable": cell_text(v.get("detectable")),
+             "verdict": v.get("verdict")}
+            for k, v in scores.items()]
+    n = sorted({v.get("n") for v in scores.values() if v.get("n") is not None})
+    how = (statistics or {}).get("interval", "bootstrap")
+    clear = [k for k, v in scores.items() if v.get("verdict") in ("better", "worse", "differs")]
+    return [md_table(rows, ["metric", "base", "tuned", "tuned - base", "p", "detectable", "verdict"]), "",
+            f"Means over {'/'.join(map(str, n))} examples (each metric scored per example; {how} intervals; "
+            "p: paired permutation test). `detectable`: the smallest tuned - base difference this many examples "
+            "would show with 80% power. A verdict is clear only where the interval of tuned - base leaves out 0: "
+            + (", ".join(f"{k} ({scores[k]['verdict']})" for k in clear) if clear else "none here") + "."]
 
 
 def _evaluation_differs(run: Run, evaluation, warnings: list[str]) -> str:
@@ -267,8 +300,15 @@ def headline(run: Run) -> list[str]:
     e = summary.evaluation
     if e is not None:
         count = f", the latest of {len(summary.evaluations)}" if len(summary.evaluations) > 1 else ""
-        lines.append(f"evaluation {e.id or ''} on {e.examples} {e.split} paragraphs{count} (base -> tuned):")
-        lines += [f"  {key:<20} {_number(base):>8} -> {_number(e.tuned.get(key)):>8}" for key, base in e.base.items()]
+        lines.append(f"evaluation {e.id or ''} on {e.examples} {e.split} paragraphs{count} (base -> tuned, "
+                     "tuned - base with its 95% interval):")
+        latest = run.evaluation()
+        detail = (latest.metrics().get("metrics", {}) if latest is not None and latest.id == e.id else {})
+        for key, base in e.base.items():
+            d = detail.get(key, {})
+            verdict = (f"  {interval_text(d.get('delta'), d.get('delta_low'), d.get('delta_high'))}  {d['verdict']}"
+                       if d.get("verdict") else "")
+            lines.append(f"  {key:<20} {_number(base):>8} -> {_number(e.tuned.get(key)):>8}{verdict}")
     stages = manifest.get("stages", {})
     lines.append("time per stage: " + ", ".join(f"{k} {v.get('seconds', '?')} s" for k, v in stages.items()))
     return lines

@@ -46,16 +46,50 @@ def test_evaluate_stage_writes_everything_into_the_run_and_the_tuned_model_beats
     metrics = first.metrics()["metrics"]
     assert {"chrf", "bleu", "rouge_l", "sari", "meaning_src"} <= set(metrics)
     for values in metrics.values():
-        assert set(values) >= {"base", "tuned", "delta"}
+        assert set(values) >= {"base", "tuned", "delta", "delta_low", "delta_high", "p_value", "verdict", "n"}
     assert metrics["chrf"]["tuned"] > metrics["chrf"]["base"] + 2.0, metrics["chrf"]
+    # every figure rests on per-example scores (scores.csv): the means are theirs, the verdict the paired interval's
+    import pandas as pd
+
+    scores = pd.read_csv(first.path / "scores.csv")
+    assert len(scores) == 2 * n and set(scores["model"]) == {"base", "tuned"}
+    tuned = scores[scores["model"] == "tuned"]["chrf"]
+    assert metrics["chrf"]["tuned"] == pytest.approx(tuned.mean()) and metrics["chrf"]["n"] == n
+    c = metrics["chrf"]
+    assert c["delta_low"] <= c["delta"] <= c["delta_high"]
+    assert c["verdict"] == ("better" if c["delta_low"] > 0 else "no clear difference" if c["delta_high"] >= 0
+                            else "worse")
     assert metrics["hangul_share"]["tuned"] > metrics["hangul_share"]["base"]
     summary = run.summary()
     assert summary.evaluation.examples == n and summary.evaluation.id == first.id and summary.training is not None
     report = (run.path / "report.md").read_text(encoding="utf-8")
     assert "## Evaluation" in report and "plots/loss.png" in report and "chrf" in report
+    assert "| metric | base | tuned | tuned - base | p | detectable | verdict |" in report
+    assert f"Means over {n} examples" in report
     assert f"({first.path.relative_to(run.path).as_posix()}/metrics.png)" in report
     assert run.manifest()["stages"]["evaluate"]["status"] == "finished"
     record_agrees(run)
+
+    # polo compare: another run (an untrained noise adapter) evaluated on the same examples, paired per example
+    from adapter_runs import make_adapter_run
+
+    from polo_lib import cli, paths
+
+    other = make_adapter_run(paths.outputs_dir(), "smoke", 0.02, LEARNS)
+    other = runs.open_run(cfg, other.id, stage="evaluate", may_differ=("evaluation",))
+    scored = runs.start_evaluation(other, cfg)
+    evaluate.score(evaluate.predict(scored, cfg, data.load_processed(cfg.data)), cfg, scored)
+    runs.finish_stage(other, "evaluate")
+    capsys.readouterr()
+    assert cli.main(["compare", run.id, other.id]) == 0
+    shown = capsys.readouterr().out
+    assert f"{other.id} against {run.id} (the baseline), {n} examples, paired:" in shown and "verdict" in shown
+    table = compare.paired([run, other])
+    chrf = table.loc[(other.id, "chrf")]
+    mine, theirs = (pd.read_csv(e.path / "scores.csv", dtype={"id": str}) for e in (first, scored))
+    assert chrf["delta"] == pytest.approx(theirs[theirs["model"] == "tuned"]["chrf"].mean()
+                                          - mine[mine["model"] == "tuned"]["chrf"].mean())
+    assert chrf["baseline"] == pytest.approx(metrics["chrf"]["tuned"]) and chrf["n"] == n
 
     # evaluate the same run again with other evaluation settings: a second evaluation beside the first
     files_before = {p.name: p.read_bytes() for p in first.path.iterdir()}
@@ -76,6 +110,9 @@ def test_evaluate_stage_writes_everything_into_the_run_and_the_tuned_model_beats
     assert f"differ from the run's params.yaml in: limit 1 (params.yaml: {n})" in report
     assert "## Every evaluation of this run" in report and f"| {first.id} | finished | train | {n} | {n} |" in report
     record_agrees(run)
+    # the latest evaluation of the first run holds 1 example: compared with the other's 6, refused, naming why
+    with pytest.raises(RunError, match=r"were evaluated on different examples \(1 vs 6 examples"):
+        compare.paired([run, other])
     # compare_runs: each run's latest evaluation, or the one asked for (by a prefix of its id)
     assert compare.metrics_table([run]).loc[run.id, "evaluation"] == second.id
     picked = compare.metrics_table([run], f"{{{run.id[:-2]}: {first.id}}}")  # as papermill -p passes it

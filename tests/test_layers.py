@@ -18,7 +18,7 @@ LAYERS = {  # lowest first
     "core": {"paths", "atomic", "errors", "prompts", "registry", "params", "notebook", "device", "progress",
              "unsloth_first"},
     "models": {"model", "local_models", "inference"},
-    "stages": {"data", "train", "task_eval", "trackers", "evaluate", "metrics", "plots"},
+    "stages": {"data", "train", "task_eval", "trackers", "stats", "evaluate", "metrics", "plots"},
     "records": {"runs", "reports"},
     "orchestration": {"pipeline", "preflight", "queues", "compare", "sweeps"},
     # colab: the notebooks' Colab install (standard library only, imported by nothing)

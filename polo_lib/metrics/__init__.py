@@ -17,6 +17,6 @@ directions and labels: registry.METRICS; `score_all` scores every one of them.
 from .glossary import GlossaryEntry, english_term_spans, load_glossary, parse_glossary, term_coverage  # noqa: F401
 from .meaning import E5_DIM, embed, meaning_preservation, meaning_similarity  # noqa: F401
 from .overlap import bleu, chrf, rouge_l, sari  # noqa: F401
-from .scoring import during_training, score, score_all  # noqa: F401
+from .scoring import during_training, per_example, score, score_all  # noqa: F401
 from .style import distinct_n, filler_rate, hangul_share, length_ratio, longest_repeated_ngram  # noqa: F401
 from .tokens import korean_tokenizer, korean_tokens, tokens_13a  # noqa: F401

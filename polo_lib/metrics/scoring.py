@@ -98,3 +98,13 @@ def score_all(sources: Sequence[str], predictions: Sequence[str], references: Se
     """Every registered metric for one system's answers, as one flat dict in registry order. Per-text
     style metrics are means over examples."""
     return score(METRICS.values(), Texts(sources, predictions, references, glossary, list(filler_phrases)))
+
+
+def per_example(metrics: Iterable[Metric], texts: Texts) -> list[dict[str, float]]:
+    """{name: score} of each example alone (the unit of evaluate's intervals): a corpus metric on one
+    example is its sentence-level score (chrF, BLEU), a pooled one its per-text value (distinct-2, glossary
+    coverage: NaN where the example's source holds no glossary term). Embeddings are cached by text."""
+    metrics = list(metrics)
+    n = _check_lengths(sources=texts.sources, predictions=texts.predictions, references=texts.references)
+    return [score(metrics, Texts([texts.sources[i]], [texts.predictions[i]], [texts.references[i]], texts.glossary,
+                                 texts.fillers)) for i in range(n)]

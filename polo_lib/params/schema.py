@@ -185,6 +185,11 @@ class EvaluationParams(_Section):
     # share) at each evaluation, next to eval_loss. 0: off.
     during_training: int = Field(0, ge=0, le=64)
     during_training_max_new_tokens: int = Field(96, ge=1, le=2048)
+    # Uncertainty of every base-vs-tuned figure (polo_lib/stats.py): bootstrap resamples of the examples,
+    # the intervals' confidence, and the seed that makes them repeatable.
+    bootstrap_resamples: int = Field(10_000, ge=1_000, le=1_000_000)
+    confidence: float = Field(0.95, ge=0.5, lt=1)
+    stats_seed: int = Field(0, ge=0)
 
 
 class RunParams(_Section):
