@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -193,6 +194,26 @@ def text_of(tokenizer, ids: Sequence[int]) -> str:
 def whole_text(tokenizer, ids: list[int]) -> str:
     """A finished answer's text: text_of without the whitespace around it."""
     return text_of(tokenizer, ids).strip()
+
+
+def cut_note(max_new_tokens: int) -> str:
+    """What a reader sees after an answer that ran to max_new_tokens (chat, the explain page,
+    evaluation's examples): without it an answer stopped mid-word looks finished."""
+    return f"[cut off at the limit of {max_new_tokens} new tokens]"
+
+
+_CUT_NOTE = re.compile(r"\s*\[cut off at the limit of \d+ new tokens\]\s*$")
+
+
+def shown_text(gen: Generation) -> str:
+    """An answer as a person reads it: its text, and on a line of its own the cut note when it ran
+    to max_new_tokens (its new tokens are then that limit)."""
+    return f"{gen.text}\n\n{cut_note(gen.new_tokens)}" if gen.cut else gen.text
+
+
+def without_cut_note(text: str) -> str:
+    """A shown answer's text without its cut note (a chat's history goes back to the model as written)."""
+    return _CUT_NOTE.sub("", text)
 
 
 def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
