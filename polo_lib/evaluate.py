@@ -60,16 +60,24 @@ def predict(evaluation, cfg, dataset) -> pd.DataFrame:
         row = {"id": pid, "paper": split["paper"][i] if "paper" in split.column_names else "",
                "original": split["original"][i], "reference": split["simplified"][i]}
         for name, gens in outputs.items():
-            row.update({name: gens[i].text, f"{name}_new_tokens": gens[i].new_tokens,
-                        f"{name}_seconds": gens[i].seconds, f"{name}_batch_size": gens[i].batch_size})
+            row.update(answer_fields(name, gens[i]))
         rows.append(row)
     atomic_write_text(evaluation.path / "predictions.jsonl",
                       "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     return pd.DataFrame(rows).set_index("id")
 
 
+def answer_fields(name: str, gen: inference.Generation) -> dict[str, Any]:
+    """One model's answer in a predictions row: its text, new tokens, seconds, batch size, and
+    whether it was cut at max_new_tokens (`<name>_cut`: the text stops there, unfinished, and
+    scores as it stands)."""
+    return {name: gen.text, f"{name}_new_tokens": gen.new_tokens, f"{name}_seconds": gen.seconds,
+            f"{name}_batch_size": gen.batch_size, f"{name}_cut": gen.cut}
+
+
 def speed_table(predictions: pd.DataFrame) -> pd.DataFrame:
-    """New tokens, seconds and tokens/s per model over the split."""
+    """New tokens, seconds and tokens/s per model over the split, and how many answers were cut at
+    max_new_tokens (None for predictions written before that was recorded)."""
     rows = []
     for name in ("base", "tuned"):
         tokens, seconds = predictions[f"{name}_new_tokens"].sum(), predictions[f"{name}_seconds"].sum()
@@ -78,7 +86,8 @@ def speed_table(predictions: pd.DataFrame) -> pd.DataFrame:
                      "tokens_per_s": round(tokens / seconds, 1) if seconds else None,
                      # the smallest batch generation fell back to after running out of memory, if it did
                      "batch_size": int(predictions[f"{name}_batch_size"].min())
-                     if f"{name}_batch_size" in predictions else None})
+                     if f"{name}_batch_size" in predictions else None,
+                     "cut": int(predictions[f"{name}_cut"].sum()) if f"{name}_cut" in predictions else None})
     return pd.DataFrame(rows).set_index("model")
 
 
@@ -189,8 +198,14 @@ def chart(table: pd.DataFrame, evaluation=None, title: str = "base vs tuned"):
 
 def examples(predictions: pd.DataFrame, evaluation=None, n: int = 5):
     """n examples side by side (original, reference, base, tuned), every text whole and wrapped
-    (notebook.readable; `.data` is the DataFrame); with an evaluation, its examples.md."""
-    table = predictions[["original", "reference", "base", "tuned"]].head(n)
+    (notebook.readable; `.data` is the DataFrame); with an evaluation, its examples.md. An answer cut
+    at max_new_tokens ends with the cut note (inference.cut_note)."""
+    table = predictions[["original", "reference", "base", "tuned"]].head(n).copy()
+    for name in ("base", "tuned"):
+        if f"{name}_cut" in predictions:
+            head = predictions.head(n)
+            table[name] = [f"{text}\n\n{inference.cut_note(tokens)}" if cut else text for text, tokens, cut in
+                           zip(head[name], head[f"{name}_new_tokens"], head[f"{name}_cut"])]
     if evaluation is not None:
         parts = [f"# Examples: run {evaluation.run.id}, evaluation {evaluation.id}\n"]
         for pid, row in table.iterrows():

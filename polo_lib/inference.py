@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -42,6 +43,12 @@ class Generation:
     stopped: bool = False  # ended at EOS or a stop string (OpenAI finish_reason "stop"), not at max_new_tokens
     batch_size: int = 1  # the batch it was generated in (smaller than asked after running out of memory)
     cancelled: bool = False  # stopped by its caller (a client gone away): the text written until then
+
+    @property
+    def cut(self) -> bool:
+        """Ran to max_new_tokens without ending (OpenAI's finish_reason "length"): the text stops
+        wherever the cap fell, often mid-word, and a reader must be told (shown_text)."""
+        return not (self.stopped or self.cancelled)
 
 
 # ---------------------------------------------------------------- where token ids go
@@ -118,7 +125,6 @@ def _decoded(tokenizer, ids: list[int], seconds: float, batch_size: int = 1) -> 
                       batch_size)
 
 
-BROKEN = "\ufffd"  # what decoding makes of bytes that are not a whole UTF-8 character
 
 
 def _smaller_batch(size: int, asked: int, max_new_tokens: int, error: BaseException) -> int:
@@ -132,12 +138,83 @@ def _smaller_batch(size: int, asked: int, max_new_tokens: int, error: BaseExcept
     return size // 2
 
 
+BROKEN = "\ufffd"  # what decoding makes of bytes that are not a whole UTF-8 character
+
+
+def _gpt2_bytes() -> dict[str, int]:
+    """The byte each character of a byte-level BPE vocabulary stands for (GPT-2's table, used by
+    SmolLM2, Llama 3, Qwen): printable Latin-1 characters stand for themselves, the other bytes
+    for the characters from U+0100 on, in byte order."""
+    kept = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    others = [b for b in range(256) if b not in kept]
+    return {**{chr(b): b for b in kept}, **{chr(256 + n): b for n, b in enumerate(others)}}
+
+
+_BYTE_OF = _gpt2_bytes()
+
+
+def _token_bytes(tokenizer, ids: Sequence[int]) -> bytes | None:
+    """The bytes `ids` spell, special tokens skipped, read as tokenizers' ByteLevel decoder reads
+    them (a token with a character outside GPT-2's table counts as its UTF-8); None without a
+    `tokenizers` backend. On a tokenizer that is not byte-level these are not its bytes: text_of
+    checks them against the tokenizer's own decoding before trusting them."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    special = {i for i, added in backend.get_added_tokens_decoder().items() if added.special}
+    out = bytearray()
+    for i in ids:
+        token = None if i in special else backend.id_to_token(i)
+        if token is not None:
+            out += bytes(_BYTE_OF[c] for c in token) if all(c in _BYTE_OF for c in token) else token.encode()
+    return bytes(out)
+
+
+def text_of(tokenizer, ids: Sequence[int]) -> str:
+    """`ids` as text (special tokens skipped), without the U+FFFD that stand for bytes forming no
+    character: the first bytes of a Hangul syllable cut off by max_new_tokens at the end (a syllable
+    is 3 bytes, often 2 tokens on a byte-level BPE), or bytes the model wrote out of order in the
+    middle ("때\ufffdmarked" becomes "때marked"). Those decode to nothing.
+
+    The rule for a U+FFFD: where the tokens can be read as bytes (byte-level BPE, checked against
+    the tokenizer's own decoding), one the model wrote as a whole character (its 3 bytes EF BF BD)
+    is text and stays; only bytes that form no character go. On any other tokenizer the two cannot
+    be told apart after decoding, and every U+FFFD goes. Either way the text of a growing list of
+    ids only grows (a character's first bytes show nothing until the rest come, and bytes that
+    never form one never show): what streaming relies on.
+    """
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    if BROKEN not in text:
+        return text
+    raw = _token_bytes(tokenizer, ids)
+    if raw is not None and raw.decode("utf-8", "replace") == text:
+        return raw.decode("utf-8", "ignore")
+    return text.replace(BROKEN, "")
+
+
 def whole_text(tokenizer, ids: list[int]) -> str:
-    """`ids` as text, never ending in a broken character. A byte-level tokenizer stopped at
-    max_new_tokens inside a character (a Hangul syllable is 3 bytes, often split over 2 tokens)
-    decodes the loose bytes at the end as U+FFFD: those are dropped, the whole characters before
-    them kept."""
-    return tokenizer.decode(ids, skip_special_tokens=True).rstrip(BROKEN).strip()
+    """A finished answer's text: text_of without the whitespace around it."""
+    return text_of(tokenizer, ids).strip()
+
+
+def cut_note(max_new_tokens: int) -> str:
+    """What a reader sees after an answer that ran to max_new_tokens (chat, the explain page,
+    evaluation's examples): without it an answer stopped mid-word looks finished."""
+    return f"[cut off at the limit of {max_new_tokens} new tokens]"
+
+
+_CUT_NOTE = re.compile(r"\s*\[cut off at the limit of \d+ new tokens\]\s*$")
+
+
+def shown_text(gen: Generation) -> str:
+    """An answer as a person reads it: its text, and on a line of its own the cut note when it ran
+    to max_new_tokens (its new tokens are then that limit)."""
+    return f"{gen.text}\n\n{cut_note(gen.new_tokens)}" if gen.cut else gen.text
+
+
+def without_cut_note(text: str) -> str:
+    """A shown answer's text without its cut note (a chat's history goes back to the model as written)."""
+    return _CUT_NOTE.sub("", text)
 
 
 def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
@@ -149,7 +226,8 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
 
 def showable(text: str, stop: Sequence[str] = (), strip: bool = True) -> str:
     """The start of an unfinished answer's text that no later token can change (pure, table-tested):
-    without loose bytes at the end (U+FFFD until the character's other bytes come), without the
+    without a U+FFFD at the end (held until the answer goes on or ends: text_of has dropped loose
+    bytes already, this keeps a raw decoding's from showing too), without the
     whitespace around it that the finished answer strips (whole_text), and without an ending
     that may still grow into a stop string (it would then be cut away). So the pieces streamed add
     up to the finished answer's text exactly. `strip=False` (a plain prompt's continuation, whose
@@ -213,7 +291,7 @@ class _Writer:
             if token == self.eos:
                 answer.end = "eos"
             elif self.decode_each_step:
-                text, hit = cut_at_stop(self.tokenizer.decode(answer.ids, skip_special_tokens=True), self.stop)
+                text, hit = cut_at_stop(text_of(self.tokenizer, answer.ids), self.stop)
                 if hit:
                     answer.end = "stop"
                 else:
@@ -246,9 +324,8 @@ class _Writer:
     def finish(self, index: int, seconds: float | None = None) -> None:
         """The row's Generation (and the rest of its text to on_text, then on_done)."""
         answer = self.answers[index]
-        text, _ = cut_at_stop(self.tokenizer.decode(answer.ids, skip_special_tokens=True), self.stop)
-        text = text.rstrip(BROKEN)  # as whole_text: no loose bytes, no surrounding whitespace
-        text = text.strip() if self.strip else text
+        text, _ = cut_at_stop(text_of(self.tokenizer, answer.ids), self.stop)
+        text = text.strip() if self.strip else text  # as whole_text
         if text.startswith(answer.shown):
             self._show(index, text)
         else:  # a tokenizer whose decoding of more ids rewrites earlier text; what was shown stays shown

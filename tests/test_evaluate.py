@@ -39,7 +39,8 @@ def test_evaluate_stage_writes_everything_into_the_run_and_the_tuned_model_beats
         assert (run.path / name).is_file(), name
     rows = [json.loads(line) for line in (first.path / "predictions.jsonl").read_text(encoding="utf-8").splitlines()]
     assert len(rows) == n
-    assert set(rows[0]) >= {"id", "original", "reference", "base", "tuned", "base_new_tokens", "tuned_seconds"}
+    assert set(rows[0]) >= {"id", "original", "reference", "base", "tuned", "base_new_tokens", "tuned_seconds",
+                            "tuned_cut"}
     assert all(0 < r["tuned_new_tokens"] <= cfg.evaluation.max_new_tokens for r in rows)
     assert {r["base_batch_size"] for r in rows} == {cfg.evaluation.batch_size}  # memory never ran out here
     assert first.metrics()["speed"]["tuned"]["batch_size"] == cfg.evaluation.batch_size
@@ -160,13 +161,38 @@ def test_generation_is_batched_and_stops_at_eos(tiny_model_dir, monkeypatch):
     for g, new in zip(batched, rows):
         if g.stopped:  # EOS is the last token counted, and the model generated nothing after it
             assert g.new_tokens < 8 and new[g.new_tokens - 1] == eos and eos not in new[:g.new_tokens - 1]
+            assert not g.cut
             assert set(new[g.new_tokens:]) <= {pad}, new
         else:  # no EOS: it ran to max_new_tokens
-            assert g.new_tokens == 8 and eos not in new
+            assert g.new_tokens == 8 and eos not in new and g.cut
         assert g.text == tok.decode(new[:g.new_tokens], skip_special_tokens=True).strip()
     # a batch runs as long as its longest answer, not to max_new_tokens once every answer hit EOS
     news = [g.new_tokens for g in batched]
     assert generated == [max(news[i:i + 4]) for i in range(0, len(chats), 4)] and min(generated) < 8
+
+
+def test_an_answer_cut_at_max_new_tokens_is_recorded_and_shown_as_cut(tiny_run):
+    """predictions.jsonl says which answers ran to max_new_tokens (`<model>_cut`), the speed table
+    counts them, and the examples end them with the cut note; their text is scored as it stands."""
+    import pandas as pd
+
+    ended = inference.Generation("YOLO는 한 번에 봅니다.", 9, 0.5, stopped=True)
+    cut = inference.Generation("YOLO는 사진을 격자로 나누", 48, 0.5)
+    rows = [{"id": "1", "original": "o1", "reference": "r1", **evaluate.answer_fields("base", cut),
+             **evaluate.answer_fields("tuned", ended)},
+            {"id": "2", "original": "o2", "reference": "r2", **evaluate.answer_fields("base", cut),
+             **evaluate.answer_fields("tuned", cut)}]
+    assert (rows[0]["base_cut"], rows[0]["tuned_cut"], rows[0]["base"]) == (True, False, cut.text)
+    predictions = pd.DataFrame(rows).set_index("id")
+    assert evaluate.speed_table(predictions)["cut"].to_dict() == {"base": 2, "tuned": 1}
+    evaluation = runs.start_evaluation(tiny_run, tiny_run.params())
+    table = evaluate.examples(predictions, evaluation)
+    note = "[cut off at the limit of 48 new tokens]"
+    assert table.loc["1", "tuned"] == ended.text and table.loc["1", "base"] == f"{cut.text}\n\n{note}"
+    assert (evaluation.path / "examples.md").read_text(encoding="utf-8").count(note) == 3
+    assert list(predictions["base"]) == [cut.text] * 2  # what the metrics read: the model's words alone
+    older = predictions.drop(columns=["base_cut", "tuned_cut"])  # predictions written before `_cut`
+    assert evaluate.speed_table(older)["cut"].isna().all() and evaluate.examples(older).loc["1", "base"] == cut.text
 
 
 def test_generation_halves_its_batch_when_memory_runs_out_and_fails_clearly_at_one(tiny_model_dir, monkeypatch):

@@ -115,3 +115,22 @@ def test_glossary_terms_are_marked_in_both_columns_and_say_their_korean_on_hover
     assert '<mark title="사전 학습 (pretraining)">미리 학습</mark>' in korean
     md = explain.markdown(explain.Explained("p.md", "run", "adapter", [block], 1.0, 10), glossary)
     assert "**CNN**은" in md and "A **convolutional network**" in md
+
+
+def test_an_explanation_cut_at_max_new_tokens_says_so_on_the_page():
+    """The page's facts count the explanations that reached max_new_tokens and name the setting
+    that gives them room; each one ends with the cut note, in Markdown and HTML; the others do not."""
+    blocks = [explain.Block("paragraph", "YOLO looks once.", korean="YOLO는 한 번 봅니다."),
+              explain.Block("paragraph", "Each cell predicts boxes.", korean="각 칸은 상자를 예측하", cut=True)]
+    result = explain.Explained("p.md", "run", "adapter", blocks, 1.0, 40, max_new_tokens=24)
+    note = "[cut off at the limit of 24 new tokens]"
+    md = explain.markdown(result, [])  # no glossary: no term marks in the way
+    assert "1 of them reached the limit of 24 new tokens" in md and "--max-new-tokens" in md
+    first, second = md.split("**Original**")[1:]
+    assert note not in first and f"각 칸은 상자를 예측하\n\n*{note}*" in second
+    page = explain.to_html(result, [])
+    first, second = page.split("<div class='pair'>")[1:]
+    assert "class='cut'" not in first and f"예측하<span class='cut'>{note}</span></div>" in second
+    assert "1 of them reached the limit of 24 new tokens" in page.split("</p>")[0]
+    whole = explain.Explained("p.md", "run", "adapter", blocks[:1], 1.0, 8, max_new_tokens=24)
+    assert "reached the limit" not in explain.markdown(whole, []) + explain.to_html(whole, [])

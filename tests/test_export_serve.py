@@ -276,8 +276,8 @@ def test_a_server_with_an_api_key_answers_only_who_sends_it_and_health_to_anyone
 
         remote = chat_app.connect(url, key)
         assert remote.run_id == backend.model_id and remote.base is None
-        assert chat_app.explain(remote, PARAGRAPH, 8) == inference.generate(
-            backend.lm, [prompts.build_messages(PARAGRAPH)], max_new_tokens=8)[0].text
+        assert chat_app.explain(remote, PARAGRAPH, 8) == inference.shown_text(inference.generate(
+            backend.lm, [prompts.build_messages(PARAGRAPH)], max_new_tokens=8)[0])
         assert "not loaded" in chat_app.compare(remote, PARAGRAPH, True, 8)[0]
         with pytest.raises(PoloError, match="refused the API key"):
             chat_app.connect(url, "wrong")
@@ -373,13 +373,18 @@ def test_polo_explain_writes_the_paper_side_by_side_with_the_runs_model_and_the_
     assert all(b["korean"] is not None for b in paragraphs)
     assert all(b["korean"] is None for b in body["blocks"] if b["kind"] != "paragraph")  # never sent
     lm = inference.with_tokenizer(inference.load_tuned(tiny_run.params(), tiny_run), inference.run_tokenizer(tiny_run))
-    alone = inference.generate(lm, [prompts.build_messages(paragraphs[3]["text"])], max_new_tokens=6)[0].text
-    assert paragraphs[3]["korean"] == alone  # the Easy prompt, generated as evaluation generates
+    alone = inference.generate(lm, [prompts.build_messages(paragraphs[3]["text"])], max_new_tokens=6)[0]
+    assert (paragraphs[3]["korean"], paragraphs[3]["cut"]) == (alone.text, alone.cut)  # as evaluation generates
     md = written["md"].read_text(encoding="utf-8")
     page = written["html"].read_text(encoding="utf-8")
     assert "## 6. A Loss for Imbalanced Data" in md and "> [3] A focal loss for dense detection" in md
     assert md.count("**쉬운 설명**") == 31 and page.count("<div class='pair'>") == 31
     assert '<mark title="겹치는 정도 (IoU)">intersection over union</mark>' in page  # glossary terms marked
+    # explanations that ran to the 6 tokens say so, in the facts and under each
+    cut = sum(b["cut"] for b in paragraphs)
+    assert cut > 0 and body["cut"] == cut and body["max_new_tokens"] == 6
+    assert md.count("*[cut off at the limit of 6 new tokens]*") == page.count("<span class='cut'>") == cut
+    assert f"{cut} of them reached the limit of 6 new tokens" in md
     with pytest.raises(RunError, match="already exists: pass --force"):
         explain.check_outputs(tiny_run, paper, overwrite=False)
 
@@ -387,7 +392,8 @@ def test_polo_explain_writes_the_paper_side_by_side_with_the_runs_model_and_the_
     _, url = tiny_server
     served, _ = explain.explain_paper(tiny_run, paper, server=url, max_new_tokens=6, batch_size=4, overwrite=True)
     assert served.model.startswith("polo-easy-")
-    assert [b.korean for b in served.blocks if b.kind == "paragraph"] == [b["korean"] for b in paragraphs]
+    assert [(b.korean, b.cut) for b in served.blocks if b.kind == "paragraph"] == \
+        [(b["korean"], b["cut"]) for b in paragraphs]  # finish_reason "length" where it was cut
 
     # a text PDF made here
     pdf = tmp_path / "two_pages.pdf"
@@ -421,8 +427,8 @@ def test_chat_app_handlers_answer_and_the_app_opens(tiny_run, capsys):
     explained = chat_app.explain(models, PARAGRAPH, max_new_tokens=8)
     assert reply and base and tuned and base != tuned
     # "explain" is the Easy prompt, exactly as training built it
-    assert explained == tuned == inference.generate(models.tuned, [prompts.build_messages(PARAGRAPH)],
-                                                   max_new_tokens=8)[0].text
+    assert explained == tuned == inference.shown_text(inference.generate(
+        models.tuned, [prompts.build_messages(PARAGRAPH)], max_new_tokens=8)[0])
     port = free_port()
     capsys.readouterr()
     app = chat_app.open_app(chat_app.build_app(models), port=port, block=False)  # what `polo chat` runs

@@ -352,6 +352,30 @@ def test_a_stop_string_cuts_the_answer_streamed_or_not(server):
     assert (text, finishes) == (expected, ["stop"])
 
 
+def test_an_answer_cut_at_max_tokens_finishes_with_length_streamed_or_not(server):
+    """OpenAI's finish_reason: "length" when max_tokens cut the answer (LONG runs on without EOS),
+    "stop" when it ended (a stop string here; EOS in test_export_serve), the same in a stream, on
+    both endpoints."""
+    backend, url = server
+    api = client(url)
+    cut = api.chat.completions.create(model=backend.model_id, messages=LONG, max_tokens=6)
+    assert (cut.choices[0].finish_reason, cut.usage.completion_tokens) == ("length", 6)
+    _, finishes, _ = streamed_text(api.chat.completions.create(model=backend.model_id, messages=LONG, max_tokens=6,
+                                                               stream=True))
+    assert finishes == ["length"]
+    stop = cut.choices[0].message.content.split()[-1]  # met at the 6th token: it ended there, "stop"
+    ended = api.chat.completions.create(model=backend.model_id, messages=LONG, max_tokens=6, stop=[stop])
+    assert ended.choices[0].finish_reason == "stop"
+    _, finishes, _ = streamed_text(api.chat.completions.create(model=backend.model_id, messages=LONG, max_tokens=6,
+                                                               stop=[stop], stream=True))
+    assert finishes == ["stop"]
+    plain = api.completions.create(model=backend.model_id, prompt="grid grid grid", max_tokens=5)
+    assert (plain.choices[0].finish_reason, plain.usage.completion_tokens) == ("length", 5)
+    _, finishes, _ = streamed_text(api.completions.create(model=backend.model_id, prompt="grid grid grid",
+                                                          max_tokens=5, stream=True))
+    assert finishes == ["length"]
+
+
 def test_completions_answers_a_plain_prompt_without_the_chat_template(server):
     from openai import BadRequestError
 
@@ -415,8 +439,8 @@ def test_the_chat_apps_handlers_stream_growing_text_locally_and_through_the_serv
     steps = list(chat_app.explain_stream(models, PARAGRAPH, 24))
     assert steps[0] == "" and len(steps) > 3
     assert all(later.startswith(earlier) for earlier, later in zip(steps, steps[1:]))  # it only grows
-    assert steps[-1] == inference.generate(models.tuned, [EASY], max_new_tokens=24)[0].text == \
-        chat_app.explain(models, PARAGRAPH, 24)
+    alone = inference.generate(models.tuned, [EASY], max_new_tokens=24)[0]
+    assert steps[-1] == inference.shown_text(alone) == chat_app.explain(models, PARAGRAPH, 24)
     pairs = list(chat_app.compare_stream(models, LONG[0]["content"], False, 24))
     assert pairs[-1] == chat_app.compare(models, LONG[0]["content"], False, 24) and pairs[-1][0] != pairs[-1][1]
     # both grow at once: some step shows part of each answer (one after the other would not)
@@ -427,6 +451,26 @@ def test_the_chat_apps_handlers_stream_growing_text_locally_and_through_the_serv
     remote = chat_app.connect(server[1])
     remote_steps = list(chat_app.explain_stream(remote, PARAGRAPH, 24))
     assert len(remote_steps) > 3 and remote_steps[-1] == steps[-1]
+
+
+def test_the_chat_app_says_when_an_answer_was_cut_and_sends_the_model_its_own_words_back(tiny_run, server):
+    """An answer that reaches "max new tokens" ends with the cut note on a line of its own, loaded
+    here or through the server (finish_reason "length"); an answer that ended has none; the next
+    turn's prompt holds the answer as the model wrote it, without the note."""
+    from polo_lib.deploy import chat_app
+
+    models, remote = chat_app.load_models(tiny_run, with_base=False), chat_app.connect(server[1])
+    note = "\n\n" + inference.cut_note(6)
+    reply = chat_app.chat_reply(models, LONG[0]["content"], [], 6)
+    alone = inference.generate(models.tuned, [chat_app._chat_of(LONG[0]["content"], [])], max_new_tokens=6)[0]
+    assert alone.cut and reply == alone.text + note and alone.text
+    assert chat_app.chat_reply(remote, LONG[0]["content"], [], 6) == reply
+    assert remote.tuned.answer(chat_app._chat_of(LONG[0]["content"], []), 6) == reply
+    history = [{"role": "user", "content": LONG[0]["content"]}, {"role": "assistant", "content": reply}]
+    assert chat_app._chat_of("and then?", history)[-2] == {"role": "assistant", "content": alone.text}
+    ended = inference.generate(models.tuned, [EASY], max_new_tokens=40, stop=[alone.text[:2]])[0]
+    # an answer that ended (here at a stop string: the tiny model's EOS is rare) gets no note
+    assert not ended.cut and inference.shown_text(ended) == ended.text
 
 
 def test_polo_explain_shows_the_paragraph_being_written(tiny_run):

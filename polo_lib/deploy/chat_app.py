@@ -10,10 +10,11 @@ measured and what `polo serve` answers:
   Explain       a paragraph wrapped in the Easy prompt, as in training
 
 Every tab streams: the text grows as tokens are generated (on the CPU demo an answer takes a
-minute or more). The handlers are generators of the text so far (chat_stream, compare_stream,
-explain_stream), and plain functions give their last value (tested without a browser);
-`build_app` wires the generators up. Leaving the page or pressing Gradio's stop ends the
-generation at the next token.
+minute or more). An answer that reaches the "max new tokens" slider ends with a note saying it
+was cut there (inference.cut_note), not mid-word as if finished. The handlers are generators of
+the text so far (chat_stream, compare_stream, explain_stream), and plain functions give their
+last value (tested without a browser); `build_app` wires the generators up. Leaving the page or
+pressing Gradio's stop ends the generation at the next token.
 
 `polo chat --server URL` talks to a running `polo serve` instead of loading the model here (the
 tuned model only; the key from --api-key or POLO_API_KEY, as the server takes it).
@@ -34,6 +35,7 @@ from .. import inference, prompts, runs
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # offline machine: no telemetry calls
 
 MAX_NEW_TOKENS = 256  # ~128 Hangul syllables on SmolLM2; a slider lets the user change it
+_CUT = "\n\n"  # the cut note goes on a line of its own after an answer cut at max new tokens
 
 
 @dataclass
@@ -78,18 +80,26 @@ class Remote:
         return OpenAI(base_url=self.url.rstrip("/") + "/v1", api_key=self.api_key or "no-key", max_retries=0)
 
     def answer(self, chat: list[dict[str, str]], max_new_tokens: int) -> str:
+        """The whole answer, with the cut note when the server says it was cut ("length")."""
         reply = self.client().chat.completions.create(model=self.model_id, messages=chat,
                                                       max_tokens=int(max_new_tokens))
-        return reply.choices[0].message.content or ""
+        note = _CUT + inference.cut_note(int(max_new_tokens)) if reply.choices[0].finish_reason == "length" else ""
+        return (reply.choices[0].message.content or "") + note
 
     def pieces(self, chat: list[dict[str, str]], max_new_tokens: int) -> Iterator[str]:
-        """The answer's text pieces as the server streams them; closing the iterator closes the
-        connection, and the server stops generating."""
+        """The answer's text pieces as the server streams them, then the cut note when the server
+        says it was cut ("length"); closing the iterator closes the connection, and the server
+        stops generating."""
+        finish = None
         with self.client().chat.completions.create(model=self.model_id, messages=chat, stream=True,
                                                    max_tokens=int(max_new_tokens)) as stream:
             for chunk in stream:
                 if chunk.choices and chunk.choices[0].delta.content:
                     yield chunk.choices[0].delta.content
+                if chunk.choices and chunk.choices[0].finish_reason:
+                    finish = chunk.choices[0].finish_reason
+        if finish == "length":
+            yield _CUT + inference.cut_note(int(max_new_tokens))
 
 
 def connect(url: str, api_key: str | None = None) -> Models:
@@ -144,8 +154,12 @@ def _streams(models: Models, lms: Sequence[Any], chat: list[dict[str, str]],
                         break
                     events.put((k, piece))
             else:
+                def done(_: int, gen: inference.Generation) -> None:
+                    if gen.cut:  # after its last piece: on_done follows on_text's pieces
+                        events.put((k, _CUT + inference.cut_note(gen.new_tokens)))
+
                 inference.generate(lm, [chat], max_new_tokens=int(max_new_tokens), batch_size=1,
-                                   on_text=lambda _, piece: events.put((k, piece)),
+                                   on_text=lambda _, piece: events.put((k, piece)), on_done=done,
                                    cancelled=lambda _: stop.is_set())
         except Exception as e:  # noqa: BLE001 - handed to the reader, which raises it in Gradio's handler
             events.put((k, e))
@@ -188,8 +202,11 @@ def _last(values: Iterator[Any], empty: Any) -> Any:
 
 def _chat_of(message: str, history: list[dict[str, Any]]) -> list[dict[str, str]]:
     chat = [{"role": "system", "content": prompts.SYSTEM_PROMPT}]
-    chat += [{"role": m["role"], "content": _text(m["content"])} for m in history
-             if m.get("role") in ("user", "assistant")]
+    for m in history:
+        if m.get("role") in ("user", "assistant"):
+            text = _text(m["content"])  # an answer shown with its cut note goes back as the model wrote it
+            chat.append({"role": m["role"], "content": inference.without_cut_note(text) if m["role"] == "assistant"
+                         else text})
     chat.append({"role": "user", "content": _text(message)})
     return chat
 

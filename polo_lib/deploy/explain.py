@@ -7,7 +7,8 @@
     explain       every paragraph with the Easy prompt training used, in batches (adapter, merged
                   export, or a running `polo serve`), the paragraph being written shown live
     write         <run>/explained/<paper>.md and .html (original and easy Korean side by side,
-                  glossary terms marked) and .json (the blocks and the figures)
+                  glossary terms marked, an explanation cut at max_new_tokens marked "cut off")
+                  and .json (the blocks, each with `cut`, and the figures)
 
 Every check on the paper runs before a model loads: an unreadable file, a scanned PDF without a
 text layer or a paper with nothing to explain costs a message, not a model load.
@@ -41,6 +42,7 @@ class Block:
     text: str
     korean: str | None = None  # paragraphs only, once explained
     part: int = 0  # > 0: one of the pieces a paragraph over the length limit was cut into
+    cut: bool = False  # its explanation ran to max_new_tokens: it stops there, unfinished
 
 
 # ---------------------------------------------------------------- reading
@@ -208,6 +210,12 @@ class Explained:
     blocks: list[Block]
     seconds: float
     new_tokens: int
+    max_new_tokens: int = 0  # the limit each explanation had (the cut ones reached it)
+
+    @property
+    def cut(self) -> int:
+        """How many explanations reached max_new_tokens and stop unfinished."""
+        return sum(b.cut for b in self.blocks)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -221,8 +229,8 @@ class Explained:
         return round(self.new_tokens / self.seconds, 1) if self.seconds else None
 
 
-# (chats, max_new_tokens, batch_size) -> [(text, new tokens)]
-Answer = Callable[[list[list[dict[str, str]]], int, int], list[tuple[str, int]]]
+# (chats, max_new_tokens, batch_size) -> [(text, new tokens, cut at max_new_tokens)]
+Answer = Callable[[list[list[dict[str, str]]], int, int], list[tuple[str, int, bool]]]
 
 
 class LiveLine:
@@ -276,7 +284,7 @@ def local_answer(lm, progress: str = "explaining", **line_options) -> Answer:
                                       on_text=line.text, on_done=lambda i, _: line.done(i))
         finally:
             line.close()
-        return [(g.text, g.new_tokens) for g in gens]
+        return [(g.text, g.new_tokens, g.cut) for g in gens]
     return answer
 
 
@@ -292,8 +300,8 @@ def server_answer(url: str, api_key: str | None, **line_options) -> tuple[Answer
 
         line = LiveLine(len(chats), **line_options)
 
-        def one(index: int) -> tuple[str, int]:
-            pieces, tokens = [], 0
+        def one(index: int) -> tuple[str, int, bool]:
+            pieces, tokens, finish = [], 0, None
             with remote.client().chat.completions.create(
                     model=remote.model_id, messages=chats[index], max_tokens=max_new_tokens, stream=True,
                     stream_options={"include_usage": True}) as stream:
@@ -301,10 +309,12 @@ def server_answer(url: str, api_key: str | None, **line_options) -> tuple[Answer
                     if chunk.choices and chunk.choices[0].delta.content:
                         pieces.append(chunk.choices[0].delta.content)
                         line.text(index, pieces[-1])
+                    if chunk.choices and chunk.choices[0].finish_reason:
+                        finish = chunk.choices[0].finish_reason
                     if chunk.usage is not None:
                         tokens = chunk.usage.completion_tokens
             line.done(index)
-            return "".join(pieces), tokens
+            return "".join(pieces), tokens, finish == "length"
         try:
             with cf.ThreadPoolExecutor(batch_size) as pool:
                 return list(pool.map(one, range(len(chats))))
@@ -330,9 +340,9 @@ def explain(blocks: Sequence[Block], answer: Answer, max_new_tokens: int, batch_
     answers = answer([prompts.build_messages(b.text) for b in todo], max_new_tokens, batch_size)
     seconds = time.perf_counter() - start
     done = [Block(**asdict(b)) for b in blocks]
-    for block, (text, _) in zip([b for b in done if b.kind == "paragraph"], answers):
-        block.korean = text
-    return Explained(paper, run_id, model, done, round(seconds, 1), sum(n for _, n in answers))
+    for block, (text, _, cut) in zip([b for b in done if b.kind == "paragraph"], answers):
+        block.korean, block.cut = text, cut
+    return Explained(paper, run_id, model, done, round(seconds, 1), sum(a[1] for a in answers), max_new_tokens)
 
 
 # ---------------------------------------------------------------- writing
@@ -373,17 +383,28 @@ def _marked(text: str, korean: bool, glossary, html_out: bool) -> str:
     return "".join(out) + escape(text[last:])
 
 
+def cut_facts(result: Explained) -> str:
+    """The page's line on explanations cut at max_new_tokens (empty when none was)."""
+    if not result.cut:
+        return ""
+    more = say("--max-new-tokens", "max_new_tokens")
+    return (f" {result.cut} of them reached the limit of {result.max_new_tokens} new tokens and stop unfinished, "
+            f"marked \"cut off\": a larger {more} gives them room.")
+
+
 def markdown(result: Explained, glossary) -> str:
     lines = [f"# {result.paper}: in easy Korean", "",
              f"Run `{result.run_id}` ({result.model}); {result.counts.get('paragraph', 0)} paragraphs explained in "
-             f"{result.seconds} s ({result.tokens_per_s} tokens/s). Glossary terms are in bold.", ""]
+             f"{result.seconds} s ({result.tokens_per_s} tokens/s). Glossary terms are in bold.{cut_facts(result)}",
+             ""]
     for b in result.blocks:
         if b.kind == "heading":
             lines += [f"## {b.text}", ""]
         elif b.kind == "paragraph":
             part = f" (part {b.part})" if b.part else ""
             lines += [f"**Original{part}**", "", _marked(b.text, False, glossary, False), "",
-                      "**쉬운 설명**", "", _marked(b.korean or "", True, glossary, False), "", "---", ""]
+                      "**쉬운 설명**", "", _marked(b.korean or "", True, glossary, False), "",
+                      *([f"*{inference.cut_note(result.max_new_tokens)}*", ""] if b.cut else []), "---", ""]
         elif b.kind == "equation":
             lines += ["```", b.text, "```", ""]
         else:
@@ -394,7 +415,8 @@ def markdown(result: Explained, glossary) -> str:
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;line-height:1.55}
 .pair{display:grid;grid-template-columns:1fr 1fr;gap:1.5em;border-top:1px solid #ddd;padding:.8em 0}
 .original{color:#333}.korean{color:#0b3d91}.kept{color:#666;font-size:.92em;white-space:pre-wrap}
-mark{background:#fff3b0;padding:0 .1em}h1{font-size:1.5em}h2{margin-top:1.6em}.facts{color:#555}"""
+mark{background:#fff3b0;padding:0 .1em}.cut{display:block;color:#a33;font-style:italic;margin-top:.4em}
+h1{font-size:1.5em}h2{margin-top:1.6em}.facts{color:#555}"""
 
 
 def to_html(result: Explained, glossary) -> str:
@@ -404,14 +426,16 @@ def to_html(result: Explained, glossary) -> str:
              f"<p class='facts'>run <code>{html.escape(result.run_id)}</code> ({html.escape(result.model)}); "
              f"{result.counts.get('paragraph', 0)} paragraphs explained in {result.seconds} s "
              f"({result.tokens_per_s} tokens/s). Glossary terms are marked in both columns; hover for the "
-             "glossary's Korean term.</p>"]
+             f"glossary's Korean term.{html.escape(cut_facts(result))}</p>"]
     for b in result.blocks:
         if b.kind == "heading":
             parts.append(f"<h2>{html.escape(b.text)}</h2>")
         elif b.kind == "paragraph":
             parts.append("<div class='pair'>"
                          f"<div class='original'>{_marked(b.text, False, glossary, True)}</div>"
-                         f"<div class='korean'>{_marked(b.korean or '', True, glossary, True)}</div></div>")
+                         f"<div class='korean'>{_marked(b.korean or '', True, glossary, True)}"
+                         + (f"<span class='cut'>{html.escape(inference.cut_note(result.max_new_tokens))}</span>"
+                            if b.cut else "") + "</div></div>")
         else:
             parts.append(f"<div class='kept {b.kind}'>{html.escape(b.text)}</div>")
     parts.append("</body></html>")
@@ -438,6 +462,7 @@ def write(result: Explained, run, paper: str | Path) -> dict[str, Path]:
     atomic_write_text(out["html"], to_html(result, glossary))
     body: dict[str, Any] = {"paper": result.paper, "run_id": result.run_id, "model": result.model,
                             "counts": result.counts, "seconds": result.seconds, "new_tokens": result.new_tokens,
+                            "max_new_tokens": result.max_new_tokens, "cut": result.cut,
                             "tokens_per_s": result.tokens_per_s, "blocks": [asdict(b) for b in result.blocks]}
     atomic_write_text(out["json"], json.dumps(body, ensure_ascii=False, indent=1))
     return out

@@ -504,7 +504,8 @@ def _sse(data: dict[str, Any]) -> str:
 
 
 def _finish_reason(gen: inference.Generation) -> str:
-    return "stop" if gen.stopped else "length"
+    """OpenAI's: "length" for an answer cut at max_tokens, "stop" for one that ended (EOS, a stop string)."""
+    return "length" if gen.cut else "stop"
 
 
 def _usage(prompt_tokens: int, gens: list[inference.Generation]) -> dict[str, int]:
