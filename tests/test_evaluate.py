@@ -186,13 +186,13 @@ def test_an_answer_cut_at_max_new_tokens_is_recorded_and_shown_as_cut(tiny_run):
     predictions = pd.DataFrame(rows).set_index("id")
     assert evaluate.speed_table(predictions)["cut"].to_dict() == {"base": 2, "tuned": 1}
     evaluation = runs.start_evaluation(tiny_run, tiny_run.params())
-    table = evaluate.examples(predictions, evaluation)
+    table = evaluate.examples(predictions, evaluation).data  # a Styler: texts whole and wrapped; .data the frame
     note = "[cut off at the limit of 48 new tokens]"
     assert table.loc["1", "tuned"] == ended.text and table.loc["1", "base"] == f"{cut.text}\n\n{note}"
     assert (evaluation.path / "examples.md").read_text(encoding="utf-8").count(note) == 3
     assert list(predictions["base"]) == [cut.text] * 2  # what the metrics read: the model's words alone
     older = predictions.drop(columns=["base_cut", "tuned_cut"])  # predictions written before `_cut`
-    assert evaluate.speed_table(older)["cut"].isna().all() and evaluate.examples(older).loc["1", "base"] == cut.text
+    assert evaluate.speed_table(older)["cut"].isna().all() and evaluate.examples(older).data.loc["1", "base"] == cut.text
 
 
 def test_generation_halves_its_batch_when_memory_runs_out_and_fails_clearly_at_one(tiny_model_dir, monkeypatch):
