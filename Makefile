@@ -37,7 +37,7 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	@# every notebook it opens, and another one would be a change to commit.
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3" >/dev/null
 	@# Notebooks are stored in git without outputs: nbstripout as this clone's clean filter, and Jupyter
-	@# servers started from the venv keep `git status` clean after a save (polo_lib/runs.py says why).
+	@# servers started from the venv keep `git status` clean after a save (polo_lib/runs/provenance.py says why).
 	$(BIN)/python -c "from polo_lib import runs; runs.install_jupyter_hook(); \
 		runs.install_notebook_filter() or print('not a git checkout: no notebook filter')"
 	$(BIN)/python -c "from polo_lib.model import import_unsloth; import_unsloth(); import trl, papermill; print('setup ok')"

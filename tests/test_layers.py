@@ -142,12 +142,13 @@ def test_the_package_docstring_shows_this_table():
 
 
 def test_every_package_docstring_names_its_modules():
-    """Each package (deploy/, sweeps/, metrics/, data/, params/) lists its modules in its docstring
+    """Each package (deploy/, sweeps/, metrics/, data/, params/, runs/) lists its modules in its docstring
     ('  name   what it does')."""
-    for package in ("deploy", "sweeps", "metrics", "data", "params"):
+    for package in ("deploy", "sweeps", "metrics", "data", "params", "runs"):
         init = PACKAGE / package / "__init__.py"
         doc = ast.get_docstring(ast.parse(init.read_text(encoding="utf-8")))
         listed = {line.split()[0].removesuffix(".py") for line in doc.splitlines()
                   if line.startswith("  ") and line.split()}
         present = {p.stem for p in init.parent.glob("*.py") if p.stem != "__init__"}
         assert present <= listed, f"polo_lib/{package}/__init__.py does not describe {sorted(present - listed)}"
+
