@@ -52,7 +52,7 @@ test: setup export-tools
 
 # ruff with the rules in pyproject.toml; .ci/run runs it before the tests
 lint: setup
-	$(BIN)/ruff check polo_lib tests benchmarks
+	$(BIN)/ruff check polo_lib polo_testkit tests benchmarks
 
 # Jupyter refuses to start as root ("Running as root is not recommended. Use --allow-root to bypass."),
 # and root is the only user in a container or on many cloud machines: the flag is passed there, and only there.
