@@ -37,7 +37,7 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	@# every notebook it opens, and another one would be a change to commit.
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3" >/dev/null
 	@# Notebooks are stored in git without outputs: nbstripout as this clone's clean filter, and Jupyter
-	@# servers started from the venv keep `git status` clean after a save (polo_lib/runs.py says why).
+	@# servers started from the venv keep `git status` clean after a save (polo_lib/runs/provenance.py says why).
 	$(BIN)/python -c "from polo_lib import runs; runs.install_jupyter_hook(); \
 		runs.install_notebook_filter() or print('not a git checkout: no notebook filter')"
 	$(BIN)/python -c "from polo_lib.model import import_unsloth; import_unsloth(); import trl, papermill; print('setup ok')"
@@ -52,7 +52,7 @@ test: setup export-tools
 
 # ruff with the rules in pyproject.toml; .ci/run runs it before the tests
 lint: setup
-	$(BIN)/ruff check polo_lib tests benchmarks
+	$(BIN)/ruff check polo_lib polo_testkit tests benchmarks
 
 # Jupyter refuses to start as root ("Running as root is not recommended. Use --allow-root to bypass."),
 # and root is the only user in a container or on many cloud machines: the flag is passed there, and only there.

@@ -49,7 +49,7 @@ def shared_model_cache() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model_dir() -> Path:
-    """The tiny random Llama (built once per session into the shared cache)."""
+    """The tiny random Llama (built once per machine into the shared cache, by polo_testkit.tiny_llama)."""
     from polo_lib import local_models
 
     return Path(local_models.resolve("tiny-llama"))

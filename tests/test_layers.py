@@ -142,12 +142,26 @@ def test_the_package_docstring_shows_this_table():
 
 
 def test_every_package_docstring_names_its_modules():
-    """Each package (deploy/, sweeps/, metrics/, data/, params/) lists its modules in its docstring
+    """Each package (deploy/, sweeps/, metrics/, data/, params/, runs/) lists its modules in its docstring
     ('  name   what it does')."""
-    for package in ("deploy", "sweeps", "metrics", "data", "params"):
+    for package in ("deploy", "sweeps", "metrics", "data", "params", "runs"):
         init = PACKAGE / package / "__init__.py"
         doc = ast.get_docstring(ast.parse(init.read_text(encoding="utf-8")))
         listed = {line.split()[0].removesuffix(".py") for line in doc.splitlines()
                   if line.startswith("  ") and line.split()}
         present = {p.stem for p in init.parent.glob("*.py") if p.stem != "__init__"}
         assert present <= listed, f"polo_lib/{package}/__init__.py does not describe {sorted(present - listed)}"
+
+
+def test_polo_lib_never_imports_the_test_kit():
+    """polo_testkit (the tiny test model's builder, test support) is not part of the library users import:
+    polo_lib names it only as a "module:function" string (local_models.BUILDERS), imported to build
+    tiny-llama, so no polo_lib module has an import statement for it, at module level or in a function."""
+    def kit(name: str | None) -> bool:
+        return (name or "").split(".")[0] == "polo_testkit"
+
+    found = [f"{path.relative_to(PACKAGE.parent)}:{node.lineno}" for path in modules().values()
+             for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+             if (isinstance(node, ast.Import) and any(kit(a.name) for a in node.names))
+             or (isinstance(node, ast.ImportFrom) and not node.level and kit(node.module))]
+    assert not found, f"polo_lib imports the test kit: {found}. Name the function in local_models.BUILDERS instead."

@@ -1,4 +1,5 @@
-"""Offline models: name resolution, the tiny test Llama and the SmolLM2 GGUF conversion.
+"""Offline models: name resolution, the tiny test Llama (built by the test kit, polo_testkit) and the
+SmolLM2 GGUF conversion.
 
 Real libraries, no mocks. Every test points the model cache at an empty tmp folder
 (POLO_MODEL_CACHE) and builds there, except the tests that read the two slow builds (the SmolLM2
@@ -24,6 +25,7 @@ import pytest
 from polo_lib import local_models as lm
 from polo_lib import paths
 from polo_lib.errors import ModelError
+from polo_testkit import tiny_llama as tiny
 
 # Enough English and Korean for a few hundred BPE merges; repeated so merges reach min_frequency.
 TEXTS = [
@@ -50,7 +52,7 @@ def model_cache(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory) -> Path:
-    return lm.build_tiny_llama(tmp_path_factory.mktemp("tiny") / "tiny-llama", TEXTS, seed=0, **QUICK)
+    return tiny.build_tiny_llama(tmp_path_factory.mktemp("tiny") / "tiny-llama", TEXTS, seed=0, **QUICK)
 
 
 @pytest.fixture
@@ -140,7 +142,7 @@ def test_tiny_llama_build_is_complete(tmp_path, capsys):
     # No wall-clock bound here: on a loaded 2-core machine the build took 41 s, and speed belongs
     # to the benchmarks, not to a test that fails when the machine is busy. Its pretraining shows a
     # bar with the steps done (a fresh outputs folder's first run waited 105 s in silence).
-    out = lm.build_tiny_llama(tmp_path / "t", TEXTS, **QUICK)
+    out = tiny.build_tiny_llama(tmp_path / "t", TEXTS, **QUICK)
     drawn = capsys.readouterr().err.replace("\n", "\r").split("\r")
     assert any(d.startswith("building tiny-llama (once per model cache): pretraining: 100%") and " 4/4 [" in d
                for d in drawn), drawn
@@ -152,10 +154,10 @@ def test_tiny_llama_build_is_complete(tmp_path, capsys):
 
 
 def test_tiny_llama_is_deterministic(tiny_dir, tmp_path):
-    again = lm.build_tiny_llama(tmp_path / "again", TEXTS, seed=0, **QUICK)
+    again = tiny.build_tiny_llama(tmp_path / "again", TEXTS, seed=0, **QUICK)
     for name in ("model.safetensors", "tokenizer.json", "config.json"):
         assert (again / name).read_bytes() == (tiny_dir / name).read_bytes(), name
-    other_seed = lm.build_tiny_llama(tmp_path / "seed1", TEXTS, seed=1, **QUICK)
+    other_seed = tiny.build_tiny_llama(tmp_path / "seed1", TEXTS, seed=1, **QUICK)
     assert (other_seed / "model.safetensors").read_bytes() != (tiny_dir / "model.safetensors").read_bytes()
 
 
@@ -220,8 +222,8 @@ def test_resolve_tiny_llama_builds_once_from_raw_data(shared_model_cache, monkey
     assert first == shared_model_cache / lm.CACHE_FOLDERS["tiny-llama"]
     marker = first / lm.MARKER_NAME
     info = json.loads(marker.read_text())
-    assert info["texts"] == len(lm.tiny_llama_texts()) > len(lm.TINY_EXTRA_TEXTS)
-    assert info["pretrain_loss"]["steps"] == lm.PRETRAIN_STEPS  # the model the tests train: fully pretrained
+    assert info["texts"] == len(tiny.tiny_llama_texts()) > len(tiny.TINY_EXTRA_TEXTS)
+    assert info["pretrain_loss"]["steps"] == tiny.PRETRAIN_STEPS  # the model the tests train: fully pretrained
     assert 100_000 <= info["parameters"] <= 2_000_000
     mtime = marker.stat().st_mtime_ns
     assert lm.resolve("tiny-llama") == str(first)
@@ -231,14 +233,14 @@ def test_resolve_tiny_llama_builds_once_from_raw_data(shared_model_cache, monkey
 def test_two_processes_asking_for_a_missing_model_build_it_once(model_cache, monkeypatch):
     """ensure_local_model holds a file lock while it builds: the second caller waits, then takes
     the first one's build (parallel test workers, two notebooks opened at once)."""
-    real, built = lm.build_tiny_llama, []
+    real, built = tiny.build_tiny_llama, []
 
     def counted(out_dir, texts, **kw):
         built.append(out_dir)
         time.sleep(0.5)  # long enough for the other thread to reach the lock
         return real(out_dir, TEXTS, **QUICK)
 
-    monkeypatch.setattr(lm, "build_tiny_llama", counted)
+    monkeypatch.setattr(tiny, "build_tiny_llama", counted)  # what local_models' builder for tiny-llama calls
     results = []
     threads = [threading.Thread(target=lambda: results.append(lm.ensure_local_model("tiny-llama")))
                for _ in range(2)]
@@ -250,13 +252,31 @@ def test_two_processes_asking_for_a_missing_model_build_it_once(model_cache, mon
     assert results == [built[0], built[0]] and lm.is_built(built[0])
 
 
+def test_every_local_model_names_a_builder_that_imports():
+    """BUILDERS' "module:function" strings resolve (a renamed builder fails here, not on a fresh clone)."""
+    assert set(lm.BUILDERS) == set(lm.LOCAL_MODELS)
+    assert lm.builder(lm.SMOLLM2) is lm.build_smollm2 and lm.builder(lm.TINY_LLAMA) is tiny.build
+
+
+def test_tiny_llama_without_the_test_kit_says_how_to_install_it(model_cache, monkeypatch):
+    """polo_lib alone (the test kit not installed) still resolves every other model; asking for
+    tiny-llama is one ModelError that names the missing package and the way out, and builds nothing."""
+    monkeypatch.delitem(sys.modules, "polo_testkit.tiny_llama")
+    monkeypatch.setitem(sys.modules, "polo_testkit", None)  # import polo_testkit: ModuleNotFoundError
+    with pytest.raises(ModelError) as exc:
+        lm.resolve("tiny-llama")
+    message = str(exc.value)
+    assert "polo_testkit is not installed" in message and "make setup" in message and "`cpu` params" in message
+    assert not (model_cache / lm.CACHE_FOLDERS["tiny-llama"]).exists()
+
+
 def test_concurrent_builds_leave_one_complete_folder(tmp_path):
     out = tmp_path / "race" / "tiny-llama"
     results, errors = [], []
 
     def build():
         try:
-            results.append(lm.build_tiny_llama(out, TEXTS, **QUICK))
+            results.append(tiny.build_tiny_llama(out, TEXTS, **QUICK))
         except Exception as exc:  # noqa: BLE001 - reported below, with the thread's result
             errors.append(exc)
 
@@ -276,7 +296,7 @@ def test_stray_folder_without_marker_is_not_overwritten(tmp_path):
     out.mkdir()
     (out / "mine.txt").write_text("user data")
     with pytest.raises(ModelError, match="not a finished build"):
-        lm.build_tiny_llama(out, TEXTS, **QUICK)
+        tiny.build_tiny_llama(out, TEXTS, **QUICK)
     assert (out / "mine.txt").read_text() == "user data"
 
 
@@ -414,7 +434,7 @@ def test_stale_temp_folder_of_a_killed_build_is_removed(tmp_path):
     os.utime(stale, (old, old))
     fresh = tmp_path / ".tiny-llama.tmp-998-cafecafe"  # may belong to a live build: kept
     fresh.mkdir()
-    lm.build_tiny_llama(tmp_path / "tiny-llama", TEXTS, **QUICK)
+    tiny.build_tiny_llama(tmp_path / "tiny-llama", TEXTS, **QUICK)
     assert not stale.exists() and fresh.exists()
 
 
@@ -422,8 +442,8 @@ def test_building_a_model_first_does_not_make_unsloth_warn_later(tmp_path):
     """A fresh outputs folder builds tiny-llama (or converts SmolLM2) before a stage loads the model
     with Unsloth: the build imports Unsloth first, so the user's terminal gets no "Unsloth should
     be imported before [transformers]" warning (it came with the first `polo queue` on a fresh folder)."""
-    script = ("import sys; from polo_lib import local_models as lm; "
-              "lm.build_tiny_llama(sys.argv[1], ['YOLO divides the image into a grid.'] * 4, pretrain_steps=2); "
+    script = ("import sys; from polo_testkit.tiny_llama import build_tiny_llama; "
+              "build_tiny_llama(sys.argv[1], ['YOLO divides the image into a grid.'] * 4, pretrain_steps=2); "
               "from polo_lib.model import import_unsloth; import_unsloth()")
     done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "t")], cwd=paths.PROJ_ROOT,
                           capture_output=True, text=True, timeout=300)

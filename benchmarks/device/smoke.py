@@ -6,7 +6,8 @@ tuned + metrics) -> export merged -> one request to the server app.
 
 Every step is recorded in OUT.json as soon as it ends (status, seconds, detail or error), so a
 hang killed by the caller's timeout keeps the steps before it. A step whose input failed is
-skipped, with the reason. The model is the tiny random Llama polo_lib.local_models builds.
+skipped, with the reason. The model is the tiny random Llama polo_testkit.tiny_llama builds (on first use,
+through polo_lib.local_models.resolve).
 On a GPU, model.dtype is `auto` (bf16 from compute capability 8.0, fp16 below); on a CPU the
 params' own dtype stays (--cpu runs of the check).
 """
