@@ -86,7 +86,7 @@ TIME_FIGURES = {
                      "step with its evaluations and checkpoints",
     "baseline_eval_seconds": "of train_seconds, the step-0 evaluation of the base model (eval_loss, and the task "
                              "metrics when evaluation.during_training is on); 0 when resumed",
-    # written by runs trained before baseline_eval_seconds replaced it; summaries keep it as they are
+    # a summary may hold train_runtime where it has no baseline_eval_seconds; shown as it is
     "train_runtime": "Trainer.train's own seconds: train_seconds without the step-0 evaluation (older runs)",
 }
 
