@@ -65,8 +65,8 @@ def continue_command(run, overrides: dict[str, Any]) -> str:
 def _out_of_memory(session: Session, error: BaseException) -> RunError:
     """The run's record and a RunError for an out-of-memory failure: the step, the memory figures,
     the ways out and the exact command that continues the run from its last checkpoint."""
-    from .data import load_stats
-    from .inference import free_memory
+    from ..data import load_stats
+    from ..inference import free_memory
 
     cfg, run, state = session.cfg, session.run, session.trainer.state
     try:

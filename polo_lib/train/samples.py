@@ -9,7 +9,7 @@ from ..notebook import readable
 def sample(lm, split, n: int = 3, max_new_tokens: int = 128, progress: str | None = "samples") -> pd.DataFrame:
     """Greedy generations for the first n examples of a split (id, original, reference, output),
     under a bar named `progress` (minutes on a busy CPU; None: no bar)."""
-    from .inference import chats_of, generate
+    from ..inference import chats_of, generate
 
     rows = split.select(range(min(n, len(split))))
     outputs = generate(lm, chats_of(rows), max_new_tokens=max_new_tokens, progress=progress)
