@@ -8,7 +8,7 @@ below are the package's: `from polo_lib import train; train.build(...)`.
 
   markers    the chat markers read off the tokenizer's template; every example keeps answer tokens
   schedule   Plan: steps, evaluation and save cadence, warmup and early stopping (plan, resolve_warmup)
-  resume     a run's checkpoints, which one to resume from, a moved run's best checkpoint found again
+  resume     a run's checkpoints, which to resume from, a moved run's best one found again; mtime noise quiet
   log        train_log.csv, the live chart and the progress file; the headline figures read from the log
   oom        out of memory in training: the ways out and the command that continues the run
   session    SFTConfig, build (the checks, then SFTTrainer), fit and finish; Session

@@ -1,4 +1,4 @@
-"""A run's checkpoints: which one to resume from, and a moved run folder's best checkpoint found again."""
+"""A run's checkpoints: which to resume from, a moved run's best one found again, rotation's mtime warning quiet."""
 from __future__ import annotations
 
 import logging
