@@ -192,7 +192,8 @@ def test_an_answer_cut_at_max_new_tokens_is_recorded_and_shown_as_cut(tiny_run):
     assert (evaluation.path / "examples.md").read_text(encoding="utf-8").count(note) == 3
     assert list(predictions["base"]) == [cut.text] * 2  # what the metrics read: the model's words alone
     older = predictions.drop(columns=["base_cut", "tuned_cut"])  # predictions written before `_cut`
-    assert evaluate.speed_table(older)["cut"].isna().all() and evaluate.examples(older).data.loc["1", "base"] == cut.text
+    assert evaluate.speed_table(older)["cut"].isna().all()
+    assert evaluate.examples(older).data.loc["1", "base"] == cut.text
 
 
 def test_generation_halves_its_batch_when_memory_runs_out_and_fails_clearly_at_one(tiny_model_dir, monkeypatch):
