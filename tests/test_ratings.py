@@ -81,7 +81,7 @@ def test_win_rate_per_rater_and_cohens_kappa_match_hand_computed_values(tmp_path
 
 def test_three_raters_give_a_kappa_per_pair_and_one_rater_none(tmp_path):
     task = task_in(tmp_path)
-    press(task, "ann", "e1", "tuned")
+    press(task, "ann", "e1", "base")  # she changes her mind below: her last rating counts
     assert ratings.results(task).agreement.empty and ratings.results(task).overall["raters"] == 1
     for rater, choices in (("ann", ANN), ("bob", BOB), ("cy", ANN)):
         for example_id, preferred in zip(IDS, choices):
