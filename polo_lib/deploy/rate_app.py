@@ -69,12 +69,13 @@ def build_app(task: ratings.Task, rater: str):
                     "correct Korean without losing or inventing facts. Every rating is saved at once.")
         current = gr.State(None)
         status = gr.Markdown()
-        source = gr.Textbox(label="source paragraph", lines=5, interactive=False)
+        source = gr.Textbox(label="source paragraph", lines=4, interactive=False)
         with gr.Row():
-            answer_a = gr.Textbox(label="answer A", lines=10, interactive=False)
-            answer_b = gr.Textbox(label="answer B", lines=10, interactive=False)
-        note = gr.Textbox(label="note (optional)", lines=2)
-        correction = gr.Textbox(label="corrected answer (optional): the answer as it should be", lines=4)
+            answer_a = gr.Textbox(label="answer A", lines=8, interactive=False)
+            answer_b = gr.Textbox(label="answer B", lines=8, interactive=False)
+        with gr.Row():
+            note = gr.Textbox(label="note (optional)", lines=3)
+            correction = gr.Textbox(label="corrected answer (optional): the answer as it should be", lines=3)
         with gr.Row():
             buttons = [gr.Button(label, variant="primary" if label != "tie" else "secondary") for label in BUTTONS]
         outputs = [current, status, source, answer_a, answer_b, note, correction, *buttons]
