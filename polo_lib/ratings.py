@@ -282,7 +282,14 @@ class Results:
 
 def results(task: Task, resamples: int = 10_000, seed: int = 0) -> Results:
     """The task's comparison summed up from its ratings.jsonl (see Results)."""
-    frame = latest(read(task.path), task.against)
+    return summarize(read(task.path), task.against, task.run_id, task.evaluation_id, len(task.pairs),
+                     resamples, seed)
+
+
+def summarize(records: list[dict[str, Any]], against: str, run_id: str, evaluation_id: str, of_examples: int,
+              resamples: int = 10_000, seed: int = 0) -> Results:
+    """Results of one comparison from ratings (`read`'s records) of an evaluation of `of_examples` examples."""
+    frame = latest(records, against)
     frame = frame.assign(score=_score(frame["preferred"]))
     per_example = frame.groupby("example_id")["score"].mean()
     rows = []
@@ -290,10 +297,21 @@ def results(task: Task, resamples: int = 10_000, seed: int = 0) -> Results:
         rows.append({"rater": rater, **_win_row(part, part.set_index("example_id")["score"], resamples, seed)})
     per_rater = pd.DataFrame(rows, columns=["rater", "examples", "ratings", "wins", "ties", "losses", "win_rate",
                                             "low", "high"])
-    return Results(task.run_id, task.evaluation_id, task.against,
-                   {"raters": int(frame["rater"].nunique()), "of_examples": len(task.pairs),
+    return Results(run_id, evaluation_id, against,
+                   {"raters": int(frame["rater"].nunique()), "of_examples": of_examples,
                     **_win_row(frame, per_example, resamples, seed)},
                    per_rater, agreement(frame))
+
+
+def summaries(run: runs.Run) -> list[Results]:
+    """Every comparison rated in the run's latest finished evaluation (report.md); [] without ratings."""
+    evaluation = run.evaluation()
+    if evaluation is None or not (evaluation.path / RATINGS_FILE).is_file():
+        return []
+    records = read(evaluation.path / RATINGS_FILE)
+    examples = len(read_predictions(evaluation.path))
+    return [summarize(records, against, run.id, evaluation.id, examples)
+            for against in dict.fromkeys(r["against"] for r in records if r.get("against"))]
 
 
 def preference_pairs(task: Task) -> list[dict[str, Any]]:
@@ -327,8 +345,3 @@ def export_pairs(task: Task, path: Path) -> tuple[Path, int]:
     pairs = preference_pairs(task)
     text = "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in pairs)
     return atomic_write_text(Path(path), text), len(pairs)
-
-
-def comparisons(folder: Path) -> list[str]:
-    """The comparisons rated in an evaluation folder ("base", other run ids), in order of first rating."""
-    return list(dict.fromkeys(r.get("against") for r in read(Path(folder) / RATINGS_FILE) if r.get("against")))

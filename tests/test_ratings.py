@@ -10,7 +10,7 @@ import json
 import pandas as pd
 import pytest
 
-from polo_lib import cli, params, prompts, ratings, runs, stats
+from polo_lib import cli, params, prompts, ratings, reports, runs, stats
 from polo_lib.errors import ParamsError, RunError
 
 IDS = ["e1", "e2", "e3", "e4", "e5"]
@@ -194,3 +194,5 @@ def test_polo_rate_refuses_bad_input_before_anything_starts(tmp_path, monkeypatc
     assert "6 preference pair(s)" in out and len((tmp_path / "pairs.jsonl").read_text().splitlines()) == 6
     assert cli.main(["rate", "run-rated", "--results", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["overall"]["win_rate"] == pytest.approx(0.7)
+    report = reports.write_report(rated).read_text(encoding="utf-8")
+    assert "## Human ratings (blind)" in report and "| base | 5 | 5 of 5 | 1 | 0.7 [" in report, report
