@@ -75,6 +75,29 @@ def atomic_write_json(path: Path, data: Any) -> Path:
     return atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
 
 
+def append_line(path: Path, line: str) -> Path:
+    """Append one line to a log file (ratings.jsonl) in a single write to a file opened with O_APPEND,
+    then fsync: a crash leaves the lines before it whole and at worst a cut last line, which the next
+    append ends first (so the new line stays whole) and readers skip; two writers never interleave
+    within a line. `line` must not hold a newline."""
+    if "\n" in line:
+        raise ValueError("append_line writes one line: the text holds a newline")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, plain_mode())
+    try:
+        size = os.fstat(fd).st_size
+        cut = size > 0 and os.pread(fd, 1, size - 1) != b"\n"
+        data = ("\n" if cut else "").encode() + (line + "\n").encode("utf-8")
+        written = os.write(fd, data)
+        if written != len(data):  # a full disk: say so rather than leave half a line unnoticed
+            raise OSError(f"{path}: wrote {written} of {len(data)} bytes of a line")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return path
+
+
 def atomic_replace_dir(target: Path, build: Callable[[Path], None]) -> Path:
     """Build a folder in a temp sibling with `build(tmp)`, then swap it in for `target`.
 

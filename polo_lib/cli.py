@@ -2,7 +2,7 @@
 
     polo run cpu --set epochs=1 --set training.learning_rate=5e-4
     polo run params/my.yaml --stages prepare,train --run-id 20261130-...-cpu-1a2b3c4d
-    polo demo | preflight | plan | queue | sweep | list | report | export | explain | serve | chat
+    polo demo | preflight | plan | queue | sweep | list | compare | report | export | explain | serve | chat | rate
 
 Params and overrides are validated before any notebook starts (pipeline.run_pipeline); a
 PoloError prints as one message and exits 2. No polo_lib module imports this one.
@@ -284,6 +284,50 @@ def cmd_chat(args) -> int:
     return 0
 
 
+def cmd_rate(args) -> int:
+    from . import ratings
+
+    run = runs.lookup(args.run_id)
+    against = runs.lookup(args.against) if args.against else None
+    task = ratings.load_task(run, against)  # no evaluation, other examples: said before anything starts
+    if not (args.results or args.export_pairs):
+        rater = ratings.check_rater(args.rater)
+        from .deploy import rate_app
+
+        rate_app.launch(task, rater, args.host, args.port)
+        return 0
+    if args.export_pairs:
+        path, n = ratings.export_pairs(task, args.export_pairs)
+        print(f"{n} preference pair(s) (prompt / chosen / rejected) written to {path}",
+              file=sys.stderr if args.json else sys.stdout)
+    if args.results:
+        result = ratings.results(task)
+        if args.json:
+            _print_json(result.as_dict())
+        else:
+            print("\n".join(_rating_lines(result)))
+    return 0
+
+
+def _rating_lines(result) -> list[str]:
+    o = result.overall
+    other = "base" if result.against == "base" else f"run {result.against}'s tuned model"
+    if not o["ratings"]:
+        vs = "" if result.against == "base" else f" --against {result.against}"
+        return [f"run {result.run_id}, evaluation {result.evaluation_id}: no ratings of tuned vs {other} yet "
+                f"(polo rate {result.run_id}{vs} --rater NAME)."]
+    out = [f"run {result.run_id}, evaluation {result.evaluation_id}: tuned vs {other}, {o['ratings']} rating(s) of "
+           f"{o['examples']} of {o['of_examples']} examples by {o['raters']} rater(s)",
+           f"tuned preferred: {reports.interval_text(o['win_rate'], o['low'], o['high'])} (ties count half; "
+           f"{o['wins']} wins, {o['ties']} ties, {o['losses']} losses; interval: bootstrap over examples)", "",
+           reports.text_table(result.per_rater.set_index("rater"), _width(), limit=40)]
+    if not result.agreement.empty:
+        out += ["", "agreement on the examples two raters both rated (Cohen's kappa):",
+                reports.text_table(result.agreement, _width(), limit=40),
+                f"mean kappa: {reports.cell_text(result.mean_kappa)}"]
+    return out
+
+
 def _choices_help(choices: dict[str, str]) -> str:
     """'name: what it is; ...' for a registry's choices (argparse shows the list itself)."""
     return "; ".join(f"{name}: {what}" for name, what in choices.items())
@@ -386,6 +430,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to listen on every interface (Docker)")
     p.add_argument("--port", type=int, default=7860, help="port to listen on")
     p.add_argument("--no-base", action="store_true", help="load only the tuned model (half the memory)")
+    p = command("rate", cmd_rate, "blind human ratings: a page showing two answers per example (tuned vs base, or "
+                                  "vs another run) in a hidden order; or their results, or preference pairs")
+    p.add_argument("run_id", metavar="RUN", help=runs.REF_HELP + "; its latest finished evaluation is rated")
+    p.add_argument("--against", default=None, metavar="OTHER_RUN", help="rate the tuned answers against this run's "
+                   "(evaluated on the same examples) instead of the base model's")
+    p.add_argument("--rater", default=None, help="your name: ratings, order and place are kept per rater "
+                   "(needed for the page)")
+    p.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to listen on every interface (Docker)")
+    p.add_argument("--port", type=int, default=7860, help="port to listen on")
+    p.add_argument("--results", action="store_true", help="print the tuned model's win rate with an interval, "
+                   "per rater, and the raters' agreement; open no page")
+    p.add_argument("--export-pairs", default=None, metavar="PATH", help="write the ratings as preference pairs "
+                   "(prompt / chosen / rejected JSONL, for DPO); open no page")
+    p.add_argument("--json", action="store_true", help="with --results: every figure as JSON")
     return parser
 
 

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 
 import pandas as pd
 
-from . import plots, registry, runs
+from . import plots, registry, runs, stats
 from .errors import RunError
 
 
@@ -111,18 +111,6 @@ def _scored(run: runs.Run, ref: str | None = None) -> tuple[object, pd.DataFrame
     return evaluation, scores[scores["model"] == "tuned"], predictions
 
 
-def _same_examples(a: pd.DataFrame, b: pd.DataFrame) -> str | None:
-    """Why two evaluations' examples differ (ids, or the source text behind one id), or None."""
-    ids_a, ids_b = list(a["id"]), list(b["id"])
-    if set(ids_a) != set(ids_b):
-        only_a, only_b = sorted(set(ids_a) - set(ids_b)), sorted(set(ids_b) - set(ids_a))
-        return (f"{len(ids_a)} vs {len(ids_b)} examples; only in the first: {', '.join(only_a[:5]) or '-'}; "
-                f"only in the second: {', '.join(only_b[:5]) or '-'}")
-    texts_b = dict(zip(b["id"], b["original"]))
-    changed = [i for i, text in zip(a["id"], a["original"]) if texts_b[i] != text]
-    return f"the source text of {', '.join(changed[:5])} differs" if changed else None
-
-
 def paired(chosen: Sequence[runs.Run], evaluations: Mapping[str, str] | str | None = None) -> pd.DataFrame:
     """Each run's tuned answers against the first run's, metric by metric, paired by example (stats:
     means with intervals, the paired difference's interval, p-value and verdict): rows (run, metric).
@@ -138,7 +126,7 @@ def paired(chosen: Sequence[runs.Run], evaluations: Mapping[str, str] | str | No
     cfg = scored[first.id][0].params()
     tables = []
     for r in chosen[1:]:
-        why = _same_examples(scored[first.id][2], scored[r.id][2])
+        why = stats.same_examples(scored[first.id][2], scored[r.id][2])
         if why:
             raise RunError(f"runs {first.id} and {r.id} were evaluated on different examples ({why}): evaluate "
                            "them on the same split and limit to compare them pairwise.")

@@ -113,6 +113,7 @@ def write_report(run: Run) -> Path:
     except RunError as e:
         warnings.append(str(e))
     out += _evaluation(run, warnings)
+    out += _ratings(run, warnings)
     out += _params(run, warnings)
     if manifest.get("error"):
         warnings.append(f"failed: {manifest['error'].get('message')} ({manifest['error'].get('where')})")
@@ -210,6 +211,30 @@ def _evaluation(run: Run, warnings: list[str]) -> list[str]:
         out += ["## Every evaluation of this run", "", "Each in its own folder, eval/<id>/, oldest first.", "",
                 md_table(rows, ["id", "status", "split", "limit", "examples", "chrf base", "chrf tuned", "start"]), ""]
     return out
+
+
+def _ratings(run: Run, warnings: list[str]) -> list[str]:
+    """Blind human ratings of the latest evaluation (polo rate), one row per comparison; nothing without."""
+    from . import ratings
+
+    try:
+        every = ratings.summaries(run)
+    except (PoloError, OSError, ValueError) as e:
+        warnings.append(f"the human ratings could not be read: {e}")
+        return []
+    if not every:
+        return []
+    rows = [{"tuned vs": r.against, "ratings": r.overall["ratings"],
+             "examples": f"{r.overall['examples']} of {r.overall['of_examples']}", "raters": r.overall["raters"],
+             "tuned preferred": interval_text(r.overall["win_rate"], r.overall["low"], r.overall["high"]),
+             "wins / ties / losses": f"{r.overall['wins']} / {r.overall['ties']} / {r.overall['losses']}",
+             "kappa": cell_text(r.mean_kappa) if not r.agreement.empty else "-"} for r in every]
+    return ["## Human ratings (blind)", "",
+            md_table(rows, ["tuned vs", "ratings", "examples", "raters", "tuned preferred", "wins / ties / losses",
+                            "kappa"]), "",
+            "`tuned preferred`: the share of examples where raters preferred the tuned answer (ties count half), "
+            "with a bootstrap interval over examples; `kappa`: Cohen's kappa between raters on the examples "
+            "they both rated (mean over pairs of raters). Per rater: `polo rate RUN --results`.", ""]
 
 
 def interval_text(value: Any, low: Any, high: Any) -> str:

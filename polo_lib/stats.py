@@ -117,3 +117,17 @@ def compare(base, tuned, higher_is_better: bool | None, resamples: int = 10_000,
                       tuned_low=t_low, tuned_high=t_high, delta=_mean(d), delta_low=low, delta_high=high,
                       p_value=permutation_p(d, resamples, seed), detectable=detectable_difference(d, confidence),
                       verdict=verdict(low, high, higher_is_better))
+
+
+def same_examples(a, b) -> str | None:
+    """Why two evaluations' examples differ (ids, or the source text behind one id), or None: a paired
+    comparison needs the same examples on both sides. `a`, `b`: tables (predictions.jsonl) with `id`
+    and `original` columns."""
+    ids_a, ids_b = list(a["id"]), list(b["id"])
+    if set(ids_a) != set(ids_b):
+        only_a, only_b = sorted(set(ids_a) - set(ids_b)), sorted(set(ids_b) - set(ids_a))
+        return (f"{len(ids_a)} vs {len(ids_b)} examples; only in the first: {', '.join(only_a[:5]) or '-'}; "
+                f"only in the second: {', '.join(only_b[:5]) or '-'}")
+    texts_b = dict(zip(b["id"], b["original"]))
+    changed = [i for i, text in zip(a["id"], a["original"]) if texts_b[i] != text]
+    return f"the source text of {', '.join(changed[:5])} differs" if changed else None

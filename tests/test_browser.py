@@ -1,5 +1,6 @@
-"""The chat app and an explained paper in a real browser: headless Chromium (Debian's chromium and
-chromium-driver, which .ci/run installs) driven by Selenium, on a smoke run trained here. The
+"""The chat app, an explained paper and the rating page in a real browser: headless Chromium (Debian's
+chromium and chromium-driver, which .ci/run installs) driven by Selenium, on a smoke run trained here
+(the rating page needs only an evaluation's answers: its run is made without training). The
 chat app streams: a script in the page records every value a box shows while an answer is
 written, so the test sees the text grow, not only where it ends.
 
@@ -171,3 +172,94 @@ def test_an_explained_paper_opens_side_by_side_in_a_browser(smoke_run, browser, 
     assert "Abstract" in [h.text for h in browser.find_elements(By.TAG_NAME, "h2")]
     browser.save_screenshot(str(tmp_path / "explained.png"))
     assert (tmp_path / "explained.png").stat().st_size > 10_000
+
+
+@pytest.fixture
+def evaluated_run(tiny_model_dir, tmp_path, monkeypatch):
+    """A finished run with a finished evaluation of four YOLO paragraphs, its predictions.jsonl
+    written here: the rating page reads that file alone and loads no model, so nothing is trained
+    or generated (the evaluation's bookkeeping is the real one: runs.start_evaluation, finish_stage)."""
+    import json
+
+    from adapter_runs import make_adapter_run
+
+    from polo_lib import paths
+
+    outputs = tmp_path / "outputs"
+    run = make_adapter_run(outputs, "smoke", noise_std=0.05)
+    monkeypatch.setenv("POLO_OUTPUTS", str(outputs))
+    cfg = params.load("smoke")
+    runs.open_run(cfg, run.id, stage="evaluate", may_differ=("evaluation",))
+    evaluation = runs.start_evaluation(run, cfg)
+    records = json.loads((paths.PROJ_ROOT / "data/raw/yolo_v1.json").read_text(encoding="utf-8"))[:4]
+    rows = [{"id": r["id"], "original": r["original"], "reference": r["simplified"], "tuned": r["simplified"],
+             "base": r["simplified"].split(". ")[0] + "."} for r in records]
+    (evaluation.path / "predictions.jsonl").write_text(
+        "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    runs.finish_stage(run, "evaluate")
+    return run
+
+
+def test_the_rating_page_keeps_every_rating_and_reopens_at_the_first_unrated_example(evaluated_run, browser,
+                                                                                      tmp_path):
+    """Blind ratings in a browser: three pairs rated (A better with a note, B better with a corrected
+    answer, tie), the page reloaded: it shows the fourth example; ratings.jsonl holds the three, each
+    with the order the rater saw and never was told."""
+    import json
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from polo_lib import ratings
+    from polo_lib.deploy import rate_app
+
+    task = ratings.load_task(evaluated_run)
+    port = free_port()
+    app = rate_app.launch(task, "ann", port=port, block=False)  # what `polo rate RUN --rater ann` runs
+    wait = WebDriverWait(browser, 60)
+
+    def box(label: str):
+        return wait.until(lambda d: d.find_element(
+            By.XPATH, f"//label[.//span[contains(normalize-space(.), '{label}')]]//textarea"))
+
+    def button(text: str):
+        return wait.until(lambda d: [b for b in d.find_elements(By.TAG_NAME, "button") if b.text == text])[0]
+
+    def showing(k: int) -> None:
+        """Wait until the page shows example k (1-based) and check it: its paragraph, its two
+        answers in this rater's hidden order, empty note and correction."""
+        pair = task.pairs[k - 1]
+        wait.until(lambda d: f"Example {k} of 4" in d.find_element(By.TAG_NAME, "body").text
+                   and box("source paragraph").get_attribute("value") == pair.original)
+        a, b = ratings.order("ann", "base", pair.id)
+        assert (box("answer A").get_attribute("value"), box("answer B").get_attribute("value")) == \
+            (pair.answers[a], pair.answers[b])
+        assert box("note").get_attribute("value") == box("corrected answer").get_attribute("value") == ""
+
+    try:
+        browser.get(f"http://127.0.0.1:{port}/")
+        showing(1)
+        box("note").send_keys("A keeps every fact")
+        button("A better").click()
+        showing(2)
+        box("corrected answer").send_keys("고친 답입니다.")
+        button("B better").click()
+        showing(3)
+        button("tie").click()
+        showing(4)
+        browser.refresh()  # closing and reopening the page: the rater goes on where they stopped
+        showing(4)
+        browser.save_screenshot(str(tmp_path / "rate-page.png"))
+    finally:
+        app.close()
+    lines = task.path.read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 3
+    saved = [json.loads(line) for line in lines]
+    for rating, pair, choice in zip(saved, task.pairs, ["A", "B", "tie"]):
+        a, b = ratings.order("ann", "base", pair.id)
+        assert (rating["example_id"], rating["rater"], rating["a"], rating["b"], rating["choice"]) == \
+            (pair.id, "ann", a, b, choice)
+        assert rating["preferred"] == {"A": a, "B": b, "tie": "tie"}[choice]
+    assert (saved[0]["note"], saved[1]["correction"]) == ("A keeps every fact", "고친 답입니다.")
+    print(f"screenshot: {tmp_path / 'rate-page.png'}")  # for the note (pytest -s)
+    assert (tmp_path / "rate-page.png").stat().st_size > 10_000

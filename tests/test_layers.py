@@ -19,7 +19,7 @@ LAYERS = {  # lowest first
              "unsloth_first"},
     "models": {"model", "local_models", "inference"},
     "stages": {"data", "train", "task_eval", "trackers", "stats", "evaluate", "metrics", "plots"},
-    "records": {"runs", "reports"},
+    "records": {"runs", "ratings", "reports"},
     "orchestration": {"pipeline", "preflight", "queues", "compare", "sweeps"},
     # colab: the notebooks' Colab install (standard library only, imported by nothing)
     "edges": {"deploy", "cli", "colab"},

@@ -3,10 +3,11 @@
   export     a run as its LoRA adapter, a merged 16-bit model or GGUF files, each checked by reloading
   serve      `polo serve RUN`: an OpenAI-compatible HTTP server (FastAPI + uvicorn)
   chat_app   `polo chat RUN`: a Gradio app, tuned vs base side by side
+  rate_app   `polo rate RUN`: a Gradio page for blind human ratings of two answers (ratings.py computes)
   explain    `polo explain RUN PAPER`: a whole paper explained paragraph by paragraph, as an HTML page
   limits     the serving limits' defaults, shared by `polo serve`'s flags and the server
 
 Edges: nothing below imports them. Within polo_lib only cli.py imports polo_lib.deploy; these
-modules build on inference (loading, generation), runs (lookup) and prompts. Importing the
-package imports none of its modules, so FastAPI and Gradio load only with serve and chat_app.
+modules build on inference (loading, generation), runs (lookup), ratings and prompts. Importing the
+package imports none of its modules, so FastAPI and Gradio load only with serve, chat_app and rate_app.
 """

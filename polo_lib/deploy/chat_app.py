@@ -309,12 +309,13 @@ def launch(run_id: str | None, host: str = "127.0.0.1", port: int = 7860, with_b
     return open_app(build_app(models), host, port, block)
 
 
-def open_app(app, host: str = "127.0.0.1", port: int = 7860, block: bool = True):
-    """Start the app on host:port and say where, in one line of our own: Gradio's launch messages stay
-    unsaid (its "To create a public link, set `share=True`" offers what `polo chat` does not)."""
+def open_app(app, host: str = "127.0.0.1", port: int = 7860, block: bool = True, command: str = "polo chat"):
+    """Start the app on host:port and say where, in one line of our own (`command`: who says it):
+    Gradio's launch messages stay unsaid (its "To create a public link, set `share=True`" offers what
+    `polo chat` and `polo rate` do not)."""
     app.launch(server_name=host, server_port=port, prevent_thread_lock=True, share=False,
                inbrowser=False, show_error=True, quiet=True)
-    print(f"polo chat: open {app.local_url} in a browser (Ctrl+C stops it)", flush=True)
+    print(f"{command}: open {app.local_url} in a browser (Ctrl+C stops it)", flush=True)
     if block:
         app.block_thread()
     return app
