@@ -21,6 +21,7 @@ from adapter_runs import PARAGRAPH, assert_portable, easy_prompt, free_port, las
 from polo_lib import atomic, cli, inference, model, params, paths, prompts, runs
 from polo_lib.deploy import export, serve
 from polo_lib.errors import ModelError, PoloError, RunError
+from polo_lib.inference import loading
 
 pytestmark = pytest.mark.slow
 
@@ -134,7 +135,8 @@ def test_merged_export_frees_the_tuned_model_before_reloading_the_merge(tiny_run
             tuned_alive_at_reload.append(tuned_models[-1]() is not None)
         return reload(cls, *args, **kwargs)
 
-    monkeypatch.setattr(inference, "load_tuned", watched_tuned)
+    monkeypatch.setattr(inference, "load_tuned", watched_tuned)  # export's parity answers
+    monkeypatch.setattr(loading, "load_tuned", watched_tuned)  # merge_to_16bit's own load
     monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", classmethod(watched_reload))
     merged = export.export(tiny_run, "merged", overwrite=True)
     assert merged.check["generated_tokens"] > 0
