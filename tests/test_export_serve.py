@@ -328,7 +328,7 @@ def test_the_load_test_measures_a_running_server(tiny_server, capsys):
         serve_load.main([url, "0"])
     deploy = sorted((paths.PROJ_ROOT / "polo_lib" / "deploy").glob("*.py"))
     mains = [p.name for p in deploy if '__name__ == "__main__"' in p.read_text(encoding="utf-8")]
-    assert len(deploy) == 5 and not mains, mains
+    assert deploy and not mains, mains  # every deploy module is run through polo_lib.cli, none as a script
 
 
 def test_smollm2_server_stops_at_the_training_eos(smollm2_run):

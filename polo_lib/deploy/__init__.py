@@ -1,7 +1,9 @@
 """Where a trained run leaves the workspace: the edges of polo_lib.
 
   export     a run as its LoRA adapter, a merged 16-bit model or GGUF files, each checked by reloading
-  serve      `polo serve RUN`: an OpenAI-compatible HTTP server (FastAPI + uvicorn)
+  serve      `polo serve RUN`: an OpenAI-compatible HTTP server (FastAPI + uvicorn): the app, its routes, checks
+  openai_api OpenAI's request and response shapes, the fields the server refuses, its errors (ApiError)
+  backend    the server's batching backend: one model, one generation thread, requests sharing batches
   chat_app   `polo chat RUN`: a Gradio app, tuned vs base side by side
   explain    `polo explain RUN PAPER`: a whole paper explained paragraph by paragraph, as an HTML page
   limits     the serving limits' defaults, shared by `polo serve`'s flags and the server
