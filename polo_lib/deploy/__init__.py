@@ -1,6 +1,8 @@
 """Where a trained run leaves the workspace: the edges of polo_lib.
 
   export     a run as its LoRA adapter, a merged 16-bit model or GGUF files, each checked by reloading
+  gguf       llama.cpp's converter (installed from PyPI), GGUF conversion and metadata, the Ollama Modelfile
+  parity     the prompts every export answers, token agreement with its source, the template/EOS check
   serve      `polo serve RUN`: an OpenAI-compatible HTTP server (FastAPI + uvicorn): the app, its routes, checks
   openai_api OpenAI's request and response shapes, the fields the server refuses, its errors (ApiError)
   backend    the server's batching backend: one model, one generation thread, requests sharing batches
