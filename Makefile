@@ -77,6 +77,6 @@ clean:
 	rm -rf $(VENV) data/processed site
 
 # GGUF export: llama.cpp's convert_hf_to_gguf.py + gguf-py from the pinned llama-cpp-python sdist
-# (PyPI), unpacked once into the model cache; nothing compiled. Version: polo_lib/deploy/export.py (polo install-converter).
+# (PyPI), unpacked once into the model cache; nothing compiled. Version: polo_lib/deploy/gguf.py (polo install-converter).
 export-tools: setup
 	$(BIN)/polo install-converter

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from polo_lib import inference, local_models
+from polo_lib.inference import decoding
 
 ANSWER = "YOLO는 사진을 7x7 격자로 나누고, 칸마다 물체의 상자와 확률을 한 번에 예측해요."
 BROKEN = inference.BROKEN
@@ -87,8 +88,8 @@ def test_a_streamed_answer_with_broken_bytes_in_the_middle_never_shows_a_mark(to
     """Through the streamer generate uses: the pieces hold no U+FFFD and add up to the final text,
     which has none either."""
     ids = ids_of(tok, "사진을 때") + ids_of(tok, "때")[:-1] + ids_of(tok, "marked 격자로 나누고")
-    answers, pieces = [inference._Answer()], []
-    writer = inference._Writer(tok, answers, [0], (), lambda i, piece: pieces.append(piece), None, None, 1)
+    answers, pieces = [decoding._Answer()], []
+    writer = decoding._Writer(tok, answers, [0], (), lambda i, piece: pieces.append(piece), None, None, 1)
     for token in ids:
         writer.put(torch.tensor([token]))
     writer.finish_rest(1.0)

@@ -150,9 +150,9 @@ def test_the_package_docstring_shows_this_table():
 
 
 def test_every_package_docstring_names_its_modules():
-    """Each package (deploy/, sweeps/, metrics/, data/, params/, runs/, train/) lists its modules in its
-    docstring ('  name   what it does')."""
-    for package in ("deploy", "sweeps", "metrics", "data", "params", "runs", "train"):
+    """Each package (deploy/, sweeps/, metrics/, data/, params/, runs/, train/, inference/) lists its modules
+    in its docstring ('  name   what it does')."""
+    for package in ("deploy", "sweeps", "metrics", "data", "params", "runs", "train", "inference"):
         init = PACKAGE / package / "__init__.py"
         doc = ast.get_docstring(ast.parse(init.read_text(encoding="utf-8")))
         listed = {line.split()[0].removesuffix(".py") for line in doc.splitlines()

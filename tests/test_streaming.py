@@ -17,6 +17,7 @@ from adapter_runs import PARAGRAPH, free_port
 
 from polo_lib import inference, local_models, prompts
 from polo_lib.deploy import serve
+from polo_lib.inference import decoding
 
 pytestmark = pytest.mark.slow
 
@@ -105,8 +106,8 @@ def test_a_streamed_korean_answer_never_shows_half_a_character():
     tok = AutoTokenizer.from_pretrained(local_models.resolve("smollm2-135m-instruct"))
     answer = "YOLO는 사진을 7x7 격자로 나누고, 칸마다 물체의 상자와 확률을 한 번에 예측해요."
     ids = tok(answer, add_special_tokens=False)["input_ids"]
-    answers, pieces, per_token = [inference._Answer()], [], []
-    writer = inference._Writer(tok, answers, [0], (), lambda i, piece: pieces.append(piece), None, None, 1)
+    answers, pieces, per_token = [decoding._Answer()], [], []
+    writer = decoding._Writer(tok, answers, [0], (), lambda i, piece: pieces.append(piece), None, None, 1)
     writer.put(torch.tensor([[1, 2, 3]]))  # the prompt comes first and shows nothing
     for token in ids:
         before = len(pieces)

@@ -8,21 +8,14 @@ The chat template and EOS come from the run's saved tokenizer (adapter/), the ob
 training used; merged and GGUF exports carry that same template, and the check compares
 them, so a model served elsewhere (vLLM, Ollama, llama.cpp) sees the prompts it was trained on.
 
-GGUF needs llama.cpp's converter. Unsloth's own GGUF path clones llama.cpp from GitHub;
-offline we take convert_hf_to_gguf.py and its gguf-py from the llama-cpp-python sdist on
-PyPI (pinned below), unpacked once into the model cache by `make export-tools`. Nothing is
-compiled: f16 and q8_0 are written by the converter's Python code.
+GGUF files come from llama.cpp's converter (gguf); the parity of each export with the model it came
+from is in parity (every name still importable from here).
 """
 from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
-import subprocess
-import sys
-import tarfile
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -31,31 +24,41 @@ from typing import Any
 
 import yaml
 
-from .. import inference, local_models, paths, prompts
+from .. import inference, local_models, prompts
 from ..atomic import atomic_replace_dir
 from ..errors import ModelError, PoloError, RunError
 from ..notebook import say
 from ..registry import EXPORT_FORMATS
+from .gguf import (  # noqa: F401
+    CONVERTER_MEMBERS,
+    CONVERTER_PACKAGE,
+    CONVERTER_VERSION,
+    DEFAULT_GGUF_TYPES,
+    GGUF_ROUNDING,
+    GGUF_SAME_ARITHMETIC,
+    GGUF_TYPES,
+    LLAMA3_VOCAB,
+    LLAMA32_TEMPLATE,
+    convert_to_gguf,
+    converter_dir,
+    find_converter,
+    gguf_metadata,
+    install_converter,
+    ollama_modelfile,
+)
+from .parity import (  # noqa: F401
+    PARITY_PROMPTS,
+    PARITY_TOKENS,
+    VERIFY_PARAGRAPH,
+    _same_template,
+    compare_answers,
+    parity_chats,
+    parity_record,
+)
 
 log = logging.getLogger(__name__)
 
 FORMATS = tuple(EXPORT_FORMATS)
-# The converter writes these without llama.cpp's compiled quantize tool; q4_k etc. need it.
-GGUF_TYPES = ("f16", "bf16", "q8_0")
-DEFAULT_GGUF_TYPES = ("f16", "q8_0")
-
-# llama-cpp-python's sdist vendors llama.cpp; its convert_hf_to_gguf.py turned SmolLM2 into GGUF here.
-CONVERTER_PACKAGE = "llama-cpp-python"
-CONVERTER_VERSION = "0.3.36"
-# What we keep of the 77 MB sdist (about 10 MB): the converter, its model modules and gguf-py; and
-# Llama 3's BPE vocabulary (GGUF) and Llama-3.2's chat template, from which the device check builds
-# a Llama-3.2-3B tokenizer offline (benchmarks/device/shapes.py).
-LLAMA3_VOCAB = "models/ggml-vocab-llama-bpe.gguf"
-LLAMA32_TEMPLATE = "models/templates/meta-llama-Llama-3.2-3B-Instruct.jinja"
-CONVERTER_MEMBERS = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/", "LICENSE", LLAMA3_VOCAB, LLAMA32_TEMPLATE)
-
-VERIFY_PARAGRAPH = ("YOLO frames object detection as a single regression problem, straight from "
-                    "image pixels to bounding box coordinates and class probabilities.")
 
 
 @dataclass
@@ -70,152 +73,6 @@ class Export:
     def __repr__(self) -> str:
         return (f"export {self.format}: {self.path} ({', '.join(self.files)}) in {self.seconds:.1f} s\n"
                 f"  check: {self.check}")
-
-
-# ---------------------------------------------------------------- converter (GGUF)
-
-def converter_dir() -> Path:
-    return paths.model_cache_dir() / f"llama-cpp-convert-{CONVERTER_VERSION}"
-
-
-def find_converter() -> Path:
-    """The unpacked convert_hf_to_gguf.py, or a clear error saying how to get it."""
-    script = converter_dir() / "convert_hf_to_gguf.py"
-    if not (script.is_file() and (converter_dir() / "gguf-py" / "gguf").is_dir()):
-        raise ModelError(f"GGUF export needs llama.cpp's converter in {converter_dir()}, which is missing. "
-                         f"Run `make export-tools` (downloads the {CONVERTER_PACKAGE}=={CONVERTER_VERSION} "
-                         "sdist from PyPI once and unpacks its converter; nothing is compiled).")
-    return script
-
-
-def install_converter(force: bool = False) -> Path:
-    """Download the pinned llama-cpp-python sdist with pip and unpack only the converter.
-
-    Atomic: the converter folder appears whole or not at all.
-    """
-    target = converter_dir()
-    if not force and all((target / m).exists() for m in CONVERTER_MEMBERS if m != "LICENSE"):
-        return target
-    with tempfile.TemporaryDirectory(prefix="polo-sdist-") as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
-               f"{CONVERTER_PACKAGE}=={CONVERTER_VERSION}", "-d", tmp]
-        log.info("downloading %s==%s (sdist, ~77 MB)", CONVERTER_PACKAGE, CONVERTER_VERSION)
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        sdists = list(Path(tmp).glob("*.tar.gz"))
-        if not sdists:
-            raise ModelError(f"could not download the {CONVERTER_PACKAGE}=={CONVERTER_VERSION} sdist from "
-                             f"the package index: {done.stderr.strip()[-800:]}")
-        prefix = f"{sdists[0].name.removesuffix('.tar.gz')}/vendor/llama.cpp/"
-
-        def unpack(out: Path) -> None:
-            with tarfile.open(sdists[0]) as tar:
-                members = []
-                for m in tar.getmembers():
-                    rel = m.name.removeprefix(prefix)
-                    if m.name.startswith(prefix) and (m.isfile() or m.isdir()) and any(
-                            rel == k or (k.endswith("/") and rel.startswith(k)) for k in CONVERTER_MEMBERS):
-                        m.name = rel
-                        members.append(m)
-                tar.extractall(out, members=members, filter="data")
-            if not (out / "convert_hf_to_gguf.py").is_file():
-                raise ModelError(f"{sdists[0].name} has no vendor/llama.cpp/convert_hf_to_gguf.py")
-
-        atomic_replace_dir(target, unpack)
-    return target
-
-
-def convert_to_gguf(hf_dir: Path, out_file: Path, outtype: str) -> Path:
-    """llama.cpp's convert_hf_to_gguf.py on an HF folder, with its own gguf-py (newer than PyPI's)."""
-    script = find_converter()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [str(script.parent / "gguf-py"), str(script.parent), os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, str(script), str(hf_dir), "--outtype", outtype, "--outfile", str(out_file)]
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if done.returncode != 0 or not out_file.is_file():
-        tail = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
-        hint = (" llama.cpp does not know this tokenizer's pre-tokenizer (a custom tokenizer such as the "
-                "tiny test model's); GGUF export works for the models it knows (SmolLM2, Llama 3.2)."
-                if "pre-tokenizer was not recognized" in done.stderr else "")
-        raise ModelError(f"convert_hf_to_gguf.py --outtype {outtype} failed: {tail}.{hint}")
-    return out_file
-
-
-def gguf_metadata(path: Path) -> dict[str, Any]:
-    """The GGUF fields that decide prompts and stopping: chat template, eos id, architecture."""
-    from gguf import GGUFReader
-
-    reader = GGUFReader(str(path))
-
-    def value(key: str):
-        f = reader.fields.get(key)
-        return None if f is None else f.contents()
-
-    return {"architecture": value("general.architecture"), "chat_template": value("tokenizer.chat_template"),
-            "eos_token_id": value("tokenizer.ggml.eos_token_id"), "file_type": value("general.file_type"),
-            "tensors": len(reader.tensors)}
-
-
-# ---------------------------------------------------------------- parity
-
-PARITY_PROMPTS = 3   # the test split's first paragraphs
-PARITY_TOKENS = 24   # greedy new tokens per prompt
-
-
-def parity_chats(run) -> tuple[list[list[dict[str, str]]], str]:
-    """The fixed prompts every export answers: the Easy prompt around the test split's first
-    paragraphs (the processed data of the run's params), or the check paragraph without them."""
-    from .. import data
-
-    cfg = run.params()
-    try:
-        test = data.load_processed(cfg.data)["test"]
-    except (OSError, KeyError, PoloError):
-        return [prompts.build_messages(VERIFY_PARAGRAPH)], "the export check's paragraph (no processed data here)"
-    n = min(PARITY_PROMPTS, len(test))
-    return inference.chats_of(test.select(range(n))), f"the first {n} paragraphs of the test split"
-
-
-def compare_answers(a: Sequence[Sequence[int]], b: Sequence[Sequence[int]]) -> dict[str, Any]:
-    """Token-level agreement of two sets of greedy answers (pure, table-tested): how many are
-    identical, the share of tokens that agree (the common prefix of each pair over the longer
-    answer), and where each pair first differs (None: identical)."""
-    firsts, agreed, total = [], 0, 0
-    for x, y in zip(a, b, strict=True):
-        same = next((i for i, (p, q) in enumerate(zip(x, y)) if p != q), min(len(x), len(y)))
-        firsts.append(None if list(x) == list(y) else same)
-        agreed += same
-        total += max(len(x), len(y))
-    return {"identical": sum(f is None for f in firsts), "of": len(firsts),
-            "token_agreement": round(agreed / total, 4) if total else 1.0, "first_difference": firsts}
-
-
-def parity_record(source: str, chats, pairs) -> dict[str, Any]:
-    """parity.json: for each (export, against, reference ids, export ids, identical expected, why),
-    the agreement figures."""
-    return {"prompts": len(chats), "source": source, "max_new_tokens": PARITY_TOKENS, "greedy": True,
-            "pairs": [{"export": name, "against": against, "expected": "identical" if same else "tolerance",
-                       "why": why, **compare_answers(ref, got)} for name, against, ref, got, same, why in pairs]}
-
-
-def ollama_modelfile(tokenizer, gguf_name: str) -> str:
-    """An Ollama Modelfile for a GGUF file: the run's chat template rendered with the tokenizer
-    itself (system and user turns as {{ .System }} and {{ .Prompt }}), the Easy system prompt as
-    the default system, and a stop line for the EOS and for the token that opens a new turn."""
-    from ..train import derive_markers
-
-    system, user = "QQQ_MODELFILE_SYSTEM", "QQQ_MODELFILE_PROMPT"
-    rendered = inference.prompt_text(tokenizer, [{"role": "system", "content": system},
-                                                  {"role": "user", "content": user}])
-    adds_bos = tokenizer("x")["input_ids"][:1] == [tokenizer.bos_token_id]
-    if adds_bos and rendered.startswith(tokenizer.bos_token):  # llama.cpp adds that BOS itself, as the tokenizer does
-        rendered = rendered[len(tokenizer.bos_token):]
-    template = rendered.replace(system, "{{ .System }}").replace(user, "{{ .Prompt }}")
-    stops = [tokenizer.eos_token]
-    opener = derive_markers(tokenizer).instruction
-    stops += [t for t in tokenizer.all_special_tokens if t and t in opener and t not in stops][:1]
-    lines = [f"FROM ./{gguf_name}", f'TEMPLATE """{template}"""', f'SYSTEM """{prompts.SYSTEM_PROMPT}"""']
-    lines += [f'PARAMETER stop "{t}"' for t in stops] + ["PARAMETER temperature 0", ""]
-    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------- model card
@@ -452,26 +309,7 @@ def _build_gguf(run, out: Path, gguf_types: Sequence[str]) -> dict[str, Any]:
     return {**checks, "_parity": parity_record(source, chats, pairs)}
 
 
-# What a GGUF type does to the merged 16-bit weights, read back through transformers.
-GGUF_SAME_ARITHMETIC = {"f16": "f16 holds the merged bf16 weights exactly (but for weights under 6e-5 in size)",
-                        "bf16": "the same bf16 weights"}
-GGUF_ROUNDING = {"q8_0": "8-bit blocks of 32 weights, one scale each: rounded"}
-
-
 def _progress(types: Sequence[str]):
     from tqdm.auto import tqdm
 
     return tqdm(types, desc="GGUF", unit="file")
-
-
-def _same_template(run, template: str | None, eos_id, what: str) -> None:
-    """An export whose chat template or EOS differs from training would serve other prompts: refuse it."""
-    tokenizer = inference.run_tokenizer(run)
-    problems = []
-    if (template or "").strip() != (tokenizer.chat_template or "").strip():
-        problems.append("its chat template differs from the run's tokenizer")
-    if eos_id is not None and int(eos_id) != tokenizer.eos_token_id:
-        problems.append(f"its eos id {eos_id} is not the run's {tokenizer.eos_token_id} ({tokenizer.eos_token})")
-    if problems:
-        raise ModelError(f"{what}: {'; '.join(problems)}. Serving it would prompt or stop differently "
-                         "from training; export from the run's adapter folder again.")
