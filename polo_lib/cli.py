@@ -168,6 +168,48 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_judge(args) -> int:
+    from . import judge
+
+    settings, rubric_path = judge.load_settings(args.settings, endpoint=args.endpoint, model=args.model,
+                                                api_key_env=args.api_key_env, rubric=args.rubric,
+                                                concurrency=args.concurrency)
+    if not settings.endpoint or not settings.model:
+        raise ParamsError("the judge needs --endpoint URL and --model NAME (or endpoint and model in "
+                          f"{args.settings if args.settings != 'default' else 'params/judge/default.yaml'})")
+    run = runs.lookup(args.run_id)
+    pairs = judge.load_pairs(run, runs.lookup(args.against) if args.against else None)
+    rubric = rubric_path.read_text(encoding="utf-8")
+    asker = judge.Asker(settings.endpoint, settings.model, judge.read_key(settings.api_key_env),
+                        http_retries=settings.http_retries, backoff_s=settings.backoff_s, timeout_s=settings.timeout_s,
+                        max_tokens=settings.max_tokens, temperature=settings.temperature)
+    try:
+        note = asker.check()  # an unreachable endpoint or a refused key stops here, before any judging
+        if note:
+            print(f"note: {note}", file=sys.stderr)
+        print(f"judging {len(pairs.examples)} pairs in both orders with {settings.model} "
+              f"({settings.concurrency} at a time) ...", file=sys.stderr)
+        outcome = judge.judge(pairs, asker, rubric, attempts=settings.attempts, concurrency=settings.concurrency)
+    finally:
+        asker.close()
+    e = run.evaluation(pairs.evaluation_id).params().evaluation
+    res = judge.results(pairs, settings.model, rubric, e.bootstrap_resamples, e.confidence, e.stats_seed)
+    if args.json:
+        _print_json({"results": res.as_dict(), "asked": outcome.asked, "skipped": outcome.skipped,
+                     "failed": outcome.failed, "http_retries": outcome.http_retries, "seconds": outcome.seconds,
+                     "verdicts": str(pairs.path)})
+    else:
+        print("\n".join(judge.summary_lines(res, pairs, rubric_path)))
+        print(f"asked {outcome.asked} now ({outcome.skipped} judged before, {outcome.http_retries} HTTP retries) "
+              f"in {outcome.seconds} s")
+    for problem in outcome.failed[:10]:
+        print(f"failed: {problem}", file=sys.stderr)
+    if outcome.failed:
+        print(f"{len(outcome.failed)} request(s) failed for good and were not recorded: run the same command again "
+              "to ask them.", file=sys.stderr)
+    return 1 if outcome.failed else 0
+
+
 def cmd_report(args) -> int:
     run = runs.lookup(args.run_id, status=None)
     path = reports.write_report(run)
@@ -374,6 +416,21 @@ def build_parser() -> argparse.ArgumentParser:
                                         "paired per example with intervals and verdicts")
     p.add_argument("run_ids", nargs="+", metavar="RUN", help=runs.REF_HELP + "; the first is the baseline")
     p.add_argument("--json", action="store_true", help="every figure of every comparison as JSON")
+    p = command("judge", cmd_judge, "an LLM judge (any OpenAI-compatible endpoint) compares a run's tuned answers "
+                                    "with base's (or another run's), each pair in both orders")
+    p.add_argument("run_id", metavar="RUN", help=runs.REF_HELP + "; its latest finished evaluation is judged")
+    p.add_argument("--endpoint", default=None, help="the API's base URL, e.g. http://127.0.0.1:8000/v1 (vLLM, "
+                   "llama.cpp's server, Ollama, polo serve, a hosted API)")
+    p.add_argument("--model", default=None, help="the judge model's name at the endpoint")
+    p.add_argument("--against", default=None, metavar="OTHER_RUN", help="judge against this run's tuned answers "
+                   "(evaluated on the same examples) instead of the base model's")
+    p.add_argument("--rubric", default=None, metavar="FILE", help="the criteria and reply format (default: "
+                   "params/judge/rubric.md); verdicts are kept per rubric")
+    p.add_argument("--concurrency", type=int, default=None, help="requests in flight at once (default: 4)")
+    p.add_argument("--api-key-env", default=None, metavar="NAME", help="the environment variable that holds the "
+                   "endpoint's key (the key itself is written nowhere)")
+    p.add_argument("--settings", default="default", help="judge settings: a name in params/judge/ or a path")
+    p.add_argument("--json", action="store_true", help="the results and every example's verdicts as JSON")
     p = command("report", cmd_report, "regenerate a run's report.md from its folder")
     p.add_argument("run_id", help=runs.REF_HELP)
     p.add_argument("--json", action="store_true", help="the report's path, manifest and summary as JSON")

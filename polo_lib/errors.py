@@ -31,3 +31,7 @@ def bullet_list(problems: list[str], limit: int = 50) -> str:
     if len(problems) > limit:
         shown.append(f"  ... and {len(problems) - limit} more")
     return "\n".join(shown)
+
+
+class EndpointError(PoloError):
+    """An OpenAI-compatible endpoint (an LLM judge, a teacher) cannot be reached or refuses the key."""

@@ -20,7 +20,8 @@ LAYERS = {  # lowest first
     "models": {"model", "local_models", "inference"},
     "stages": {"data", "train", "task_eval", "trackers", "stats", "evaluate", "metrics", "plots"},
     "records": {"runs", "ratings", "reports"},
-    "orchestration": {"pipeline", "preflight", "queues", "compare", "sweeps"},
+    # judge: an LLM judge over an evaluation's pairs (reads runs, uses stats), asked by the CLI
+    "orchestration": {"pipeline", "preflight", "queues", "compare", "judge", "sweeps"},
     # colab: the notebooks' Colab install (standard library only, imported by nothing)
     "edges": {"deploy", "cli", "colab"},
 }
