@@ -38,6 +38,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from . import paths, runs, stats
+from .atomic import append_line
 from .errors import EndpointError, ParamsError, RunError
 
 JUDGE_DIR = paths.PARAMS_DIR / "judge"  # settings (default.yaml) and the rubric (rubric.md)
@@ -173,7 +174,7 @@ def load_pairs(run: runs.Run, against: runs.Run | None = None) -> Pairs:
             raise RunError(f"--against names run {run.id} itself: give another run, or leave --against out to judge "
                            "tuned vs base.")
         other_evaluation, other = _finished_evaluation(against)
-        why = _different_examples(frame, other)
+        why = stats.same_examples(frame, other)
         if why:
             raise RunError(f"runs {run.id} (evaluation {evaluation.id}) and {against.id} (evaluation "
                            f"{other_evaluation.id}) were evaluated on different examples ({why}): evaluate both on "
@@ -183,18 +184,6 @@ def load_pairs(run: runs.Run, against: runs.Run | None = None) -> Pairs:
     examples = tuple({"id": str(r.id), "original": str(r.original), "tuned": str(r.tuned), "other": others[r.id]}
                      for r in frame.itertuples(index=False))
     return Pairs(run.id, evaluation.id, evaluation.path, other_name, other_eval, examples)
-
-
-def _different_examples(a: pd.DataFrame, b: pd.DataFrame) -> str | None:
-    """Why two evaluations' examples differ (ids, or the source text behind one id), or None.
-    (compare's check, which the ratings branch moves to stats.same_examples: use that once merged.)"""
-    if set(a["id"]) != set(b["id"]):
-        only_a, only_b = sorted(set(a["id"]) - set(b["id"])), sorted(set(b["id"]) - set(a["id"]))
-        return (f"{len(a)} vs {len(b)} examples; only in the first: {', '.join(only_a[:5]) or '-'}; "
-                f"only in the second: {', '.join(only_b[:5]) or '-'}")
-    texts = dict(zip(b["id"], b["original"]))
-    changed = [i for i, text in zip(a["id"], a["original"]) if texts[i] != text]
-    return f"the source text of {', '.join(changed[:5])} differs" if changed else None
 
 
 # ---------------------------------------------------------------- asking
@@ -296,19 +285,9 @@ class Asker:
 
 
 def _append(path: Path, record: dict[str, Any], lock: threading.Lock) -> None:
-    """One line appended in one write and fsynced at once: a crash leaves the lines before it whole and
-    at worst a cut last line, which this append ends first, so the new line stays whole.
-    (atomic.append_line on the ratings branch does the same: use it once merged.)"""
-    line = json.dumps(record, ensure_ascii=False) + "\n"
-    with lock, open(path, "a+b") as f:
-        size = f.seek(0, os.SEEK_END)
-        if size:
-            f.seek(size - 1)
-            cut = f.read(1) != b"\n"
-            line = "\n" + line if cut else line
-        f.write(line.encode("utf-8"))
-        f.flush()
-        os.fsync(f.fileno())
+    """One verdict appended at once (atomic.append_line: one write, fsynced, a cut last line ended first)."""
+    with lock:
+        append_line(path, json.dumps(record, ensure_ascii=False))
 
 
 def read_verdicts(path: Path) -> list[dict[str, Any]]:
