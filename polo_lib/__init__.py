@@ -6,7 +6,7 @@ model, params, runs, train`), layered inside; imports only point down (tests/tes
   stages         data/, train/, task_eval, trackers, stats, evaluate, metrics/, plots
   records        runs/, ratings, reports
   orchestration  pipeline, preflight, queues, compare, judge, sweeps/
-  edges          deploy/, cli, colab
+  edges          deploy/, cli/, colab
 
 Nothing is imported here: `import polo_lib` stays cheap, and Unsloth is imported first by
 whoever loads a model (model.import_unsloth).

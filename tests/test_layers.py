@@ -153,12 +153,12 @@ def test_the_package_docstring_shows_this_table():
 def test_every_package_docstring_names_its_modules():
     """Each package (deploy/, sweeps/, metrics/, data/, params/, runs/, train/, inference/) lists its modules
     in its docstring ('  name   what it does')."""
-    for package in ("deploy", "sweeps", "metrics", "data", "params", "runs", "train", "inference"):
+    for package in ("deploy", "sweeps", "metrics", "data", "params", "runs", "train", "inference", "cli"):
         init = PACKAGE / package / "__init__.py"
         doc = ast.get_docstring(ast.parse(init.read_text(encoding="utf-8")))
         listed = {line.split()[0].removesuffix(".py") for line in doc.splitlines()
                   if line.startswith("  ") and line.split()}
-        present = {p.stem for p in init.parent.glob("*.py") if p.stem != "__init__"}
+        present = {p.stem for p in init.parent.glob("*.py") if not p.stem.startswith("__")}
         assert present <= listed, f"polo_lib/{package}/__init__.py does not describe {sorted(present - listed)}"
 
 

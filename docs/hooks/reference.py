@@ -162,7 +162,7 @@ def cli_page() -> str:
         lines = [
             "# CLI reference",
             "",
-            "Generated from `polo_lib/cli.py`'s argparse parser each time the site is built "
+            "Generated from `polo_lib/cli/`'s argparse parser each time the site is built "
             "(`docs/hooks/reference.py`); `polo COMMAND --help` prints the same. "
             f"{_cell(parser.description or '')}",
             "",
