@@ -151,9 +151,10 @@ def test_the_package_docstring_shows_this_table():
 
 
 def test_every_package_docstring_names_its_modules():
-    """Each package (deploy/, sweeps/, metrics/, data/, params/, runs/, train/, inference/) lists its modules
+    """Each package (deploy/, sweeps/, metrics/, data/, params/, runs/, train/, inference/, judge/) lists its modules
     in its docstring ('  name   what it does')."""
-    for package in ("deploy", "sweeps", "metrics", "data", "params", "runs", "train", "inference", "cli"):
+    for package in ("deploy", "sweeps", "metrics", "data", "params", "runs", "train", "inference", "cli",
+                    "judge"):
         init = PACKAGE / package / "__init__.py"
         doc = ast.get_docstring(ast.parse(init.read_text(encoding="utf-8")))
         listed = {line.split()[0].removesuffix(".py") for line in doc.splitlines()
