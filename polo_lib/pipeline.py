@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import data, evaluate, model, paths, progress, reports, runs, trackers, train
+from . import data, evaluate, model, paths, progress, reports, runs, train
 from . import params as params_lib
 from .errors import PoloError
 
@@ -50,12 +50,10 @@ def train_stage(cfg, run: runs.Run, callbacks: list | None = None, live: bool | 
     the schedule or the memory estimate cannot work.
     """
     dataset = data.load_or_prepare(cfg)
-    trackers.check(cfg.training.report_to)
-    train.plan(cfg.training, len(dataset["train"]), cfg.overridden).check()
-    model.check_memory(model.estimate_memory(cfg), enabled=cfg.model.memory_check)
+    ready = train.check_before_loading(cfg, dataset, run)
     lm = model.load(cfg)
     run.update_manifest(model=lm.applied, model_notes=lm.notes)
-    session = train.build(lm, dataset, cfg, run, live=live, callbacks=callbacks)
+    session = train.build(lm, dataset, cfg, run, ready, live=live, callbacks=callbacks)
     train.fit(session)
     train.finish(session)
     runs.finish_stage(run, "train")

@@ -233,7 +233,7 @@ def test_evaluation_params_may_change_but_training_params_may_not(tiny_model_dir
     runs.open_run(params.load("smoke", overrides={"evaluation.limit": 1}), run.id, stage="evaluate",
                   may_differ=("evaluation",))
     assert run.manifest()["evaluate_params"]["evaluation"]["limit"] == 1
-    with pytest.raises(runs.RunError, match="other params .*learning_rate"):
+    with pytest.raises(RunError, match="other params .*learning_rate"):
         runs.open_run(params.load("smoke", learning_rate=1e-4), run.id, stage="evaluate",
                       may_differ=("evaluation",))
 

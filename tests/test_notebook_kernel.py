@@ -76,7 +76,7 @@ def test_run_all_twice_in_one_kernel_trains_twice(twice):
 
 def test_a_quick_look_too_short_for_the_files_patience_trains_without_it_said_and_recorded(twice):
     rounds, made, _ = twice
-    shown = cell(rounds[-1], "train.plan(").outputs[0]["data"]["text/plain"]
+    shown = cell(rounds[-1], "train.check_before_loading(").outputs[0]["data"]["text/plain"]
     assert "off for this run (patience 2 asked" in shown and "note" in shown
     for run in made:
         plan = run.manifest()["training"]["plan"]

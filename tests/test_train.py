@@ -8,7 +8,7 @@ import torch
 from transformers import AutoTokenizer, TrainerCallback
 
 from polo_lib import data, device, model, notebook, params, pipeline, runs, train
-from polo_lib.errors import DataError, ModelError, RunError
+from polo_lib.errors import DataError, ModelError, ParamsError, RunError
 
 pytestmark = pytest.mark.slow
 
@@ -118,6 +118,21 @@ def test_memory_refusal_says_what_to_lower(smoke):
     assert model.check_memory(estimate, enabled=False) is estimate
     small = model.estimate_memory(params.load("smoke"))
     assert small.fits and small.total < estimate.total
+
+
+def test_the_checks_before_loading_are_one_call_whose_result_the_trainer_takes(smoke):
+    """check_before_loading: trackers, schedule, resume point and memory, with no model loaded; each
+    refusal is raised there. Its Ready is what build and the train notebook use."""
+    cfg, ds = smoke()
+    run = runs.open_run(cfg)
+    ready = train.check_before_loading(cfg, ds, run)
+    assert ready.resume_from is None and ready.schedule.total_steps == cfg.training.max_steps
+    assert ready.memory.fits and "memory needed / free" in repr(ready) and "fresh start" in repr(ready)
+    for overrides, error, message in (
+            ({"per_device_train_batch_size": 4096, "max_seq_length": 131072}, ModelError, "memory_check: false"),
+            ({"eval_steps": 1000, "save_steps": 1000}, ParamsError, "eval_steps")):
+        with pytest.raises(error, match=message):
+            train.check_before_loading(params.load("smoke", overrides=overrides), ds, run)
 
 
 class StopAt(TrainerCallback):

@@ -31,10 +31,12 @@ from .samples import sample, side_by_side  # noqa: F401
 from .schedule import CADENCE_KEYS, LENGTH_KEYS, PATIENCE_KEY, SHORT_RUN_STEPS, Plan, plan, resolve_warmup  # noqa: F401
 from .session import (  # noqa: F401
     DROPPING_COLUMNS,
+    Ready,
     Session,
     _callbacks,
     _precision_name,
     build,
+    check_before_loading,
     check_trainer,
     finish,
     fit,

@@ -25,6 +25,39 @@ from .schedule import Plan, plan
 DROPPING_COLUMNS = "Unsloth: Dropping columns the model is not fed"
 
 
+@dataclass(frozen=True)
+class Ready:
+    """What the checks before loading found (`check_before_loading`), for `build` to use: the schedule,
+    the checkpoint training resumes from (None: a fresh start) and the memory estimate."""
+    schedule: Plan
+    resume_from: Path | None
+    memory: Any
+
+    def table(self) -> pd.DataFrame:
+        rows = [*self.schedule.table().reset_index().itertuples(index=False, name=None),
+                ("resume from", str(self.resume_from.name) if self.resume_from else "fresh start"),
+                ("memory needed / free", f"{self.memory.total / model_lib.GiB:.2f} / "
+                                         f"{self.memory.available / model_lib.GiB:.2f} GiB on {self.memory.device}")]
+        return pd.DataFrame(rows, columns=["check", "value"]).set_index("check")
+
+    def __repr__(self) -> str:
+        return self.table().to_string()
+
+    def _repr_html_(self) -> str:
+        return self.table()._repr_html_()
+
+
+def check_before_loading(cfg, dataset, run, device=None) -> Ready:
+    """Every check that needs no model, in one place, before minutes are spent loading one: the trackers'
+    packages, the schedule (plan().check()), the checkpoint to resume from, the memory estimate. Raises
+    naming what to change; `build` takes the result (and runs it itself when given none)."""
+    trackers.check(cfg.training.report_to)
+    schedule = plan(cfg.training, len(dataset["train"]), cfg.overridden).check()
+    resume_from = resolve_resume(run, cfg.run.resume)
+    memory = model_lib.check_memory(model_lib.estimate_memory(cfg, device), enabled=cfg.model.memory_check)
+    return Ready(schedule, resume_from, memory)
+
+
 def sft_config(cfg, run, decisions, plan: Plan):
     """SFTConfig from the params (TRL field names), precision and optimizer from `device.decide`,
     evaluation and save cadence from the plan (auto / epoch resolved to steps)."""
@@ -107,22 +140,23 @@ def _precision_name(args) -> str:
     return "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
 
 
-def build(lm, dataset, cfg, run, live: bool | None = None, callbacks: list | None = None) -> Session:
+def build(lm, dataset, cfg, run, ready: Ready | None = None, live: bool | None = None,
+          callbacks: list | None = None) -> Session:
     """SFTTrainer on the train split, evaluated on validation, loss on answers only.
 
-    Fails before training when the chat markers are missing, when any example would keep
-    no answer token, or when resuming is impossible.
+    `ready`: what check_before_loading found (run here when not given). Fails before training when
+    the chat markers are missing or when any example would keep no answer token.
     """
     from trl import SFTTrainer
     from unsloth.chat_templates import train_on_responses_only
 
     decisions = lm.decisions or device_lib.decide_for(cfg)  # the load's own: decided once
-    resume_from = resolve_resume(run, cfg.run.resume)
+    ready = ready or check_before_loading(cfg, dataset, run)
+    resume_from, schedule = ready.resume_from, ready.schedule
     if resume_from is not None and resume_from.resolve().parent == run.checkpoints.resolve():  # this run's own
         relocate_checkpoint(resume_from, run.checkpoints)
     markers = derive_markers(lm.tokenizer)
     train_ds, eval_ds = dataset["train"], dataset["validation"]
-    schedule = plan(cfg.training, len(train_ds), cfg.overridden).check()
     counts = {}
     for split, ds in (("train", train_ds), ("validation", eval_ds)):
         counts[split] = label_counts(ds, lm.tokenizer, markers)

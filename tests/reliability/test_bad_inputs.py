@@ -7,6 +7,7 @@ import stat
 import pytest
 
 from polo_lib import cli, data, model, params, paths, runs
+from polo_lib.errors import RunError
 
 pytestmark = pytest.mark.slow
 GOOD = None  # the processed data written by the fixture, compared byte for byte after each case
@@ -122,5 +123,5 @@ def test_a_fresh_start_in_a_run_with_checkpoints_is_refused_before_loading(prepa
     run = runs.open_run(cfg)
     (run.checkpoints / "checkpoint-3").mkdir()
     (run.checkpoints / "checkpoint-3" / "trainer_state.json").write_text("{}")
-    with pytest.raises(runs.RunError, match="already has checkpoints .*Start a new run"):
+    with pytest.raises(RunError, match="already has checkpoints .*Start a new run"):
         train.resolve_resume(run, "never")
