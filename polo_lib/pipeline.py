@@ -51,7 +51,7 @@ def train_stage(cfg, run: runs.Run, callbacks: list | None = None, live: bool | 
     """
     dataset = data.load_or_prepare(cfg)
     ready = train.check_before_loading(cfg, dataset, run)
-    lm = model.load(cfg)
+    lm = model.load(cfg, ready.device)
     run.update_manifest(model=lm.applied, model_notes=lm.notes)
     session = train.build(lm, dataset, cfg, run, ready, live=live, callbacks=callbacks)
     train.fit(session)

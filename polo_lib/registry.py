@@ -117,6 +117,12 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
 )}
 
 
+# The metric a table of many runs or evaluations shows when it has room for one (polo list, report.md's
+# list of evaluations), and those an export's model card quotes.
+PRIMARY_METRIC = "chrf"
+MODEL_CARD_METRICS = ("chrf", "bleu", "rouge_l", "sari", "meaning_src", "hangul_share")
+
+
 def register(metric: Metric) -> Metric:
     """Add a metric (e.g. from a notebook or a plugin); every table, chart and check sees it from now on."""
     if metric.name in METRICS:

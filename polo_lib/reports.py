@@ -205,11 +205,13 @@ def _evaluation(run: Run, warnings: list[str]) -> list[str]:
         rows = []
         for e in every:
             body = e.metrics()
-            chrf = body.get("metrics", {}).get("chrf", {})
+            primary, name = body.get("metrics", {}).get(registry.PRIMARY_METRIC, {}), registry.PRIMARY_METRIC
             rows.append({**e.entry(), "examples": body.get("examples"),
-                         "chrf base": chrf.get("base"), "chrf tuned": chrf.get("tuned")})
+                         f"{name} base": primary.get("base"), f"{name} tuned": primary.get("tuned")})
+        columns = ["id", "status", "split", "limit", "examples", f"{registry.PRIMARY_METRIC} base",
+                   f"{registry.PRIMARY_METRIC} tuned", "start"]
         out += ["## Every evaluation of this run", "", "Each in its own folder, eval/<id>/, oldest first.", "",
-                md_table(rows, ["id", "status", "split", "limit", "examples", "chrf base", "chrf tuned", "start"]), ""]
+                md_table(rows, columns), ""]
     return out
 
 

