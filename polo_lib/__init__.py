@@ -5,7 +5,7 @@ model, params, runs, train`), layered inside; imports only point down (tests/tes
   models         model, local_models, inference/
   stages         data/, train/, task_eval, trackers, stats, evaluate, metrics/, plots
   records        runs/, ratings, reports
-  orchestration  pipeline, preflight, queues, compare, judge/, sweeps/
+  orchestration  pipeline, preflight, queues, compare, replicates, judge/, sweeps/
   edges          deploy/, cli/, colab
 
 Nothing is imported here: `import polo_lib` stays cheap, and Unsloth is imported first by

@@ -100,10 +100,12 @@ def resolve(params_file: str, overrides: dict[str, Any] | None = None, name: str
 def run_pipeline(params_file: str, overrides: dict[str, Any] | None = None,
                  stages: Sequence[str] | None = None, run_id: str | None = None,
                  name: str | None = None, preflight: bool = True,
-                 log: Callable[[str], None] = print, queue: dict[str, Any] | None = None) -> runs.Run:
+                 log: Callable[[str], None] = print, queue: dict[str, Any] | None = None,
+                 replicate: dict[str, Any] | None = None) -> runs.Run:
     """Resolve the params, check them (preflight), open the run folder, then execute each
     stage's notebook into it (papermill). `name` replaces the params name in the run id;
-    `queue` marks the run as a queue's step in its manifest (`latest` then passes it by)."""
+    `queue` marks the run as a queue's step in its manifest (`latest` then passes it by);
+    `replicate` ({group, index, of, seed}: replicates.plan) tags it into a replicate group."""
     from . import preflight as preflight_lib
 
     stages = check_stages(stages)
@@ -121,6 +123,8 @@ def run_pipeline(params_file: str, overrides: dict[str, Any] | None = None,
     run = runs.open_run(cfg, run_id, may_differ=may_differ)
     if queue:
         run.update_manifest(queue=queue)
+    if replicate:
+        runs.tag_replicate(run, **replicate)
     log(f"run {run.id}\n  folder: {run.path}")
     stage_params = params_file_for(run, cfg, may_differ)
     for i, stage in enumerate(stages, 1):

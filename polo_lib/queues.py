@@ -7,7 +7,10 @@ Queue (variants run in sequence; a failing variant is recorded and the queue goe
     set: {max_steps: 6}            # overrides for every variant
     variants:
       - {name: lr-5e-4, set: {learning_rate: 5.0e-4}}
-      - {name: lr-1e-3, set: {learning_rate: 1.0e-3}}
+      - {name: lr-1e-3, set: {learning_rate: 1.0e-3}, seeds: 3}
+
+`seeds: N` (an item's, or the file's for every variant) trains the variant N times, replicate i
+with training.seed = its seed + i, tagged as one replicate group (replicates; a row per replicate).
 
 Pipeline (each step starts from the previous step's adapter: `run.init_adapter`):
 
@@ -30,17 +33,18 @@ from typing import Any
 
 import pandas as pd
 
-from . import paths, pipeline, reports, runs
+from . import paths, pipeline, replicates, reports, runs
 from .errors import ParamsError, PoloError
 
-KEYS = {"base", "stages", "set", "variants", "pipeline"}
-ITEM_KEYS = {"name", "set"}
+KEYS = {"base", "stages", "set", "variants", "pipeline", "seeds"}
+ITEM_KEYS = {"name", "set", "seeds"}
 
 
 @dataclass(frozen=True)
 class Item:
     name: str
     overrides: dict[str, Any]
+    seeds: int | None = None  # replicates (replicates.plan); None: one run, not a group
 
 
 @dataclass(frozen=True)
@@ -82,14 +86,21 @@ def load(path: str | Path) -> QueueFile:
             continue
         extra = set(raw) - ITEM_KEYS
         if extra:
-            problems.append(f"item '{raw['name']}': unknown key(s) {sorted(extra)} (allowed: name, set)")
+            problems.append(f"item '{raw['name']}': unknown key(s) {sorted(extra)} (allowed: name, set, seeds)")
+        seeds = raw.get("seeds", body.get("seeds"))
+        if seeds is not None and (not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1):
+            problems.append(f"item '{raw['name']}': seeds must be a whole number of replicates, 1 or more; "
+                            f"got {seeds!r}")
+            seeds = None
+        if seeds is not None and "pipeline" in body:
+            problems.append(f"item '{raw['name']}': seeds is for variants; a pipeline chains one run per step")
         if raw["name"] in seen:
             problems.append(f"item '{raw['name']}': duplicate name")
         seen.add(raw["name"])
         if not isinstance(raw.get("set", {}), dict):
             problems.append(f"item '{raw['name']}': 'set' must be a mapping of overrides")
             continue
-        items.append(Item(str(raw["name"]), dict(raw.get("set") or {})))
+        items.append(Item(str(raw["name"]), dict(raw.get("set") or {}), seeds))
     stages = body.get("stages")
     if stages is not None and (not isinstance(stages, list) or not all(isinstance(s, str) for s in stages)):
         problems.append("'stages' must be a list such as [prepare, train, evaluate]")
@@ -111,16 +122,21 @@ def run_queue(path: str | Path, log: Callable[[str], None] = print,
     folder = paths.outputs_dir() / "queues" / queue_id(q)
     folder.mkdir(parents=True, exist_ok=False)
     rows, previous = [], None
-    for i, item in enumerate(q.items, 1):
-        log(f"=== [{i}/{len(q.items)}] {item.name}")
+    steps = [(item, tag) for item in q.items for tag in _replicates(q, item)]
+    for i, (item, tag) in enumerate(steps, 1):
+        label = item.name if tag is None else f"{item.name} seed {tag['seed']} ({tag['index'] + 1}/{tag['of']})"
+        log(f"=== [{i}/{len(steps)}] {label}")
         overrides = {**q.common, **item.overrides}
         if q.chained and previous is not None:
             overrides["run.init_adapter"] = previous
+        if tag is not None:
+            overrides = replicates.overrides_for(overrides, tag)
         start = time.perf_counter()
-        row: dict[str, Any] = {"item": item.name, "run_id": None, "status": "failed", "error": None}
+        row: dict[str, Any] = {"item": item.name, "run_id": None, "status": "failed", "error": None,
+                               **({"group": tag["group"], "seed": tag["seed"]} if tag else {})}
         try:
             run = execute(q.base, overrides=overrides, stages=q.stages, name=f"{_stem(q.base)}-{item.name}", log=log,
-                          queue={"queue_id": folder.name, "item": item.name})
+                          queue={"queue_id": folder.name, "item": item.name}, **({"replicate": tag} if tag else {}))
             row.update(run_id=run.id, status=run.manifest().get("status", "finished"))
             previous = run.id
         except PoloError as e:
@@ -135,6 +151,14 @@ def run_queue(path: str | Path, log: Callable[[str], None] = print,
         _write_results(folder, q, rows)  # after each item: a crash keeps what finished
     table = _write_results(folder, q, rows)
     return table, folder
+
+
+def _replicates(q: QueueFile, item: Item) -> list[dict[str, Any] | None]:
+    """An item's runs: [None] for one run, or its replicates' tags (one new group per item)."""
+    if item.seeds is None:
+        return [None]
+    cfg = pipeline.resolve(q.base, {**q.common, **item.overrides}, f"{_stem(q.base)}-{item.name}")
+    return replicates.plan(cfg.training.seed, item.seeds, replicates.new_group_id(cfg.name))
 
 
 def _stem(base: str) -> str:

@@ -38,6 +38,21 @@ def bootstrap_ci(x, resamples: int = 10_000, confidence: float = 0.95, seed: int
     return (float(low), float(high))
 
 
+def t_interval(values, confidence: float = 0.95) -> tuple[float, float]:
+    """Student-t interval of the mean of a few values (NaNs left out), e.g. one mean per seed of a
+    replicate group: how much the figure moves between seeds. (nan, nan) below 2 values."""
+    from scipy.stats import t
+
+    x = _finite(values)
+    if len(x) < 2:
+        return (float("nan"), float("nan"))
+    sem = x.std(ddof=1) / np.sqrt(len(x))
+    if sem == 0:
+        return (float(x.mean()), float(x.mean()))
+    low, high = t.interval(confidence, len(x) - 1, loc=x.mean(), scale=sem)
+    return (float(low), float(high))
+
+
 def permutation_p(diffs, resamples: int = 10_000, seed: int = 0) -> float:
     """Two-sided paired permutation p-value of mean(diffs) = 0: each pair's sign flipped at random
     (exactly, every pattern, up to 16 pairs; else `resamples` random patterns, counted with the

@@ -21,7 +21,8 @@ LAYERS = {  # lowest first
     "stages": {"data", "train", "task_eval", "trackers", "stats", "evaluate", "metrics", "plots"},
     "records": {"runs", "ratings", "reports"},
     # judge: an LLM judge over an evaluation's pairs (reads runs, uses stats), asked by the CLI
-    "orchestration": {"pipeline", "preflight", "queues", "compare", "judge", "sweeps"},
+    # replicates: replicate seeds (runs the pipeline; compare's scores pooled over a group's seeds)
+    "orchestration": {"pipeline", "preflight", "queues", "compare", "replicates", "judge", "sweeps"},
     # colab: the notebooks' Colab install (standard library only, imported by nothing)
     "edges": {"deploy", "cli", "colab"},
 }

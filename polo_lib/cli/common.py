@@ -71,8 +71,8 @@ def _quiet_unless_json(args):
 
 # polo list, most telling first: columns that do not fit the terminal are dropped from the right
 LIST_COLUMNS = ["kind", "status", "params", "steps", "eval_loss_best", "loss_last", "chrf_base", "chrf_tuned",
-                "train_seconds", "problem", "created", "epochs", "loss_first", "eval_loss_first", "early_stopped",
-                "tokens_per_s", "trainable_%"]
+                "train_seconds", "group", "problem", "created", "epochs", "loss_first", "eval_loss_first",
+                "early_stopped", "tokens_per_s", "trainable_%"]
 
 
 def _unsloth_first() -> None:

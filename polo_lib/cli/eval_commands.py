@@ -11,8 +11,10 @@ from .common import _print_json, _records, _width
 def cmd_compare(args) -> int:
     import pandas as pd
 
-    from .. import compare
+    from .. import compare, replicates
 
+    if any(replicates.is_group_ref(r) for r in args.run_ids):
+        return _compare_groups(args)
     table = compare.paired([runs.lookup(r) for r in args.run_ids])
     if args.json:
         _print_json(_records(table.reset_index()))
@@ -27,6 +29,45 @@ def cmd_compare(args) -> int:
             "run - baseline": [reports.interval_text(*v) for v in rows[["delta", "delta_low", "delta_high"]].values],
             "p": rows["p_value"], "verdict": rows["verdict"]})
         print(f"{run_id} against {first} (the baseline), {int(rows['n'].max())} examples, paired:")
+        print(reports.text_table(shown.set_index("metric"), _width(), limit=40) + "\n")
+    return 0
+
+
+def _compare_groups(args) -> int:
+    import pandas as pd
+
+    from .. import replicates
+    from ..errors import RunError
+
+    singles = [r for r in args.run_ids if not replicates.is_group_ref(r)]
+    if singles:
+        raise RunError(f"compare takes runs or replicate groups, not both: {', '.join(singles)} "
+                       "is not a group id (rep-...).")
+    summaries = replicates.summaries(args.run_ids)
+    pooled = replicates.compared(args.run_ids)
+    if args.json:
+        _print_json({"groups": _records(summaries.reset_index()), "pooled": _records(pooled.reset_index())})
+        return 0
+    for group, part in summaries.groupby(level="group", sort=False):
+        rows = part.reset_index()
+        shown = pd.DataFrame({"metric": rows["metric"],
+                              "mean across seeds": [reports.interval_text(*v)
+                                                    for v in rows[["mean", "low", "high"]].values],
+                              "sd": rows["sd"],
+                              "per seed": [" ".join(f"{x:.4g}" for x in v) for v in rows["per_seed"]]})
+        print(f"group {group}: {int(rows['seeds'].max())} seeds, {int(rows['examples'].max())} examples each "
+              "(interval: t over the seeds' means):")
+        print(reports.text_table(shown.set_index("metric"), _width(), limit=40) + "\n")
+    for group, part in (pooled.groupby(level="group", sort=False) if not pooled.empty else []):
+        rows = part.reset_index()
+        shown = pd.DataFrame({
+            "metric": rows["metric"],
+            "baseline": [reports.interval_text(*v) for v in rows[["baseline", "baseline_low", "baseline_high"]].values],
+            "group": [reports.interval_text(*v) for v in rows[["other", "other_low", "other_high"]].values],
+            "group - baseline": [reports.interval_text(*v) for v in rows[["delta", "delta_low", "delta_high"]].values],
+            "p": rows["p_value"], "verdict": rows["verdict"]})
+        print(f"{group} against {rows['baseline_group'].iloc[0]} (the baseline), {int(rows['n'].max())} pairs "
+              "(seed index, example), pooled:")
         print(reports.text_table(shown.set_index("metric"), _width(), limit=40) + "\n")
     return 0
 

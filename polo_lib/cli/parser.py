@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"comma-separated, in order (default: {','.join(pipeline.available_stages())})")
     p.add_argument("--run-id", default=None, help="continue this run instead of starting a new one")
     p.add_argument("--no-preflight", action="store_true", help="skip the checks before training")
+    p.add_argument("--seeds", type=int, default=None, metavar="N", help="train N replicates, replicate i with "
+                   "training.seed = the params' seed + i, tagged as one replicate group (polo compare takes its id)")
     p = command("demo", cmd_demo, "the whole pipeline offline on this machine, then its headline figures")
     p.add_argument("params", nargs="?", default="cpu", help="default: cpu (SmolLM2-135M, a few minutes)")
     _with_params(command("preflight", cmd_preflight,
@@ -54,8 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--status", default=None, choices=runs.STATUSES, help="only runs with this status")
     p.add_argument("--json", action="store_true", help="every column of every run as JSON")
     p = command("compare", cmd_compare, "runs evaluated on the same examples, each against the first, "
-                                        "paired per example with intervals and verdicts")
-    p.add_argument("run_ids", nargs="+", metavar="RUN", help=runs.REF_HELP + "; the first is the baseline")
+                                        "paired per example with intervals and verdicts; or replicate groups")
+    p.add_argument("run_ids", nargs="+", metavar="RUN", help=runs.REF_HELP + "; the first is the baseline. Or "
+                   "replicate group ids (rep-..., polo run --seeds): each group's mean across seeds with a "
+                   "t-interval, and each group against the first, pooled per (seed, example)")
     p.add_argument("--json", action="store_true", help="every figure of every comparison as JSON")
     p = command("judge", cmd_judge, "an LLM judge (any OpenAI-compatible endpoint) compares a run's tuned answers "
                                     "with base's (or another run's), each pair in both orders")

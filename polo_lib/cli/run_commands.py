@@ -11,6 +11,14 @@ from .common import LIST_COLUMNS, _print_json, _quiet_unless_json, _records, _un
 
 def cmd_run(args) -> int:
     stages = [s.strip() for s in args.stages.split(",")] if args.stages else None
+    if args.seeds is not None:
+        from .. import replicates
+
+        if args.run_id:
+            raise PoloError("--seeds starts new runs; it cannot continue --run-id")
+        replicates.run_replicates(args.params, args.seeds, parse_sets(args.sets), stages,
+                                  preflight=not args.no_preflight)
+        return 0
     pipeline.run_pipeline(args.params, parse_sets(args.sets), stages, args.run_id, preflight=not args.no_preflight)
     return 0
 

@@ -11,7 +11,8 @@ logs/, eval/<evaluation id>/, plots/, summary.json, report.md. run_id = UTC time
   is the latest finished one, and summary.json lists them all.
 - `lookup` is the one way to name a run: its id, a unique prefix, or `latest`.
 - `RunSummary` is summary.json's schema: `Run.update_summary` writes it, `read_summary` reads it.
-- `registry` lists every run, damaged ones included. Reports are in `reports`.
+- `registry` lists every run, damaged ones included; `tag_replicate` puts a run into a replicate
+  group (same params, another seed), `replicate_groups` finds them. Reports are in `reports`.
 
 The names below are the package's: `from polo_lib import runs; runs.open_run(...)`.
 
@@ -30,7 +31,9 @@ from .catalog import (  # noqa: F401
     kind_of,
     lookup,
     registry,
+    replicate_groups,
     run_folders,
+    tag_replicate,
 )
 from .folder import Evaluation, Run, start_evaluation  # noqa: F401
 from .lifecycle import (  # noqa: F401

@@ -81,9 +81,30 @@ def _latest(folders: list[Path], kind: str, status: str | None) -> Run:
                    + ". Train one first (notebooks/train.ipynb, `polo run` or `make demo`).")
 
 
+def tag_replicate(run: Run, group: str, index: int, of: int, seed: int) -> dict[str, Any]:
+    """Mark `run` as replicate `index` (0-based) of `of` in replicate group `group`, trained with
+    training.seed `seed`: the manifest's `replicates`, which `replicate_groups` reads back. The one
+    way a run joins a group (`polo run --seeds`, queue items with `seeds:`, tests)."""
+    return run.update_manifest(replicates={"group": group, "index": int(index), "of": int(of), "seed": int(seed)})
+
+
+def replicate_groups() -> dict[str, list[Run]]:
+    """Every replicate group: group id -> its runs (any status), ordered by replicate index."""
+    groups: dict[str, list[tuple[int, Run]]] = {}
+    for path in run_folders():
+        run = Run(path.name, path)
+        try:
+            tag = run.manifest().get("replicates")
+        except (json.JSONDecodeError, UnicodeDecodeError, FileNotFoundError):
+            continue
+        if isinstance(tag, dict) and tag.get("group"):
+            groups.setdefault(tag["group"], []).append((int(tag.get("index", 0)), run))
+    return {g: [r for _, r in sorted(members, key=lambda m: m[0])] for g, members in groups.items()}
+
+
 REGISTRY_COLUMNS = ["run_id", "kind", "params", "status", "created", "steps", "epochs", "loss_first", "loss_last",
                     "eval_loss_first", "eval_loss_best", "early_stopped", "tokens_per_s", "trainable_%",
-                    "chrf_base", "chrf_tuned", "train_seconds", "problem"]
+                    "chrf_base", "chrf_tuned", "train_seconds", "group", "problem"]
 
 
 def _registry_row(path: Path) -> dict[str, Any]:
@@ -93,6 +114,9 @@ def _registry_row(path: Path) -> dict[str, Any]:
         manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
         row.update(kind=kind_of(manifest), params=manifest.get("params_name"), status=manifest.get("status"),
                    created=manifest.get("created"))
+        tag = manifest.get("replicates")
+        if isinstance(tag, dict) and tag.get("group"):
+            row["group"] = f"{tag['group']} [{tag.get('index')}/{tag.get('of')}]"
         if manifest.get("status") == "failed" and manifest.get("error"):
             problems.append(f"failed: {manifest['error'].get('message', '')[:120]}")
     except FileNotFoundError:
