@@ -20,7 +20,7 @@ from typing import Any
 
 import pandas as pd
 
-from . import compare, evaluate, pipeline, registry, runs, stats
+from . import compare, evaluate, paths, pipeline, registry, runs, stats
 from .errors import ParamsError, RunError
 
 GROUP_PREFIX = "rep-"
@@ -77,7 +77,7 @@ def lookup_group(ref: str) -> tuple[str, list[runs.Run]]:
     if matches:
         raise RunError(f"replicate group '{ref}' is ambiguous: {', '.join(sorted(matches)[:5])}. Give more of the id.")
     known = sorted(groups)[-5:]
-    raise RunError(f"replicate group '{ref}' not found in {runs.paths.runs_dir()}: no run's manifest names it. "
+    raise RunError(f"replicate group '{ref}' not found in {paths.runs_dir()}: no run's manifest names it. "
                    f"Known groups: {', '.join(known) or 'none (make one with polo run PARAMS --seeds N)'}.")
 
 
