@@ -119,6 +119,10 @@ def test_groups_are_summarized_across_seeds_and_compared_pooled_per_seed_and_exa
     assert row["n"] == 8  # pairs: (seed index, example), 2 seeds x 4 examples
     pooled = np.mean([tuned_means(b)["chrf"] - tuned_means(g)["chrf"] for g, b in zip(good_members, bad_members)])
     assert row["delta"] == pytest.approx(pooled) and row["verdict"] == "worse"
+    scores = {r.id: pd.read_csv(r.evaluation().path / "scores.csv", dtype={"id": str}).query("model == 'tuned'")
+              .set_index("id")["chrf"] for r in good_members + bad_members}
+    pairs = [scores[b.id][i] - scores[g.id][i] for g, b in zip(good_members, bad_members) for i in scores[g.id].index]
+    assert row["p_value"] == pytest.approx(stats.permutation_p(pairs))  # replicate i paired with replicate i
 
     capsys.readouterr()
     assert cli.main(["compare", good, bad]) == 0

@@ -116,7 +116,7 @@ def _registry_row(path: Path) -> dict[str, Any]:
                    created=manifest.get("created"))
         tag = manifest.get("replicates")
         if isinstance(tag, dict) and tag.get("group"):
-            row["group"] = f"{tag['group']} [{tag.get('index')}/{tag.get('of')}]"
+            row["group"] = f"{tag['group']} #{int(tag.get('index', 0)) + 1}/{tag.get('of')}"
         if manifest.get("status") == "failed" and manifest.get("error"):
             problems.append(f"failed: {manifest['error'].get('message', '')[:120]}")
     except FileNotFoundError:
