@@ -132,6 +132,10 @@ def test_groups_are_summarized_across_seeds_and_compared_pooled_per_seed_and_exa
     shown = capsys.readouterr().out
     assert f"group {good}: 2 seeds, 4 examples each" in shown
     assert f"{bad} against {good} (the baseline), 8 pairs (seed index, example), pooled:" in shown
+    assert cli.main(["compare", good, bad, "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert {(r["group"], r["metric"], r["seeds"]) for r in printed["groups"]} >= {(good, "chrf", 2), (bad, "chrf", 2)}
+    assert next(r for r in printed["pooled"] if r["metric"] == "chrf")["delta"] == pytest.approx(pooled)
 
 
 def test_a_group_that_matches_nothing_or_holds_other_examples_is_refused_naming_why():
