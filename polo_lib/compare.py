@@ -113,6 +113,7 @@ def _scored(run: runs.Run, ref: str | None = None) -> tuple[object, pd.DataFrame
 
 def paired(chosen: Sequence[runs.Run], evaluations: Mapping[str, str] | str | None = None) -> pd.DataFrame:
     """Each run's tuned answers against the first run's, metric by metric, paired by example (stats:
+    columns baseline* for the first run's means, other* for this run's, delta* for other - baseline;
     means with intervals, the paired difference's interval, p-value and verdict): rows (run, metric).
     The runs must have been evaluated on the same examples (ids and source texts), else a RunError
     names the difference. Statistics settings: the first run's evaluation params."""
@@ -132,6 +133,6 @@ def paired(chosen: Sequence[runs.Run], evaluations: Mapping[str, str] | str | No
                            "them on the same split and limit to compare them pairwise.")
         both = pd.concat([scored[first.id][1].assign(model="first"), scored[r.id][1].assign(model="other")])
         table = evaluate.compare_scores(both, "first", "other", cfg)
-        tables.append(table.rename(columns=lambda c: c.replace("base", "baseline").replace("tuned", "run"))
+        tables.append(table.rename(columns=lambda c: c.replace("base", "baseline").replace("tuned", "other"))
                       .assign(run=r.id, baseline_run=first.id).rename_axis("metric").reset_index())
     return pd.concat(tables).set_index(["run", "metric"])

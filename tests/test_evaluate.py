@@ -91,6 +91,7 @@ def test_evaluate_stage_writes_everything_into_the_run_and_the_tuned_model_beats
     assert chrf["delta"] == pytest.approx(theirs[theirs["model"] == "tuned"]["chrf"].mean()
                                           - mine[mine["model"] == "tuned"]["chrf"].mean())
     assert chrf["baseline"] == pytest.approx(metrics["chrf"]["tuned"]) and chrf["n"] == n
+    assert chrf["other"] == pytest.approx(theirs[theirs["model"] == "tuned"]["chrf"].mean())  # the run's own mean
 
     # evaluate the same run again with other evaluation settings: a second evaluation beside the first
     files_before = {p.name: p.read_bytes() for p in first.path.iterdir()}

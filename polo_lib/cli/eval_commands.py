@@ -25,7 +25,7 @@ def cmd_compare(args) -> int:
         shown = pd.DataFrame({
             "metric": rows["metric"],
             "baseline": [reports.interval_text(*v) for v in rows[["baseline", "baseline_low", "baseline_high"]].values],
-            "run": [reports.interval_text(*v) for v in rows[["run", "run_low", "run_high"]].values],
+            "run": [reports.interval_text(*v) for v in rows[["other", "other_low", "other_high"]].values],
             "run - baseline": [reports.interval_text(*v) for v in rows[["delta", "delta_low", "delta_high"]].values],
             "p": rows["p_value"], "verdict": rows["verdict"]})
         print(f"{run_id} against {first} (the baseline), {int(rows['n'].max())} examples, paired:")
