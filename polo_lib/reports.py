@@ -268,7 +268,8 @@ def comparison_table(scores: dict[str, dict[str, Any]], statistics: dict[str, An
     return [md_table(rows, ["metric", "base", "tuned", "tuned - base", "p", "detectable", "verdict"]), "",
             f"Means over {'/'.join(map(str, n))} examples (each metric scored per example; {how} intervals; "
             "p: paired permutation test). `detectable`: the smallest tuned - base difference this many examples "
-            "would show with 80% power. A verdict is clear only where the interval of tuned - base leaves out 0: "
+            "would show with 80% power. A verdict is clear only where the interval of tuned - base leaves out 0 "
+            "and the permutation test agrees: "
             + (", ".join(f"{k} ({scores[k]['verdict']})" for k in clear) if clear else "none here") + "."]
 
 

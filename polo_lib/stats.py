@@ -85,12 +85,16 @@ def detectable_difference(diffs, confidence: float = 0.95, power: float = 0.8) -
     return float(z * d.std(ddof=1) / np.sqrt(len(d)))
 
 
-def verdict(low: float, high: float, higher_is_better: bool | None) -> str:
-    """From a paired interval of tuned - base: "better" / "worse" when it excludes 0 (in the metric's
-    direction), "no clear difference" when it holds 0, "differs" for a metric with no direction."""
+def verdict(low: float, high: float, higher_is_better: bool | None, p_value: float = 0.0,
+            alpha: float = 0.05) -> str:
+    """From a paired interval of tuned - base and its permutation p-value: "better" / "worse" when the
+    interval leaves out 0 (in the metric's direction) and the test agrees (p < alpha), "no clear
+    difference" otherwise, "differs" for a metric with no direction. Both, because on a handful of
+    examples the percentile bootstrap is too narrow (3 of 6 paragraphs improved and 3 unchanged give an
+    interval without 0, while the exact test says p = 0.25)."""
     if not (np.isfinite(low) and np.isfinite(high)):
         return "too few examples"
-    if low <= 0 <= high:
+    if low <= 0 <= high or not p_value < alpha:
         return "no clear difference"
     if higher_is_better is None:
         return "differs"
@@ -128,10 +132,11 @@ def compare(base, tuned, higher_is_better: bool | None, resamples: int = 10_000,
     b, t = base[both], tuned[both]
     d = t - b
     (low, high), (b_low, b_high), (t_low, t_high) = (bootstrap_ci(x, resamples, confidence, seed) for x in (d, b, t))
+    p = permutation_p(d, resamples, seed)
     return Comparison(n=int(both.sum()), base=_mean(b), base_low=b_low, base_high=b_high, tuned=_mean(t),
                       tuned_low=t_low, tuned_high=t_high, delta=_mean(d), delta_low=low, delta_high=high,
-                      p_value=permutation_p(d, resamples, seed), detectable=detectable_difference(d, confidence),
-                      verdict=verdict(low, high, higher_is_better))
+                      p_value=p, detectable=detectable_difference(d, confidence),
+                      verdict=verdict(low, high, higher_is_better, p, 1 - confidence))
 
 
 def same_examples(a, b) -> str | None:

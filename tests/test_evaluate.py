@@ -58,8 +58,8 @@ def test_evaluate_stage_writes_everything_into_the_run_and_the_tuned_model_beats
     assert metrics["chrf"]["tuned"] == pytest.approx(tuned.mean()) and metrics["chrf"]["n"] == n
     c = metrics["chrf"]
     assert c["delta_low"] <= c["delta"] <= c["delta_high"]
-    assert c["verdict"] == ("better" if c["delta_low"] > 0 else "no clear difference" if c["delta_high"] >= 0
-                            else "worse")
+    clear = c["p_value"] < 0.05 and not c["delta_low"] <= 0 <= c["delta_high"]
+    assert c["verdict"] == ("no clear difference" if not clear else "better" if c["delta"] > 0 else "worse")
     assert metrics["hangul_share"]["tuned"] > metrics["hangul_share"]["base"]
     summary = run.summary()
     assert summary.evaluation.examples == n and summary.evaluation.id == first.id and summary.training is not None

@@ -66,3 +66,15 @@ def test_examples_without_a_score_are_left_out_pairwise():
     assert one.n == 1 and one.verdict == "too few examples" and math.isnan(one.p_value)
     with pytest.raises(ValueError, match="one base and one tuned score per example"):
         stats.compare([1.0, 2.0], [1.0], higher_is_better=True)
+
+
+def test_on_six_examples_the_exact_test_guards_the_verdict():
+    """The CPU demo's Hangul share: 3 of 6 answers went from English to Korean, 3 were Korean already. The
+    percentile bootstrap's interval leaves out 0, the exact sign-flip test gives p = 2/8: no clear
+    difference. Six paragraphs all improved: p = 2/64, better."""
+    base, tuned = np.array([0, 0, 0, 1, 1, 1.0]), np.ones(6)
+    c = stats.compare(base, tuned, higher_is_better=True)
+    assert c.delta_low > 0 and c.p_value == pytest.approx(0.25) and c.verdict == "no clear difference"
+    rng = np.random.default_rng(3)
+    all_better = stats.compare(base, base + rng.uniform(0.5, 1.5, size=6), higher_is_better=True)
+    assert all_better.p_value == pytest.approx(2 / 64) and all_better.verdict == "better"
