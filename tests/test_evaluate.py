@@ -71,15 +71,22 @@ def test_evaluate_stage_writes_everything_into_the_run_and_the_tuned_model_beats
     assert run.manifest()["stages"]["evaluate"]["status"] == "finished"
     record_agrees(run)
 
-    # polo compare: another run (an untrained noise adapter) evaluated on the same examples, paired per example
+    # polo compare: another run evaluated on the same examples, paired per example. Its "tuned" answers are
+    # this evaluation's base answers (another system's answers to the same paragraphs, without generating
+    # them again), so its means are this run's base means and the difference is the base - tuned one.
     from adapter_runs import make_adapter_run
 
     from polo_lib import cli, paths
+    from polo_lib.atomic import atomic_write_text
 
     other = make_adapter_run(paths.outputs_dir(), "smoke", 0.02, LEARNS)
     other = runs.open_run(cfg, other.id, stage="evaluate", may_differ=("evaluation",))
     scored = runs.start_evaluation(other, cfg)
-    evaluate.score(evaluate.predict(scored, cfg, data.load_processed(cfg.data)), cfg, scored)
+    answers = pd.read_json(first.path / "predictions.jsonl", lines=True, dtype={"id": str})
+    answers = answers.assign(tuned=answers["base"], tuned_cut=answers["base_cut"])
+    atomic_write_text(scored.path / "predictions.jsonl",
+                      answers.to_json(orient="records", lines=True, force_ascii=False))
+    evaluate.score(answers.set_index("id"), cfg, scored)
     runs.finish_stage(other, "evaluate")
     capsys.readouterr()
     assert cli.main(["compare", run.id, other.id]) == 0
@@ -92,6 +99,7 @@ def test_evaluate_stage_writes_everything_into_the_run_and_the_tuned_model_beats
                                           - mine[mine["model"] == "tuned"]["chrf"].mean())
     assert chrf["baseline"] == pytest.approx(metrics["chrf"]["tuned"]) and chrf["n"] == n
     assert chrf["other"] == pytest.approx(theirs[theirs["model"] == "tuned"]["chrf"].mean())  # the run's own mean
+    assert chrf["other"] == pytest.approx(metrics["chrf"]["base"]) and chrf["delta"] == pytest.approx(-c["delta"])
 
     # evaluate the same run again with other evaluation settings: a second evaluation beside the first
     files_before = {p.name: p.read_bytes() for p in first.path.iterdir()}
