@@ -8,8 +8,20 @@ from ..errors import ParamsError
 from .common import _print_json, _records, _width
 
 
-def cmd_compare(args) -> int:
+def _paired_table(rows, what: str) -> str:
+    """A paired comparison's rows (compare.paired, replicates.compared) as a terminal table: each side's
+    mean with its interval, the difference with its paired interval, p and the verdict."""
     import pandas as pd
+
+    def cells(prefix: str) -> list[str]:
+        return [reports.interval_text(*v) for v in rows[[prefix, f"{prefix}_low", f"{prefix}_high"]].values]
+
+    shown = pd.DataFrame({"metric": rows["metric"], "baseline": cells("baseline"), what: cells("other"),
+                          f"{what} - baseline": cells("delta"), "p": rows["p_value"], "verdict": rows["verdict"]})
+    return reports.text_table(shown.set_index("metric"), _width(), limit=40)
+
+
+def cmd_compare(args) -> int:
 
     from .. import compare, replicates
 
@@ -22,14 +34,8 @@ def cmd_compare(args) -> int:
     for run_id, part in table.groupby(level="run", sort=False):
         rows = part.reset_index()
         first = rows["baseline_run"].iloc[0]
-        shown = pd.DataFrame({
-            "metric": rows["metric"],
-            "baseline": [reports.interval_text(*v) for v in rows[["baseline", "baseline_low", "baseline_high"]].values],
-            "run": [reports.interval_text(*v) for v in rows[["other", "other_low", "other_high"]].values],
-            "run - baseline": [reports.interval_text(*v) for v in rows[["delta", "delta_low", "delta_high"]].values],
-            "p": rows["p_value"], "verdict": rows["verdict"]})
         print(f"{run_id} against {first} (the baseline), {int(rows['n'].max())} examples, paired:")
-        print(reports.text_table(shown.set_index("metric"), _width(), limit=40) + "\n")
+        print(_paired_table(rows, "run") + "\n")
     return 0
 
 
@@ -60,15 +66,9 @@ def _compare_groups(args) -> int:
         print(reports.text_table(shown.set_index("metric"), _width(), limit=40) + "\n")
     for group, part in (pooled.groupby(level="group", sort=False) if not pooled.empty else []):
         rows = part.reset_index()
-        shown = pd.DataFrame({
-            "metric": rows["metric"],
-            "baseline": [reports.interval_text(*v) for v in rows[["baseline", "baseline_low", "baseline_high"]].values],
-            "group": [reports.interval_text(*v) for v in rows[["other", "other_low", "other_high"]].values],
-            "group - baseline": [reports.interval_text(*v) for v in rows[["delta", "delta_low", "delta_high"]].values],
-            "p": rows["p_value"], "verdict": rows["verdict"]})
         print(f"{group} against {rows['baseline_group'].iloc[0]} (the baseline), {int(rows['n'].max())} pairs "
               "(seed index, example), pooled:")
-        print(reports.text_table(shown.set_index("metric"), _width(), limit=40) + "\n")
+        print(_paired_table(rows, "group") + "\n")
     return 0
 
 
