@@ -241,11 +241,12 @@ def agreement(frame: pd.DataFrame) -> pd.DataFrame:
             continue
         x, y = by_rater[r1][shared], by_rater[r2][shared]
         rows.append({"rater_1": r1, "rater_2": r2, "shared": len(shared), "agree": float((x == y).mean()),
-                     "kappa": _kappa(list(x), list(y), labels)})
+                     "kappa": kappa(list(x), list(y), labels)})
     return pd.DataFrame(rows, columns=["rater_1", "rater_2", "shared", "agree", "kappa"])
 
 
-def _kappa(x: list[str], y: list[str], labels: list[str]) -> float:
+def kappa(x: list[str], y: list[str], labels: list[str]) -> float:
+    """Cohen's kappa of two label lists (scikit-learn); NaN when one label runs throughout (0/0)."""
     from sklearn.metrics import cohen_kappa_score
 
     if len(set(x) | set(y)) < 2:  # one label throughout: chance agreement is 1, kappa is 0/0

@@ -28,7 +28,7 @@ Every name is importable from here as it was from the single module before (`jud
 """
 from .asking import RETRIED_STATUS, Asker, Outcome, _Failed, judge, messages  # noqa: F401
 from .pairs import Pairs, _finished_evaluation, load_pairs  # noqa: F401
-from .scoring import Results, _cohen_kappa, agreement, read_human_ratings, results, summary_lines  # noqa: F401
+from .scoring import Results, agreement, read_human_ratings, results, summary_lines  # noqa: F401
 from .settings import (  # noqa: F401
     BASE,
     JUDGE_DIR,

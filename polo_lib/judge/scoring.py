@@ -10,6 +10,7 @@ from typing import Any
 import pandas as pd
 
 from .. import paths, stats
+from ..ratings import kappa
 from .pairs import Pairs
 from .settings import BASE, RATINGS_FILE, TIE, TUNED, rubric_hash
 from .verdicts import read_verdicts
@@ -33,14 +34,6 @@ def read_human_ratings(path: Path, against: str) -> pd.DataFrame:
                      "preferred": r["preferred"]})
     frame = pd.DataFrame(rows, columns=["example_id", "rater", "preferred"])
     return frame.drop_duplicates(["rater", "example_id"], keep="last").reset_index(drop=True)
-
-
-def _cohen_kappa(x: list[str], y: list[str], labels: list[str]) -> float:
-    from sklearn.metrics import cohen_kappa_score
-
-    if len(set(x) | set(y)) < 2:  # one label throughout: chance agreement is 1, kappa is 0/0
-        return math.nan
-    return float(cohen_kappa_score(x, y, labels=labels))
 
 
 @dataclass(frozen=True)
@@ -126,7 +119,7 @@ def agreement(judged: pd.DataFrame, ratings: pd.DataFrame, against: str) -> dict
     return {"ratings": len(shared), "raters": int(shared["rater"].nunique()),
             "examples": int(shared["example_id"].nunique()),
             "accuracy": float(sum(j == p for j, p in zip(judge_says, people_say)) / len(shared)),
-            "kappa": _cohen_kappa(judge_says, people_say, [TUNED, against, TIE])}
+            "kappa": kappa(judge_says, people_say, [TUNED, against, TIE])}
 
 
 def summary_lines(res: Results, pairs: Pairs, rubric_path: Path | None = None) -> list[str]:
