@@ -3,7 +3,7 @@ model, params, runs, train`), layered inside; imports only point down (tests/tes
 
   core           paths, atomic, errors, prompts, registry, params/, notebook, device, progress, unsloth_first
   models         model, local_models, inference/
-  stages         data/, train/, task_eval, trackers, stats, evaluate, metrics/, plots
+  stages         data/, train/, align/, task_eval, trackers, stats, evaluate, metrics/, plots
   records        runs/, ratings, reports
   orchestration  pipeline, preflight, queues, compare, replicates, judge/, sweeps/
   edges          deploy/, cli/, colab

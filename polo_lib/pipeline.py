@@ -2,6 +2,7 @@
 
     prepare_stage   tokenizer -> validate, clean, group, split, count tokens -> data/processed/
     train_stage     data -> plan -> memory check -> model + LoRA -> trainer -> fit -> adapter, plots
+    align_stage     SFT adapter -> rewards (GRPO) or preference pairs (DPO) -> aligned adapter, reward plot
     evaluate_stage  base and tuned answers -> metrics, chart, examples -> report.md
 
 The notebooks make the same calls cell by cell (tests/test_recipe_sequence.py keeps them in the
@@ -21,11 +22,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import data, evaluate, model, paths, progress, reports, runs, train
+from . import align, data, evaluate, model, paths, progress, reports, runs, train
 from . import params as params_lib
 from .errors import PoloError
 
-STAGES = {"prepare": "prepare_data.ipynb", "train": "train.ipynb", "evaluate": "evaluate.ipynb"}
+STAGES = {"prepare": "prepare_data.ipynb", "train": "train.ipynb", "align": "align.ipynb",
+          "evaluate": "evaluate.ipynb"}
 
 
 def prepared_already(cfg) -> str | None:
@@ -61,6 +63,21 @@ def train_stage(cfg, run: runs.Run, callbacks: list | None = None, live: bool | 
     return session
 
 
+def align_stage(cfg, run: runs.Run, live: bool | None = None) -> align.AlignSession:
+    """Train the run's SFT adapter further on the task's rewards (opened with stage="align"): GRPO or DPO as
+    the params' align section says, into adapter_aligned/ (the run's model from now on; adapter/ is kept).
+    Raises before loading the model when there is no SFT adapter or the section cannot work."""
+    dataset = data.load_or_prepare(cfg)
+    ready = align.check_before_loading(cfg, dataset, run)
+    lm = model.load(cfg, ready.device)
+    session = align.build(lm, cfg, run, ready, live=live)
+    align.fit(session)
+    align.finish(session)
+    runs.finish_stage(run, "align")
+    reports.write_report(run)
+    return session
+
+
 def evaluate_stage(cfg, run: runs.Run):
     """Base vs tuned on the held-out split into a new evaluation of `run` (opened with
     stage="evaluate"): eval/<id>/ (params, predictions, metrics, chart, examples), then the
@@ -82,11 +99,19 @@ def available_stages() -> list[str]:
     return [s for s, nb in STAGES.items() if (paths.NOTEBOOKS_DIR / nb).is_file()]
 
 
-def check_stages(stages: Sequence[str] | None) -> list[str]:
-    stages = list(stages or available_stages())
+def default_stages(cfg=None) -> list[str]:
+    """Every stage but align, which runs when the params have an align section."""
+    return [s for s in available_stages() if s != "align" or (cfg is not None and cfg.align is not None)]
+
+
+def check_stages(stages: Sequence[str] | None, cfg=None) -> list[str]:
+    stages = list(stages or default_stages(cfg))
     unknown = [s for s in stages if s not in available_stages()]
     if unknown:
         raise PoloError(f"unknown stage(s) {unknown}; available: {', '.join(available_stages())}")
+    if "align" in stages and cfg is not None and cfg.align is None:
+        raise PoloError(f"the align stage needs an align section in the params ('{cfg.name}' has none): use a "
+                        "file with one (params/cpu_align.yaml) or --set align.method=grpo (or dpo)")
     return stages
 
 
@@ -108,9 +133,9 @@ def run_pipeline(params_file: str, overrides: dict[str, Any] | None = None,
     `replicate` ({group, index, of, seed}: replicates.plan) tags it into a replicate group."""
     from . import preflight as preflight_lib
 
-    stages = check_stages(stages)
-    evaluate_only = stages == ["evaluate"]
     cfg = resolve(params_file, overrides, name)
+    stages = check_stages(stages, cfg)
+    evaluate_only = stages == ["evaluate"]
     prepared = None
     if preflight and "train" in stages and run_id is None:
         report = preflight_lib.run_checks(cfg)
@@ -118,8 +143,10 @@ def run_pipeline(params_file: str, overrides: dict[str, Any] | None = None,
             raise PoloError("preflight failed, nothing was started:\n" +
                             "\n".join(f"  {f}" for f in report.failures()))
         prepared = report.prepared  # what the prepare stage would write: saved below, not made twice
-    # Evaluating an existing run again may change how (limit, decoding), never what was trained.
-    may_differ = ("evaluation",) if evaluate_only else ()
+    # Evaluating an existing run again may change how (limit, decoding), never what was trained; aligning a
+    # trained run may bring its align section.
+    may_differ = ("evaluation",) if evaluate_only else \
+        ("align", "evaluation") if run_id and set(stages) <= {"align", "evaluate"} else ()
     run = runs.open_run(cfg, run_id, may_differ=may_differ)
     if queue:
         run.update_manifest(queue=queue)

@@ -70,6 +70,37 @@ def loss_curve(log: pd.DataFrame, title: str = "loss"):
     return fig
 
 
+def align_curve(log: pd.DataFrame, title: str = "align"):
+    """The align stage per step: the weighted reward and each component (0-1) on the left; the KL to the SFT
+    model on the right, with the answers' mean length and the share cut at the limit (GRPO), or DPO's
+    margin and accuracy."""
+    parts = [c for c in log.columns if c.startswith("reward_") and log[c].notna().any()]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 3.5))
+    for col in (["reward"] if "reward" in log and log["reward"].notna().any() else []) + parts:
+        points = log.dropna(subset=[col])
+        left.plot(points["step"], points[col], "-" if col == "reward" else "--",
+                  label=col.removeprefix("reward_"), linewidth=2 if col == "reward" else 1)
+    left.set_xlabel("step")
+    left.set_ylabel("reward (0-1)")
+    left.set_title(title)
+    if left.lines:
+        left.legend(fontsize=8)
+    left.grid(alpha=0.3)
+    for col, label in (("kl", "KL to SFT"), ("clipped_ratio", "share cut at max length"),
+                       ("dpo_margin", "DPO margin"), ("dpo_accuracy", "DPO accuracy")):
+        if col in log and log[col].notna().any():
+            points = log.dropna(subset=[col])
+            right.plot(points["step"], points[col], "o-", label=label, markersize=3)
+    right.set_xlabel("step")
+    right.set_title("staying near the SFT model")
+    if right.lines:
+        right.legend(fontsize=8)
+    right.grid(alpha=0.3)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
 def metrics_chart(table: pd.DataFrame, title: str = "base vs tuned",
                   intervals: Mapping[str, pd.DataFrame] | None = None):
     """One small bar pair per metric (rows of `table`, columns = models): each on its own scale;

@@ -62,6 +62,11 @@ def describe(state: dict[str, Any]) -> str:
     if state.get("stage") == "train":
         return (f"epoch {_number(state.get('epoch'), 2)}  loss {_number(state.get('loss'))}  "
                 f"eval_loss {_number(state.get('eval_loss'))}  {_number(state.get('tokens_per_s'), 0)} tok/s")
+    if state.get("stage") == "align":  # each reward component on its own, then the KL to the SFT model
+        parts = state.get("rewards") or {}
+        shown = "  ".join(f"{k} {_number(v, 2)}" for k, v in parts.items())
+        return (f"reward {_number(state.get('reward'))}  {shown}  kl {_number(state.get('kl'))}  "
+                f"length {_number(state.get('completion_length'), 0)}").replace("    ", "  ")
     return f"{state.get('phase', '')}  {state.get('tokens', 0)} tokens  {_number(state.get('tokens_per_s'), 1)} tok/s"
 
 
@@ -164,7 +169,7 @@ class View:
         from tqdm.auto import tqdm
 
         if self.bar is None:
-            unit = "step" if state.get("stage") == "train" else "example"
+            unit = "step" if state.get("stage") in ("train", "align") else "example"
             # the terminal's size, 100 x 20 where it reports none (a pty without a size: tqdm draws nothing)
             size = shutil.get_terminal_size((100, 20))
             self.bar = tqdm(total=total or None, desc=f"  {state.get('stage')}", unit=unit, file=self.stream,

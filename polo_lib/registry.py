@@ -50,6 +50,7 @@ class Metric:
     cost: Literal["cheap", "embedding"] = "cheap"
     during_training: bool = False
     per_paper: bool = False
+    best: float = 1.0  # the best possible score (100 for the 0-100 overlap scores): a reward is scaled by it
 
     def __post_init__(self):
         if self.during_training and (self.cost != "cheap" or self.higher_is_better is None):
@@ -88,10 +89,10 @@ class Metric:
 
 _M = "polo_lib.metrics.scoring:"
 METRICS: dict[str, Metric] = {m.name: m for m in (
-    Metric("chrf", "chrF", "chrF", _M + "chrf", during_training=True, per_paper=True),
-    Metric("bleu", "BLEU", "BLEU", _M + "bleu", per_paper=True),
-    Metric("rouge_l", "ROUGE-L", "ROUGE-L", _M + "rouge_l", per_paper=True),
-    Metric("sari", "SARI", "SARI", _M + "sari", during_training=True, per_paper=True),
+    Metric("chrf", "chrF", "chrF", _M + "chrf", during_training=True, best=100, per_paper=True),
+    Metric("bleu", "BLEU", "BLEU", _M + "bleu", best=100, per_paper=True),
+    Metric("rouge_l", "ROUGE-L", "ROUGE-L", _M + "rouge_l", best=100, per_paper=True),
+    Metric("sari", "SARI", "SARI", _M + "sari", during_training=True, best=100, per_paper=True),
     Metric("meaning_src", "meaning/src", "meaning kept from the English (e5 cosine)", _M + "meaning_src",
            cost="embedding"),
     Metric("meaning_ref", "meaning/ref", "meaning shared with the reference (e5 cosine)", _M + "meaning_ref",
@@ -152,6 +153,27 @@ def greater_is_better(name: str) -> bool:
     """Direction of eval_loss or of a metric scored during training (eval_ prefix allowed)."""
     name = name.removeprefix("eval_")
     return False if name == "loss" else bool(metric(name).higher_is_better)
+
+
+# ---------------------------------------------------------------- rewards (the align stage)
+
+# Rewards besides the metrics usable as one (Metric.as_reward): terms built from the evaluation's own measures,
+# so an empty, one-line or looping answer cannot win on the metrics alone. "module:function" of
+# (source, answer, reference) -> a number in 0-1, higher better.
+_R = "polo_lib.align.rewards:"
+REWARD_TERMS: dict[str, str] = {
+    "repetition": _R + "repetition",  # distinct-2 and the longest repeated n-gram of the answer: 1 = no loop
+    "length": _R + "length",  # characters against the reference's: 1 at the same length, 0 for an empty answer
+}
+# align.rewards when a params file names none: the issue's weights (chrF first, the terms that stop loops and
+# empty answers beside it)
+DEFAULT_REWARDS: dict[str, float] = {"chrf": 1.0, "term_coverage": 0.5, "hangul_share": 0.25, "repetition": 0.5,
+                                     "length": 0.5}
+
+
+def reward_choices() -> tuple[str, ...]:
+    """What align.rewards may weigh: every metric usable as a reward, then the reward terms."""
+    return (*(m.name for m in METRICS.values() if m.as_reward), *REWARD_TERMS)
 
 
 # ---------------------------------------------------------------- the other choices

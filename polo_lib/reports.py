@@ -110,6 +110,7 @@ def write_report(run: Run) -> Path:
     out = _header(run, manifest)
     try:
         out += _training(run, run.summary(), warnings)
+        out += _align(run, run.summary(), manifest)
     except RunError as e:
         warnings.append(str(e))
     out += _evaluation(run, warnings)
@@ -182,6 +183,25 @@ def _training(run: Run, summary: RunSummary, warnings: list[str]) -> list[str]:
     return out
 
 
+def _align(run: Run, summary: RunSummary, manifest: dict[str, Any]) -> list[str]:
+    """The align stage: method, rewards and their weights, each logged figure first -> last (the mean of the
+    first and of the last quarter of steps), the reward curves."""
+    a = summary.align
+    if a is None:
+        return []
+    settings = manifest.get("align") or {}
+    weights = ", ".join(f"{k} {w:g}" for k, w in (settings.get("rewards") or {}).items())
+    rows = [{"figure": k, "first": v.get("first"), "last": v.get("last")} for k, v in a.figures.items()]
+    out = ["## Align", "",
+           f"{a.method} for {a.steps} steps in {a.seconds} s from the SFT adapter (adapter/ kept; the run's model is "
+           f"adapter_aligned/), KL weight beta {settings.get('beta')}; rewards (weights): {weights or '-'}"
+           + (f"; {settings.get('pairs_count')} preference pairs from {settings.get('pairs')}" if a.method == "dpo"
+              else "") + ".", "", md_table(rows, ["figure", "first", "last"]), ""]
+    if (run.plots / "align.png").is_file():
+        out += ["![align](plots/align.png)", ""]
+    return out
+
+
 def _evaluation(run: Run, warnings: list[str]) -> list[str]:
     """The latest finished evaluation in full (its params where they differ from the trained
     run's), then every evaluation of the run in one table."""
@@ -194,6 +214,8 @@ def _evaluation(run: Run, warnings: list[str]) -> list[str]:
                 f"Evaluation `{latest.id}`, the latest of {len(every)}; its params: "
                 f"[{folder}/params.yaml]({folder}/params.yaml){_evaluation_differs(run, latest, warnings)}", "",
                 *comparison_table(scores, body.get("statistics")), ""]
+        if body.get("vs_sft"):
+            out += _aligned_vs_sft(body)
         if body.get("by_paper"):
             columns = list(body["by_paper"][0])
             out += ["### By paper", "", md_table(body["by_paper"], columns), ""]
@@ -237,6 +259,23 @@ def _ratings(run: Run, warnings: list[str]) -> list[str]:
             "`tuned preferred`: the share of examples where raters preferred the tuned answer (ties count half), "
             "with a bootstrap interval over examples; `kappa`: Cohen's kappa between raters on the examples "
             "they both rated (mean over pairs of raters). Per rater: `polo rate RUN --results`.", ""]
+
+
+def _aligned_vs_sft(body: dict[str, Any]) -> list[str]:
+    """The aligned model (tuned) against the SFT model it started from, paired per example: which metrics were
+    rewarded, so a reward that rose while the metrics no reward sees fell reads as reward hacking."""
+    rewarded = body.get("rewarded") or []
+    rows = [{"metric": k + (" (rewarded)" if k in rewarded else ""),
+             "SFT": interval_text(v.get("base"), v.get("base_low"), v.get("base_high")),
+             "aligned": interval_text(v.get("tuned"), v.get("tuned_low"), v.get("tuned_high")),
+             "aligned - SFT": interval_text(v.get("delta"), v.get("delta_low"), v.get("delta_high")),
+             "p": cell_text(v.get("p_value")), "verdict": v.get("verdict")} for k, v in body["vs_sft"].items()]
+    return ["### Aligned against the SFT model", "",
+            "The run was aligned (`adapter_aligned/`): `tuned` above is the aligned model. Here it is against the SFT "
+            "model it started from (`adapter/`), on the same examples. Rewarded metrics: "
+            + (", ".join(rewarded) or "none") + ". A rewarded metric that rises while those no reward sees "
+            "(meaning, BLEU, ROUGE-L) fall is the reward being gamed; read the examples.", "",
+            md_table(rows, ["metric", "SFT", "aligned", "aligned - SFT", "p", "verdict"]), ""]
 
 
 def interval_text(value: Any, low: Any, high: Any) -> str:

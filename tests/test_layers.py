@@ -18,7 +18,7 @@ LAYERS = {  # lowest first
     "core": {"paths", "atomic", "errors", "prompts", "registry", "params", "notebook", "device", "progress",
              "unsloth_first"},
     "models": {"model", "local_models", "inference"},
-    "stages": {"data", "train", "task_eval", "trackers", "stats", "evaluate", "metrics", "plots"},
+    "stages": {"data", "train", "align", "task_eval", "trackers", "stats", "evaluate", "metrics", "plots"},
     "records": {"runs", "ratings", "reports"},
     # judge: an LLM judge over an evaluation's pairs (reads runs, uses stats), asked by the CLI
     # replicates: replicate seeds (runs the pipeline; compare's scores pooled over a group's seeds)

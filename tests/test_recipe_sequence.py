@@ -13,7 +13,7 @@ import pytest
 
 from polo_lib import paths, pipeline
 
-RECIPE_NAMES = {"data", "model", "train", "evaluate", "runs", "reports", "run"}
+RECIPE_NAMES = {"data", "model", "train", "align", "evaluate", "runs", "reports", "run"}
 OPENING = {"params.from_notebook", "runs.open_run", "runs.lookup"}
 DISPLAY = {"data.describe", "model.parameter_table", "train.sample", "train.side_by_side", "reports.rendered",
            "evaluate.speed_table", "data.split_table", "evaluate.by_paper"}
@@ -48,6 +48,7 @@ def notebook_calls(notebook: str) -> list[str]:
 @pytest.mark.parametrize("notebook,stage", [
     ("prepare_data.ipynb", pipeline.prepare_stage),
     ("train.ipynb", pipeline.train_stage),
+    ("align.ipynb", pipeline.align_stage),
     ("evaluate.ipynb", pipeline.evaluate_stage),
 ])
 def test_notebook_makes_the_stages_calls_in_order(notebook, stage):
@@ -57,7 +58,7 @@ def test_notebook_makes_the_stages_calls_in_order(notebook, stage):
 
 
 def test_every_stage_notebook_is_checked():
-    assert set(pipeline.STAGES.values()) == {"prepare_data.ipynb", "train.ipynb", "evaluate.ipynb"}
+    assert set(pipeline.STAGES.values()) == {"prepare_data.ipynb", "train.ipynb", "align.ipynb", "evaluate.ipynb"}
 
 
 def test_a_reordered_recipe_is_caught():

@@ -35,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _with_params(command("run", cmd_run, "run notebooks headless into one run folder"))
     p.add_argument("--stages", default=None,
-                   help=f"comma-separated, in order (default: {','.join(pipeline.available_stages())})")
+                   help=f"comma-separated, in order (default: {','.join(pipeline.default_stages())}, "
+                        "and align before evaluate when the params have an align section)")
     p.add_argument("--run-id", default=None, help="continue this run instead of starting a new one")
     p.add_argument("--no-preflight", action="store_true", help="skip the checks before training")
     p.add_argument("--seeds", type=int, default=None, metavar="N", help="train N replicates, replicate i with "

@@ -20,6 +20,7 @@ from .formats import (  # noqa: F401
     Paragraph,
     Record,
     load_chats,
+    load_preferences,
     load_raw,
     validate_records,
 )

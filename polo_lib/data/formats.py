@@ -278,3 +278,70 @@ def load_chats(path: str | Path, fmt: str, prefix: str = "") -> list[Paragraph]:
             user = item["instruction"].strip() + (f"\n\n{item['input'].strip()}" if item.get("input") else "")
         out.append(Paragraph(f"{prefix}{number}", 0, 0, (number,), user, answer, path.stem, system))
     return out
+
+
+# ------------------------------------------------------------ preference pairs (the align stage's DPO)
+
+PREFERENCE_FIELDS = ("prompt", "chosen", "rejected")
+
+
+def _turns_problems(where: str, value: Any, roles: tuple[str, ...]) -> list[str]:
+    """A preference field: text, or a non-empty list of {role, content} messages with these roles."""
+    if isinstance(value, str):
+        problem = _text_problem(where, value)
+        return [problem] if problem else []
+    if not isinstance(value, list) or not value:
+        return [f"{where} must be text or a non-empty list of {{role, content}} messages, got {type(value).__name__}"]
+    problems = []
+    for j, m in enumerate(value):
+        if not isinstance(m, dict) or m.get("role") not in roles:
+            problems.append(f"{where}[{j}]: expected {{role, content}} with role {' or '.join(roles)}, got {m!r:.80}")
+            continue
+        problem = _text_problem(f"{where}[{j}].content", m.get("content"))
+        if problem:
+            problems.append(problem)
+    return problems
+
+
+def _preference_problems(label: str, item: Any) -> list[str]:
+    if not isinstance(item, dict):
+        return [f"{label}: expected an object with fields prompt, chosen, rejected, got {type(item).__name__}"]
+    problems = [f"{label}: missing field '{k}'" for k in PREFERENCE_FIELDS if k not in item]
+    if "prompt" in item:
+        problems += _turns_problems(f"{label}: prompt", item["prompt"], ("system", "user"))
+    for k in ("chosen", "rejected"):
+        if k in item:
+            problems += _turns_problems(f"{label}: {k}", item[k], ("assistant",))
+    if not problems and _answer_text(item["chosen"]).strip() == _answer_text(item["rejected"]).strip():
+        problems.append(f"{label}: chosen and rejected are the same answer: a pair must differ")
+    return problems
+
+
+def _answer_text(value: Any) -> str:
+    return value if isinstance(value, str) else "".join(m["content"] for m in value)
+
+
+def load_preferences(path: str | Path) -> list[dict[str, Any]]:
+    """Preference pairs in TRL's format, JSONL (or a JSON list): {prompt, chosen, rejected}, the prompt as text
+    or [system,] user messages, each answer as text or one assistant message; other fields (where a pair came
+    from) are kept. Every bad record named at once in one DataError, nothing returned then. Text prompts become
+    the Easy prompt's messages, text answers assistant messages, so every pair is conversational."""
+    path, shown, text = _read(path)
+    jsonl = path.suffix.lower() == ".jsonl" or not text.lstrip().startswith("[")
+    items, problems = _items(text, shown, jsonl)
+    for label, item in items:
+        problems += _preference_problems(label, item)
+    if problems:
+        raise DataError(f"{shown}: {len(problems)} problem(s) in the preference pairs:\n{bullet_list(problems)}")
+    if not items:
+        raise DataError(f"{shown}: no preference pairs in the file (one {{prompt, chosen, rejected}} per line).")
+    out = []
+    for _, item in items:
+        pair = dict(item)
+        if isinstance(pair["prompt"], str):
+            pair["prompt"] = prompts.build_messages(pair["prompt"])
+        for k in ("chosen", "rejected"):
+            if isinstance(pair[k], str):
+                pair[k] = [{"role": "assistant", "content": pair[k]}]
+        out.append(pair)
+    return out

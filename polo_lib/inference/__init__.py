@@ -7,7 +7,8 @@ the server and the chat app share. Every name below is importable from polo_lib.
               strings, seed, cancelling), chats_of, answers_of
   decoding    Generation, text_of / whole_text / showable (never half a character), cut_note,
               shown_text, without_cut_note, cut_at_stop, and the writer that streams each row
-  loading     load_base, load_tuned (base + a run's adapter/), merge_to_16bit, load_merged, run_tokenizer
+  loading     load_base, load_tuned (base + the run's model: adapter_aligned/ once aligned, else adapter/),
+              load_sft and is_aligned (an aligned run's SFT adapter), merge_to_16bit, load_merged, run_tokenizer
               (the chat template and EOS training used), with_tokenizer, require_adapter, free_memory
   checks      check_generates (one greedy answer from a reloaded export), greedy_ids (export parity),
               reload_options and reload_and_check (an export reloaded and answering)
@@ -40,8 +41,10 @@ from .generation import (
 )
 from .loading import (
     free_memory,
+    is_aligned,
     load_base,
     load_merged,
+    load_sft,
     load_tuned,
     merge_to_16bit,
     require_adapter,
@@ -51,8 +54,8 @@ from .loading import (
 
 __all__ = [
     "BROKEN", "Generation", "answers_of", "chats_of", "check_generates", "cut_at_stop", "cut_note",
-    "encode_prompts", "free_memory", "generate", "generate_prompts", "greedy_ids", "input_device",
-    "load_base", "load_merged", "load_tuned", "merge_to_16bit", "pick_input_device", "prompt_text",
+    "encode_prompts", "free_memory", "generate", "generate_prompts", "greedy_ids", "input_device", "is_aligned",
+    "load_base", "load_merged", "load_sft", "load_tuned", "merge_to_16bit", "pick_input_device", "prompt_text",
     "reload_and_check", "reload_options", "require_adapter", "run_tokenizer", "showable", "shown_text",
     "text_of", "whole_text", "with_tokenizer", "without_cut_note",
 ]

@@ -28,6 +28,16 @@ def load_tuned(cfg, run):
     return _loaded(str(run.adapter), cfg)
 
 
+def is_aligned(run) -> bool:
+    """The run's model is the align stage's adapter (the SFT one kept beside it)."""
+    return run.adapter != run.sft_adapter
+
+
+def load_sft(cfg, run):
+    """Base + the run's SFT adapter (adapter/): the model an aligned run started from."""
+    return _loaded(str(run.sft_adapter), cfg)
+
+
 def merge_to_16bit(cfg, run, out: Path) -> Path:
     """Base + the run's adapter merged into 16-bit weights in `out` (Unsloth's save_pretrained_merged).
 

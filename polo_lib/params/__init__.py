@@ -34,6 +34,7 @@ from .schema import (  # noqa: F401
     SECTIONS,
     STEP_SCHEDULES,
     TOP_LEVEL,
+    AlignParams,
     DataParams,
     Document,
     EvaluationParams,

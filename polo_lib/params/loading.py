@@ -26,10 +26,17 @@ ALIASES = {
 }
 
 
+# Sections whose fields are always named in full (align.learning_rate): their names repeat training's, and a
+# short `learning_rate` keeps meaning training's
+FULL_NAMES_ONLY = ("align",)
+
+
 def _leaf_paths() -> dict[str, str]:
     """Unique leaf name -> dotted path, e.g. learning_rate -> training.learning_rate."""
     seen: dict[str, list[str]] = {}
     for section, cls in SECTIONS.items():
+        if section in FULL_NAMES_ONLY:
+            continue
         for field in cls.model_fields:
             seen.setdefault(field, []).append(f"{section}.{field}")
     return {name: where[0] for name, where in seen.items() if len(where) == 1}

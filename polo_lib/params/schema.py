@@ -43,7 +43,8 @@ class Document(_Section):
     def short_hash(self, ignore: tuple[str, ...] = ("name", "source", "chosen_by", "overridden")) -> str:  # = META
         """8 hex digits of the content, the fields about the file (`ignore`) left out: the same
         experiment gets the same hash whatever its file is called."""
-        body = {k: v for k, v in self.to_dict().items() if k not in ignore}
+        # a section left out (None: align) adds nothing, so adding a section keeps every older file's hash
+        body = {k: v for k, v in self.to_dict().items() if k not in ignore and v is not None}
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:8]
 
 
@@ -192,6 +193,50 @@ class EvaluationParams(_Section):
     stats_seed: int = Field(0, ge=0)
 
 
+def _reward_weights(value: dict[str, float]) -> dict[str, float]:
+    unknown = [k for k in value if k not in registry.reward_choices()]
+    if unknown:
+        raise ValueError(f"unknown reward(s) {unknown}: choose from {', '.join(registry.reward_choices())}")
+    if not any(w > 0 for w in value.values()):
+        raise ValueError("needs at least one reward with a weight above 0, e.g. {chrf: 1.0, length: 0.5}")
+    return value
+
+
+class AlignParams(_Section):
+    """The align stage after train (polo_lib/align): the SFT adapter trained further on the task's own rewards.
+
+    grpo: answers sampled from the model for each training paragraph, scored by the weighted rewards, and the
+    better ones made likelier (TRL's GRPOTrainer); dpo: preference pairs (`pairs`) and TRL's DPOTrainer. Both keep
+    the model near the SFT model it starts from (beta: the KL weight)."""
+    method: Literal["grpo", "dpo"] = "grpo"
+    max_steps: int = Field(20, ge=1, le=100_000)
+    learning_rate: float = Field(5e-5, gt=0, lt=1)
+    # KL to the SFT model: GRPO's penalty weight, DPO's temperature; None: the method's usual (grpo 0.04, dpo 0.1)
+    beta: float | None = Field(None, ge=0, le=10)
+    per_device_train_batch_size: int = Field(4, ge=1, le=1024)  # prompts (GRPO: x num_generations answers)
+    gradient_accumulation_steps: int = Field(1, ge=1, le=1024)
+    # {reward: weight}: registered metrics usable as rewards (chrf, sari, term_coverage, hangul_share, ...) and the
+    # terms repetition and length (registry.reward_choices); each is logged on its own at every step
+    rewards: Annotated[dict[str, float], AfterValidator(_reward_weights)] = Field(
+        default_factory=lambda: dict(registry.DEFAULT_REWARDS))
+    num_generations: int = Field(4, ge=2, le=64)  # answers per paragraph: GRPO's group, or self pairs' candidates
+    max_new_tokens: int = Field(256, ge=1, le=8192)  # each answer's length limit
+    temperature: float = Field(1.0, gt=0, le=5)  # sampling the answers
+    # dpo: "self" (num_generations answers per training paragraph from the SFT model, best against worst by the
+    # weighted rewards) or a file in TRL's preference format (prompt / chosen / rejected JSONL; polo rate
+    # --export-pairs writes one from human ratings)
+    pairs: str = "self"
+    pair_margin: float = Field(0.05, ge=0)  # self pairs: the best answer's weighted reward over the worst's, at least
+    limit: int | None = Field(None, ge=1)  # training paragraphs used (the first ones); None: all
+    save_steps: int = Field(10, ge=1)  # a checkpoint every so many steps (resume after a crash)
+    logging_steps: int = Field(1, ge=1)
+    seed: int = Field(3407, ge=0)
+
+    @property
+    def kl_beta(self) -> float:
+        return self.beta if self.beta is not None else (0.04 if self.method == "grpo" else 0.1)
+
+
 class RunParams(_Section):
     # auto: continue run_id from its latest checkpoint; never: start fresh; or a checkpoint path.
     resume: str = "auto"
@@ -214,6 +259,7 @@ class Params(Document):
     data: DataParams = DataParams()
     evaluation: EvaluationParams = EvaluationParams()
     run: RunParams = RunParams()
+    align: AlignParams | None = None  # the align stage's section; a params file without it does not align
 
     @model_validator(mode="after")
     def _task_metric_needs_scoring(self):
@@ -239,7 +285,7 @@ class Params(Document):
 
 SECTIONS: dict[str, type[_Section]] = {
     "model": ModelParams, "lora": LoraParams, "training": TrainingParams,
-    "data": DataParams, "evaluation": EvaluationParams, "run": RunParams,
+    "data": DataParams, "evaluation": EvaluationParams, "run": RunParams, "align": AlignParams,
 }
 META = ("name", "source", "chosen_by", "overridden")  # about the file, not the experiment: outside the hash
 TOP_LEVEL = (*META, *SECTIONS)

@@ -22,7 +22,15 @@ class Run:
     path: Path
 
     checkpoints = property(lambda self: self.path / "checkpoints")
-    adapter = property(lambda self: self.path / "adapter")
+    sft_adapter = property(lambda self: self.path / "adapter")  # what the train stage saved, kept as it was
+    aligned_adapter = property(lambda self: self.path / "adapter_aligned")  # the align stage's, from the SFT one
+    align_dir = property(lambda self: self.path / "align")  # align's checkpoints and preference pairs
+
+    @property
+    def adapter(self) -> Path:
+        """The run's model: the aligned adapter once the align stage saved one, else the SFT adapter."""
+        return self.aligned_adapter if (self.aligned_adapter / "adapter_config.json").is_file() else self.sft_adapter
+
     logs = property(lambda self: self.path / "logs")
     eval = property(lambda self: self.path / "eval")
     plots = property(lambda self: self.path / "plots")

@@ -76,6 +76,8 @@ def open_run(cfg, run_id: str | None = None, stage: str | None = None,
                            "(only a new split of the same effective batch, per_device_train_batch_size x "
                            "gradient_accumulation_steps, may change in an unfinished training), or start a new run ("
                            + say("leave out --run-id", "run_id = None") + ").")
+        if "align" in may_differ and saved.align != cfg.align:  # the run's model is aligned as said from now on
+            params_lib.save(saved.model_copy(update={"align": cfg.align}), run.params_path)
     if stage:
         run.start_stage(stage)
         for section in may_differ:

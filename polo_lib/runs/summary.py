@@ -70,6 +70,14 @@ class SweepSummary(_Section):
     pruned_at_step: int | None = None
 
 
+class AlignSummary(_Section):
+    """The align stage's figures: method, steps, seconds, and each logged figure's first and last values."""
+    method: str | None = None
+    steps: int | None = None
+    seconds: float | None = None
+    figures: dict[str, dict[str, float]] = {}
+
+
 class RunSummary(_Section):
     """summary.json: a run's headline figures, machine-readable. Read with `read_summary`
     (Run.summary), written only by Run.update_summary."""
@@ -79,6 +87,7 @@ class RunSummary(_Section):
     evaluations: list[EvaluationSummary] = []  # every finished evaluation, oldest first
     stage_seconds: dict[str, float | None] = {}
     sweep: SweepSummary | None = None
+    align: AlignSummary | None = None
 
     def figure(self, dotted: str) -> float | None:
         """A number by dotted path, e.g. training.eval_loss_best or evaluation.tuned.chrf; None when

@@ -262,9 +262,9 @@ def finish(session: Session):
     """Save the adapter (+ tokenizer), optionally the merged 16-bit model, and plots/loss.png; the
     paths written, whole (notebook.readable)."""
     run, lm = session.run, session.lm
-    lm.model.save_pretrained(str(run.adapter))
-    lm.tokenizer.save_pretrained(str(run.adapter))
-    saved = {"adapter": str(run.adapter)}
+    lm.model.save_pretrained(str(run.sft_adapter))
+    lm.tokenizer.save_pretrained(str(run.sft_adapter))
+    saved = {"adapter": str(run.sft_adapter)}
     if session.cfg.training.save_merged_16bit:
         merged = run.path / "merged_16bit"
         if model_lib.count_4bit_layers(lm.model):  # LoRA cannot be folded into NF4 weights in place

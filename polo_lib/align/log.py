@@ -1,0 +1,84 @@
+"""The align log: logs/align_log.csv (each reward component, the KL, the answers' length), the progress file and
+the live chart, as the trainer logs; the first and last figures read from it."""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .. import plots, progress
+from ..atomic import atomic_write_text
+
+# TRL's log keys -> the log's columns (GRPO: rewards/<name>/mean -> reward_<name>)
+KEYS = {"loss": "loss", "learning_rate": "learning_rate", "grad_norm": "grad_norm", "reward": "reward",
+        "kl": "kl", "completions/mean_length": "completion_length", "completions/clipped_ratio": "clipped_ratio",
+        "rewards/margins": "dpo_margin", "rewards/accuracies": "dpo_accuracy"}
+COLUMNS = ["step", "loss", "reward", "kl", "completion_length", "clipped_ratio", "dpo_margin", "dpo_accuracy",
+           "learning_rate", "grad_norm"]
+
+
+def row_of(step: int, logs: dict[str, Any], rewards: list[str]) -> dict[str, Any] | None:
+    """One log row from the trainer's logs at a step; None for logs that are not a training step's."""
+    if "loss" not in logs:
+        return None
+    row = {"step": step, **{col: logs[key] for key, col in KEYS.items() if key in logs}}
+    for name in rewards:
+        if f"rewards/{name}/mean" in logs:
+            row[f"reward_{name}"] = logs[f"rewards/{name}/mean"]
+    return row
+
+
+class AlignRecorder:
+    """Collects the align trainer's logs into align_log.csv (atomically rewritten), the progress file and,
+    in a notebook, one live chart updated in place."""
+
+    def __init__(self, csv_path: Path, rewards: list[str], total_steps: int, live: bool, keep_until_step: int = 0):
+        self.csv_path, self.rewards, self.total_steps, self.live = csv_path, list(rewards), total_steps, live
+        self.rows: list[dict[str, Any]] = []
+        if keep_until_step and csv_path.exists():  # resuming: keep what the checkpoint covers
+            self.rows = [r for r in read_log(csv_path).to_dict("records") if r["step"] <= keep_until_step]
+        self.handle = None
+
+    def on_log(self, step: int, logs: dict[str, Any]) -> None:
+        row = row_of(step, logs, self.rewards)
+        if row is None:
+            return
+        self.rows.append(row)
+        buf = io.StringIO()
+        self.frame().to_csv(buf, index=False)
+        atomic_write_text(self.csv_path, buf.getvalue())
+        progress.write(self.csv_path.parent, stage="align", done=step, total=self.total_steps,
+                       reward=row.get("reward", row.get("dpo_margin")), kl=row.get("kl"),
+                       completion_length=row.get("completion_length"),
+                       rewards={n: row[f"reward_{n}"] for n in self.rewards if f"reward_{n}" in row})
+        if self.live:
+            from IPython.display import display
+
+            fig = plots.align_curve(self.frame())
+            if self.handle is None:
+                self.handle = display(fig, display_id=True)
+            else:
+                self.handle.update(fig)
+
+    def frame(self) -> pd.DataFrame:
+        parts = [f"reward_{n}" for n in self.rewards if any(f"reward_{n}" in r for r in self.rows)]
+        return pd.DataFrame(self.rows, columns=COLUMNS[:3] + parts + COLUMNS[3:])
+
+
+def read_log(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path) if Path(path).exists() else pd.DataFrame(columns=COLUMNS)
+
+
+def first_last(log: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """{column: {first, last}} of every figure the log holds (the mean of the first and of the last quarter
+    of steps, at least one step each: one sampled step is noisy)."""
+    out = {}
+    n = max(1, len(log) // 4)
+    for col in log.columns:
+        if col == "step" or not log[col].notna().any():
+            continue
+        values = log[col].dropna()
+        out[col] = {"first": float(f"{values.head(n).mean():.4g}"), "last": float(f"{values.tail(n).mean():.4g}")}
+    return out
