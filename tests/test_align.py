@@ -316,3 +316,31 @@ def test_dpo_on_marked_pairs_prefers_the_marker_on_paragraphs_it_never_saw(grpo_
             del lm
     assert margins["aligned"] > margins["sft"] + 1.0, margins
     assert not math.isnan(margins["sft"])
+
+
+def test_self_pairs_sample_score_and_write_an_audit_trail(grpo_run):
+    """DPO's `pairs: self`: num_generations sampled answers per paragraph from the SFT model, scored by the
+    weighted rewards; pairs.jsonl holds best against worst with their scores, candidates.csv every answer, and the
+    scores in both are the rewards of those very texts."""
+    run = grpo_run["run"]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("POLO_PROCESSED_DIR", str(grpo_run["root"] / "processed"))
+        cfg = params.load_resolved(run.params_path).model_copy(deep=True)
+        a = params.AlignParams(method="dpo", num_generations=3, max_new_tokens=12, temperature=1.5, pair_margin=0.0,
+                               rewards={"length": 1.0, "chrf": 1.0})
+        rows = data.load_processed(cfg.data)["train"].select(range(3))
+        lm = inference.load_sft(cfg, run)
+        folder = run.path / "self_pairs_test"
+        made = align.self_pairs(lm, rows, a, metrics.load_glossary(), folder)
+    candidates = pd.read_csv(folder / "candidates.csv", keep_default_na=False, dtype={"id": str})
+    assert len(candidates) == 9 and candidates["id"].tolist() == [i for i in rows["id"] for _ in range(3)]
+    written = [json.loads(line) for line in (folder / "pairs.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert written == made and 1 <= len(made) <= 3
+    for pair in made:
+        group = candidates[candidates["id"] == pair["id"]]
+        assert pair["chosen_scores"]["weighted"] == group["weighted"].max()
+        assert pair["rejected_scores"]["weighted"] == group["weighted"].min()
+        i = rows["id"].index(pair["id"])
+        rescored = align.components(["length", "chrf"], [rows["original"][i]],
+                                    [pair["chosen"][0]["content"]], [rows["simplified"][i]])
+        assert rescored.loc[0, "length"] == pytest.approx(pair["chosen_scores"]["length"], abs=1e-4)
