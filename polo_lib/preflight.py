@@ -153,7 +153,20 @@ def run_checks(cfg: params.Params) -> Report:
         for name, check in (("architecture and LoRA targets", _architecture), ("memory", _memory),
                             ("chat template, masking, lengths", _template_and_lengths)):
             _run_one(rows, name, check, cfg, found)
+        if cfg.align is not None:
+            _run_one(rows, "align stage memory", _align, cfg, found)
     return Report(rows, found.get("prepared"))
+
+
+def _align(cfg, found):
+    """The align stage's memory on this machine, when the params have an align section."""
+    from . import align
+
+    estimate = align.memory(cfg, device=found.get("device"), config=found.get("config"))
+    model.check_memory(estimate, enabled=cfg.model.memory_check)
+    return (OK if estimate.fits else WARN), (f"{cfg.align.method}: ~{estimate.total / 2**30:.1f} GiB needed for "
+                                             f"{align.sequences_per_step(cfg.align)} sequences a step, "
+                                             f"{estimate.available / 2**30:.1f} GiB free")
 
 
 def plan_tables(cfg, device) -> dict[str, pd.DataFrame]:
@@ -179,9 +192,15 @@ def plan_tables(cfg, device) -> dict[str, pd.DataFrame]:
                               "benchmarks/results/); fine for the SmolLM2 demo, not for a 3B model"))
     config = model.load_config(cfg.model.model_name)
     n_train = data.split_sizes(cfg.data)["train"]
-    return {
+    tables = {
         "decisions": pd.DataFrame(rows, columns=["decision", "value"]).set_index("decision"),
         "plan": train.plan(cfg.training, n_train, cfg.overridden).table(),
         "parameters": model.recipe_parameter_table(cfg, config),
         "memory": model.estimate_memory(cfg, device, config).table(),
     }
+    if cfg.align is not None:
+        from . import align
+
+        tables["align"] = align.plan.table(cfg)
+        tables["align memory"] = align.memory(cfg, device, config).table()
+    return tables

@@ -173,6 +173,33 @@ def test_align_is_refused_before_loading_without_an_sft_adapter_or_a_glossary_te
         align.check_before_loading(cfg, dataset, run)
 
 
+def test_the_plan_says_what_an_align_step_samples_and_needs_before_loading():
+    from polo_lib import device, preflight
+    from polo_lib.errors import ModelError
+
+    t4 = device.profile("t4")
+    cfg = params.load("default", overrides={"align.method": "grpo", "align.max_new_tokens": 256})
+    tables = preflight.plan_tables(cfg, t4)
+    steps = tables["align"]["value"]
+    assert steps["sequences trained per step"].startswith("4 (1 paragraph(s) x 4 answers)")
+    assert steps["new tokens generated per step, at most"] == 1024
+    memory = tables["align memory"]["GiB"]
+    assert memory["generation cache"] > 0 and memory["reference adapter"] == memory["lora"]
+    assert align.memory(cfg, t4).fits  # the default: one paragraph a step fits the 3B recipe on a T4
+    wide = params.load("default", overrides={"align.method": "grpo", "align.per_device_train_batch_size": 4})
+    estimate = align.memory(wide, t4)  # 16 answers of 1,024 tokens: the logits alone are ~16 GiB
+    assert not estimate.fits and estimate.parts["logits"] == 4 * align.memory(cfg, t4).parts["logits"]
+    with pytest.raises(ModelError):
+        from polo_lib import model
+
+        model.check_memory(estimate)
+    dpo = params.load("default", overrides={"align.method": "dpo"})
+    assert "generation cache" not in align.memory(dpo, t4).parts and align.sequences_per_step(dpo.align) == 2
+    report = preflight.run_checks(params.load("smoke", overrides={"align.method": "grpo"}))
+    row = next(r for r in report.rows if r["check"] == "align stage memory")
+    assert row["status"] == "ok" and "4 sequences a step" in row["detail"]
+
+
 # ---------------------------------------------------------------- end to end on the tiny model
 
 GRPO = {"align.method": "grpo", "align.max_steps": 12, "align.max_new_tokens": 16, "align.limit": 12,

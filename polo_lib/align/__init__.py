@@ -6,9 +6,11 @@ package's: `from polo_lib import align; align.build(...)`.
             weighted sums, GRPOTrainer's reward functions
   pairs     preference pairs: sampled from the SFT model and scored (self), best against worst, with an audit file
   log       align_log.csv (each reward component, KL, answer length), the progress file, the live chart
+  plan      each step in numbers, and its memory (the trainer's sequences, GRPO's generation cache)
   session   the checks before loading, build (GRPOTrainer / DPOTrainer on the SFT adapter), fit and finish
 """
 from .log import AlignRecorder, first_last, read_log  # noqa: F401
 from .pairs import best_and_worst, self_pairs  # noqa: F401
+from .plan import memory, sequences_per_step  # noqa: F401
 from .rewards import components, length, repetition, trl_functions, weighted  # noqa: F401
 from .session import AlignReady, AlignSession, build, check_before_loading, checkpoints, finish, fit, section  # noqa: F401

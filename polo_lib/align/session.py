@@ -17,6 +17,7 @@ from .. import plots, trackers
 from ..atomic import atomic_write_json
 from ..errors import DataError, ParamsError, RunError
 from ..notebook import in_notebook, readable
+from . import plan
 from .log import AlignRecorder, first_last
 from .rewards import trl_functions
 
@@ -30,6 +31,7 @@ class AlignReady:
     pairs: list[dict] | None
     glossary: list
     resume_from: Path | None
+    memory: Any = None
     device: Any = None
 
     def table(self) -> pd.DataFrame:
@@ -40,7 +42,10 @@ class AlignReady:
                 ("answers per paragraph / max new tokens", f"{a.num_generations} / {a.max_new_tokens}"),
                 ("pairs", f"{len(self.pairs)} from {a.pairs}" if self.pairs is not None else
                  ("sampled from the SFT model" if a.method == "dpo" else "none (GRPO samples as it trains)")),
-                ("resume from", self.resume_from.name if self.resume_from else "fresh start")]
+                ("resume from", self.resume_from.name if self.resume_from else "fresh start"),
+                ("memory needed / free", f"{self.memory.total / model_lib.GiB:.2f} / "
+                                         f"{self.memory.available / model_lib.GiB:.2f} GiB on {self.memory.device}"
+                 if self.memory is not None else "-")]
         return pd.DataFrame(rows, columns=["check", "value"]).set_index("check")
 
     def _repr_html_(self) -> str:
@@ -88,9 +93,9 @@ def check_before_loading(cfg, dataset, run, device=None) -> AlignReady:
         pairs = load_preferences(align.pairs)
     trackers.check(cfg.training.report_to)
     device = device_lib.as_device(device)
-    model_lib.check_memory(model_lib.estimate_memory(cfg, device), enabled=cfg.model.memory_check)
+    memory = model_lib.check_memory(plan.memory(cfg, device), enabled=cfg.model.memory_check)
     found = checkpoints(run) if cfg.run.resume == "auto" and _settings(run) == align.model_dump(mode="json") else []
-    return AlignReady(align, rows, pairs, glossary, found[-1] if found else None, device)
+    return AlignReady(align, rows, pairs, glossary, found[-1] if found else None, memory, device)
 
 
 def _settings(run) -> dict | None:

@@ -213,7 +213,8 @@ class AlignParams(_Section):
     learning_rate: float = Field(5e-5, gt=0, lt=1)
     # KL to the SFT model: GRPO's penalty weight, DPO's temperature; None: the method's usual (grpo 0.04, dpo 0.1)
     beta: float | None = Field(None, ge=0, le=10)
-    per_device_train_batch_size: int = Field(4, ge=1, le=1024)  # prompts (GRPO: x num_generations answers)
+    # paragraphs a step (GRPO: x num_generations answers; DPO: pairs): 1 keeps the 3B recipe on a T4 (polo plan)
+    per_device_train_batch_size: int = Field(1, ge=1, le=1024)
     gradient_accumulation_steps: int = Field(1, ge=1, le=1024)
     # {reward: weight}: registered metrics usable as rewards (chrf, sari, term_coverage, hangul_share, ...) and the
     # terms repetition and length (registry.reward_choices); each is logged on its own at every step
