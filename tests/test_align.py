@@ -308,7 +308,7 @@ def _answer_logprob(lm, prompt, answer: str) -> float:
 
 
 def test_dpo_on_marked_pairs_prefers_the_marker_on_paragraphs_it_never_saw(grpo_run, record_agrees, capsys):
-    """The same trained run aligned again, now with DPO through `polo run --stages align,evaluate --run-id`, on
+    """The same trained run aligned again, now with DPO through `polo run --stages align --run-id`, on
     pairs whose chosen answers start with a marker the rejected ones lack: on validation paragraphs the aligned
     model's log-probability margin of marked over plain answers rises above the SFT model's (chosen and rejected
     swapped, it falls). The run's params take the new align section; the record still agrees."""
@@ -322,7 +322,7 @@ def test_dpo_on_marked_pairs_prefers_the_marker_on_paragraphs_it_never_saw(grpo_
         pairs.write_text("".join(json.dumps({"prompt": o, "chosen": "YOLO " + s[:30], "rejected": s[:30]},
                                             ensure_ascii=False) + "\n"
                                  for o, s in zip(train["original"][:16], train["simplified"][:16])), encoding="utf-8")
-        assert cli.main(["run", "smoke", "--stages", "align,evaluate", "--run-id", run.id,
+        assert cli.main(["run", "smoke", "--stages", "align", "--run-id", run.id,
                          "--set", "align.method=dpo", "--set", f"align.pairs={pairs}", "--set", "align.max_steps=8",
                          "--set", "align.per_device_train_batch_size=2", "--set", "align.learning_rate=1e-3",
                          "--set", "align.save_steps=8"]) == 0
@@ -371,3 +371,45 @@ def test_self_pairs_sample_score_and_write_an_audit_trail(grpo_run):
         rescored = align.components(["length", "chrf"], [rows["original"][i]],
                                     [pair["chosen"][0]["content"]], [rows["simplified"][i]])
         assert rescored.loc[0, "length"] == pytest.approx(pair["chosen_scores"]["length"], abs=1e-4)
+
+
+class _Crash(Exception):
+    pass
+
+
+def test_align_stopped_midway_resumes_from_its_checkpoint_and_logs_each_step_once(grpo_run):
+    """An alignment that dies after its step-2 checkpoint (an exception from a callback at step 3, where a kill
+    would land) continues from checkpoint-2 when the stage runs again with the same settings: steps 1-4 in the log
+    once each, the manifest naming the checkpoint. The same settings otherwise start fresh (resume: never)."""
+    from transformers import TrainerCallback
+
+    from polo_lib import model
+
+    run = grpo_run["run"]
+    overrides = {**GRPO, "align.max_steps": 4, "align.save_steps": 2, "align.max_new_tokens": 8,
+                 "align.rewards": {"length": 1.0}}
+
+    class Crash(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            if state.global_step == 2:
+                raise _Crash("killed at step 3")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("POLO_OUTPUTS", str(grpo_run["root"] / "outputs"))
+        mp.setenv("POLO_PROCESSED_DIR", str(grpo_run["root"] / "processed"))
+        cfg = params.load("smoke", overrides=overrides)
+        run = runs.open_run(cfg, run.id, stage="align", may_differ=("align",))
+        dataset = data.load_or_prepare(cfg)
+        ready = align.check_before_loading(cfg, dataset, run)
+        assert ready.resume_from is None  # another alignment's checkpoints (DPO's) are not this one's
+        session = align.build(model.load(cfg, ready.device), cfg, run, ready)
+        session.trainer.add_callback(Crash())
+        with pytest.raises(_Crash):
+            align.fit(session)
+        assert [p.name for p in align.checkpoints(run)] == ["checkpoint-2"]
+        run = runs.open_run(cfg, run.id, stage="align", may_differ=("align",))
+        resumed = pipeline.align_stage(cfg, run, live=False)
+    assert resumed.ready.resume_from.name == "checkpoint-2" and resumed.result["resumed_from"] == "checkpoint-2"
+    log = pd.read_csv(run.logs / "align_log.csv")
+    assert log["step"].tolist() == [1, 2, 3, 4] and log["reward_length"].notna().all()
+    assert run.manifest()["align"]["status"] == "finished"
