@@ -29,6 +29,51 @@ from polo_lib.model import import_unsloth  # noqa: E402
 import_unsloth()
 
 
+# `make test` runs whole files on parallel workers (pytest-xdist, --dist loadfile), and xdist hands out the
+# files with the most tests first. The files that cost most have few tests, each training or serving through
+# its own processes and kernels, so they came last: one could start when the other worker had only a
+# minute of work left and run on alone for two more. Longest first instead: these files, heaviest first
+# (seconds from `--durations` of the whole suite on 2 cores), then every other file in xdist's own order.
+# A file missing here only loses its place in the front; a renamed one should keep its entry.
+HEAVY_FILES = {
+    "tests/reliability/test_crash_determinism_secrets.py": 150,
+    "tests/test_device_check.py": 135,
+    "tests/test_sweeps.py": 110,
+    "tests/test_evaluate.py": 95,
+    "tests/test_runs_cli.py": 90,
+    "tests/test_task_metrics.py": 65,
+    "tests/test_benchmarks.py": 55,
+    "tests/test_train_notebook.py": 55,
+    "tests/test_qlora_cpu.py": 50,
+    "tests/test_export_gguf.py": 40,
+    "tests/test_export_serve.py": 35,
+    "tests/test_local_models.py": 35,
+    "tests/test_notebook_kernel.py": 30,
+    "tests/test_serve_command.py": 25,
+    "tests/test_prepare_notebook.py": 25,
+}
+
+
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist: without it, never called
+def pytest_xdist_make_scheduler(config, log):
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class HeaviestFilesFirst(LoadFileScheduling):
+        ordered = False
+
+        def _assign_work_unit(self, node):
+            if not self.ordered:  # the queue is complete by the first assignment: reorder it once
+                units = sorted(self.workqueue.items(), key=lambda unit: -HEAVY_FILES.get(unit[0], 0))  # stable
+                self.workqueue.clear()
+                self.workqueue.update(units)
+                self.ordered = True
+            super()._assign_work_unit(node)
+
+    return HeaviestFilesFirst(config, log)
+
+
 @pytest.fixture(autouse=True)
 def isolated_outputs(tmp_path, monkeypatch):
     """Runs and processed data of a test go to its own tmp folder, never the repo's."""

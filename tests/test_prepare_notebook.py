@@ -44,8 +44,13 @@ def test_a_typod_parameter_stops_the_notebook_before_any_work(tmp_path):
 
 
 def test_a_failed_prepare_keeps_the_previous_processed_data(tmp_path, tiny_model_dir):
-    run_notebook("prepare_data.ipynb", tmp_path / "ok.ipynb", params_file="smoke")
-    stats = paths.processed_dir() / params.load("smoke").data.processed_name / "stats.json"
+    # the previous data: what the notebook's own cells write (data.prepare, data.save), without a kernel of
+    # its own (the notebook writing it is the test above); the failing prepare runs through the notebook
+    from polo_lib import data, model
+
+    cfg = params.load("smoke")
+    data.save(data.prepare(cfg.data, model.load_tokenizer(cfg.model), cfg.model.max_seq_length), cfg.data)
+    stats = paths.processed_dir() / cfg.data.processed_name / "stats.json"
     before = stats.read_bytes()
     with pytest.raises(pm.PapermillExecutionError, match="exceed max_seq_length=64"):
         run_notebook("prepare_data.ipynb", tmp_path / "bad.ipynb", params_file="smoke",
