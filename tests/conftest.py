@@ -38,6 +38,7 @@ import_unsloth()
 HEAVY_FILES = {
     "tests/reliability/test_crash_determinism_secrets.py": 150,
     "tests/test_device_check.py": 135,
+    "tests/test_align.py": 130,
     "tests/test_sweeps.py": 110,
     "tests/test_evaluate.py": 95,
     "tests/test_runs_cli.py": 90,
