@@ -171,8 +171,15 @@ def build(lm, cfg, run, ready: AlignReady, live: bool | None = None) -> AlignSes
     else:
         from trl import DPOConfig, DPOTrainer
 
-        pairs = ready.pairs if ready.pairs is not None else \
-            pairs_lib.self_pairs(lm, ready.rows, a, ready.glossary, run.align_dir)
+        sampled = run.align_dir / "pairs.jsonl"
+        if ready.pairs is not None:
+            pairs = ready.pairs
+        elif ready.resume_from is not None and sampled.is_file():  # resuming: the pairs the checkpoint trained on
+            from ..data import load_preferences
+
+            pairs = load_preferences(sampled)
+        else:
+            pairs = pairs_lib.self_pairs(lm, ready.rows, a, ready.glossary, run.align_dir)
         train = Dataset.from_list([{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in pairs])
         args = _args(DPOConfig, cfg, run, decisions, per_device_train_batch_size=a.per_device_train_batch_size,
                      max_length=cfg.model.max_seq_length)
