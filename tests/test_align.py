@@ -403,6 +403,8 @@ def test_align_stopped_midway_resumes_from_its_checkpoint_and_logs_each_step_onc
         ready = align.check_before_loading(cfg, dataset, run)
         assert ready.resume_from is None  # another alignment's checkpoints (DPO's) are not this one's
         session = align.build(model.load(cfg, ready.device), cfg, run, ready)
+        # nor its adapter: until this alignment saves its own, the run's model is the SFT one
+        assert run.adapter == run.sft_adapter
         session.trainer.add_callback(Crash())
         with pytest.raises(_Crash):
             align.fit(session)

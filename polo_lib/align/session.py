@@ -105,12 +105,15 @@ def _settings(run) -> dict | None:
 
 
 def _fresh_start(run, align) -> None:
-    """No checkpoint to resume from: an earlier alignment's checkpoints and log (other settings, or resume: never)
-    go, so they are neither resumed nor mixed into this one's; the settings are recorded for a resume."""
+    """No checkpoint to resume from: an earlier alignment's checkpoints, log, pairs and adapter (other settings, or
+    resume: never) go, so they are neither resumed nor mixed into this one's, and until this one is saved the run's
+    model is the SFT one its params describe; the settings are recorded for a resume."""
     folder = run.align_dir / "checkpoints"
-    if folder.exists():
-        shutil.rmtree(folder)
-    (run.logs / "align_log.csv").unlink(missing_ok=True)
+    for stale in (folder, run.aligned_adapter):
+        if stale.exists():
+            shutil.rmtree(stale)
+    for stale in (run.logs / "align_log.csv", run.align_dir / "pairs.jsonl", run.align_dir / "candidates.csv"):
+        stale.unlink(missing_ok=True)
     folder.mkdir(parents=True)
     atomic_write_json(folder / "align.json", align.model_dump(mode="json"))
 
