@@ -66,7 +66,7 @@ def describe(state: dict[str, Any]) -> str:
         parts = state.get("rewards") or {}
         shown = "  ".join(f"{k} {_number(v, 2)}" for k, v in parts.items())
         return (f"reward {_number(state.get('reward'))}  {shown}  kl {_number(state.get('kl'))}  "
-                f"length {_number(state.get('completion_length'), 0)}").replace("    ", "  ")
+                f"answer tokens {_number(state.get('completion_length'), 0)}").replace("    ", "  ")
     return f"{state.get('phase', '')}  {state.get('tokens', 0)} tokens  {_number(state.get('tokens_per_s'), 1)} tok/s"
 
 

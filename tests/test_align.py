@@ -72,6 +72,14 @@ def test_trl_reward_functions_are_named_normalized_and_read_the_paragraph_column
     assert funcs[1](completions=completions, original=[source] * 2, simplified=[reference] * 2) == [1.0, 0.0]
 
 
+def test_the_progress_line_shows_each_reward_component_and_the_kl():
+    from polo_lib import progress
+
+    line = progress.describe({"stage": "align", "reward": 0.3529, "kl": 0.0012, "completion_length": 166.3,
+                              "rewards": {"chrf": 0.0368, "length": 0.4421}})
+    assert line == "reward 0.353  chrf 0.04  length 0.44  kl 0.001  answer tokens 166"
+
+
 # ---------------------------------------------------------------- preference pairs
 
 def test_best_and_worst_needs_the_margin_and_breaks_ties_the_same_way_each_time():
