@@ -40,14 +40,6 @@ def select(dataset, split: str, limit: int | None):
     return ds.select(range(min(limit, len(ds)))) if limit else ds
 
 
-def _progress_to(run, phase: str):
-    """Generation progress into the run's progress file (what `polo run` shows while it runs)."""
-    def on_batch(done: int, total: int, tokens: int, seconds: float) -> None:
-        progress.write(run.logs, stage="evaluate", phase=phase, done=done, total=total, tokens=tokens,
-                       tokens_per_s=round(tokens / seconds, 1) if seconds else None)
-    return on_batch
-
-
 def predict(evaluation, cfg, dataset) -> pd.DataFrame:
     """Generate base and tuned answers (and the SFT model's, when the run is aligned) for the evaluation split
     into `evaluation`'s predictions.jsonl. The run's adapter is checked before the base model spends any time."""
@@ -63,8 +55,8 @@ def predict(evaluation, cfg, dataset) -> pd.DataFrame:
                *((("sft", lambda: inference.load_sft(cfg, run)),) if inference.is_aligned(run) else ()),
                ("tuned", lambda: inference.load_tuned(cfg, run)))
     for name, loader in loaders:
-        outputs[name] = inference.answers_of(loader, chats, progress=f"{name} model",
-                                             on_batch=_progress_to(run, f"{name} model"), **decoding)
+        on_batch = progress.generation_to(run.logs, "evaluate", f"{name} model")
+        outputs[name] = inference.answers_of(loader, chats, progress=f"{name} model", on_batch=on_batch, **decoding)
     rows = []
     for i, pid in enumerate(split["id"]):
         row = {"id": pid, "paper": split["paper"][i] if "paper" in split.column_names else "",

@@ -38,6 +38,15 @@ def write(folder: Path | None, **state: Any) -> None:
         atomic_write_json(Path(folder) / FILE, {**state, "updated": time.time()})
 
 
+def generation_to(folder: Path | None, stage: str, phase: str):
+    """An `on_batch` for inference.generate that writes a generating stage's progress into `folder` (answers
+    done, new tokens, tokens/s): what `polo run` shows while the stage's notebook generates."""
+    def on_batch(done: int, total: int, tokens: int, seconds: float) -> None:
+        write(folder, stage=stage, phase=phase, done=done, total=total, tokens=tokens,
+              tokens_per_s=round(tokens / seconds, 1) if seconds else None)
+    return on_batch
+
+
 def read(folder: Path) -> dict[str, Any] | None:
     try:
         return json.loads((Path(folder) / FILE).read_text(encoding="utf-8"))
@@ -62,7 +71,7 @@ def describe(state: dict[str, Any]) -> str:
     if state.get("stage") == "train":
         return (f"epoch {_number(state.get('epoch'), 2)}  loss {_number(state.get('loss'))}  "
                 f"eval_loss {_number(state.get('eval_loss'))}  {_number(state.get('tokens_per_s'), 0)} tok/s")
-    if state.get("stage") == "align":  # each reward component on its own, then the KL to the SFT model
+    if state.get("stage") == "align" and not state.get("phase"):  # each reward component, then the KL to SFT
         parts = state.get("rewards") or {}
         shown = "  ".join(f"{k} {_number(v, 2)}" for k, v in parts.items())
         return (f"reward {_number(state.get('reward'))}  {shown}  kl {_number(state.get('kl'))}  "

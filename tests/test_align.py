@@ -366,7 +366,13 @@ def test_self_pairs_sample_score_and_write_an_audit_trail(grpo_run):
         rows = data.load_processed(cfg.data)["train"].select(range(3))
         lm = inference.load_sft(cfg, run)
         folder = run.path / "self_pairs_test"
-        made = align.self_pairs(lm, rows, a, metrics.load_glossary(), folder)
+        from polo_lib import progress
+
+        made = align.self_pairs(lm, rows, a, metrics.load_glossary(), folder,
+                                on_batch=progress.generation_to(folder, "align", "sampling pairs"))
+    shown = progress.read(folder)  # what `polo run` shows while the pairs are sampled
+    assert (shown["stage"], shown["phase"], shown["done"], shown["total"]) == ("align", "sampling pairs", 9, 9)
+    assert progress.describe(shown).startswith("sampling pairs  ")
     candidates = pd.read_csv(folder / "candidates.csv", keep_default_na=False, dtype={"id": str})
     assert len(candidates) == 9 and candidates["id"].tolist() == [i for i in rows["id"] for _ in range(3)]
     written = [json.loads(line) for line in (folder / "pairs.jsonl").read_text(encoding="utf-8").splitlines()]

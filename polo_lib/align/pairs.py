@@ -47,17 +47,19 @@ def build(candidates: pd.DataFrame, weights: Mapping[str, float], margin: float)
     return pairs, scored
 
 
-def self_pairs(lm, rows, align, glossary: Sequence[Any], folder: Path) -> list[dict]:
+def self_pairs(lm, rows, align, glossary: Sequence[Any], folder: Path, on_batch=None) -> list[dict]:
     """`align.num_generations` sampled answers per training paragraph from the loaded (SFT) model, scored by the
     weighted rewards, paired best against worst; pairs.jsonl (with their scores) and candidates.csv (every answer
-    and its rewards) written into `folder` for a reader to audit. DataError when no paragraph gives a pair."""
+    and its rewards) written into `folder` for a reader to audit; `on_batch` as inference.generate takes it (the
+    run's progress file). DataError when no paragraph gives a pair."""
     from ..inference import chats_of, generate
 
     chats = chats_of(rows)
     n = align.num_generations
     answers = generate(lm, [c for c in chats for _ in range(n)], max_new_tokens=align.max_new_tokens,
                        batch_size=min(len(chats) * n, align.per_device_train_batch_size * n), do_sample=True,
-                       temperature=align.temperature, seed=align.seed, progress="self pairs: sampling answers")
+                       temperature=align.temperature, seed=align.seed, progress="self pairs: sampling answers",
+                       on_batch=on_batch)
     repeat = lambda values: [v for v in values for _ in range(n)]  # noqa: E731
     texts = [g.text for g in answers]
     table = rewards_lib.components(list(align.rewards), repeat(rows["original"]), texts, repeat(rows["simplified"]),

@@ -13,7 +13,7 @@ import pandas as pd
 
 from .. import device as device_lib
 from .. import model as model_lib
-from .. import plots, trackers
+from .. import plots, progress, trackers
 from ..atomic import atomic_write_json
 from ..errors import DataError, ParamsError, RunError
 from ..notebook import in_notebook, readable
@@ -182,7 +182,8 @@ def build(lm, cfg, run, ready: AlignReady, live: bool | None = None) -> AlignSes
 
             pairs = load_preferences(sampled)
         else:
-            pairs = pairs_lib.self_pairs(lm, ready.rows, a, ready.glossary, run.align_dir)
+            pairs = pairs_lib.self_pairs(lm, ready.rows, a, ready.glossary, run.align_dir,
+                                         on_batch=progress.generation_to(run.logs, "align", "sampling pairs"))
         train = Dataset.from_list([{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in pairs])
         args = _args(DPOConfig, cfg, run, decisions, per_device_train_batch_size=a.per_device_train_batch_size,
                      max_length=cfg.model.max_seq_length)
