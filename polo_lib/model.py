@@ -102,6 +102,10 @@ class MemoryEstimate:
     def fits(self) -> bool:
         return self.total <= 0.9 * self.available  # 10% headroom for the allocator and CUDA context
 
+    def needed_free(self) -> str:
+        """'needed / free GiB on device', a row of the ready tables."""
+        return f"{self.total / GiB:.2f} / {self.available / GiB:.2f} GiB on {self.device}"
+
     def table(self) -> pd.DataFrame:
         rows = [{"part": k, "GiB": round(v / GiB, 3)} for k, v in self.parts.items()]
         rows += [{"part": "total", "GiB": round(self.total / GiB, 3)},

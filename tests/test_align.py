@@ -80,6 +80,19 @@ def test_the_progress_line_shows_each_reward_component_and_the_kl():
     assert line == "reward 0.353  chrf 0.04  length 0.44  kl 0.001  answer tokens 166"
 
 
+def test_a_dpo_step_shows_its_margin_and_how_often_the_chosen_answer_wins(tmp_path):
+    """DPO logs no reward: its progress line is the margin of chosen over rejected, as the trainer logs it."""
+    from polo_lib import progress
+
+    recorder = align.AlignRecorder(tmp_path / "align_log.csv", [], 24, live=False)
+    recorder.on_log(3, {"loss": 0.6021, "rewards/margins": 4.81, "rewards/accuracies": 0.75, "learning_rate": 1e-4})
+    state = progress.read(tmp_path)
+    assert (state["done"], state["total"]) == (3, 24)
+    assert progress.describe(state) == "margin 4.810  chosen preferred 0.75  loss 0.602"
+    assert pd.read_csv(tmp_path / "align_log.csv")[["step", "dpo_margin", "dpo_accuracy"]].values.tolist() == \
+        [[3, 4.81, 0.75]]
+
+
 # ---------------------------------------------------------------- preference pairs
 
 def test_best_and_worst_needs_the_margin_and_breaks_ties_the_same_way_each_time():
@@ -315,6 +328,29 @@ def _answer_logprob(lm, prompt, answer: str) -> float:
     return float(logp[p.shape[1] - 1:].sum())
 
 
+def test_an_export_of_an_aligned_run_carries_the_aligned_weights_and_says_so(grpo_run):
+    """`polo export RUN --format adapter` after align: the exported adapter is adapter_aligned's (not the SFT
+    one), its parity is checked against the aligned model, and the card has the align section."""
+    from safetensors.torch import load_file
+
+    from polo_lib.deploy import export
+
+    run = grpo_run["run"]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("POLO_OUTPUTS", str(grpo_run["root"] / "outputs"))
+        mp.setenv("POLO_PROCESSED_DIR", str(grpo_run["root"] / "processed"))
+        made = export.export(run, "adapter")
+    exported = load_file(made.path / "adapter_model.safetensors")
+    aligned = load_file(run.aligned_adapter / "adapter_model.safetensors")
+    sft = load_file(run.sft_adapter / "adapter_model.safetensors")
+    assert exported.keys() == aligned.keys() and all(torch.equal(exported[k], aligned[k]) for k in exported)
+    assert not all(torch.equal(exported[k], sft[k]) for k in exported)
+    parity = json.loads((made.path / "parity.json").read_text(encoding="utf-8"))
+    assert parity["pairs"][0]["identical"] == parity["pairs"][0]["of"]  # the export answers as the aligned model
+    card = (made.path / "README.md").read_text(encoding="utf-8")
+    assert "## Align (these weights" in card and '"method": "grpo"' in card and '"length": 1.0' in card
+
+
 def test_dpo_on_marked_pairs_prefers_the_marker_on_paragraphs_it_never_saw(grpo_run, record_agrees, capsys):
     """The same trained run aligned again, now with DPO through `polo run --stages align --run-id`, on
     pairs whose chosen answers start with a marker the rejected ones lack: on validation paragraphs the aligned
@@ -368,8 +404,14 @@ def test_self_pairs_sample_score_and_write_an_audit_trail(grpo_run):
         folder = run.path / "self_pairs_test"
         from polo_lib import progress
 
-        made = align.self_pairs(lm, rows, a, metrics.load_glossary(), folder,
-                                on_batch=progress.generation_to(folder, "align", "sampling pairs"))
+        to_file, batches = progress.generation_to(folder, "align", "sampling pairs"), []
+
+        def on_batch(done, *rest):
+            batches.append(done)
+            to_file(done, *rest)
+
+        made = align.self_pairs(lm, rows, a, metrics.load_glossary(), folder, 4, on_batch=on_batch)
+    assert batches == [4, 8, 9]  # the 9 answers sampled 4 at a time (align.pairs_batch_size), not 3 (one paragraph's)
     shown = progress.read(folder)  # what `polo run` shows while the pairs are sampled
     assert (shown["stage"], shown["phase"], shown["done"], shown["total"]) == ("align", "sampling pairs", 9, 9)
     assert progress.describe(shown).startswith("sampling pairs  ")

@@ -3,6 +3,7 @@ tiny model; a failing trial is a row, not the end; an interrupted sweep resumes;
 a bad trial; Ray Tune runs the same trials on a local instance."""
 import json
 
+import pandas as pd
 import papermill as pm
 import pytest
 import yaml
@@ -60,6 +61,11 @@ def test_objective_names_resolve_to_summary_figures_with_their_direction(tmp_pat
         sweeps.load(write_sweep(tmp_path, "d", n_trials=1, space=space, sampler={"type": "grid"}))
     with pytest.raises(ParamsError, match="no evaluation comes before the end to prune on"):
         sweeps.load(write_sweep(tmp_path, "e", n_trials=1, space=space, set={**FAST, "eval_steps": 4, "save_steps": 4}))
+    align_space = {"align.learning_rate": {"type": "log_float", "low": 1e-5, "high": 1e-3}}
+    with pytest.raises(ParamsError, match=r"searches the align stage \(align.learning_rate\), but objective.metric "
+                                          "'eval_loss' is a training figure"):
+        sweeps.load(write_sweep(tmp_path, "f", n_trials=1, space=align_space))
+    assert sweeps.load(write_sweep(tmp_path, "g", n_trials=1, space=align_space, objective={"metric": "sari"}))
 
 
 def test_the_shipped_sweep_files_validate():
@@ -157,6 +163,30 @@ def test_the_pruner_stops_a_trial_whose_first_eval_loss_is_worst(tmp_path, tiny_
     record_agrees(runs.lookup(table.loc[5e-3, "run_id"]))
     study = sweeps.load_study(result.sweep_id)
     assert study.trials[1].intermediate_values[2] > study.trials[0].intermediate_values[2]
+
+
+ALIGN = {"align.method": "grpo", "align.max_steps": 2, "align.num_generations": 2, "align.max_new_tokens": 8,
+         "align.limit": 2, "align.save_steps": 2, "align.rewards": {"length": 1.0}}
+
+
+def test_a_sweep_over_align_fields_aligns_each_trial_and_scores_the_aligned_model(tmp_path, tiny_model_dir):
+    """align.* searched (the section in 'set'): each trial trains, aligns with its own value and evaluates the
+    aligned model; its objective is the held-out figure of that model, as its run folder records it."""
+    path = write_sweep(tmp_path, "aligns", n_trials=2, set={**FAST, "max_steps": 2, **ALIGN},
+                       space={"align.learning_rate": {"type": "categorical", "choices": [5e-3, 1e-4]}},
+                       objective={"metric": "chrf"}, sampler={"type": "grid", "seed": 0}, pruner={"type": "none"})
+    result = sweeps.run_sweep(path, **QUIET)
+    table = result.table.set_index("params_align.learning_rate")
+    assert sorted(table.index) == [1e-4, 5e-3] and (table["status"] == "finished").all(), result.table.to_string()
+    for rate, row in table.iterrows():
+        run = runs.lookup(row["run_id"])
+        stages = run.manifest()["stages"]
+        assert [stages[s]["status"] for s in ("train", "align", "evaluate")] == ["finished"] * 3
+        assert run.params().align.learning_rate == rate and run.adapter == run.aligned_adapter
+        summary = run.summary()
+        assert summary.align.steps == 2 and summary.evaluation.id == run.evaluation().id
+        assert row["objective"] == pytest.approx(run.evaluation().metrics()["metrics"]["chrf"]["tuned"])
+        assert "sft" in pd.read_json(run.evaluation().path / "predictions.jsonl", lines=True).columns
 
 
 @pytest.mark.slow

@@ -2,14 +2,13 @@
 the live chart, as the trainer logs; the first and last figures read from it."""
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from .. import plots, progress
-from ..atomic import atomic_write_text
+from ..train.log import LiveLog
 
 # TRL's log keys -> the log's columns (GRPO: rewards/<name>/mean -> reward_<name>)
 KEYS = {"loss": "loss", "learning_rate": "learning_rate", "grad_norm": "grad_norm", "reward": "reward",
@@ -30,37 +29,25 @@ def row_of(step: int, logs: dict[str, Any], rewards: list[str]) -> dict[str, Any
     return row
 
 
-class AlignRecorder:
-    """Collects the align trainer's logs into align_log.csv (atomically rewritten), the progress file and,
-    in a notebook, one live chart updated in place."""
+class AlignRecorder(LiveLog):
+    """The align trainer's logs: align_log.csv, the progress file and, in a notebook, the live chart."""
 
     def __init__(self, csv_path: Path, rewards: list[str], total_steps: int, live: bool, keep_until_step: int = 0):
-        self.csv_path, self.rewards, self.total_steps, self.live = csv_path, list(rewards), total_steps, live
-        self.rows: list[dict[str, Any]] = []
-        if keep_until_step and csv_path.exists():  # resuming: keep what the checkpoint covers
-            self.rows = [r for r in read_log(csv_path).to_dict("records") if r["step"] <= keep_until_step]
-        self.handle = None
+        super().__init__(csv_path, live, plots.align_curve, keep_until_step)
+        self.rewards, self.total_steps = list(rewards), total_steps
 
     def on_log(self, step: int, logs: dict[str, Any]) -> None:
         row = row_of(step, logs, self.rewards)
         if row is None:
             return
-        self.rows.append(row)
-        buf = io.StringIO()
-        self.frame().to_csv(buf, index=False)
-        atomic_write_text(self.csv_path, buf.getvalue())
+        self.add(row)
+        if "dpo_margin" in row:  # DPO: how far the chosen answers are preferred over the rejected ones
+            progress.write(self.csv_path.parent, stage="align", done=step, total=self.total_steps,
+                           margin=row["dpo_margin"], accuracy=row.get("dpo_accuracy"), loss=row.get("loss"))
+            return
         progress.write(self.csv_path.parent, stage="align", done=step, total=self.total_steps,
-                       reward=row.get("reward", row.get("dpo_margin")), kl=row.get("kl"),
-                       completion_length=row.get("completion_length"),
+                       reward=row.get("reward"), kl=row.get("kl"), completion_length=row.get("completion_length"),
                        rewards={n: row[f"reward_{n}"] for n in self.rewards if f"reward_{n}" in row})
-        if self.live:
-            from IPython.display import display
-
-            fig = plots.align_curve(self.frame())
-            if self.handle is None:
-                self.handle = display(fig, display_id=True)
-            else:
-                self.handle.update(fig)
 
     def frame(self) -> pd.DataFrame:
         parts = [f"reward_{n}" for n in self.rewards if any(f"reward_{n}" in r for r in self.rows)]

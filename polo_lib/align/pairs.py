@@ -47,17 +47,17 @@ def build(candidates: pd.DataFrame, weights: Mapping[str, float], margin: float)
     return pairs, scored
 
 
-def self_pairs(lm, rows, align, glossary: Sequence[Any], folder: Path, on_batch=None) -> list[dict]:
-    """`align.num_generations` sampled answers per training paragraph from the loaded (SFT) model, scored by the
-    weighted rewards, paired best against worst; pairs.jsonl (with their scores) and candidates.csv (every answer
-    and its rewards) written into `folder` for a reader to audit; `on_batch` as inference.generate takes it (the
-    run's progress file). DataError when no paragraph gives a pair."""
+def self_pairs(lm, rows, align, glossary: Sequence[Any], folder: Path, batch_size: int, on_batch=None) -> list[dict]:
+    """`align.num_generations` sampled answers per training paragraph from the loaded (SFT) model, `batch_size` at
+    once, scored by the weighted rewards, paired best against worst; pairs.jsonl (with their scores) and
+    candidates.csv (every answer and its rewards) written into `folder` for a reader to audit; `on_batch` as
+    inference.generate takes it (the run's progress file). DataError when no paragraph gives a pair."""
     from ..inference import chats_of, generate
 
     chats = chats_of(rows)
     n = align.num_generations
     answers = generate(lm, [c for c in chats for _ in range(n)], max_new_tokens=align.max_new_tokens,
-                       batch_size=min(len(chats) * n, align.per_device_train_batch_size * n), do_sample=True,
+                       batch_size=min(len(chats) * n, batch_size), do_sample=True,
                        temperature=align.temperature, seed=align.seed, progress="self pairs: sampling answers",
                        on_batch=on_batch)
     repeat = lambda values: [v for v in values for _ in range(n)]  # noqa: E731

@@ -17,6 +17,7 @@ from .. import plots, progress, trackers
 from ..atomic import atomic_write_json
 from ..errors import DataError, ParamsError, RunError
 from ..notebook import in_notebook, readable
+from ..train.resume import checkpoints_in
 from . import plan
 from .log import AlignRecorder, first_last
 from .rewards import trl_functions
@@ -43,9 +44,7 @@ class AlignReady:
                 ("pairs", f"{len(self.pairs)} from {a.pairs}" if self.pairs is not None else
                  ("sampled from the SFT model" if a.method == "dpo" else "none (GRPO samples as it trains)")),
                 ("resume from", self.resume_from.name if self.resume_from else "fresh start"),
-                ("memory needed / free", f"{self.memory.total / model_lib.GiB:.2f} / "
-                                         f"{self.memory.available / model_lib.GiB:.2f} GiB on {self.memory.device}"
-                 if self.memory is not None else "-")]
+                ("memory needed / free", self.memory.needed_free() if self.memory is not None else "-")]
         return pd.DataFrame(rows, columns=["check", "value"]).set_index("check")
 
     def _repr_html_(self) -> str:
@@ -61,9 +60,8 @@ def section(cfg):
 
 
 def checkpoints(run) -> list[Path]:
-    found = [p for p in (run.align_dir / "checkpoints").glob("checkpoint-*")
-             if p.is_dir() and p.name.split("-")[-1].isdigit() and (p / "trainer_state.json").is_file()]
-    return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
+    """The align checkpoints a resume can start from (a trainer state written), oldest first."""
+    return [p for p in checkpoints_in(run.align_dir / "checkpoints") if (p / "trainer_state.json").is_file()]
 
 
 def check_before_loading(cfg, dataset, run, device=None) -> AlignReady:
@@ -183,6 +181,7 @@ def build(lm, cfg, run, ready: AlignReady, live: bool | None = None) -> AlignSes
             pairs = load_preferences(sampled)
         else:
             pairs = pairs_lib.self_pairs(lm, ready.rows, a, ready.glossary, run.align_dir,
+                                         a.pairs_batch_size or cfg.evaluation.batch_size,
                                          on_batch=progress.generation_to(run.logs, "align", "sampling pairs"))
         train = Dataset.from_list([{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in pairs])
         args = _args(DPOConfig, cfg, run, decisions, per_device_train_batch_size=a.per_device_train_batch_size,

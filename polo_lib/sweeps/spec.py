@@ -211,6 +211,11 @@ def _check_against_params(spec: SweepFile, origin: str) -> Sweep:
     metric, direction, metric_problem = _resolve_objective(spec.objective)
     if metric_problem:
         problems.append(metric_problem)
+    searched_align = sorted(k for k, d in by_key.items() if d.startswith("align."))
+    if searched_align and not metric_problem and not metric.startswith("evaluation."):
+        problems.append(f"space searches the align stage ({', '.join(searched_align)}), but objective.metric "
+                        f"'{spec.objective.metric}' is a training figure, the same whatever align does: choose a "
+                        "held-out one (objective: {metric: chrf}, or another evaluation metric)")
     if spec.objective.prune_on != "eval_loss" and not base.evaluation.during_training:
         problems.append(f"objective.prune_on is '{spec.objective.prune_on}', a task metric, but the base params "
                         "score none during training: set evaluation.during_training (e.g. 3) in 'set'")

@@ -1,7 +1,8 @@
 """One trial: its params (base < set < the trial's values, named <sweep>-t<number>), the trainer
-callback that hands each evaluation to the engine's pruner, and `run_trial`, which trains (and,
-for an evaluation objective, evaluates) the trial into its own run folder through the pipeline's
-stages and says how it ended: finished with its objective value, pruned, or failed.
+callback that hands each evaluation to the engine's pruner, and `run_trial`, which trains (aligns when
+the params have an align section, and, for an evaluation objective, evaluates) the trial into its own
+run folder through the pipeline's stages and says how it ended: finished with its objective value,
+pruned, or failed.
 
 Both engines call `run_trial`: the optuna engine in this process, the ray engine in a worker.
 """
@@ -119,7 +120,8 @@ def run_trial(sweep: Sweep, values: dict[str, Any], sweep_id: str, number: int, 
 
 def _train_and_score(sweep: Sweep, cfg, run: runs.Run, tag: dict[str, Any], report: Report, prepare: bool,
                      out: TrialOutcome) -> None:
-    """train_stage with the pruning callback; then pruned, or (evaluate_stage and) the objective."""
+    """train_stage with the pruning callback; then pruned, or (align_stage when the params have an align section,
+    evaluate_stage for an evaluation objective, and) the objective."""
     if prepare:
         pipeline.prepare_stage(cfg)
     pruning = pruning_callback(lambda step, value: report(run, step, value), out.evaluations, sweep.prune_on)
@@ -131,6 +133,12 @@ def _train_and_score(sweep: Sweep, cfg, run: runs.Run, tag: dict[str, Any], repo
         out.status = "pruned"
         mark_pruned(run, tag, pruning.pruned_at)
         return
+    if cfg.align is not None:  # the trial's params have an align section (the base's, or align.* searched)
+        run.start_stage("align")
+        with progress.watch(run.logs):
+            aligned = pipeline.align_stage(cfg, run, live=False)
+        del aligned
+        gc.collect()
     if sweep.needs_evaluation:
         run.start_stage("evaluate")
         with progress.watch(run.logs):

@@ -15,17 +15,44 @@ from ..atomic import atomic_write_text
 LOG_COLUMNS = ["step", "epoch", "loss", "eval_loss", "learning_rate", "grad_norm", "tokens_per_s", "tokens_seen"]
 
 
-class _LogRecorder:
-    """Collects trainer logs into rows: CSV (atomically rewritten) and the live chart."""
+class LiveLog:
+    """Rows a trainer logs: a CSV atomically rewritten at each row, and in a notebook one chart (`chart`, a figure
+    of the frame) updated in place, not one figure per step. Resuming keeps the rows its checkpoint covers. The
+    training and the align logs (align/log.py) both."""
+
+    def __init__(self, csv_path: Path, live: bool, chart, keep_until_step: int = 0):
+        self.csv_path, self.live, self.chart = csv_path, live, chart
+        self.rows: list[dict[str, Any]] = []
+        if keep_until_step and csv_path.exists():
+            self.rows = [r for r in pd.read_csv(csv_path).to_dict("records") if r["step"] <= keep_until_step]
+        self.handle = None
+
+    def frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.rows)
+
+    def add(self, row: dict[str, Any]) -> None:
+        """A new row: written at once, and drawn when live."""
+        self.rows.append(row)
+        buf = io.StringIO()
+        self.frame().to_csv(buf, index=False)
+        atomic_write_text(self.csv_path, buf.getvalue())
+        if self.live:
+            from IPython.display import display
+
+            fig = self.chart(self.frame())
+            if self.handle is None:
+                self.handle = display(fig, display_id=True)
+            else:
+                self.handle.update(fig)
+
+
+class _LogRecorder(LiveLog):
+    """train_log.csv: the training steps' loss, learning rate and tokens/s, the evaluations' eval loss and task
+    metrics; the progress file with the latest of each."""
 
     def __init__(self, csv_path: Path, live: bool, keep_until_step: int = 0, total_steps: int = 0):
-        self.csv_path = csv_path
+        super().__init__(csv_path, live, plots.loss_curve, keep_until_step)
         self.total_steps = total_steps  # the plan's: the trainer's max_steps is 0 at the step-0 evaluation
-        self.rows: list[dict[str, Any]] = []
-        if keep_until_step and csv_path.exists():  # resuming: keep what the checkpoint covers
-            self.rows = [r for r in read_train_log(csv_path).to_dict("records") if r["step"] <= keep_until_step]
-        self.live = live
-        self.handle = None
         self._last = None  # (time, tokens) at the previous training log
         self.latest: dict[str, Any] = {}  # last loss, eval_loss and tokens/s, for the progress file
 
@@ -44,36 +71,18 @@ class _LogRecorder:
             row.update(eval_loss=logs["eval_loss"], **{k: logs[k] for k in task_eval.log_keys() if k in logs})
         else:
             return
-        self.rows.append(row)
-        self.write()
         self.latest.update({k: row[k] for k in ("loss", "tokens_per_s") if row.get(k) is not None})
         if row.get("eval_loss") is not None:
             self.latest.update(eval_loss=row["eval_loss"], eval_step=row["step"],
                                **{k: row[k] for k in task_eval.log_keys() if k in row})
+        self.add(row)
         progress.write(self.csv_path.parent, stage="train", done=state.global_step,
                        total=state.max_steps or self.total_steps, epoch=row["epoch"], **self.latest)
-        if self.live:
-            self.redraw()
 
     def frame(self) -> pd.DataFrame:
         """The log so far; the task metrics' columns when they were scored (evaluation.during_training)."""
         task = [k for k in task_eval.log_keys() if any(k in r for r in self.rows)]
         return pd.DataFrame(self.rows, columns=LOG_COLUMNS + task)
-
-    def write(self) -> None:
-        buf = io.StringIO()
-        self.frame().to_csv(buf, index=False)
-        atomic_write_text(self.csv_path, buf.getvalue())
-
-    def redraw(self) -> None:
-        """One figure updated in place (IPython display handle), not one figure per step."""
-        from IPython.display import display
-
-        fig = plots.loss_curve(self.frame())
-        if self.handle is None:
-            self.handle = display(fig, display_id=True)
-        else:
-            self.handle.update(fig)
 
 
 def read_train_log(path: Path) -> pd.DataFrame:

@@ -15,10 +15,15 @@ def _valid_checkpoint(path: Path) -> bool:
     return (path / "trainer_state.json").is_file()
 
 
-def checkpoints(run) -> list[Path]:
-    """Checkpoints of a run, oldest first (by step number)."""
-    found = [p for p in run.checkpoints.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
+def checkpoints_in(folder: Path) -> list[Path]:
+    """The trainer's checkpoint-<step> folders in `folder`, oldest first (by step number)."""
+    found = [p for p in folder.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
     return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
+
+
+def checkpoints(run) -> list[Path]:
+    """Checkpoints of a run's training, oldest first (by step number)."""
+    return checkpoints_in(run.checkpoints)
 
 
 def resolve_resume(run, resume: str) -> Path | None:

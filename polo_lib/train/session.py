@@ -38,8 +38,7 @@ class Ready:
     def table(self) -> pd.DataFrame:
         rows = [*self.schedule.table().reset_index().itertuples(index=False, name=None),
                 ("resume from", str(self.resume_from.name) if self.resume_from else "fresh start"),
-                ("memory needed / free", f"{self.memory.total / model_lib.GiB:.2f} / "
-                                         f"{self.memory.available / model_lib.GiB:.2f} GiB on {self.memory.device}")]
+                ("memory needed / free", self.memory.needed_free())]
         return pd.DataFrame(rows, columns=["check", "value"]).set_index("check")
 
     def __repr__(self) -> str:
