@@ -43,7 +43,7 @@ def generation_to(folder: Path | None, stage: str, phase: str):
     done, new tokens, tokens/s): what `polo run` shows while the stage's notebook generates."""
     def on_batch(done: int, total: int, tokens: int, seconds: float) -> None:
         write(folder, stage=stage, phase=phase, done=done, total=total, tokens=tokens,
-              tokens_per_s=round(tokens / seconds, 1) if seconds else None)
+              tokens_per_s=round(tokens / seconds, 1) if seconds else None, elapsed_s=round(seconds, 1))
     return on_batch
 
 
@@ -71,6 +71,9 @@ def describe(state: dict[str, Any]) -> str:
     if state.get("stage") == "train":
         return (f"epoch {_number(state.get('epoch'), 2)}  loss {_number(state.get('loss'))}  "
                 f"eval_loss {_number(state.get('eval_loss'))}  {_number(state.get('tokens_per_s'), 0)} tok/s")
+    if state.get("stage") == "align" and state.get("margin") is not None:  # DPO: chosen over rejected
+        return (f"margin {_number(state['margin'])}  chosen preferred {_number(state.get('accuracy'), 2)}  "
+                f"loss {_number(state.get('loss'))}")
     if state.get("stage") == "align" and not state.get("phase"):  # each reward component, then the KL to SFT
         parts = state.get("rewards") or {}
         shown = "  ".join(f"{k} {_number(v, 2)}" for k, v in parts.items())
@@ -143,9 +146,16 @@ class View:
         self.state: dict[str, Any] = {}
         self.printed: dict[str, Any] | None = None  # the state the last plain line showed
 
+    def _elapsed(self) -> float:
+        """Seconds the phase has run: the writer's own count when it gives one (`elapsed_s`, as of the state's
+        `updated`), since its first report comes only after a batch of work; else since this view saw it start."""
+        if self.state.get("elapsed_s") is not None:
+            since = time.time() - self.state["updated"] if self.state.get("updated") else 0.0
+            return self.state["elapsed_s"] + max(0.0, since)
+        return time.perf_counter() - self.started
+
     def _left(self, done: int, total: int) -> float | None:
-        elapsed = time.perf_counter() - self.started
-        return elapsed / done * (total - done) if done and total else None
+        return self._elapsed() / done * (total - done) if done and total else None
 
     def _say(self, text: str) -> None:
         if self.bar is not None:
@@ -195,7 +205,7 @@ class View:
         done, total = int(s.get("done") or 0), int(s.get("total") or 0)
         share = f" ({100 * done / total:.0f}%)" if total else ""
         print(f"  {s.get('stage')} {done}/{total or '?'}{share}  {describe(s)}  "
-              f"elapsed {_clock(time.perf_counter() - self.started)}  left {_clock(self._left(done, total))}",
+              f"elapsed {_clock(self._elapsed())}  left {_clock(self._left(done, total))}",
               file=self.stream, flush=True)
         self.last_line, self.printed = time.perf_counter(), s
 

@@ -82,6 +82,18 @@ def test_generation_progress_names_the_model_and_speed():
     assert lines[1].startswith("  evaluate 6/6 (100%)  tuned model  400 tokens  60.0 tok/s")
 
 
+def test_a_phase_first_seen_after_a_batch_counts_its_time_from_the_writers_own_clock(tmp_path):
+    """Sampling 96 answers 24 at a time: the first report comes after the first batch's 82 s. The line says
+    82 s elapsed and 3 more batches left, not "elapsed 0:00 left 0:00" (the view saw the phase start only then)."""
+    report = progress.generation_to(tmp_path, "align", "sampling pairs")
+    report(24, 96, 4608, 82.0)
+    out = io.StringIO()
+    view = progress.View(out, interval=0)
+    view.update(progress.read(tmp_path))
+    assert out.getvalue().startswith("  align 24/96 (25%)  sampling pairs  4608 tokens  56.2 tok/s  elapsed 1:22  "
+                                     "left 4:06"), out.getvalue()
+
+
 def test_watch_follows_the_file_a_stage_writes_from_another_process_or_thread(tmp_path):
     out = io.StringIO()
 
