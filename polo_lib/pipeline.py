@@ -33,13 +33,13 @@ STAGES = {"prepare": "prepare_data.ipynb", "train": "train.ipynb", "align": "ali
 def prepared_already(cfg) -> str | None:
     """The inputs hash when data/processed/ already holds what prepare_stage would write for
     these params (raw file, data params, tokenizer and template unchanged); else None."""
-    return data.current_hash(cfg.data, model.load_tokenizer(cfg.model), cfg.model.max_seq_length)
+    return data.current_hash(cfg.data, model.load_tokenizer(cfg.model), cfg.model.max_seq_length, cfg.checks)
 
 
 def prepare_stage(cfg, run: runs.Run | None = None) -> data.Prepared:
     """Raw records -> processed splits on disk, token counts from the model's own chat template."""
     tokenizer = model.load_tokenizer(cfg.model)
-    prepared = data.prepare(cfg.data, tokenizer, cfg.model.max_seq_length)
+    prepared = data.prepare(cfg.data, tokenizer, cfg.model.max_seq_length, cfg.checks)
     data.save(prepared, cfg.data)
     runs.finish_stage(run, "prepare")
     return prepared

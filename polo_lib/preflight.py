@@ -104,7 +104,7 @@ def _template_and_lengths(cfg, found):
 
     tokenizer = model.load_tokenizer(cfg.model)
     markers = train.derive_markers(tokenizer)
-    prepared = found["prepared"] = data.prepare(cfg.data, tokenizer, cfg.model.max_seq_length)
+    prepared = found["prepared"] = data.prepare(cfg.data, tokenizer, cfg.model.max_seq_length, cfg.checks)
     worst = []
     for split in ("train", "validation"):
         ds = {"messages": [e["messages"] for e in prepared.examples[split]]}

@@ -12,15 +12,28 @@ from polo_lib.errors import DataError, ParamsError
 YOLO, RESNET = "data/raw/yolo_v1.json", "data/raw/resnet.json"
 
 
+TOPICS = ["residual blocks", "batch normalization", "anchor boxes", "dropout", "attention heads", "pooling layers",
+          "learning rate warmup", "weight decay", "label smoothing", "data augmentation", "skip connections",
+          "feature pyramids", "non-maximum suppression", "focal loss", "layer normalization", "beam search",
+          "gradient clipping", "mixed precision", "knowledge distillation", "early stopping"]
+KO = ["잔차 블록", "배치 정규화", "앵커 상자", "드롭아웃", "어텐션 헤드", "풀링 층", "학습률 예열", "가중치 감쇠",
+      "레이블 평활화", "데이터 증강", "건너뛰기 연결", "특징 피라미드", "비최대 억제", "초점 손실", "층 정규화",
+      "빔 탐색", "기울기 자르기", "혼합 정밀도", "지식 증류", "조기 종료"]
+
+
+ENDINGS = ["은 이렇게 동작합니다.", ": 예를 들어 봅시다.", "를 그림으로 그려 봅니다.", ", 왜 필요할까요?"]
+
+
 def chat(i: int, system: bool = True) -> dict:
+    """The i-th of 20 distinct chats (prepare's duplicate check would refuse near-identical ones)."""
     head = [{"role": "system", "content": "You explain papers in easy Korean."}] if system else []
-    return {"messages": [*head, {"role": "user", "content": f"Explain residual block {i}."},
-                         {"role": "assistant", "content": f"잔차 블록 {i}은 입력을 출력에 더합니다."}]}
+    return {"messages": [*head, {"role": "user", "content": f"Explain {TOPICS[i - 1]}."},
+                         {"role": "assistant", "content": f"{KO[i - 1]}{ENDINGS[i % 4]}"}]}
 
 
 def alpaca(i: int) -> dict:
-    return {"instruction": f"Explain idea {i} in easy Korean.", "input": "" if i % 2 else f"Idea {i} text.",
-            "output": f"아이디어 {i}를 쉽게 설명합니다."}
+    return {"instruction": f"Explain {TOPICS[i - 1]} in easy Korean.",
+            "input": "" if i % 2 else f"Notes on {TOPICS[i - 1]}.", "output": f"{KO[i - 1]}를 쉽게 설명합니다."}
 
 
 def write_jsonl(path, items) -> str:
@@ -131,11 +144,12 @@ def test_alpaca_records_from_a_json_list_or_jsonl(tmp_path, suffix):
     else:
         write_jsonl(path, items)
     _, _, examples = data.read_examples(load("alpaca", str(path)).data)
-    assert [e.original for e in examples] == ["Explain idea 1 in easy Korean.",
-                                              "Explain idea 2 in easy Korean.\n\nIdea 2 text.",
-                                              "Explain idea 3 in easy Korean."]
+    assert [e.original for e in examples] == ["Explain residual blocks in easy Korean.",
+                                              "Explain batch normalization in easy Korean.\n\n"
+                                              "Notes on batch normalization.",
+                                              "Explain anchor boxes in easy Korean."]
     assert examples[1].messages == [{"role": "user", "content": examples[1].original},
-                                    {"role": "assistant", "content": "아이디어 2를 쉽게 설명합니다."}]
+                                    {"role": "assistant", "content": "배치 정규화를 쉽게 설명합니다."}]
 
 
 def test_every_bad_alpaca_record_is_named_at_once(tmp_path):

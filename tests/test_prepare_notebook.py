@@ -29,6 +29,12 @@ def test_prepare_data_writes_the_processed_dataset(tmp_path, tiny_model_dir):
     executed = json.loads((tmp_path / "out.ipynb").read_text(encoding="utf-8"))
     images = [o for c in executed["cells"] for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
     assert images, "the token-length histogram is shown inline"
+    # the checks prepare ran, in stats.json and shown by the notebook
+    assert stats["checks"]["problems"] == [] and stats["checks"]["paragraphs_checked"] == stats["paragraphs"]
+    shown = "".join(str(o.get("data", {}).get("text/plain", "")) for c in executed["cells"]
+                    for o in c.get("outputs", []) if c["id"] == "prepare_data-11b")
+    flagged = len(stats["checks"]["flagged"])
+    assert (f"{stats['paragraphs']} paragraphs" in shown) if not flagged else ("quality" in shown)
 
 
 def test_a_typod_parameter_stops_the_notebook_before_any_work(tmp_path):

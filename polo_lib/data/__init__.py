@@ -7,10 +7,12 @@ the inputs change. The names below are the package's: `from polo_lib import data
   formats   the three raw formats (paper, messages, alpaca) read and validated; Record, Paragraph
   clean     filler phrases out of every answer, whitespace normalised
   split     paper sentences grouped into paragraphs; seeded splits by example, each paper on its own
+  checks    near-duplicates, leakage into validation and test, quality flags: prepare stops on them
   lengths   token lengths through the model's template; the over-length policy (fail or drop)
   store     the processed folder, its inputs hash, saving and loading it
   prepared  every step together (prepare, Prepared) and load_or_prepare
 """
+from .checks import checks_table  # noqa: F401
 from .clean import clean_examples, clean_records, remove_fillers  # noqa: F401
 from .formats import (  # noqa: F401
     ALPACA_FIELDS,

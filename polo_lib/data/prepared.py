@@ -67,9 +67,16 @@ def split_sizes(data_params) -> dict[str, int]:
     return {name: len(ps) for name, ps in _read_and_split(data_params)[3].items()}
 
 
-def prepare(data_params, tokenizer, max_seq_length: int) -> Prepared:
-    """Load, validate, clean, group, split, build chats and count tokens. Writes nothing."""
+def prepare(data_params, tokenizer, max_seq_length: int, checks=None) -> Prepared:
+    """Load, validate, clean, group, split, check (near-duplicates, leakage, quality flags: `checks`, the params'
+    checks section, None for its defaults), build chats and count tokens. Writes nothing; DataError naming
+    every problem the checks found."""
+    from ..params import ChecksParams
+    from . import checks as checks_lib
+
     count, cleaning, paragraphs, splits = _read_and_split(data_params)
+    checked = checks_lib.run(splits, checks or ChecksParams(), data_params.format == "paper")
+    checks_lib.enforce(checked, ", ".join(data_params.raw_files))
     examples, lengths, dropped = {}, {}, {}
     for split, ps in splits.items():
         ex = to_examples(ps)
@@ -92,7 +99,8 @@ def prepare(data_params, tokenizer, max_seq_length: int) -> Prepared:
         "tokenizer": Path(str(getattr(tokenizer, "name_or_path", type(tokenizer).__name__))).name,
         "token_lengths": {s: length_stats(n) for s, n in lengths.items()},
         "split_seed": data_params.split_seed,
-        "inputs_hash": inputs_hash(data_params, tokenizer, max_seq_length),
+        "checks": checked.stats(),
+        "inputs_hash": inputs_hash(data_params, tokenizer, max_seq_length, checks),
     }
     return Prepared(examples, lengths, dropped, cleaning, paragraph_table(splits), stats)
 
@@ -116,12 +124,12 @@ def load_or_prepare(cfg):
 
     where = processed_path(cfg.data)
     tokenizer = load_tokenizer(cfg.model)
-    if not current_hash(cfg.data, tokenizer, cfg.model.max_seq_length):
+    if not current_hash(cfg.data, tokenizer, cfg.model.max_seq_length, cfg.checks):
         why = "was made from other inputs (raw file, data params or tokenizer)" if (where / "dataset").is_dir() \
             else "is missing"
         # An announcement on stdout, not a logged warning: preparing here is what the cell is for on a
         # fresh clone, and JupyterLab shows a warning (stderr) in red, as if something were wrong.
         print(f"processed data for '{cfg.data.processed_name}' at {paths.display(where)} {why}: preparing it now, "
               "as prepare_data.ipynb does", flush=True)
-        save(prepare(cfg.data, tokenizer, cfg.model.max_seq_length), cfg.data)
+        save(prepare(cfg.data, tokenizer, cfg.model.max_seq_length, cfg.checks), cfg.data)
     return load_processed(cfg.data)

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 LAYOUT = 2
 
 
-def inputs_hash(data_params, tokenizer, max_seq_length: int) -> str:
+def inputs_hash(data_params, tokenizer, max_seq_length: int, checks=None) -> str:
     """12 hex digits of everything the processed data is made from: the raw files' bytes, the data
     params, max_seq_length, the tokenizer's identity (class, vocabulary, special tokens and chat
     template) and LAYOUT. Equal hashes: preparing again would write the same splits."""
@@ -31,6 +31,8 @@ def inputs_hash(data_params, tokenizer, max_seq_length: int) -> str:
     identity = {"data": data_params.model_dump(mode="json"), "max_seq_length": max_seq_length, "layout": LAYOUT,
                 "tokenizer": type(tokenizer).__name__, "chat_template": getattr(tokenizer, "chat_template", None),
                 "special": {k: str(v) for k, v in getattr(tokenizer, "special_tokens_map", {}).items()}}
+    if checks is not None:  # a checks section set in the params: other thresholds check the data again
+        identity["checks"] = checks.model_dump(mode="json")
     h.update(json.dumps(identity, sort_keys=True, ensure_ascii=False).encode())
     h.update(json.dumps(sorted(tokenizer.get_vocab().items()), ensure_ascii=False).encode())
     return h.hexdigest()[:12]
@@ -47,9 +49,9 @@ def prepared_hash(data_params) -> str | None:
         return None
 
 
-def current_hash(data_params, tokenizer, max_seq_length: int) -> str | None:
+def current_hash(data_params, tokenizer, max_seq_length: int, checks=None) -> str | None:
     """The inputs hash when the processed data on disk was made from exactly these inputs, else None."""
-    key = inputs_hash(data_params, tokenizer, max_seq_length)
+    key = inputs_hash(data_params, tokenizer, max_seq_length, checks)
     return key if prepared_hash(data_params) == key else None
 
 

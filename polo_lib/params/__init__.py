@@ -35,6 +35,7 @@ from .schema import (  # noqa: F401
     STEP_SCHEDULES,
     TOP_LEVEL,
     AlignParams,
+    ChecksParams,
     DataParams,
     Document,
     EvaluationParams,

@@ -228,6 +228,9 @@ class AlignParams(_Section):
     # --export-pairs writes one from human ratings)
     pairs: str = "self"
     pair_margin: float = Field(0.05, ge=0)  # self pairs: the best answer's weighted reward over the worst's, at least
+    # self pairs: answers sampled at once (left-padded batches, halved when memory runs out); None: the evaluation's
+    # batch_size. On 2 cores 24 at once sample ~2x faster than 4 (benchmarks/results/2026-12-07-align-cpu.md)
+    pairs_batch_size: int | None = Field(None, ge=1, le=1024)
     limit: int | None = Field(None, ge=1)  # training paragraphs used (the first ones); None: all
     save_steps: int = Field(10, ge=1)  # a checkpoint every so many steps (resume after a crash)
     logging_steps: int = Field(1, ge=1)
@@ -236,6 +239,24 @@ class AlignParams(_Section):
     @property
     def kl_beta(self) -> float:
         return self.beta if self.beta is not None else (0.04 if self.method == "grpo" else 0.1)
+
+
+class ChecksParams(_Section):
+    """The data checks prepare runs before writing anything (polo_lib/data/checks.py); every problem at once.
+    Left out of a params file, these defaults apply (and the file's hash stays what it was)."""
+    # near-duplicate paragraphs (English text, case and punctuation ignored) at least this alike, 0-1; None: off
+    near_duplicate: float | None = Field(0.9, gt=0, le=1)
+    # a validation/test paragraph sharing more than this share of its leakage_ngram-word n-grams with the training
+    # paragraphs leaks; None: off
+    leakage: float | None = Field(0.5, gt=0, le=1)
+    leakage_ngram: int = Field(8, ge=2, le=64)
+    # quality flags of paper-format paragraphs (the references sit at 0.68+ Hangul, 0.50-1.23 of the source's
+    # length); more flagged paragraphs than max_flagged_share of them stop prepare, naming them
+    min_hangul_share: float = Field(0.5, ge=0, le=1)
+    min_length_ratio: float = Field(0.2, ge=0)
+    max_length_ratio: float = Field(3.0, gt=0)
+    min_term_coverage: float = Field(0.5, ge=0, le=1)  # of the source's glossary terms, kept in the Korean
+    max_flagged_share: float = Field(0.1, ge=0, le=1)
 
 
 class RunParams(_Section):
@@ -261,6 +282,7 @@ class Params(Document):
     evaluation: EvaluationParams = EvaluationParams()
     run: RunParams = RunParams()
     align: AlignParams | None = None  # the align stage's section; a params file without it does not align
+    checks: ChecksParams | None = None  # prepare's data checks; None: ChecksParams' defaults
 
     @model_validator(mode="after")
     def _task_metric_needs_scoring(self):
@@ -287,6 +309,7 @@ class Params(Document):
 SECTIONS: dict[str, type[_Section]] = {
     "model": ModelParams, "lora": LoraParams, "training": TrainingParams,
     "data": DataParams, "evaluation": EvaluationParams, "run": RunParams, "align": AlignParams,
+    "checks": ChecksParams,
 }
 META = ("name", "source", "chosen_by", "overridden")  # about the file, not the experiment: outside the hash
 TOP_LEVEL = (*META, *SECTIONS)
