@@ -1,6 +1,8 @@
 """polo explain's paper handling, without a model: reading (.txt, .md, .pdf), every bad-input
 message, cutting a paper into blocks, and fitting long paragraphs to the model's limit. The
 model side (adapter, server, CLI) is in tests/test_export_serve.py beside its fixtures."""
+import json
+
 import pytest
 
 from polo_lib import local_models, paths
@@ -134,3 +136,26 @@ def test_an_explanation_cut_at_max_new_tokens_says_so_on_the_page():
     assert "1 of them reached the limit of 24 new tokens" in page.split("</p>")[0]
     whole = explain.Explained("p.md", "run", "adapter", blocks[:1], 1.0, 8, max_new_tokens=24)
     assert "reached the limit" not in explain.markdown(whole, []) + explain.to_html(whole, [])
+
+
+def test_explanations_that_loop_are_counted_on_the_page_and_in_the_json(tmp_path):
+    """The CPU demo's failure on unseen papers, one phrase repeated to the limit: each paragraph's longest repeat
+    and distinct-2 (the evaluation's own measures) in the .json, the loops counted on the page."""
+    from polo_lib import runs
+
+    looping = "이를 위한 " * 12
+    blocks = [explain.Block("paragraph", "YOLO looks once.", korean="YOLO는 이미지를 한 번만 봅니다."),
+              explain.Block("heading", "2 Method"),
+              explain.Block("paragraph", "Each cell predicts boxes.", korean=looping.strip())]
+    result = explain.Explained("p.md", "run", "adapter", blocks, 1.0, 40, max_new_tokens=24)
+    loops = result.loops()
+    assert (loops["paragraphs"], loops["looping"]) == (2, 1)
+    assert loops["longest_repeat"][0] <= 6 < loops["longest_repeat"][1]
+    assert loops["distinct_2"][0] == 1.0 and loops["distinct_2"][1] < 0.2
+    assert "1 of 2 explanations repeat a phrase of more than 6 tokens" in explain.markdown(result, [])
+    assert "1 of 2 explanations repeat" in explain.to_html(result, [])
+    run = runs.Run("run", tmp_path / "run")
+    written = json.loads(explain.write(result, run, "p.md")["json"].read_text(encoding="utf-8"))
+    assert written["loops"] == json.loads(json.dumps(loops))
+    fine = explain.Explained("p.md", "run", "adapter", blocks[:1], 1.0, 8, max_new_tokens=24)
+    assert "repeat a phrase" not in explain.markdown(fine, [])

@@ -15,10 +15,8 @@ import pandas as pd
 
 from .. import registry
 from ..metrics import length_ratio, longest_repeated_ngram, per_example
+from ..metrics.style import NATURAL_REPEAT as FREE_REPEAT
 from ..metrics.style import distinct_n
-
-# A repeat this long or shorter is natural Korean (endings: the references' longest repeat is 3 to 6 tokens)
-FREE_REPEAT = 6
 
 
 def repetition(source: str, answer: str, reference: str) -> float:

@@ -75,6 +75,24 @@ class Explained:
     def tokens_per_s(self) -> float | None:
         return round(self.new_tokens / self.seconds, 1) if self.seconds else None
 
+    def loops(self) -> dict[str, Any]:
+        """How much the explanations repeat themselves, by the evaluation's own style metrics: per paragraph the
+        longest repeated phrase (Korean tokens) and distinct-2, their means, and how many paragraphs loop (a
+        repeat longer than metrics.style.NATURAL_REPEAT, the references' natural range). Empty when nothing was
+        explained."""
+        from ..metrics import distinct_n, longest_repeated_ngram
+        from ..metrics.style import NATURAL_REPEAT
+
+        texts = [b.korean for b in self.blocks if b.kind == "paragraph" and b.korean is not None]
+        if not texts:
+            return {}
+        repeats = [longest_repeated_ngram(t) for t in texts]
+        distinct = [distinct_n([t], 2) for t in texts]
+        return {"paragraphs": len(texts), "looping": sum(r > NATURAL_REPEAT for r in repeats),
+                "longest_repeat_mean": round(sum(repeats) / len(texts), 2),
+                "distinct_2_mean": round(sum(distinct) / len(texts), 4),
+                "longest_repeat": repeats, "distinct_2": [round(d, 4) for d in distinct]}
+
 
 # (chats, max_new_tokens, batch_size) -> [(text, new tokens, cut at max_new_tokens)]
 Answer = Callable[[list[list[dict[str, str]]], int, int], list[tuple[str, int, bool]]]
@@ -205,7 +223,8 @@ def write(result: Explained, run, paper: str | Path) -> dict[str, Path]:
     body: dict[str, Any] = {"paper": result.paper, "run_id": result.run_id, "model": result.model,
                             "counts": result.counts, "seconds": result.seconds, "new_tokens": result.new_tokens,
                             "max_new_tokens": result.max_new_tokens, "cut": result.cut,
-                            "tokens_per_s": result.tokens_per_s, "blocks": [asdict(b) for b in result.blocks]}
+                            "tokens_per_s": result.tokens_per_s, "loops": result.loops(),
+                            "blocks": [asdict(b) for b in result.blocks]}
     atomic_write_text(out["json"], json.dumps(body, ensure_ascii=False, indent=1))
     return out
 

@@ -59,10 +59,20 @@ def cut_facts(result: Explained) -> str:
             f"marked \"cut off\": a larger {more} gives them room.")
 
 
+def loop_facts(result: Explained) -> str:
+    """The page's line on explanations that loop (empty when none does)."""
+    loops = result.loops()
+    if not loops.get("looping"):
+        return ""
+    return (f" {loops['looping']} of {loops['paragraphs']} explanations repeat a phrase of more than 6 tokens (a "
+            f"loop; the longest repeat is {loops['longest_repeat_mean']} tokens on average).")
+
+
 def markdown(result: Explained, glossary) -> str:
     lines = [f"# {result.paper}: in easy Korean", "",
              f"Run `{result.run_id}` ({result.model}); {result.counts.get('paragraph', 0)} paragraphs explained in "
-             f"{result.seconds} s ({result.tokens_per_s} tokens/s). Glossary terms are in bold.{cut_facts(result)}",
+             f"{result.seconds} s ({result.tokens_per_s} tokens/s). Glossary terms are in bold.{cut_facts(result)}"
+             f"{loop_facts(result)}",
              ""]
     for b in result.blocks:
         if b.kind == "heading":
@@ -93,7 +103,7 @@ def to_html(result: Explained, glossary) -> str:
              f"<p class='facts'>run <code>{html.escape(result.run_id)}</code> ({html.escape(result.model)}); "
              f"{result.counts.get('paragraph', 0)} paragraphs explained in {result.seconds} s "
              f"({result.tokens_per_s} tokens/s). Glossary terms are marked in both columns; hover for the "
-             f"glossary's Korean term.{html.escape(cut_facts(result))}</p>"]
+             f"glossary's Korean term.{html.escape(cut_facts(result) + loop_facts(result))}</p>"]
     for b in result.blocks:
         if b.kind == "heading":
             parts.append(f"<h2>{html.escape(b.text)}</h2>")

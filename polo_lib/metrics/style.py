@@ -7,6 +7,10 @@ from collections.abc import Iterable, Sequence
 from .overlap import _ngrams
 from .tokens import Tokenizer, _is_hangul, korean_tokens
 
+# A repeated phrase this long or shorter is natural Korean (endings: the references' longest repeat is 3 to 6
+# tokens); longer is a loop. The repetition reward (align) and explain's loop count both read it.
+NATURAL_REPEAT = 6
+
 
 def hangul_share(text: str) -> float:
     """Share of letters that are Hangul (syllables or jamo) among all letters; 0 for no letters.
