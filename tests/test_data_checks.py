@@ -3,6 +3,7 @@ per paragraph; every problem named at once, nothing written, the findings in sta
 import json
 
 import pytest
+import yaml
 
 from polo_lib import data, model, params, paths
 from polo_lib.data import checks
@@ -98,3 +99,29 @@ def test_prepare_refuses_leaking_data_naming_the_ids_and_writes_nothing(tmp_path
     stricter = params.load("smoke", overrides={"checks.leakage": 0.3})
     assert data.current_hash(cfg.data, tokenizer, cfg.model.max_seq_length) is not None
     assert data.current_hash(stricter.data, tokenizer, cfg.model.max_seq_length, stricter.checks) is None
+
+
+def test_the_processed_data_has_a_dataset_card_with_sources_counts_lengths_and_checks(tiny_model_dir):
+    """Two papers prepared together: README.md beside the data in Hugging Face's card layout (YAML front matter
+    with the splits' sizes), each paper's source note and licence, counts per paper and split that add up to the
+    stats, the length picture, and the checks' line."""
+    cfg = params.load("smoke", overrides={"data.raw_file": ["data/raw/yolo_v1.json", "data/raw/resnet.json"],
+                                          "data.processed_name": "two-card"})
+    prepared = data.prepare(cfg.data, model.load_tokenizer(cfg.model), cfg.model.max_seq_length)
+    where = data.save(prepared, cfg.data)
+    text = (where / "README.md").read_text(encoding="utf-8")
+    assert (where / "lengths.png").stat().st_size > 1000
+    _, front, body = text.split("---\n", 2)
+    meta = yaml.safe_load(front)
+    assert meta["license"] == "cc-by-4.0" and meta["language"] == ["en", "ko"]
+    assert {s["name"]: s["num_examples"] for s in meta["dataset_info"]["splits"]} == prepared.stats["split_sizes"]
+    assert "| yolo_v1 | `data/raw/yolo_v1.json` | `data/README.md` | CC BY 4.0 |" in body
+    assert "| resnet | `data/raw/resnet.json` | `data/raw/resnet.md` | CC BY 4.0 |" in body
+    for paper, per_split in prepared.stats["papers"].items():
+        row = f"| {paper} | " + " | ".join(str(per_split[s]) for s in prepared.stats["split_sizes"])
+        assert row in body, row
+    sizes = prepared.stats["split_sizes"]
+    assert f"| all | {sizes['train']} | {sizes['validation']} | {sizes['test']} | {sum(sizes.values())} |" in body
+    assert f"| hand-written (no review status) | {prepared.stats['records']} |" in body
+    assert f"{prepared.stats['paragraphs']} examples checked: 0 near-duplicate pairs, 0 validation/test" in body
+    assert "![token lengths per split](lengths.png)" in body

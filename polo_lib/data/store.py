@@ -73,6 +73,13 @@ def save(prepared: Prepared, data_params) -> Path:
             if not quiet:
                 datasets.enable_progress_bars()
         atomic_write_json(tmp / "stats.json", prepared.stats)
+        # the dataset card and its picture, beside the data they describe (polo_lib/data/card.py)
+        from .. import plots
+        from .card import card
+
+        plots.save(plots.token_length_histogram(prepared.lengths, prepared.stats["max_seq_length"]),
+                   tmp / "lengths.png")
+        (tmp / "README.md").write_text(card(prepared.stats, data_params), encoding="utf-8")
 
     return atomic_replace_dir(processed_path(data_params), build)
 
