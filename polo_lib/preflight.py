@@ -51,7 +51,7 @@ def _outputs(cfg, found):
 
 
 def _raw_data(cfg, found):
-    count, _, examples = data.read_examples(cfg.data)
+    count, _, examples, _ = data.read_examples(cfg.data, cfg.checks is not None and cfg.checks.include_drafts)
     papers = list(dict.fromkeys(e.paper for e in examples))
     return OK, (f"{count} valid records ({cfg.data.format}) in {', '.join(cfg.data.raw_files)}: {len(examples)} "
                 f"examples" + (f" from {len(papers)} papers ({', '.join(papers)})" if len(papers) > 1 else ""))
@@ -191,7 +191,7 @@ def plan_tables(cfg, device) -> dict[str, pd.DataFrame]:
         rows.append(("speed", "no CUDA GPU: training runs on the CPU, far slower than on a GPU (measured speeds: "
                               "benchmarks/results/); fine for the SmolLM2 demo, not for a 3B model"))
     config = model.load_config(cfg.model.model_name)
-    n_train = data.split_sizes(cfg.data)["train"]
+    n_train = data.split_sizes(cfg.data, cfg.checks is not None and cfg.checks.include_drafts)["train"]
     tables = {
         "decisions": pd.DataFrame(rows, columns=["decision", "value"]).set_index("decision"),
         "plan": train.plan(cfg.training, n_train, cfg.overridden).table(),

@@ -122,6 +122,6 @@ def test_the_processed_data_has_a_dataset_card_with_sources_counts_lengths_and_c
         assert row in body, row
     sizes = prepared.stats["split_sizes"]
     assert f"| all | {sizes['train']} | {sizes['validation']} | {sizes['test']} | {sum(sizes.values())} |" in body
-    assert f"| hand-written (no review status) | {prepared.stats['records']} |" in body
+    assert f"| hand-written | {prepared.stats['records']} |" in body
     assert f"{prepared.stats['paragraphs']} examples checked: 0 near-duplicate pairs, 0 validation/test" in body
     assert "![token lengths per split](lengths.png)" in body

@@ -50,7 +50,7 @@ def load(fmt: str, raw_file, **more) -> params.Params:
 
 def test_two_papers_keep_their_names_and_each_is_split_on_its_own():
     cfg = load("paper", [YOLO, RESNET])
-    count, _, examples = data.read_examples(cfg.data)
+    count, _, examples, _ = data.read_examples(cfg.data)
     assert count == len(data.load_raw(YOLO)) + len(data.load_raw(RESNET))
     assert {e.paper for e in examples} == {"yolo_v1", "resnet"}
     assert all(e.id.startswith(f"{e.paper}/") for e in examples)
@@ -83,7 +83,7 @@ def test_every_bad_file_of_several_is_named_at_once(tmp_path):
 
 def test_messages_become_examples_with_their_own_system_prompt(tmp_path):
     f = write_jsonl(tmp_path / "chats.jsonl", [chat(1), "", chat(2, system=False), chat(3)])
-    _, _, examples = data.read_examples(load("messages", f).data)
+    _, _, examples, _ = data.read_examples(load("messages", f).data)
     assert [e.id for e in examples] == ["1", "3", "4"]  # line numbers; the blank line skipped
     assert examples[0].messages == chat(1)["messages"]
     assert [m["role"] for m in examples[1].messages] == ["user", "assistant"]
@@ -143,7 +143,7 @@ def test_alpaca_records_from_a_json_list_or_jsonl(tmp_path, suffix):
         path.write_text(json.dumps(items, ensure_ascii=False), encoding="utf-8")
     else:
         write_jsonl(path, items)
-    _, _, examples = data.read_examples(load("alpaca", str(path)).data)
+    _, _, examples, _ = data.read_examples(load("alpaca", str(path)).data)
     assert [e.original for e in examples] == ["Explain residual blocks in easy Korean.",
                                               "Explain batch normalization in easy Korean.\n\n"
                                               "Notes on batch normalization.",

@@ -1,6 +1,8 @@
 """The subcommands that take a run out: export, install-converter, explain, serve, chat."""
 from __future__ import annotations
 
+import sys
+
 from .. import runs
 from ..errors import ParamsError
 from .common import _api_key, _unsloth_first
@@ -38,6 +40,51 @@ def cmd_explain(args) -> int:
           f"{result.new_tokens} tokens ({result.tokens_per_s} tokens/s)")
     for path in written.values():
         print(f"  {path}")
+    return 0
+
+
+def cmd_draft(args) -> int:
+    """A paper drafted into easy Korean by a teacher endpoint, for review: data/raw/<paper>.jsonl by default."""
+    import json
+
+    from .. import judge
+    from ..deploy import draft
+
+    for name in ("concurrency", "max_tokens"):
+        if getattr(args, name) < 1:
+            raise ParamsError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.shots < 0:
+        raise ParamsError("--shots must be 0 or more")
+    blocks = draft.split_paper(draft.read_paper(args.paper))  # a bad paper is named before the teacher is asked
+    units = draft.number(blocks)
+    asker = judge.Asker(args.teacher, args.model, judge.read_key(args.api_key_env), max_tokens=args.max_tokens,
+                        temperature=args.temperature, timeout_s=args.timeout, role="teacher")
+    try:
+        note = asker.check()  # an unreachable teacher or a refused key stops here, before anything is written
+        if note:
+            print(f"note: {note}", file=sys.stderr)
+        out = args.out or draft.default_output(args.paper)
+        print(f"drafting {len(units)} paragraphs of {args.paper} with {args.model} ({args.concurrency} at a time) "
+              f"into {out} ...", file=sys.stderr)
+        result = draft.draft_paper(args.paper, asker, out, n_shots=args.shots, concurrency=args.concurrency)
+    finally:
+        asker.close()
+    summary = {"path": str(result.path), "paragraphs": result.paragraphs, "drafted": result.drafted,
+               "skipped": result.skipped, "failed": result.failed, "tokens": result.tokens,
+               "seconds": result.seconds, "http_retries": result.http_retries}
+    if args.json:
+        print(json.dumps(summary, ensure_ascii=False, indent=1))
+    else:
+        print(f"{result.drafted} drafted now, {result.skipped} before, {len(result.failed)} failed; "
+              f"{result.tokens} tokens in {result.seconds} s ({result.http_retries} HTTP retries): {result.path}")
+    for problem in result.failed[:10]:
+        print(f"failed: {problem}", file=sys.stderr)
+    if result.failed:
+        print(f"{len(result.failed)} paragraph(s) not drafted: run the same command again to ask them.",
+              file=sys.stderr)
+        return 1
+    print("every record is a draft (status: draft): review each (accepted, edited or rejected) before training; "
+          "prepare refuses unreviewed drafts.", file=sys.stderr)
     return 0
 
 

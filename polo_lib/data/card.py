@@ -50,7 +50,8 @@ def card(stats: dict[str, Any], data_params, review: dict[str, int] | None = Non
              "task_categories": ["text-generation"], "size_categories": [_size_category(stats["paragraphs"])],
              "tags": ["easy-korean", "paper-explanation", "polo-easy"],
              "dataset_info": {"splits": [{"name": s, "num_examples": n} for s, n in splits.items()]}}
-    review = review or {"hand-written (no review status)": stats["records"]}
+    found = stats.get("review") or {}
+    review = review or found.get("status") or {"hand-written": stats["records"]}
     checks = stats.get("checks") or {}
     flags = checks.get("flags") or {}
     lengths = stats.get("token_lengths") or {}
@@ -72,6 +73,10 @@ def card(stats: dict[str, Any], data_params, review: dict[str, int] | None = Non
     lines += ["| all | " + " | ".join(str(n) for n in splits.values()) + f" | {sum(splits.values())} |", "",
               "## Review status", "", "| status | records |", "|---|---|"]
     lines += [f"| {status} | {n} |" for status, n in review.items()]
+    lines += ["", "Only hand-written, accepted and edited records train; drafts only with `checks.include_drafts`, "
+              "rejected ones never.", ""]
+    if found.get("teachers"):
+        lines += [f"Drafted by {', '.join(found['teachers'])}.", ""]
     lines += ["", "## Token lengths", "", f"Per example, system prompt and chat template included; max_seq_length "
               f"{stats.get('max_seq_length')} (over it: `{data_params.over_length}`).", "",
               "| split | examples | min | mean | max |", "|---|---|---|---|---|"]

@@ -24,6 +24,10 @@ from ..errors import DataError, bullet_list
 FIELDS: dict[str, type] = {
     "id": str, "section_major": int, "section_minor": int, "original": str, "simplified": str,
 }
+# Optional, on records a teacher drafted (polo draft): their review status, who drafted them, the drafting
+# prompt's hash and the tokens the request used. Hand-written records carry none.
+REVIEW_FIELDS: dict[str, type] = {"status": str, "source": str, "prompt_hash": str, "tokens": int}
+STATUSES = ("draft", "accepted", "edited", "rejected")  # only accepted and edited (and hand-written) ones train
 ID_PATTERN = re.compile(r"^(\d+)\.(\d+)\.(\d+)$")
 
 
@@ -35,6 +39,10 @@ class Record:
     original: str
     simplified: str
     paper: str = ""  # the file's stem
+    status: str | None = None  # REVIEW_FIELDS: None on hand-written records
+    source: str | None = None
+    prompt_hash: str | None = None
+    tokens: int | None = None
 
     @property
     def sort_key(self) -> tuple[int, int, int]:
@@ -88,8 +96,15 @@ def _record_problems(i: int, item: Any) -> list[str]:
         if field not in item:
             problems.append(f"{label}: missing field '{field}'")
     for field in item:
-        if field not in FIELDS:
-            problems.append(f"{label}: unexpected field '{field}' (allowed: {', '.join(FIELDS)})")
+        if field not in FIELDS and field not in REVIEW_FIELDS:
+            problems.append(f"{label}: unexpected field '{field}' (allowed: {', '.join(FIELDS)}; a teacher's "
+                            f"drafts also {', '.join(REVIEW_FIELDS)})")
+    for field, kind in REVIEW_FIELDS.items():
+        value = item.get(field)
+        if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+            problems.append(f"{label}: '{field}' must be {kind.__name__}, got {type(value).__name__} {value!r}")
+    if isinstance(item.get("status"), str) and item["status"] not in STATUSES:
+        problems.append(f"{label}: status {item['status']!r} is none of {', '.join(STATUSES)}")
     for field, kind in FIELDS.items():
         if field not in item:
             continue
@@ -135,7 +150,8 @@ def validate_records(items: Any, source: str = "data") -> list[Record]:
     if problems:
         raise DataError(f"{source}: {len(problems)} problem(s) in the records; fix them and rerun:\n"
                         f"{bullet_list(problems)}")
-    return [Record(**{k: item[k] for k in FIELDS}) for item in items]
+    return [Record(**{k: item[k] for k in FIELDS}, **{k: item[k] for k in REVIEW_FIELDS if item.get(k) is not None})
+            for item in items]
 
 
 def _read(path: str | Path) -> tuple[Path, str, str]:
@@ -162,10 +178,38 @@ def _json(text: str, shown: str) -> Any:
 
 
 def load_raw(path: str | Path) -> list[Record]:
-    """Read and validate a paper-format JSON file; DataError names the file and every bad record.
-    Each record's `paper` is the file's stem."""
+    """Read and validate a paper-format file, a JSON list or JSONL (one record per line: what polo draft
+    appends); DataError names the file and every bad record. Each record's `paper` is the file's stem."""
     path, shown, text = _read(path)
-    return [dataclasses.replace(r, paper=path.stem) for r in validate_records(_json(text, shown), source=shown)]
+    if path.suffix == ".jsonl":
+        lines, problems = _items(text, shown, jsonl=True)
+        if problems:
+            raise DataError(f"{shown}: {len(problems)} problem(s) in the records; fix them and rerun:\n"
+                            f"{bullet_list(problems)}")
+        items = [item for _, item in lines]
+    else:
+        items = _json(text, shown)
+    return [dataclasses.replace(r, paper=path.stem) for r in validate_records(items, source=shown)]
+
+
+def review_counts(records: list[Record]) -> dict[str, int]:
+    """Records per review status; hand-written ones (no status) as 'hand-written'."""
+    counts: dict[str, int] = {}
+    for r in records:
+        counts[r.status or "hand-written"] = counts.get(r.status or "hand-written", 0) + 1
+    return counts
+
+
+def reviewed(records: list[Record], shown: str, include_drafts: bool) -> list[Record]:
+    """The records that train: hand-written, accepted and edited ones (and drafts with `include_drafts`);
+    rejected ones never. DataError when unreviewed drafts remain, with their count and the ways on."""
+    drafts = [r.id for r in records if r.status == "draft"]
+    if drafts and not include_drafts:
+        raise DataError(f"{shown}: {len(drafts)} of {len(records)} records are a teacher's drafts nobody reviewed "
+                        f"(status: draft; first: {', '.join(drafts[:5])}). Review them: set each one's status to "
+                        "accepted, edited (with your Korean) or rejected; or train on them as drafted with "
+                        "--set checks.include_drafts=true (recorded in the run).")
+    return [r for r in records if r.status != "rejected"]
 
 
 # ------------------------------------------------------------ chat formats

@@ -10,7 +10,7 @@ import pandas as pd
 from .. import paths
 from ..errors import DataError
 from .clean import clean_examples, clean_records
-from .formats import Paragraph, load_chats, load_raw
+from .formats import Paragraph, load_chats, load_raw, review_counts, reviewed
 from .lengths import apply_length_policy, length_stats, token_lengths
 from .split import SPLITS, group_paragraphs, paragraph_table, split_paragraphs, to_examples
 from .store import current_hash, inputs_hash, load_processed, processed_path, save
@@ -27,17 +27,26 @@ class Prepared:
     stats: dict[str, Any]
 
 
-def read_examples(data_params) -> tuple[int, pd.DataFrame, list[Paragraph]]:
-    """(records read, cleaning table, examples) from every raw file, in data.format; the problems of
-    every file at once. Fillers are removed from every answer (the cleaning table lists them)."""
+def read_examples(data_params, include_drafts: bool = False) -> tuple[int, pd.DataFrame, list[Paragraph],
+                                                                      dict[str, int]]:
+    """(records read, cleaning table, examples, review: records per status and the teachers that drafted them) from
+    every raw file, in
+    data.format; the problems of every file at once. Fillers are removed from every answer (the cleaning
+    table lists them). Paper format: a teacher's drafts nobody reviewed are refused (unless `include_drafts`),
+    rejected records left out."""
     files = data_params.raw_files
     problems: list[str] = []
-    count, cleanings, examples = 0, [], []
+    count, cleanings, examples, review = 0, [], [], {"status": {}, "teachers": []}
     for f in files:
         prefix = f"{Path(f).stem}/" if len(files) > 1 else ""
         try:
             if data_params.format == "paper":
                 records = load_raw(f)
+                for status, n in review_counts(records).items():
+                    review["status"][status] = review["status"].get(status, 0) + n
+                review["teachers"] = sorted({*review["teachers"], *(f"{r.source} (prompt {r.prompt_hash})"
+                                                                   for r in records if r.source)})
+                records = reviewed(records, paths.display(paths.resolve_project_path(f)), include_drafts)
                 cleaned, cleaning = clean_records(records, data_params.filler_phrases)
                 examples += group_paragraphs(cleaned, prefix)
             else:
@@ -51,20 +60,21 @@ def read_examples(data_params) -> tuple[int, pd.DataFrame, list[Paragraph]]:
         cleanings.append(cleaning)
     if problems:
         raise DataError("\n".join(problems))
-    return count, pd.concat(cleanings, ignore_index=True), examples
+    return count, pd.concat(cleanings, ignore_index=True), examples, review
 
 
-def _read_and_split(data_params):
-    """(records read, cleaning table, paragraphs, splits): everything of prepare that needs no tokenizer."""
-    count, cleaning, paragraphs = read_examples(data_params)
+def _read_and_split(data_params, include_drafts: bool = False):
+    """(records read, cleaning table, paragraphs, splits, review counts): everything of prepare that needs no
+    tokenizer."""
+    count, cleaning, paragraphs, review = read_examples(data_params, include_drafts)
     splits = split_paragraphs(paragraphs, data_params.validation_fraction,
                               data_params.test_fraction, data_params.split_seed)
-    return count, cleaning, paragraphs, splits
+    return count, cleaning, paragraphs, splits, review
 
 
-def split_sizes(data_params) -> dict[str, int]:
+def split_sizes(data_params, include_drafts: bool = False) -> dict[str, int]:
     """Paragraphs per split before any length check, without a tokenizer (for planning a run offline)."""
-    return {name: len(ps) for name, ps in _read_and_split(data_params)[3].items()}
+    return {name: len(ps) for name, ps in _read_and_split(data_params, include_drafts)[3].items()}
 
 
 def prepare(data_params, tokenizer, max_seq_length: int, checks=None) -> Prepared:
@@ -74,8 +84,9 @@ def prepare(data_params, tokenizer, max_seq_length: int, checks=None) -> Prepare
     from ..params import ChecksParams
     from . import checks as checks_lib
 
-    count, cleaning, paragraphs, splits = _read_and_split(data_params)
-    checked = checks_lib.run(splits, checks or ChecksParams(), data_params.format == "paper")
+    settings = checks or ChecksParams()  # the hash below takes the section as the params give it (None: none)
+    count, cleaning, paragraphs, splits, review = _read_and_split(data_params, settings.include_drafts)
+    checked = checks_lib.run(splits, settings, data_params.format == "paper")
     checks_lib.enforce(checked, ", ".join(data_params.raw_files))
     examples, lengths, dropped = {}, {}, {}
     for split, ps in splits.items():
@@ -87,7 +98,7 @@ def prepare(data_params, tokenizer, max_seq_length: int, checks=None) -> Prepare
     stats = {
         "raw_file": ", ".join(paths.display(paths.resolve_project_path(f)) for f in data_params.raw_files),
         "format": data_params.format,
-        "records": count, "paragraphs": len(paragraphs),
+        "records": count, "paragraphs": len(paragraphs), "review": review,
         "papers": {name: {s: sum(e["paper"] == name for e in ex) for s, ex in examples.items()}
                    for name in dict.fromkeys(p.paper for p in paragraphs)},
         "fillers_removed": int(len(cleaning)),

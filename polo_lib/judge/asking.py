@@ -41,6 +41,7 @@ class Asker:
     timeout_s: float = 120.0
     max_tokens: int = 512
     temperature: float = 0.0
+    role: str = "judge"  # what the endpoint is to the caller, in its messages (polo draft: the teacher)
     sleep: Callable[[float], None] = time.sleep
     retried: int = 0  # retries made (5xx, 429, timeouts, connections), for the summary
     _client: Any = field(default=None, repr=False)
@@ -55,7 +56,7 @@ class Asker:
         self._client.close()
 
     def check(self) -> str | None:
-        """Before any judging: the endpoint answers and takes the key. An EndpointError saying what to do
+        """Before any request: the endpoint answers and takes the key. An EndpointError saying what to do
         otherwise; a note (or None) when its model list does not name the judge model."""
         import httpx
 
@@ -63,11 +64,11 @@ class Asker:
         try:
             response = self._client.get("/models", timeout=min(self.timeout_s, 30))
         except httpx.HTTPError as e:
-            raise EndpointError(f"cannot reach the judge at {shown_endpoint(base)} ({type(e).__name__}: {e}). Is "
+            raise EndpointError(f"cannot reach the {self.role} at {shown_endpoint(base)} ({type(e).__name__}: {e}). Is "
                                 "the server running, and is the URL the API's base (e.g. http://127.0.0.1:8000/v1)?"
                                 ) from None
         if response.status_code in (401, 403):
-            raise EndpointError(f"the judge at {shown_endpoint(base)} refused the request (HTTP "
+            raise EndpointError(f"the {self.role} at {shown_endpoint(base)} refused the request (HTTP "
                                 f"{response.status_code}): it needs a valid key; name the variable holding it with "
                                 "--api-key-env (or api_key_env in the settings).")
         if response.status_code != 200:
@@ -84,6 +85,11 @@ class Asker:
     def ask(self, chat: list[dict[str, str]]) -> str:
         """The reply's text; HTTP 5xx / 429 / timeouts / dropped connections retried with backoff
         (backoff_s, then twice as long each time); _Failed when it gives up or at once for a 4xx."""
+        return self.ask_counted(chat)[0]
+
+    def ask_counted(self, chat: list[dict[str, str]]) -> tuple[str, int | None]:
+        """(the reply's text, the tokens the request used: usage.total_tokens, None when the server gives none),
+        asked as `ask` says."""
         import httpx
 
         body = {"model": self.model, "messages": chat, "max_tokens": self.max_tokens, "temperature": self.temperature}
@@ -95,8 +101,10 @@ class Asker:
             else:
                 if response.status_code == 200:
                     try:
-                        return response.json()["choices"][0]["message"]["content"] or ""
-                    except (ValueError, KeyError, IndexError, TypeError):
+                        body = response.json()
+                        usage = (body.get("usage") or {}).get("total_tokens")
+                        return body["choices"][0]["message"]["content"] or "", usage
+                    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
                         raise _Failed(f"HTTP 200 without choices[0].message.content: {response.text[:200]}") from None
                 problem = f"HTTP {response.status_code}: {response.text[:300]}"
                 if response.status_code < 500 and response.status_code not in RETRIED_STATUS:

@@ -257,6 +257,8 @@ class ChecksParams(_Section):
     max_length_ratio: float = Field(3.0, gt=0)
     min_term_coverage: float = Field(0.5, ge=0, le=1)  # of the source's glossary terms, kept in the Korean
     max_flagged_share: float = Field(0.1, ge=0, le=1)
+    # a teacher's drafts (polo draft) nobody reviewed: refused by prepare unless true (then trained on as drafted)
+    include_drafts: bool = False
 
 
 class RunParams(_Section):
