@@ -413,6 +413,36 @@ def test_polo_explain_writes_the_paper_side_by_side_with_the_runs_model_and_the_
 
 # ---------------------------------------------------------------- chat app and CLI
 
+def test_polo_serve_of_a_run_drafts_a_markdown_paper_and_a_text_pdf_as_a_teacher(tiny_server, tmp_path, text_pdf):
+    """polo draft against a real `polo serve` of the tiny run (junk Korean, real mechanics): a Markdown paper
+    and a two-page text PDF made here, every paragraph drafted through the OpenAI API, numbered by its
+    section, marked draft with the served model's name and the tokens the server counted."""
+    from polo_lib import judge
+    from polo_lib.deploy import draft
+
+    backend, url = tiny_server
+    md = tmp_path / "notes.md"
+    md.write_text("# Notes\n\n## 1. Boxes\n\nA detector predicts boxes and scores at every cell of a grid.\n\n"
+                  "Each box has a confidence that it holds an object.\n\n## 2. Loss\n\nThe loss adds the box "
+                  "error and the class error over every cell of the grid.\n", encoding="utf-8")
+    pdf = tmp_path / "short.pdf"
+    pdf.write_bytes(text_pdf([["1. Introduction", "", "YOLO looks at the whole image once."],
+                              ["2. Method", "", "Each grid cell predicts boxes and their confidence scores."]]))
+    asker = judge.Asker(f"{url}/v1", backend.model_id, max_tokens=8, role="teacher")
+    try:
+        for paper, ids in ((md, ["1.1.1", "1.2.1", "2.1.1"]), (pdf, ["1.1.1", "2.1.1"])):
+            out = tmp_path / f"{paper.stem}.jsonl"
+            result = draft.draft_paper(paper, asker, out, concurrency=2, show_progress=False)
+            assert result.complete and result.drafted == len(ids), result
+            records = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+            assert [r["id"] for r in records] == ids
+            assert all(r["status"] == "draft" and r["source"] == f"teacher:{backend.model_id}" for r in records)
+            assert all(r["simplified"] and r["tokens"] > 0 for r in records)
+            assert result.tokens == sum(r["tokens"] for r in records)
+    finally:
+        asker.close()
+
+
 def test_chat_app_handlers_answer_and_the_app_opens(tiny_run, capsys):
     """The models load under a bar (tuned, then base); the handlers answer as inference does; the app
     opens saying where in one line of ours, without Gradio's hint at a share option `polo chat` does
