@@ -209,6 +209,8 @@ def test_prepare_refuses_drafts_until_reviewed_and_trains_on_accepted_and_edited
     assert prepared.stats["review"]["teachers"] == [f"teacher:teacher-7b (prompt {p_hash})"]
     data.save(prepared, cfg.data)
     card = (data.processed_path(cfg.data) / "README.md").read_text(encoding="utf-8")
+    assert f"| dense | `{drafts}` | `{drafts.with_suffix('.md')}` | not stated |" in card  # polo draft's note
+    assert "license: other" in card  # one paper without a stated licence: not the others' CC BY 4.0
     assert "| accepted | 26 |" in card and f"Drafted by teacher:teacher-7b (prompt {p_hash})." in card
     # drafts trained on as they are only when asked, and the run's params say so
     records[10]["status"] = "draft"

@@ -2,8 +2,8 @@
 matter, then sections): where each paper's records come from and under which licence, counts per paper and
 split, the records' review status, token lengths (lengths.png beside it), and what prepare's checks found.
 
-The licence of a paper is read from its note: data/raw/<paper>.md when there is one, else data/README.md (the
-first line that says "licensed under").
+The licence of a paper is read from its note: <raw file>.md when there is one (polo draft writes one), else, for
+the project's own files in data/raw, data/README.md (the first sentence that says "licensed under").
 """
 from __future__ import annotations
 
@@ -24,7 +24,9 @@ HF_LICENSES = {"cc by 4.0": "cc-by-4.0", "cc by-sa 4.0": "cc-by-sa-4.0", "cc0": 
 def source_note(raw_file: str) -> tuple[Path | None, str | None]:
     """(the note describing a raw file, the licence it states), each None when not found."""
     raw = paths.resolve_project_path(raw_file)
-    for note in (raw.with_suffix(".md"), paths.DATA_DIR / "README.md"):
+    # the project's own raw files without a note of their own are described by data/README.md
+    shared = (paths.DATA_DIR / "README.md",) if raw.parent == paths.DATA_DIR / "raw" else ()
+    for note in (raw.with_suffix(".md"), *shared):
         if note.is_file():
             found = LICENSED.search(note.read_text(encoding="utf-8"))
             return note, found.group(1).strip() if found else None

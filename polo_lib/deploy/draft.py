@@ -129,6 +129,20 @@ def _sort_key(record: dict[str, Any]) -> tuple[int, ...]:
     return tuple(int(x) for x in record["id"].split(".") if x.isdigit())
 
 
+def write_note(out: Path, paper: Path, model: str, p_hash: str, n_shots: int) -> Path:
+    """The drafts file's note beside it (<drafts>.md, the dataset card's source for it), unless one is there:
+    where the records come from and that the paper's licence is for a person to state."""
+    note = out.with_suffix(".md")
+    if not note.exists():
+        atomic_write_text(note, f"# `{out.name}`\n\nDrafted by `polo draft` from `{paper}`: each paragraph of the "
+                                f"paper asked of the teacher `{model}` (prompt hash `{p_hash}`, {n_shots} reviewed "
+                                "examples from `data/raw/yolo_v1.json`). Records carry `status: draft` until a "
+                                "person reviews them (notebooks/review_data.ipynb).\n\nThe paper's licence is "
+                                "not stated yet: add the sentence that states it, as data/README.md does, before "
+                                "sharing the data.\n")
+    return note
+
+
 def default_output(paper: str | Path) -> Path:
     return paths.DATA_DIR / "raw" / f"{Path(paper).stem}.jsonl"
 
@@ -150,6 +164,7 @@ def draft_paper(paper: str | Path, asker, out: str | Path | None = None, n_shots
     out.parent.mkdir(parents=True, exist_ok=True)
     examples, glossary = shots(n_shots), load_glossary()
     p_hash = prompt_hash(examples)
+    write_note(out, path, asker.model, p_hash, n_shots)
     done = {r["id"] for r in read_drafts(out)}
     todo = [u for u in units if u.id not in done]
     result = Drafted(out, len(units), 0, len(units) - len(todo))
