@@ -10,30 +10,17 @@ from typing import Any
 import pandas as pd
 
 from .. import paths, stats
-from ..ratings import kappa
+from ..ratings import kappa, latest, read
 from .pairs import Pairs
 from .settings import BASE, RATINGS_FILE, TIE, TUNED, rubric_hash
 from .verdicts import read_verdicts
 
 
 def read_human_ratings(path: Path, against: str) -> pd.DataFrame:
-    """People's ratings of the same comparison from ratings.jsonl (`polo rate`): one row per rater and
-    example (their last rating of it), columns example_id, rater, preferred ("tuned", the other side's
-    name, or "tie"). Lines of another comparison, or not ratings, are left out. Kept small and alone so
-    it follows ratings.jsonl's format in one place."""
-    rows = []
-    path = Path(path)
-    for line in path.read_text(encoding="utf-8").splitlines() if path.is_file() else []:
-        try:
-            r = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if not isinstance(r, dict) or not {"rater", "preferred"} <= set(r) or r.get("against", BASE) != against:
-            continue
-        rows.append({"example_id": str(r.get("example_id", r.get("id"))), "rater": r["rater"],
-                     "preferred": r["preferred"]})
-    frame = pd.DataFrame(rows, columns=["example_id", "rater", "preferred"])
-    return frame.drop_duplicates(["rater", "example_id"], keep="last").reset_index(drop=True)
+    """People's ratings of the same comparison from ratings.jsonl (`polo rate`), read by the rating tool's own
+    reader: one row per rater and example (their last rating of it), columns example_id, rater, preferred
+    ("tuned", the other side's name, or "tie")."""
+    return latest(read(path), against)[["example_id", "rater", "preferred"]].reset_index(drop=True)
 
 
 @dataclass(frozen=True)
