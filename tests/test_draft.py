@@ -84,6 +84,10 @@ class Handler(BaseHTTPRequestHandler):
             time.sleep(1.5)
         if step in ("429", "500"):
             return self._send(int(step), {"error": {"message": f"scripted {step}"}})
+        if step == "400":  # what polo serve says of a prompt over the model's context
+            return self._send(400, {"error": {"message": "the prompt is 1627 tokens and max_tokens is 192: together "
+                                              "over the model's max_seq_length of 1024 tokens",
+                                              "code": "context_length_exceeded"}})
         answer = korean_for(paragraph)
         self._send(200, {"choices": [{"index": 0, "message": {"role": "assistant", "content": answer}}],
                          "usage": {"total_tokens": len(paragraph.split()) + len(answer.split())}})
@@ -180,6 +184,14 @@ def test_a_bad_paper_or_an_unreachable_teacher_is_refused_before_anything_is_wri
     assert cli.main(["draft", str(PAPER), *nowhere, "--api-key-env", "TEACHER_KEY_UNSET"]) != 0
     assert "TEACHER_KEY_UNSET" in capsys.readouterr().err
     assert not (tmp_path / "x.jsonl").exists()
+
+
+def test_a_prompt_too_long_for_the_teacher_says_to_show_fewer_examples(tmp_path, teacher, capsys):
+    server = teacher(plan={"": ["400"] * 40})  # every request refused, as polo serve refuses an overlong prompt
+    assert cli.main(["draft", str(PAPER), "--teacher", server.url, "--model", "teacher-7b", "--out",
+                     str(tmp_path / "d.jsonl")]) == 1
+    err = capsys.readouterr().err
+    assert "31 request(s) refused by the teacher" in err and "--shots 1 or 0" in err
 
 
 def test_prepare_refuses_drafts_until_reviewed_and_trains_on_accepted_and_edited_ones(tmp_path, teacher,

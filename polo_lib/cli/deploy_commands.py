@@ -80,8 +80,13 @@ def cmd_draft(args) -> int:
     for problem in result.failed[:10]:
         print(f"failed: {problem}", file=sys.stderr)
     if result.failed:
-        print(f"{len(result.failed)} paragraph(s) not drafted: run the same command again to ask them.",
-              file=sys.stderr)
+        refused = [f for f in result.failed if "HTTP 4" in f]
+        if refused:  # asked again, a refusal comes again: say what to change
+            print(f"{len(refused)} request(s) refused by the teacher (HTTP 4xx: asked again they fail again)"
+                  + (": the prompt is too long for its context; fewer examples (--shots 1 or 0) or a smaller "
+                     "--max-tokens" if any("context_length" in f or "max_seq_length" in f for f in refused) else "")
+                  + ".", file=sys.stderr)
+        print(f"{len(result.failed)} paragraph(s) not drafted: run the command again to ask them.", file=sys.stderr)
         return 1
     print("every record is a draft (status: draft): review each (accepted, edited or rejected) before training; "
           "prepare refuses unreviewed drafts.", file=sys.stderr)
