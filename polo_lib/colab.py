@@ -71,6 +71,7 @@ NEEDS = {
     "compare_runs.ipynb": Needs(False, POLO_BASE),  # run folders only: no model
     "sweep_results.ipynb": Needs(False, POLO_BASE + ("optuna",)),  # the study, its history and importance plots
     "review_data.ipynb": Needs(False, POLO_BASE),  # a drafts file and ipywidgets: no model
+    "draft_data.ipynb": Needs(False, POLO_BASE + ("httpx", "pypdf")),  # the teacher's API; a paper's PDF text
 }
 # What the Colab runtime brings and the cell never installs: its CUDA torch, and the kernel running the cell.
 RUNTIME = ("torch", "ipykernel")

@@ -138,6 +138,7 @@ def test_train_installs_the_stack_where_older_and_only_what_colab_lacks(stand_in
     ("compare_runs.ipynb", None),            # run folders only: this project alone
     ("sweep_results.ipynb", ["optuna"]),     # Optuna's study and plots, no model stack
     ("review_data.ipynb", None),             # a drafts file and ipywidgets: this project alone
+    ("draft_data.ipynb", ["pypdf"]),         # the teacher over httpx (Colab has it), a paper's PDF text
 ])
 def test_each_notebook_asks_pip_for_what_it_imports_and_nothing_colab_has(stand_in, notebook, added):
     asked = stand_in(notebook)

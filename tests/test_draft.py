@@ -286,3 +286,22 @@ def test_the_review_notebook_opens_the_form_on_a_drafts_file(tmp_path, teacher):
     texts = [str(o.get("data", {}).get("text/plain", "")) for c in shown["cells"] for o in c.get("outputs", [])]
     assert any("31 of 31 left to review" in t for t in texts), texts
     assert any("'draft': 31" in t for t in texts), texts
+
+
+def test_the_draft_notebook_makes_the_same_calls_and_shows_the_drafts(tmp_path, teacher):
+    import papermill as pm
+
+    server, out = teacher(), tmp_path / "dense.jsonl"
+    executed = tmp_path / "draft.ipynb"
+    pm.execute_notebook(str(paths.NOTEBOOKS_DIR / "draft_data.ipynb"), str(executed), kernel_name="python3",
+                        parameters={"teacher": server.url, "model": "teacher-7b", "out": str(out), "shots": 1},
+                        cwd=str(paths.NOTEBOOKS_DIR), progress_bar=False)
+    records = draft.read_drafts(out)
+    assert len(records) == 31 and {r["status"] for r in records} == {"draft"}
+    assert {r["prompt_hash"] for r in records} == {draft.prompt_hash(draft.shots(1))}
+    shown = json.loads(executed.read_text(encoding="utf-8"))
+    texts = [str(o.get("data", {}).get("text/plain", "")) for c in shown["cells"] for o in c.get("outputs", [])]
+    assert any("drafted=31" in t for t in texts) and any("10.2.1" in t for t in texts)
+    with pytest.raises(pm.PapermillExecutionError, match="the teacher needs its endpoint URL"):
+        pm.execute_notebook(str(paths.NOTEBOOKS_DIR / "draft_data.ipynb"), str(tmp_path / "none.ipynb"),
+                            kernel_name="python3", cwd=str(paths.NOTEBOOKS_DIR), progress_bar=False)

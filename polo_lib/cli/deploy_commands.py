@@ -47,18 +47,13 @@ def cmd_draft(args) -> int:
     """A paper drafted into easy Korean by a teacher endpoint, for review: data/raw/<paper>.jsonl by default."""
     import json
 
-    from .. import judge
     from ..deploy import draft
 
-    for name in ("concurrency", "max_tokens"):
-        if getattr(args, name) < 1:
-            raise ParamsError(f"--{name.replace('_', '-')} must be at least 1")
-    if args.shots < 0:
-        raise ParamsError("--shots must be 0 or more")
+    if args.concurrency < 1 or args.shots < 0:
+        raise ParamsError("--concurrency must be at least 1 and --shots 0 or more")
     blocks = draft.split_paper(draft.read_paper(args.paper))  # a bad paper is named before the teacher is asked
     units = draft.number(blocks)
-    asker = judge.Asker(args.teacher, args.model, judge.read_key(args.api_key_env), max_tokens=args.max_tokens,
-                        temperature=args.temperature, timeout_s=args.timeout, role="teacher")
+    asker = draft.teacher(args.teacher, args.model, args.api_key_env, args.max_tokens, args.temperature, args.timeout)
     try:
         note = asker.check()  # an unreachable teacher or a refused key stops here, before anything is written
         if note:

@@ -143,6 +143,39 @@ def write_note(out: Path, paper: Path, model: str, p_hash: str, n_shots: int) ->
     return note
 
 
+def teacher(url: str | None, model: str | None, api_key_env: str | None = None, max_tokens: int = 1024,
+            temperature: float = 0.3, timeout_s: float = 120.0):
+    """The teacher endpoint (judge.Asker, as `polo judge` asks its judge), its key read from the environment
+    variable named; a ParamsError naming what is missing or out of range, before anything is asked."""
+    from ..errors import ParamsError
+    from ..judge import Asker, read_key
+
+    if not url or not model:
+        raise ParamsError("the teacher needs its endpoint URL (--teacher, or teacher in the notebook) and its model "
+                          "name (--model), e.g. http://127.0.0.1:8000/v1 and the name the server lists")
+    if max_tokens < 1 or timeout_s <= 0:
+        raise ParamsError(f"max_tokens ({max_tokens}) must be at least 1 and the timeout ({timeout_s}) above 0")
+    return Asker(url, model, read_key(api_key_env), max_tokens=max_tokens, temperature=temperature,
+                 timeout_s=timeout_s, role="teacher")
+
+
+def units_table(units: list[Unit]):
+    """The paragraphs to draft, one row each: id, section numbers, the start of the text."""
+    import pandas as pd
+
+    return pd.DataFrame([{"id": u.id, "section_major": u.section_major, "section_minor": u.section_minor,
+                          "text": u.text[:100] + ("..." if len(u.text) > 100 else "")} for u in units]).set_index("id")
+
+
+def drafts_table(path: str | Path):
+    """A drafts file, one row a record: id, status, tokens, the English and the draft (their starts)."""
+    import pandas as pd
+
+    rows = [{"id": r["id"], "status": r.get("status"), "tokens": r.get("tokens"), "original": r["original"][:80],
+             "simplified": r["simplified"][:80]} for r in read_drafts(Path(path))]
+    return pd.DataFrame(rows, columns=["id", "status", "tokens", "original", "simplified"]).set_index("id")
+
+
 def default_output(paper: str | Path) -> Path:
     return paths.DATA_DIR / "raw" / f"{Path(paper).stem}.jsonl"
 
