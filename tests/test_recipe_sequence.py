@@ -16,7 +16,7 @@ from polo_lib import paths, pipeline
 RECIPE_NAMES = {"data", "model", "train", "align", "evaluate", "runs", "reports", "run"}
 OPENING = {"params.from_notebook", "runs.open_run", "runs.lookup"}
 DISPLAY = {"data.describe", "model.parameter_table", "train.sample", "train.side_by_side", "reports.rendered",
-           "evaluate.speed_table", "data.split_table", "evaluate.by_paper"}
+           "evaluate.speed_table", "data.split_table", "evaluate.by_paper", "data.checks_table"}
 
 
 def calls(tree: ast.AST) -> list[str]:

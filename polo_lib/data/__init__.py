@@ -8,6 +8,8 @@ the inputs change. The names below are the package's: `from polo_lib import data
   clean     filler phrases out of every answer, whitespace normalised
   split     paper sentences grouped into paragraphs; seeded splits by example, each paper on its own
   checks    near-duplicates, leakage into validation and test, quality flags: prepare stops on them
+  card      the dataset card (README.md) written beside the processed data
+  review    a teacher's drafts reviewed: Accept / Save edit / Reject, each written at once (review_data.ipynb)
   lengths   token lengths through the model's template; the over-length policy (fail or drop)
   store     the processed folder, its inputs hash, saving and loading it
   prepared  every step together (prepare, Prepared) and load_or_prepare

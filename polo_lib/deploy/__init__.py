@@ -10,6 +10,7 @@
   rate_app    `polo rate RUN`: a Gradio page for blind human ratings of two answers (ratings.py computes)
   explain     `polo explain RUN PAPER`: a whole paper explained paragraph by paragraph, as an HTML page
   papers      a paper (.txt, .md, .pdf) read and split into blocks, paragraphs fitted to max_seq_length
+  draft       `polo draft PAPER`: its paragraphs drafted into easy Korean by a teacher endpoint, to review
   page        the explained paper as Markdown and HTML, side by side, glossary terms marked
   limits      the serving limits' defaults, shared by `polo serve`'s flags and the server
 
