@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -192,12 +193,9 @@ def load_raw(path: str | Path) -> list[Record]:
     return [dataclasses.replace(r, paper=path.stem) for r in validate_records(items, source=shown)]
 
 
-def review_counts(records: list[Record]) -> dict[str, int]:
+def review_counts(records: list[Record]) -> Counter:
     """Records per review status; hand-written ones (no status) as 'hand-written'."""
-    counts: dict[str, int] = {}
-    for r in records:
-        counts[r.status or "hand-written"] = counts.get(r.status or "hand-written", 0) + 1
-    return counts
+    return Counter(r.status or "hand-written" for r in records)
 
 
 def reviewed(records: list[Record], shown: str, include_drafts: bool) -> list[Record]:

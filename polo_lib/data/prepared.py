@@ -1,6 +1,7 @@
 """Every step together: data params and a tokenizer -> Prepared splits; prepared again when stale."""
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,24 +29,22 @@ class Prepared:
 
 
 def read_examples(data_params, include_drafts: bool = False) -> tuple[int, pd.DataFrame, list[Paragraph],
-                                                                      dict[str, int]]:
-    """(records read, cleaning table, examples, review: records per status and the teachers that drafted them) from
-    every raw file, in
-    data.format; the problems of every file at once. Fillers are removed from every answer (the cleaning
-    table lists them). Paper format: a teacher's drafts nobody reviewed are refused (unless `include_drafts`),
-    rejected records left out."""
+                                                                      dict[str, Any]]:
+    """(records read, cleaning table, examples, review: {status: records per review status, teachers: who drafted
+    them}) from every raw file, in data.format; the problems of every file at once. Fillers are removed from every
+    answer (the cleaning table lists them). Paper format: a teacher's drafts nobody reviewed are refused (unless
+    `include_drafts`), rejected records left out."""
     files = data_params.raw_files
     problems: list[str] = []
-    count, cleanings, examples, review = 0, [], [], {"status": {}, "teachers": []}
+    count, cleanings, examples = 0, [], []
+    statuses, teachers = Counter(), set()
     for f in files:
         prefix = f"{Path(f).stem}/" if len(files) > 1 else ""
         try:
             if data_params.format == "paper":
                 records = load_raw(f)
-                for status, n in review_counts(records).items():
-                    review["status"][status] = review["status"].get(status, 0) + n
-                review["teachers"] = sorted({*review["teachers"], *(f"{r.source} (prompt {r.prompt_hash})"
-                                                                   for r in records if r.source)})
+                statuses.update(review_counts(records))
+                teachers |= {f"{r.source} (prompt {r.prompt_hash})" for r in records if r.source}
                 records = reviewed(records, paths.display(paths.resolve_project_path(f)), include_drafts)
                 cleaned, cleaning = clean_records(records, data_params.filler_phrases)
                 examples += group_paragraphs(cleaned, prefix)
@@ -60,7 +59,8 @@ def read_examples(data_params, include_drafts: bool = False) -> tuple[int, pd.Da
         cleanings.append(cleaning)
     if problems:
         raise DataError("\n".join(problems))
-    return count, pd.concat(cleanings, ignore_index=True), examples, review
+    return count, pd.concat(cleanings, ignore_index=True), examples, {"status": dict(statuses),
+                                                                      "teachers": sorted(teachers)}
 
 
 def _read_and_split(data_params, include_drafts: bool = False):
