@@ -37,9 +37,8 @@ def _size_category(n: int) -> str:
     return "n<1K" if n < 1_000 else "1K<n<10K" if n < 10_000 else "10K<n<100K"
 
 
-def card(stats: dict[str, Any], data_params, review: dict[str, int] | None = None) -> str:
-    """The card's Markdown for a prepared dataset's stats (stats.json) and data params; `review`: records per
-    review status (None: hand-written records, which carry none)."""
+def card(stats: dict[str, Any], data_params) -> str:
+    """The card's Markdown for a prepared dataset's stats (stats.json) and data params."""
     splits = stats["split_sizes"]
     sources = []
     for f in data_params.raw_files:
@@ -53,7 +52,7 @@ def card(stats: dict[str, Any], data_params, review: dict[str, int] | None = Non
              "tags": ["easy-korean", "paper-explanation", "polo-easy"],
              "dataset_info": {"splits": [{"name": s, "num_examples": n} for s, n in splits.items()]}}
     found = stats.get("review") or {}
-    review = review or found.get("status") or {"hand-written": stats["records"]}
+    review = found.get("status") or {"hand-written": stats["records"]}
     checks = stats.get("checks") or {}
     flags = checks.get("flags") or {}
     lengths = stats.get("token_lengths") or {}
