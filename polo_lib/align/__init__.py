@@ -9,7 +9,7 @@ package's: `from polo_lib import align; align.build(...)`.
   plan      each step in numbers, and its memory (the trainer's sequences, GRPO's generation cache)
   session   the checks before loading, build (GRPOTrainer / DPOTrainer on the SFT adapter), fit and finish
 """
-from .log import AlignRecorder, first_last, read_log  # noqa: F401
+from .log import AlignRecorder, first_last  # noqa: F401
 from .pairs import best_and_worst, self_pairs  # noqa: F401
 from .plan import memory, sequences_per_step  # noqa: F401
 from .rewards import components, length, repetition, trl_functions, weighted  # noqa: F401

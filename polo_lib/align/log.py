@@ -54,10 +54,6 @@ class AlignRecorder(LiveLog):
         return pd.DataFrame(self.rows, columns=COLUMNS[:3] + parts + COLUMNS[3:])
 
 
-def read_log(path: Path) -> pd.DataFrame:
-    return pd.read_csv(path) if Path(path).exists() else pd.DataFrame(columns=COLUMNS)
-
-
 def first_last(log: pd.DataFrame) -> dict[str, dict[str, float]]:
     """{column: {first, last}} of every figure the log holds (the mean of the first and of the last quarter
     of steps, at least one step each: one sampled step is noisy)."""

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import DataError
+from ..metrics.overlap import _ngrams
 from .formats import Paragraph
 
 WORD = re.compile(r"\w+")
@@ -51,6 +52,7 @@ class CheckReport:
 def near_duplicates(items: Sequence[tuple[str, str, str]], threshold: float) -> list[dict[str, Any]]:
     """Pairs of (id, split, text) items whose texts are at least `threshold` similar (0-1, case and punctuation
     ignored), most similar first. RapidFuzz scores all pairs in one call (88 paragraphs: milliseconds)."""
+    import numpy as np
     from rapidfuzz import fuzz, process, utils
 
     if len(items) < 2:
@@ -58,23 +60,19 @@ def near_duplicates(items: Sequence[tuple[str, str, str]], threshold: float) -> 
     texts = [text for _, _, text in items]
     scores = process.cdist(texts, texts, scorer=fuzz.ratio, processor=utils.default_process,
                            score_cutoff=threshold * 100, workers=1)
-    found = []
-    for i in range(len(items)):
-        for j in range(i + 1, len(items)):
-            if scores[i, j] >= threshold * 100:
-                found.append({"a": items[i][0], "b": items[j][0], "similarity": round(float(scores[i, j]) / 100, 3),
-                              "splits": [items[i][1], items[j][1]]})
+    pairs = np.argwhere(np.triu(scores >= threshold * 100, k=1))  # each pair once, not an item with itself
+    found = [{"a": items[i][0], "b": items[j][0], "similarity": round(float(scores[i, j]) / 100, 3),
+              "splits": [items[i][1], items[j][1]]} for i, j in pairs]
     return sorted(found, key=lambda d: -d["similarity"])
 
 
 def ngrams(text: str, n: int) -> set[tuple[str, ...]]:
-    words = WORD.findall(text.lower())
-    return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
+    return set(_ngrams(WORD.findall(text.lower()), n))
 
 
 def leaks(splits: Mapping[str, Sequence[Paragraph]], n: int, threshold: float) -> list[dict[str, Any]]:
-    """Validation and test paragraphs whose English text shares more than `threshold` of its word n-grams with
-    the training paragraphs', with the training paragraph it shares most with."""
+    """Validation and test examples whose text (source and answer, `text_of`) shares more than `threshold` of its
+    word n-grams with the training examples', with the training example it shares most with."""
     owner: dict[tuple[str, ...], str] = {}
     for p in splits.get("train", []):
         for gram in ngrams(text_of(p), n):
