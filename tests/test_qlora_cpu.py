@@ -32,14 +32,14 @@ MERGED_FROM_4BIT_AGREEMENT = 0.3
 
 @pytest.fixture(scope="module")
 def qlora_run(tiny_model_dir, tmp_path_factory):
-    """`polo run smoke --set model.load_in_4bit=true`: prepare, train and evaluate, on an NF4 base."""
+    """`polo run smoke --set model.load_in_4bit=true --in-process`: prepare, train and evaluate, on an NF4 base."""
     if not device.describe().nf4:
         pytest.fail("bitsandbytes' NF4 does not run on this machine: " + device.no_nf4_reason(device.describe()))
     with pytest.MonkeyPatch.context() as mp:
         root = tmp_path_factory.mktemp("qlora_run")
         mp.setenv("POLO_OUTPUTS", str(root / "outputs"))
         mp.setenv("POLO_PROCESSED_DIR", str(root / "processed"))
-        yield pipeline.run_pipeline("smoke", overrides=FOUR_BIT, log=lambda *a: None)
+        yield pipeline.run_pipeline("smoke", overrides=FOUR_BIT, log=lambda *a: None, in_process=True)
 
 
 def test_polo_run_trains_and_evaluates_on_an_nf4_base(qlora_run, record_agrees):

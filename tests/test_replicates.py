@@ -65,7 +65,7 @@ def test_the_between_seed_interval_is_students_t_over_the_seeds_means():
 
 def test_replicate_i_trains_with_the_params_seed_plus_i_and_every_run_is_tagged_into_one_group(capsys):
     """`polo run smoke --seeds 2` through the real pipeline function (prepare only: no training)."""
-    assert cli.main(["run", "smoke", "--seeds", "2", "--stages", "prepare"]) == 0
+    assert cli.main(["run", "smoke", "--seeds", "2", "--stages", "prepare", "--in-process"]) == 0
     base_seed = params.load("smoke").training.seed
     groups = runs.replicate_groups()
     assert len(groups) == 1

@@ -1,4 +1,5 @@
 """Runs as a workflow: registry, reports, preflight, queues, chained stages, compare_runs."""
+import functools
 import json
 import os
 import shutil
@@ -10,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from polo_lib import cli, compare, device, model, params, paths, preflight, queues, reports, runs
+from polo_lib import cli, compare, device, model, params, paths, pipeline, preflight, queues, reports, runs
 from polo_lib.errors import ParamsError, RunError
 
 pytestmark = pytest.mark.slow
@@ -257,8 +258,9 @@ def test_queue_records_a_failing_variant_and_goes_on(tiny_model_dir, tmp_path, r
                                   "variants": [{"name": "a", "set": {"learning_rate": 1e-3}},
                                                {"name": "bad", "set": {"lora_dropout": 1.5}},
                                                {"name": "b", "set": {"lora_r": 4}}]})
-    # through the command line, as a script would: --json keeps stdout for the result alone
-    assert cli.main(["queue", str(path), "--json"]) == 1  # not every variant finished
+    # through the command line, as a script would: --json keeps stdout for the result alone; each run's stages
+    # in this process (the notebooks' own path is tests/test_train_notebook.py's)
+    assert cli.main(["queue", str(path), "--json", "--in-process"]) == 1  # not every variant finished
     out = json.loads(capsys.readouterr().out)
     table, folder = pd.DataFrame(out["runs"]), Path(out["folder"])
     assert out["all_finished"] is False and out["runs"][1]["run_id"] is None  # null, not NaN
@@ -308,7 +310,7 @@ def test_queue_file_mistakes_are_reported_before_any_run(tmp_path):
 def test_pipeline_stage_two_starts_from_stage_one_adapter(tiny_model_dir, tmp_path):
     path = write_queue(tmp_path, {"base": "smoke", "stages": ["prepare", "train"], "set": {"max_steps": 3},
                                   "pipeline": [{"name": "stage1"}, {"name": "stage2", "set": {"learning_rate": 1e-3}}]})
-    table, _ = queues.run_queue(path, **QUIET)
+    table, _ = queues.run_queue(path, **QUIET, execute=functools.partial(pipeline.run_pipeline, in_process=True))
     assert list(table["status"]) == ["finished", "finished"]
     first, second = table["run_id"]
     assert runs.lookup(second).params().run.init_adapter == first

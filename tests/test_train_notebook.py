@@ -131,6 +131,40 @@ def test_a_failing_stage_marks_the_run_failed_and_names_the_cell(tiny_model_dir,
     assert "failed: DataError" in (run.path / "report.md").read_text(encoding="utf-8")
 
 
+def test_polo_run_in_process_trains_the_same_run_as_the_notebook_without_a_kernel(pipeline_run, record_agrees,
+                                                                                 capsys):
+    """`polo run --in-process`: each stage's functions in the polo process, the notebook's own calls: the same
+    records and, with the same params and seed, the same training to the last digit; no executed notebook."""
+    assert cli.main(["run", "smoke", "--stages", "prepare,train", "--in-process"]) == 0
+    shown = capsys.readouterr().out
+    run = runs.lookup()
+    assert run.id != pipeline_run.id and "[2/2] train: in this process" in shown and "  train 6/6 (100%)" in shown
+    record_agrees(run)
+    manifest, theirs = run.manifest(), pipeline_run.manifest()
+    assert manifest["status"] == "finished" and manifest["stages"].keys() == theirs["stages"].keys()
+    assert manifest["stages"]["prepare"]["by"] == "preflight" and manifest["model"] == theirs["model"]
+    assert list(run.notebooks.iterdir()) == [] and (run.adapter / "adapter_model.safetensors").is_file()
+    assert run.params_path.read_bytes() == pipeline_run.params_path.read_bytes()
+
+    def log(r):
+        return pd.read_csv(r.logs / "train_log.csv").drop(columns=["tokens_per_s"])  # a wall-clock rate
+    pd.testing.assert_frame_equal(log(run), log(pipeline_run), check_exact=True)
+
+
+def test_a_failing_stage_in_process_marks_the_run_failed_and_names_the_line(tiny_model_dir, record_agrees):
+    with pytest.raises(PoloError, match=r"(?s)stage .train. failed: DataError: .*missing.json: no such file"
+                                        r".*at polo_lib/data/.*\(train stage, in process\)") as caught:
+        pipeline.run_pipeline("smoke", overrides={"data.raw_file": "data/raw/missing.json"}, stages=["train"],
+                              preflight=False, log=lambda *a: None, in_process=True)
+    assert type(caught.value.__cause__).__name__ == "DataError"  # the stage's own error, kept as the cause
+    run = runs.lookup(status=None)
+    manifest = run.manifest()
+    assert manifest["status"] == "failed" and manifest["stages"]["train"]["status"] == "failed"
+    assert "DataError" in manifest["error"]["message"] and "train stage, in process" in manifest["error"]["where"]
+    record_agrees(run)
+    assert "failed: DataError" in (run.path / "report.md").read_text(encoding="utf-8")
+
+
 def test_polo_run_rejects_unknown_overrides_before_any_work(capsys):
     assert cli.main(["run", "smoke", "--set", "learnig_rate=1e-4"]) == 2
     assert "Did you mean" in capsys.readouterr().err

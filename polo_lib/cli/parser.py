@@ -29,6 +29,10 @@ def _with_params(p, sets: bool = True):
     return p
 
 
+IN_PROCESS_HELP = ("run each stage's functions in this process instead of its notebook in a new kernel: the same "
+                   "run folder and records but no executed notebooks; about 15 s less a stage on a CPU")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="polo", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -44,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "and align before evaluate when the params have an align section)")
     p.add_argument("--run-id", default=None, help="continue this run instead of starting a new one")
     p.add_argument("--no-preflight", action="store_true", help="skip the checks before training")
+    p.add_argument("--in-process", action="store_true", help=IN_PROCESS_HELP)
     p.add_argument("--seeds", type=int, default=None, metavar="N", help="train N replicates, replicate i with "
                    "training.seed = the params' seed + i, tagged as one replicate group (polo compare takes its id)")
     p = command("demo", cmd_demo, "the whole pipeline offline on this machine, then its headline figures")
@@ -58,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("queue", cmd_queue, "run a queue of variants (or a chained pipeline) from a YAML file")
     p.add_argument("file", help="a queue file: a name in params/queues/ (cpu_lr, cpu_two_stage) or a path")
     p.add_argument("--json", action="store_true", help=json_help)
+    p.add_argument("--in-process", action="store_true", help=IN_PROCESS_HELP)
     p = command("list", cmd_list, "every run in outputs/runs, failed and damaged ones included")
     p.add_argument("--status", default=None, choices=runs.STATUSES, help="only runs with this status")
     p.add_argument("--json", action="store_true", help="every column of every run as JSON")

@@ -1,6 +1,7 @@
 """The subcommands that make and read runs: run, demo, preflight, plan, queue, list, report, sweep."""
 from __future__ import annotations
 
+import functools
 import json
 
 from .. import params as params_lib
@@ -17,9 +18,11 @@ def cmd_run(args) -> int:
         if args.run_id:
             raise PoloError("--seeds starts new runs; it cannot continue --run-id")
         replicates.run_replicates(args.params, args.seeds, parse_sets(args.sets), stages,
-                                  preflight=not args.no_preflight)
+                                  preflight=not args.no_preflight,
+                                  execute=functools.partial(pipeline.run_pipeline, in_process=args.in_process))
         return 0
-    pipeline.run_pipeline(args.params, parse_sets(args.sets), stages, args.run_id, preflight=not args.no_preflight)
+    pipeline.run_pipeline(args.params, parse_sets(args.sets), stages, args.run_id, preflight=not args.no_preflight,
+                          in_process=args.in_process)
     return 0
 
 
@@ -56,7 +59,8 @@ def cmd_queue(args) -> int:
     from ..queues import run_queue
 
     with _quiet_unless_json(args):
-        table, folder = run_queue(args.file)
+        table, folder = run_queue(args.file, execute=functools.partial(pipeline.run_pipeline,
+                                                                        in_process=args.in_process))
     ok = bool((table["status"] == "finished").all())
     if args.json:
         _print_json({"folder": str(folder), "all_finished": ok, "runs": _records(table)})

@@ -9,31 +9,27 @@ import pandas as pd
 import pytest
 from safetensors.torch import load_file
 
-from polo_lib import paths, runs
+from polo_lib import params, paths, pipeline, runs
 
 pytestmark = pytest.mark.slow
 # Long enough that the kill lands mid-training (it lands at the first checkpoint, step 3, with 9
 # steps and 3 evaluations still to go), short enough for the suite (~0.05 s a step).
 STEPS = 12
-SETS = ["--set", f"max_steps={STEPS}", "--set", "eval_steps=3", "--set", "save_steps=3",
-        "--set", "early_stopping_patience=0", "--set", "save_total_limit=2"]
-
-
-def polo(*args, env=None):
-    return subprocess.Popen([sys.executable, "-m", "polo_lib.cli", *args], cwd=paths.PROJ_ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
-                            env=env or os.environ.copy())
-
-
+OVERRIDES = {"max_steps": STEPS, "eval_steps": 3, "save_steps": 3, "early_stopping_patience": 0, "save_total_limit": 2}
+SETS = [arg for key, value in OVERRIDES.items() for arg in ("--set", f"{key}={value}")]
 TOKEN = "hf_FAKEtokenForTheSecretTest0123456789"
 
 
-def finished_run(*args, env=None) -> runs.Run:
-    proc = polo("run", "smoke", *args, *SETS, env=env)
+def polo(*args, token: bool = False):
+    env = {**os.environ, "HF_TOKEN": TOKEN} if token else os.environ.copy()
+    return subprocess.Popen([sys.executable, "-m", "polo_lib.cli", *args], cwd=paths.PROJ_ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True, env=env)
+
+
+def ends_well(proc) -> None:
     _, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err.decode()[-2000:]
     assert TOKEN not in err.decode()
-    return runs.lookup()
 
 
 def comparable(run):
@@ -42,38 +38,43 @@ def comparable(run):
 
 
 @pytest.fixture(scope="module")
-def two_runs(tiny_model_dir, tmp_path_factory):
-    """Two uninterrupted `polo run`s with the same params and seed, shared by the tests below (each
-    costs a process, a kernel and Unsloth's import): the second with an HF token in its environment,
-    and with the evaluate stage too, so the secret check covers every file a run writes."""
+def whole(tiny_model_dir, tmp_path_factory):
+    """One uninterrupted run, in this process (`polo run --in-process`): the reference of the tests below."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("POLO_OUTPUTS", str(tmp_path_factory.mktemp("two_runs") / "outputs"))
-        whole = finished_run("--stages", "prepare,train")
-        again = finished_run("--stages", "prepare,train,evaluate", env={**os.environ, "HF_TOKEN": TOKEN})
-        yield whole, again
+        root = tmp_path_factory.mktemp("whole")
+        mp.setenv("POLO_OUTPUTS", str(root / "outputs"))
+        mp.setenv("POLO_PROCESSED_DIR", str(root / "processed"))
+        yield pipeline.run_pipeline("smoke", overrides=OVERRIDES, stages=["prepare", "train"], log=lambda *a: None,
+                                    in_process=True)
 
 
-def test_the_same_params_and_seed_give_the_same_train_log_to_the_last_digit(two_runs):
-    whole, again = two_runs
-    assert again.id != whole.id
+def test_the_same_params_and_seed_give_the_same_train_log_to_the_last_digit(whole):
+    """Another process (`polo run --in-process`), the same params and seed: the same run to the last digit."""
+    ends_well(polo("run", "smoke", "--stages", "prepare,train", "--in-process", *SETS))
+    again = runs.lookup()
+    assert again.id != whole.id and params.load_resolved(again.params_path) == params.load_resolved(whole.params_path)
     pd.testing.assert_frame_equal(comparable(whole), comparable(again), check_exact=True)
 
 
-def test_an_hf_token_in_the_environment_never_reaches_the_run_folder(two_runs):
-    run = two_runs[1]
-    assert run.manifest()["stages"]["evaluate"]["status"] == "finished"
-    leaked = [p for p in run.path.rglob("*") if p.is_file() and TOKEN.encode() in p.read_bytes()]
-    assert leaked == []
+@pytest.fixture(scope="module")
+def killed_and_resumed(tiny_model_dir, tmp_path_factory):
+    """`polo run` (its notebooks in kernels) killed by SIGKILL, the whole process group, at its first
+    checkpoint, then continued with `--run-id` through training and evaluation; both with an HF token in
+    their environment. Returns what the folder said at the kill and the resumed run."""
+    root = tmp_path_factory.mktemp("killed")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("POLO_OUTPUTS", str(root / "outputs"))
+        mp.setenv("POLO_PROCESSED_DIR", str(root / "processed"))
+        proc = polo("run", "smoke", "--stages", "prepare,train", *SETS, token=True)
+        at_kill, victim = kill_at_the_first_checkpoint(proc)
+        ends_well(polo("run", "smoke", "--stages", "train,evaluate", "--run-id", victim.id, *SETS, token=True))
+    return at_kill, victim
 
 
-def test_sigkill_after_a_checkpoint_then_resume_ends_like_an_uninterrupted_run(two_runs):
-    whole, again = two_runs
-    proc = polo("run", "smoke", "--stages", "prepare,train", *SETS)
-    deadline = time.time() + 300
-    victim = None
+def kill_at_the_first_checkpoint(proc) -> tuple[dict, runs.Run]:
+    deadline, victim = time.time() + 300, None
     while time.time() < deadline and proc.poll() is None:
-        found = [p for p in paths.runs_dir().glob("*/checkpoints/checkpoint-*/trainer_state.json")
-                 if whole.id not in str(p) and again.id not in str(p)]
+        found = list(paths.runs_dir().glob("*/checkpoints/checkpoint-*/trainer_state.json"))
         if found:
             victim = runs.Run(found[0].parents[2].name, found[0].parents[2])
             os.killpg(proc.pid, signal.SIGKILL)  # the whole group: polo and its notebook kernel
@@ -81,13 +82,16 @@ def test_sigkill_after_a_checkpoint_then_resume_ends_like_an_uninterrupted_run(t
         time.sleep(0.05)
     proc.wait(timeout=60)
     assert victim is not None, "no checkpoint appeared before the run ended"
-    assert victim.manifest()["status"] == "running"  # killed: nobody could record anything
-    killed_at = pd.read_csv(victim.logs / "train_log.csv")["step"].max()
-    assert killed_at < STEPS
+    at_kill = {"status": victim.manifest()["status"],
+               "step": pd.read_csv(victim.logs / "train_log.csv")["step"].max()}
+    return at_kill, victim
 
-    proc = polo("run", "smoke", "--stages", "train", "--run-id", victim.id, *SETS)
-    _, err = proc.communicate(timeout=600)
-    assert proc.returncode == 0, err.decode()[-2000:]
+
+def test_sigkill_after_a_checkpoint_then_resume_ends_like_an_uninterrupted_run(whole, killed_and_resumed):
+    at_kill, victim = killed_and_resumed
+    assert at_kill["status"] == "running"  # killed: nobody could record anything
+    assert at_kill["step"] < STEPS
+    assert victim.manifest()["status"] == "finished"
     assert victim.summary().training.resumed_from.startswith("checkpoint-")
     pd.testing.assert_frame_equal(comparable(whole), comparable(victim), rtol=1e-5)
     a = load_file(str(whole.adapter / "adapter_model.safetensors"))
@@ -95,3 +99,12 @@ def test_sigkill_after_a_checkpoint_then_resume_ends_like_an_uninterrupted_run(t
     assert a.keys() == b.keys()
     for key in a:
         assert (a[key] - b[key]).abs().max().item() < 1e-6, key
+
+
+def test_an_hf_token_in_the_environment_never_reaches_the_run_folder(killed_and_resumed):
+    """Every file of a run whose processes (polo and its kernels: train twice, evaluate) had the token."""
+    run = killed_and_resumed[1]
+    assert run.manifest()["stages"]["evaluate"]["status"] == "finished"
+    assert (run.notebooks / "train.ipynb").is_file() and (run.notebooks / "evaluate.ipynb").is_file()
+    leaked = [p for p in run.path.rglob("*") if p.is_file() and TOKEN.encode() in p.read_bytes()]
+    assert leaked == []
