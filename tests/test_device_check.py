@@ -563,17 +563,22 @@ def test_a_training_part_killed_at_its_box_keeps_the_paths_before_it(tmp_path):
 def test_cpu_rehearsal_stopped_mid_training_leaves_the_finished_paths_in_out(tmp_path, llama_shape):
     """`device_check.sh --cpu` as the device runs it, with a fake $OUT, stopped from outside (the
     device tool's kill) once the first training path has ended: its figures are in $OUT, in the
-    part's own file and in the record, with the part marked interrupted (about 75 s here). The parts
-    it runs are the ones the training part needs (models makes its random models); the imports
-    part, which nothing here asserts, would only add a Python start importing the whole stack."""
-    models = tmp_path / "shapes"
+    part's own file and in the record, with the part marked interrupted (about 45 s here). It runs the
+    training part alone, on the random model the models part would build, built here as that part builds
+    it (two Python starts fewer); the imports part, which nothing here asserts, would only add a Python
+    start importing the whole stack."""
+    from benchmarks.device.check import TINY_LLAMA_SHAPE
+
+    models, work = tmp_path / "shapes", tmp_path / "w"
     shapes.write_smollm2_shape(models / shapes.SMOLLM2)
     shapes.copy_shape_files(llama_shape, models / shapes.LLAMA)
     (models / shapes.LLAMA / "config.json").write_text((llama_shape / "config.json").read_text())
+    shapes.build_random(models / shapes.LLAMA, work / "random" / shapes.LLAMA, dtype="float32", device="cpu",
+                        overrides=TINY_LLAMA_SHAPE)
     out = tmp_path / "out"
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHON": sys.executable, "OUT": str(out),
-           "POLO_DEVICE_RESULTS": "", "POLO_DEVICE_MODELS": str(models), "POLO_DEVICE_WORK": str(tmp_path / "w"),
-           "POLO_DEVICE_PARTS": "models,training-fp32"}
+           "POLO_DEVICE_RESULTS": "", "POLO_DEVICE_MODELS": str(models), "POLO_DEVICE_WORK": str(work),
+           "POLO_DEVICE_PARTS": "training-fp32"}
     proc = subprocess.Popen(["bash", str(SCRIPT), "--cpu"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, start_new_session=True)
     part_file = out / "logs" / "parts" / "training-fp32.json"
