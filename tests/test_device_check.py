@@ -412,8 +412,11 @@ def test_the_estimates_fit_the_budget_and_the_budget_leaves_a_minute_to_the_hard
 
 
 def test_stopping_a_part_that_ignores_sigterm_still_ends_by_the_deadline(tmp_path, monkeypatch):
-    """A box ends STOP_GRACE_S before the deadline, so SIGTERM's wait and SIGKILL fit inside it."""
+    """A box ends STOP_GRACE_S before the deadline, so SIGTERM's wait and SIGKILL fit inside it (both waits
+    shortened here: 2 s and 1 s, where the check waits 10 s and 5 s)."""
     monkeypatch.setattr(check, "MIN_SECONDS", 1)
+    monkeypatch.setattr(check, "TERM_WAIT_S", 2)
+    monkeypatch.setattr(check, "STOP_GRACE_S", 3)
     deadline_s = check.STOP_GRACE_S + 4
     args = argparse.Namespace(cpu=True, work=str(tmp_path / "work"), results=str(tmp_path), deadline_s=deadline_s,
                               models=str(tmp_path))

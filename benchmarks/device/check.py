@@ -49,7 +49,8 @@ ROOT = Path(__file__).resolve().parents[2]
 # and for copying $OUT back.
 HARD_KILL_S = 600
 DEFAULT_BUDGET_S = 540
-# stop(): 10 s for SIGTERM, then 5 s for SIGKILL. Every box ends this long before the deadline.
+# stop(): TERM_WAIT_S for SIGTERM, then the rest for SIGKILL. Every box ends this long before the deadline.
+TERM_WAIT_S = 10
 STOP_GRACE_S = 15
 MIN_SECONDS = 20
 # A training part with less than this can finish no path at the 3B shape (start, load, 6 steps ~55 s).
@@ -136,7 +137,7 @@ def machine() -> dict[str, Any]:
 def stop(proc: subprocess.Popen) -> None:
     """SIGTERM to the part's whole process group (training paths are its grandchildren), then SIGKILL:
     at most STOP_GRACE_S in all."""
-    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, STOP_GRACE_S - 10)):
+    for sig, wait in ((signal.SIGTERM, TERM_WAIT_S), (signal.SIGKILL, STOP_GRACE_S - TERM_WAIT_S)):
         try:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:

@@ -58,14 +58,14 @@ def test_the_same_params_and_seed_give_the_same_train_log_to_the_last_digit(whol
 
 @pytest.fixture(scope="module")
 def killed_and_resumed(tiny_model_dir, tmp_path_factory):
-    """`polo run` (its notebooks in kernels) killed by SIGKILL, the whole process group, at its first
-    checkpoint, then continued with `--run-id` through training and evaluation; both with an HF token in
-    their environment. Returns what the folder said at the kill and the resumed run."""
+    """`polo run --in-process` killed by SIGKILL at its first checkpoint, then continued with `--run-id`
+    through the train and evaluate notebooks (kernels); both with an HF token in their environment. Returns
+    what the folder said at the kill and the resumed run."""
     root = tmp_path_factory.mktemp("killed")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("POLO_OUTPUTS", str(root / "outputs"))
         mp.setenv("POLO_PROCESSED_DIR", str(root / "processed"))
-        proc = polo("run", "smoke", "--stages", "prepare,train", *SETS, token=True)
+        proc = polo("run", "smoke", "--stages", "prepare,train", "--in-process", *SETS, token=True)
         at_kill, victim = kill_at_the_first_checkpoint(proc)
         ends_well(polo("run", "smoke", "--stages", "train,evaluate", "--run-id", victim.id, *SETS, token=True))
     return at_kill, victim
@@ -77,7 +77,7 @@ def kill_at_the_first_checkpoint(proc) -> tuple[dict, runs.Run]:
         found = list(paths.runs_dir().glob("*/checkpoints/checkpoint-*/trainer_state.json"))
         if found:
             victim = runs.Run(found[0].parents[2].name, found[0].parents[2])
-            os.killpg(proc.pid, signal.SIGKILL)  # the whole group: polo and its notebook kernel
+            os.killpg(proc.pid, signal.SIGKILL)  # its whole group (a notebook's kernel too, were there one)
             break
         time.sleep(0.05)
     proc.wait(timeout=60)
