@@ -22,7 +22,9 @@ def token_length_histogram(lengths: Mapping[str, Sequence[int]], max_seq_length:
     ax.axvline(max_seq_length, color="red", linestyle="--", label=f"max_seq_length = {max_seq_length}")
     ax.set_xlabel("tokens per example (chat template applied)")
     ax.set_ylabel("examples")
-    ax.legend()
+    # beside the axes: never over the bars or the line, and no loc="best" search over every bar (matplotlib
+    # warns that it "can be slow with large amounts of data")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small")
     fig.tight_layout()
     plt.close(fig)  # the notebook shows the returned figure once, not again at the end of the cell
     return fig

@@ -148,3 +148,17 @@ def test_the_shipped_dataset_is_valid_and_large_enough():
         assert not any(p.strip().lower() in r.simplified.lower() for p in cfg.data.filler_phrases)
     covered = {r.section_major for r in records}
     assert covered >= {1, 2, 3, 4, 5, 6}
+
+
+def test_the_token_length_histogram_keeps_its_legend_beside_the_bars():
+    """The legend sits right of the axes: over no bar and no max_seq_length line, wherever the lengths fall
+    (where matplotlib looked for the "best" place over every bar, and warned that it was slow)."""
+    from polo_lib import plots
+
+    lengths = {"train": list(range(50, 4000, 3)), "validation": list(range(60, 900, 7)), "test": []}
+    fig = plots.token_length_histogram(lengths, 2048)
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    legend = ax.get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == ["train (1317)", "validation (120)", "max_seq_length = 2048"]
+    assert legend.get_window_extent().x0 >= ax.get_window_extent().x1

@@ -167,6 +167,19 @@ def test_table_cells_are_blank_for_missing_integers_for_whole_numbers_and_cut_wi
     assert "nan" not in md and "| a | 13 | 1.235 |  |" in md
 
 
+def test_two_overrides_after_one_set_are_refused_naming_how_to_write_them(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["run", "smoke", "--set", "max_steps=2", "learning_rate=1e-3", "lora_r=4"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "unrecognized arguments: learning_rate=1e-3 lora_r=4. Each override needs its own --set: " \
+           "--set learning_rate=1e-3 --set lora_r=4" in err
+    assert not paths.runs_dir().exists()
+    with pytest.raises(SystemExit):  # anything else unknown: argparse's own words, no hint
+        cli.main(["run", "smoke", "--bogus", "train"])
+    assert "unrecognized arguments: --bogus train\n" in capsys.readouterr().err
+
+
 def test_command_help_names_every_positional_and_shows_defaults(capsys):
     import argparse
 

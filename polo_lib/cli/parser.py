@@ -175,7 +175,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extras = parser.parse_known_args(argv)
+    if extras:  # argparse's own error, and for `--set a=1 b=2` the way to say it
+        pairs = [e for e in extras if "=" in e and not e.startswith("-")]
+        parser.error(f"unrecognized arguments: {' '.join(extras)}" + (
+            f". Each override needs its own --set: {' '.join('--set ' + p for p in pairs)}" if pairs else ""))
     try:
         return args.handler(args)
     except PoloError as e:
