@@ -300,13 +300,17 @@ def test_stray_folder_without_marker_is_not_overwritten(tmp_path):
     assert (out / "mine.txt").read_text() == "user data"
 
 
-@pytest.mark.skipif(importlib.util.find_spec("unsloth") is None, reason="unsloth not installed")
-def test_tiny_llama_trains_with_unsloth_on_cpu(tiny_dir, tmp_path):
-    """The tiny model must go through the same Unsloth path as SmolLM2 (fresh process:
-    unsloth has to be imported before transformers)."""
+@pytest.fixture(scope="module")
+def fresh_process(tmp_path_factory):
+    """One new Python that builds a tiny Llama first thing (as a fresh outputs folder does before a stage
+    loads its model) and then trains it with bare Unsloth + TRL, in an empty cwd: (the finished process, its
+    RESULT, the cwd). Unsloth must come before transformers, so only a fresh process can tell."""
+    tmp = tmp_path_factory.mktemp("fresh")
     script = textwrap.dedent(
         """
         import json, sys
+        from polo_testkit.tiny_llama import build_tiny_llama
+        folder = build_tiny_llama(sys.argv[1], ['YOLO divides the image into a grid.'] * 4, pretrain_steps=2)
         import unsloth
         from unsloth import FastLanguageModel
         from unsloth.chat_templates import train_on_responses_only
@@ -315,7 +319,7 @@ def test_tiny_llama_trains_with_unsloth_on_cpu(tiny_dir, tmp_path):
         from trl import SFTConfig, SFTTrainer
 
         model, tok = FastLanguageModel.from_pretrained(
-            model_name=sys.argv[1], max_seq_length=256, load_in_4bit=False, dtype=torch.float32)
+            model_name=str(folder), max_seq_length=256, load_in_4bit=False, dtype=torch.float32)
         model = FastLanguageModel.get_peft_model(
             model, r=8, lora_alpha=16, lora_dropout=0.0,
             target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], random_state=3407)
@@ -333,15 +337,21 @@ def test_tiny_llama_trains_with_unsloth_on_cpu(tiny_dir, tmp_path):
         print("RESULT", json.dumps({"kept": kept, "losses": losses}))
         """
     )
-    workdir = tmp_path / "cwd"
+    workdir = tmp / "cwd"
     workdir.mkdir()
-    env = dict(os.environ, UNSLOTH_COMPILE_LOCATION=str(tmp_path / "unsloth_cache"), HF_HUB_OFFLINE="1")
+    env = dict(os.environ, UNSLOTH_COMPILE_LOCATION=str(tmp / "unsloth_cache"), HF_HUB_OFFLINE="1")
     proc = subprocess.run(
-        [sys.executable, "-c", script, str(tiny_dir), str(tmp_path / "trainer_out")],
+        [sys.executable, "-c", script, str(tmp / "tiny-llama"), str(tmp / "trainer_out")],
         cwd=workdir, env=env, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(proc.stdout.split("RESULT", 1)[1])
+    return proc, json.loads(proc.stdout.split("RESULT", 1)[1]), workdir
+
+
+@pytest.mark.skipif(importlib.util.find_spec("unsloth") is None, reason="unsloth not installed")
+def test_tiny_llama_trains_with_unsloth_on_cpu(fresh_process):
+    """The tiny model goes through the same Unsloth path as SmolLM2, and Unsloth writes nothing into the cwd."""
+    _, result, workdir = fresh_process
     assert len(result["kept"]) == 8 and all(k > 0 for k in result["kept"])
     assert len(result["losses"]) == 3 and all(0 < x < 20 for x in result["losses"])
     assert list(workdir.iterdir()) == [], "Unsloth wrote into the cwd"
@@ -438,17 +448,13 @@ def test_stale_temp_folder_of_a_killed_build_is_removed(tmp_path):
     assert not stale.exists() and fresh.exists()
 
 
-def test_building_a_model_first_does_not_make_unsloth_warn_later(tmp_path):
+def test_building_a_model_first_does_not_make_unsloth_warn_later(fresh_process):
     """A fresh outputs folder builds tiny-llama (or converts SmolLM2) before a stage loads the model
     with Unsloth: the build imports Unsloth first, so the user's terminal gets no "Unsloth should
     be imported before [transformers]" warning (it came with the first `polo queue` on a fresh folder)."""
-    script = ("import sys; from polo_testkit.tiny_llama import build_tiny_llama; "
-              "build_tiny_llama(sys.argv[1], ['YOLO divides the image into a grid.'] * 4, pretrain_steps=2); "
-              "from polo_lib.model import import_unsloth; import_unsloth()")
-    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "t")], cwd=paths.PROJ_ROOT,
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "should be imported before" not in done.stderr
+    proc = fresh_process[0]
+    assert "Unsloth" in proc.stdout + proc.stderr  # it did import (its CPU banner), after the build began
+    assert "should be imported before" not in proc.stderr
 
 
 def _unreachable_hub(monkeypatch, tmp_path, offline: bool):
