@@ -50,15 +50,17 @@ def test_a_typod_parameter_stops_the_notebook_before_any_work(tmp_path):
 
 
 def test_a_failed_prepare_keeps_the_previous_processed_data(tmp_path, tiny_model_dir):
-    # the previous data: what the notebook's own cells write (data.prepare, data.save), without a kernel of
-    # its own (the notebook writing it is the test above); the failing prepare runs through the notebook
-    from polo_lib import data, model
+    # the previous data: what the notebook's own cells write (data.prepare, data.save); the failing prepare is
+    # `polo run --stages prepare --in-process`, the notebook's calls without a kernel (the notebook itself
+    # runs in the test above)
+    from polo_lib import data, model, pipeline
+    from polo_lib.errors import PoloError
 
     cfg = params.load("smoke")
     data.save(data.prepare(cfg.data, model.load_tokenizer(cfg.model), cfg.model.max_seq_length), cfg.data)
     stats = paths.processed_dir() / cfg.data.processed_name / "stats.json"
     before = stats.read_bytes()
-    with pytest.raises(pm.PapermillExecutionError, match="exceed max_seq_length=64"):
-        run_notebook("prepare_data.ipynb", tmp_path / "bad.ipynb", params_file="smoke",
-                     max_seq_length=64, over_length="fail")
+    with pytest.raises(PoloError, match="exceed max_seq_length=64"):
+        pipeline.run_pipeline("smoke", overrides={"max_seq_length": 64, "over_length": "fail"}, stages=["prepare"],
+                              log=lambda *a: None, in_process=True)
     assert stats.read_bytes() == before

@@ -13,13 +13,18 @@ from polo_lib.errors import PoloError
 pytestmark = pytest.mark.slow
 
 
+TOKEN = "hf_FAKEtokenForTheNotebookSecretTest0123"
+
+
 @pytest.fixture(scope="module")
 def pipeline_run(tiny_model_dir, tmp_path_factory):
-    """One `polo run smoke --stages prepare,train` for the tests that only read its run folder."""
+    """One `polo run smoke --stages prepare,train` for the tests that only read its run folder, with an HF
+    token in the environment of polo and its kernel."""
     with pytest.MonkeyPatch.context() as mp:
         root = tmp_path_factory.mktemp("pipeline_run")
         mp.setenv("POLO_OUTPUTS", str(root / "outputs"))
         mp.setenv("POLO_PROCESSED_DIR", str(root / "processed"))
+        mp.setenv("HF_TOKEN", TOKEN)
         yield pipeline.run_pipeline("smoke", stages=["prepare", "train"], log=lambda *a: None)
 
 
@@ -56,6 +61,14 @@ def test_polo_run_leaves_a_complete_run_folder(pipeline_run, record_agrees):
     assert summary.steps == 6 and 0 < summary.trainable_pct < 5
     executed = json.loads((run.notebooks / "train.ipynb").read_text(encoding="utf-8"))
     assert any("image/png" in o.get("data", {}) for c in executed["cells"] for o in c.get("outputs", []))
+
+
+def test_an_hf_token_in_the_environment_never_reaches_the_run_folder_nor_the_executed_notebook(pipeline_run):
+    """The kernel had the token too: not in train.ipynb's outputs, nor in any other file of the run
+    (tests/reliability/test_crash_determinism_secrets.py checks a run made in process, evaluation included)."""
+    assert (pipeline_run.notebooks / "train.ipynb").is_file()
+    leaked = [p for p in pipeline_run.path.rglob("*") if p.is_file() and TOKEN.encode() in p.read_bytes()]
+    assert leaked == []
 
 
 def test_every_file_of_a_finished_run_is_readable_as_the_umask_says(pipeline_run):
@@ -131,10 +144,11 @@ def test_a_failing_stage_marks_the_run_failed_and_names_the_cell(tiny_model_dir,
     assert "failed: DataError" in (run.path / "report.md").read_text(encoding="utf-8")
 
 
-def test_polo_run_in_process_trains_the_same_run_as_the_notebook_without_a_kernel(pipeline_run, record_agrees,
-                                                                                 capsys):
+def test_the_same_params_and_seed_train_the_same_run_to_the_last_digit_in_a_kernel_or_in_process(
+        pipeline_run, record_agrees, capsys):
     """`polo run --in-process`: each stage's functions in the polo process, the notebook's own calls: the same
-    records and, with the same params and seed, the same training to the last digit; no executed notebook."""
+    records and, with the same params and seed, the same training as the notebook's kernel made in another
+    process, to the last digit; no executed notebook."""
     assert cli.main(["run", "smoke", "--stages", "prepare,train", "--in-process"]) == 0
     shown = capsys.readouterr().out
     run = runs.lookup()
