@@ -36,10 +36,13 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 		> $(VENV)/wandb-install.log 2>&1 || { cat $(VENV)/wandb-install.log; exit 1; }
 	@# Bytecode for everything installed, on every core at once (pip compiles file by file on one: 92 s of its
 	@# 158 s here; this takes 45 s on 2 cores). Where PYTHONDONTWRITEBYTECODE is set no import ever writes it,
-	@# so it is made now or never. Its exit status is not ours to keep: third-party files that are not Python 3
-	@# (templates, Python 2 examples) fail to compile, as they do, silently, under pip's own compile.
-	$(BIN)/python -m compileall -q -j 0 $$($(BIN)/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])") \
-		$(VENV)/wandb > $(VENV)/compileall.log 2>&1 || true
+	@# so it is made now or never. Left out: packages' own test suites and Unsloth Studio's web backend (studio/,
+	@# 30 MB that `import unsloth` never loads), a sixth of the source. Its exit status is not ours to keep:
+	@# third-party files that are not Python 3 (templates, Python 2 examples) fail to compile, as they do,
+	@# silently, under pip's own compile.
+	$(BIN)/python -m compileall -q -j 0 -x '/(tests|studio)/' \
+		$$($(BIN)/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])") $(VENV)/wandb \
+		> $(VENV)/compileall.log 2>&1 || true
 	@# A kernel inside the venv: papermill and JupyterLab started from .venv run notebooks with its Python.
 	@# Named as the committed notebooks' kernelspec ("Python 3"): JupyterLab writes the kernel's name into
 	@# every notebook it opens, and another one would be a change to commit.

@@ -6,5 +6,6 @@ peft_trainer.py  (c) plain transformers + PEFT with `transformers.Trainer` (+ bi
 
 Each reads the same settings JSON (written by `training_settings` in benchmarks/__main__.py,
 whose `bench_training` starts the three scripts) through `probe.settings`, and writes one result
-JSON through `probe.finish`. Only `probe` is shared, and it imports nothing from polo_lib.
+JSON through `probe.finish`. Only `probe` (with `memory`, the peak-RSS reader) is shared, and it imports nothing
+from polo_lib.
 """

@@ -3,12 +3,16 @@ peak memory. Imports nothing from polo_lib, so the bare scripts stay bare."""
 from __future__ import annotations
 
 import json
-import resource
 import sys
 import time
 from pathlib import Path
 
 from transformers import TrainerCallback
+
+try:  # the probe's own figure, and its callers'
+    from .memory import peak_rss_bytes  # noqa: F401
+except ImportError:  # imported as `probe` by the path scripts beside it (their folder on sys.path)
+    from memory import peak_rss_bytes  # noqa: F401
 
 
 class StepProbe(TrainerCallback):
@@ -67,19 +71,6 @@ def precision(dtype: str = "auto") -> str:
 def read_messages(path: str) -> list[list[dict[str, str]]]:
     with open(path, encoding="utf-8") as f:
         return [json.loads(line)["messages"] for line in f if line.strip()]
-
-
-def peak_rss_bytes() -> int:
-    """This process's own peak resident memory. Not getrusage's ru_maxrss: Linux carries that
-    over from the parent across fork + exec, so a child never reports less than its parent."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024  # kB
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # not Linux: the best there is
 
 
 def peak_memory() -> dict:
