@@ -37,10 +37,11 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	@# Bytecode for everything installed, on every core at once (pip compiles file by file on one: 92 s of its
 	@# 158 s here; this takes 45 s on 2 cores). Where PYTHONDONTWRITEBYTECODE is set no import ever writes it,
 	@# so it is made now or never. Left out: packages' own test suites and Unsloth Studio's web backend (studio/,
-	@# 30 MB that `import unsloth` never loads), a sixth of the source. Its exit status is not ours to keep:
+	@# 30 MB that `import unsloth` never loads), a sixth of the source; matched below site-packages only, so a
+	@# clone inside a folder named tests/ still compiles. Its exit status is not ours to keep:
 	@# third-party files that are not Python 3 (templates, Python 2 examples) fail to compile, as they do,
 	@# silently, under pip's own compile.
-	$(BIN)/python -m compileall -q -j 0 -x '/(tests|studio)/' \
+	$(BIN)/python -m compileall -q -j 0 -x 'site-packages/(studio|(.*/)?tests)/' \
 		$$($(BIN)/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])") $(VENV)/wandb \
 		> $(VENV)/compileall.log 2>&1 || true
 	@# A kernel inside the venv: papermill and JupyterLab started from .venv run notebooks with its Python.
